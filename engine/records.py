@@ -1,0 +1,269 @@
+"""Typed, versioned records: commands a calendar accepts, events it emits, its state.
+
+Each record is a frozen ``msgspec.Struct`` whose tag carries its schema version
+(``"hold_placed.v1"``); :mod:`engine.codec` turns them into msgpack and back.
+
+Times are integers: seconds since the Unix epoch, UTC. The engine never reads a clock;
+every command carries ``now`` from the caller.
+
+Idempotency: a command with a ``key`` is remembered with its *fingerprint* (the fields
+the client chose; not ``now``, not server-generated ids). A repeat with the same key
+and fingerprint returns the first result; with another fingerprint it is an error.
+Each event can rebuild the fingerprint of the command that caused it, so replaying the
+journal rebuilds the idempotency table as well as the slots.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+__all__ = [
+    "Booking",
+    "BookingCancelled",
+    "BookingRescheduled",
+    "CalendarSnapshot",
+    "CancelBooking",
+    "Command",
+    "ConfirmHold",
+    "Event",
+    "ExpireHolds",
+    "ExpiredHold",
+    "Fingerprint",
+    "Hold",
+    "HoldConfirmed",
+    "HoldPlaced",
+    "HoldReleased",
+    "IdempotencyEntry",
+    "PlaceHold",
+    "Record",
+    "ReleaseHold",
+    "RescheduleBooking",
+    "Result",
+]
+
+Fingerprint = tuple[str | int, ...]
+
+
+class _Record(msgspec.Struct, frozen=True, array_like=True, tag_field="t", gc=False):
+    """Base of every encoded record (array-like: compact, positional)."""
+
+
+# --- state records ---------------------------------------------------------------
+
+
+class Hold(_Record, frozen=True, tag="hold.v1"):
+    """Capacity reserved for a short time; confirm it before ``expires_at``."""
+
+    hold_id: str
+    start: int
+    party_size: int
+    expires_at: int
+
+
+class Booking(_Record, frozen=True, tag="booking.v1"):
+    """A confirmed appointment. ``token_digest`` proves the right to read or cancel it."""
+
+    booking_id: str
+    start: int
+    party_size: int
+    patient_ref: str
+    token_digest: bytes
+    hold_id: str
+    created_at: int
+    status: Literal["active", "cancelled"] = "active"
+
+
+class ExpiredHold(_Record, frozen=True, tag="expired_hold.v1"):
+    """A hold that ran out, kept so that a late confirm is told ``hold_expired``."""
+
+    hold_id: str
+    at: int
+
+
+Result = Hold | Booking
+
+
+# --- commands ----------------------------------------------------------------------
+
+
+class PlaceHold(_Record, frozen=True, tag="place_hold.v1"):
+    """Reserve ``party_size`` places of the slot starting at ``start`` for ``ttl`` s."""
+
+    provider_id: str
+    service: str
+    key: str | None
+    now: int
+    hold_id: str
+    start: int
+    party_size: int
+    ttl: int
+
+    def fingerprint(self) -> Fingerprint:
+        return ("hold", self.start, self.party_size, self.ttl)
+
+
+class ConfirmHold(_Record, frozen=True, tag="confirm_hold.v1"):
+    """Turn a live hold into a booking."""
+
+    provider_id: str
+    service: str
+    key: str | None
+    now: int
+    hold_id: str
+    booking_id: str
+    token_digest: bytes
+    patient_ref: str
+
+    def fingerprint(self) -> Fingerprint:
+        return ("confirm", self.hold_id, self.patient_ref)
+
+
+class ReleaseHold(_Record, frozen=True, tag="release_hold.v1"):
+    """Give a hold's capacity back."""
+
+    provider_id: str
+    service: str
+    key: str | None
+    now: int
+    hold_id: str
+
+    def fingerprint(self) -> Fingerprint:
+        return ("release", self.hold_id)
+
+
+class CancelBooking(_Record, frozen=True, tag="cancel_booking.v1"):
+    """Cancel a booking and free its places."""
+
+    provider_id: str
+    service: str
+    key: str | None
+    now: int
+    booking_id: str
+
+    def fingerprint(self) -> Fingerprint:
+        return ("cancel", self.booking_id)
+
+
+class RescheduleBooking(_Record, frozen=True, tag="reschedule_booking.v1"):
+    """Move a booking to another slot of the same calendar, all or nothing."""
+
+    provider_id: str
+    service: str
+    key: str | None
+    now: int
+    booking_id: str
+    new_start: int
+
+    def fingerprint(self) -> Fingerprint:
+        return ("reschedule", self.booking_id, self.new_start)
+
+
+class ExpireHolds(_Record, frozen=True, tag="expire_holds.v1"):
+    """Release every hold whose expiry is at or before ``now`` (the periodic sweep)."""
+
+    provider_id: str
+    service: str
+    now: int
+
+
+Command = PlaceHold | ConfirmHold | ReleaseHold | CancelBooking | RescheduleBooking | ExpireHolds
+
+
+# --- events ------------------------------------------------------------------------
+
+
+class HoldPlaced(_Record, frozen=True, tag="hold_placed.v1"):
+    """A hold was placed."""
+
+    hold_id: str
+    start: int
+    party_size: int
+    at: int
+    ttl: int
+    key: str | None
+
+    def fingerprint(self) -> Fingerprint:
+        return ("hold", self.start, self.party_size, self.ttl)
+
+
+class HoldConfirmed(_Record, frozen=True, tag="hold_confirmed.v1"):
+    """A hold became a booking."""
+
+    hold_id: str
+    booking_id: str
+    token_digest: bytes
+    patient_ref: str
+    at: int
+    key: str | None
+
+    def fingerprint(self) -> Fingerprint:
+        return ("confirm", self.hold_id, self.patient_ref)
+
+
+class HoldReleased(_Record, frozen=True, tag="hold_released.v1"):
+    """A hold ended without a booking: released by its owner or expired."""
+
+    hold_id: str
+    reason: Literal["released", "expired"]
+    at: int
+    key: str | None
+
+    def fingerprint(self) -> Fingerprint:
+        return ("release", self.hold_id)
+
+
+class BookingCancelled(_Record, frozen=True, tag="booking_cancelled.v1"):
+    """A booking was cancelled."""
+
+    booking_id: str
+    at: int
+    key: str | None
+
+    def fingerprint(self) -> Fingerprint:
+        return ("cancel", self.booking_id)
+
+
+class BookingRescheduled(_Record, frozen=True, tag="booking_rescheduled.v1"):
+    """A booking moved from ``old_start`` to ``new_start``."""
+
+    booking_id: str
+    old_start: int
+    new_start: int
+    at: int
+    key: str | None
+
+    def fingerprint(self) -> Fingerprint:
+        return ("reschedule", self.booking_id, self.new_start)
+
+
+Event = HoldPlaced | HoldConfirmed | HoldReleased | BookingCancelled | BookingRescheduled
+
+
+class IdempotencyEntry(_Record, frozen=True, tag="idem.v1"):
+    """A remembered command: the event it caused (which gives its fingerprint) and the
+    result it returned."""
+
+    key: str
+    event: Event
+    result: Result
+
+
+class CalendarSnapshot(_Record, frozen=True, tag="calendar_snapshot.v1"):
+    """A calendar's full state; with the events after it, it rebuilds the calendar."""
+
+    provider_id: str
+    service: str
+    start: int
+    slot_seconds: int
+    capacity: bytes
+    booked: bytes
+    held: bytes
+    holds: list[Hold]
+    bookings: list[Booking]
+    expired_holds: list[ExpiredHold]
+    idempotency: list[IdempotencyEntry]
+
+
+Record = Command | Event | CalendarSnapshot | Hold | Booking

@@ -1,0 +1,191 @@
+"""Search over many calendars: nearest providers with free places, vectorized.
+
+:class:`AvailabilityGrid` holds the free places of many calendars as the rows of one
+numpy matrix on a common UTC slot grid, with the providers' positions beside it. A
+query computes every distance at once, keeps the rows within the radius that offer the
+service and match the filters, and finds each row's earliest free slot in the time
+window with one ``argmax`` over the window's columns. The gateway keeps one of these
+current from the availability stream; the simulators use it directly.
+
+>>> import numpy as np
+>>> from engine.provider import Provider
+>>> grid = AvailabilityGrid(start=0, slot_seconds=900, n_slots=4)
+>>> p = Provider(provider_id="a", name="A", lat=41.9, lng=-87.6,
+...              timezone="America/Chicago", services=("vaccine",))
+>>> grid.upsert(p, "vaccine", start=0, remaining=np.array([0, 0, 3, 1]))
+>>> [(m.provider.provider_id, m.slots) for m in grid.search(41.9, -87.6, 5, "vaccine")]
+[('a', [(1800, 3), (2700, 1)])]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal, NamedTuple
+
+import numpy as np
+
+from engine.errors import InvalidRequest
+from engine.geo import haversine_km
+from engine.provider import Provider
+
+__all__ = ["AvailabilityGrid", "Match"]
+
+
+class Match(NamedTuple):
+    """One search hit: a provider, its distance, and its next free slots in the window."""
+
+    provider: Provider
+    service: str
+    distance_km: float
+    slots: list[tuple[int, int]]  # (UTC start, free places)
+
+
+class AvailabilityGrid:
+    """Free places of many (provider, service) calendars on one UTC slot grid."""
+
+    def __init__(self, start: int, slot_seconds: int, n_slots: int) -> None:
+        if slot_seconds <= 0 or n_slots <= 0:
+            raise InvalidRequest("the grid needs a positive slot length and slot count")
+        self.start = start
+        self.slot_seconds = slot_seconds
+        self.n_slots = n_slots
+        self._rows: dict[tuple[str, str], int] = {}
+        self._providers: list[Provider] = []
+        self._services: list[str] = []
+        self._service_codes: dict[str, int] = {}
+        size = 64
+        self._lat = np.zeros(size)
+        self._lng = np.zeros(size)
+        self._service = np.full(size, -1, dtype=np.int32)
+        self._free = np.zeros((size, n_slots), dtype=np.uint16)
+
+    def __len__(self) -> int:
+        return len(self._providers)
+
+    @property
+    def end(self) -> int:
+        """UTC second just after the grid's last slot."""
+        return self.start + self.n_slots * self.slot_seconds
+
+    def _grow(self) -> None:
+        size = self._lat.size * 2
+        self._lat = np.resize(self._lat, size)
+        self._lng = np.resize(self._lng, size)
+        service = np.full(size, -1, dtype=np.int32)
+        service[: self._service.size] = self._service
+        self._service = service
+        free = np.zeros((size, self.n_slots), dtype=np.uint16)
+        free[: self._free.shape[0]] = self._free
+        self._free = free
+
+    def upsert(self, provider: Provider, service: str, start: int, remaining: np.ndarray) -> None:
+        """Set a calendar's free places (one value per slot from ``start``, same slot
+        length as the grid); the part outside the grid's span is ignored."""
+        offset, rest = divmod(start - self.start, self.slot_seconds)
+        if rest:
+            raise InvalidRequest(
+                f"calendar starting at {start} is not aligned to the grid's "
+                f"{self.slot_seconds // 60}-minute slots"
+            )
+        row = self._rows.get((provider.provider_id, service))
+        if row is None:
+            row = len(self._providers)
+            if row == self._lat.size:
+                self._grow()
+            self._rows[(provider.provider_id, service)] = row
+            self._providers.append(provider)
+            self._services.append(service)
+        else:
+            self._providers[row] = provider
+        self._lat[row], self._lng[row] = provider.lat, provider.lng
+        self._service[row] = self._service_codes.setdefault(service, len(self._service_codes))
+        self._free[row] = 0
+        lo, hi = max(offset, 0), min(offset + remaining.size, self.n_slots)
+        if lo < hi:
+            self._free[row, lo:hi] = np.clip(remaining[lo - offset : hi - offset], 0, 65_535)
+
+    def set_free(self, provider_id: str, service: str, start: int, free: int) -> bool:
+        """Apply one availability delta; ``False`` when the calendar or slot is not here."""
+        row = self._rows.get((provider_id, service))
+        col, rest = divmod(start - self.start, self.slot_seconds)
+        if row is None or rest or not 0 <= col < self.n_slots:
+            return False
+        self._free[row, col] = max(0, min(free, 65_535))
+        return True
+
+    def free_of(self, provider_id: str, service: str) -> np.ndarray:
+        """The free places of one calendar over the grid (a copy)."""
+        row = self._rows.get((provider_id, service))
+        if row is None:
+            raise InvalidRequest(f"no calendar {provider_id!r}/{service!r} in the grid")
+        out: np.ndarray = self._free[row].copy()
+        return out
+
+    def search(
+        self,
+        lat: float,
+        lng: float,
+        radius_km: float,
+        service: str,
+        t_from: int | None = None,
+        t_to: int | None = None,
+        *,
+        limit: int = 20,
+        next_slots: int = 3,
+        party_size: int = 1,
+        languages: Iterable[str] = (),
+        accessibility: Iterable[str] = (),
+        insurance: Iterable[str] = (),
+        order: Literal["distance", "earliest"] = "distance",
+    ) -> list[Match]:
+        """Providers within ``radius_km`` with at least ``party_size`` free places in a slot
+        starting in [t_from, t_to), nearest first (``order="earliest"``: earliest first),
+        each with its next ``next_slots`` free slots. Filters keep providers that offer
+        every language, accessibility feature and insurance named."""
+        if not 1 <= limit <= 1000 or not 1 <= next_slots <= 100 or party_size < 1:
+            raise InvalidRequest("limit must be 1 to 1000, next_slots 1 to 100, party_size >= 1")
+        code = self._service_codes.get(service)
+        n = len(self._providers)
+        if code is None or n == 0:
+            return []
+        a = 0 if t_from is None else max(0, -(-(t_from - self.start) // self.slot_seconds))
+        b = (
+            self.n_slots
+            if t_to is None
+            else min(self.n_slots, -(-(t_to - self.start) // self.slot_seconds))
+        )
+        if a >= b:
+            return []
+        dist = haversine_km(lat, lng, self._lat[:n], self._lng[:n])
+        candidates = np.flatnonzero((dist <= radius_km) & (self._service[:n] == code))
+        wanted = [
+            (set(languages), "languages"),
+            (set(accessibility), "accessibility"),
+            (set(insurance), "insurance"),
+        ]
+        if any(w for w, _ in wanted):
+            candidates = np.array(
+                [
+                    r
+                    for r in candidates
+                    if all(w <= set(getattr(self._providers[r], f)) for w, f in wanted if w)
+                ],
+                dtype=np.int64,
+            )
+        if candidates.size == 0:
+            return []
+        open_ = self._free[candidates, a:b] >= party_size
+        has = open_.any(axis=1)
+        candidates, open_ = candidates[has], open_[has]
+        first = open_.argmax(axis=1)
+        keys = (first, dist[candidates]) if order == "distance" else (dist[candidates], first)
+        ranked = np.lexsort(keys)[:limit]
+        out = []
+        for k in ranked:
+            row = int(candidates[k])
+            cols = np.flatnonzero(open_[k])[:next_slots] + a
+            slots = [
+                (self.start + int(c) * self.slot_seconds, int(self._free[row, c])) for c in cols
+            ]
+            out.append(Match(self._providers[row], self._services[row], float(dist[row]), slots))
+        return out

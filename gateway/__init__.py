@@ -1,0 +1,1 @@
+"""The thin HTTP gateway (FastAPI). Arrives with the gateway issue."""

@@ -1,0 +1,1 @@
+"""Capacity-planning simulators. Arrive with the simulators issue."""

@@ -1,0 +1,195 @@
+"""A plain, slow, obviously-correct model of one calendar, to check the real one against.
+
+Written from the rules, not from engine/calendar.py: dicts of ints, no numpy, no events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engine import errors
+
+Fingerprint = tuple[object, ...]
+
+
+@dataclass
+class ModelHold:
+    hold_id: str
+    slot: int
+    party: int
+    expires_at: int
+
+
+@dataclass
+class ModelBooking:
+    booking_id: str
+    slot: int
+    party: int
+    patient_ref: str
+    hold_id: str
+    created_at: int
+    status: str = "active"
+
+
+@dataclass
+class CalendarModel:
+    start: int
+    slot_seconds: int
+    capacity: list[int]
+    booked: list[int] = field(default_factory=list)
+    held: list[int] = field(default_factory=list)
+    holds: dict[str, ModelHold] = field(default_factory=dict)
+    expired: dict[str, int] = field(default_factory=dict)
+    bookings: dict[str, ModelBooking] = field(default_factory=dict)
+    remembered: dict[str, tuple[Fingerprint, tuple[object, ...]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.booked = [0] * len(self.capacity)
+        self.held = [0] * len(self.capacity)
+
+    # Results are plain tuples so they can be compared with the engine's records.
+    @staticmethod
+    def hold_result(h: ModelHold, start: int) -> tuple[object, ...]:
+        return ("hold", h.hold_id, start, h.party, h.expires_at)
+
+    def booking_result(self, b: ModelBooking) -> tuple[object, ...]:
+        return (
+            "booking",
+            b.booking_id,
+            self.start + b.slot * self.slot_seconds,
+            b.party,
+            b.patient_ref,
+            b.hold_id,
+            b.created_at,
+            b.status,
+        )
+
+    def _expire(self, now: int) -> None:
+        for hold_id, h in sorted(self.holds.items(), key=lambda kv: kv[1].expires_at):
+            if h.expires_at <= now:
+                self.held[h.slot] -= h.party
+                del self.holds[hold_id]
+                self.expired[hold_id] = h.expires_at
+
+    def _repeat(self, key: str | None, fp: Fingerprint) -> tuple[object, ...] | None:
+        if key is None or key not in self.remembered:
+            return None
+        first_fp, result = self.remembered[key]
+        if first_fp != fp:
+            raise errors.IdempotencyConflict(key)
+        return result
+
+    def _remember(self, key: str | None, fp: Fingerprint, result: tuple[object, ...]) -> None:
+        if key is not None:
+            self.remembered[key] = (fp, result)
+
+    def _slot(self, start: int) -> int:
+        i, rest = divmod(start - self.start, self.slot_seconds)
+        if rest or not 0 <= i < len(self.capacity):
+            raise errors.InvalidRequest("not a slot")
+        return i
+
+    def _free(self, i: int) -> int:
+        return self.capacity[i] - self.booked[i] - self.held[i]
+
+    def hold(
+        self, key: str | None, now: int, hold_id: str, start: int, party: int, ttl: int
+    ) -> tuple[object, ...]:
+        self._expire(now)
+        fp = ("hold", start, party, ttl)
+        if (r := self._repeat(key, fp)) is not None:
+            return r
+        if party < 1 or ttl < 1:
+            raise errors.InvalidRequest("bad party or ttl")
+        if not hold_id or hold_id in self.holds or hold_id in self.expired:
+            raise errors.InvalidRequest("hold id used")
+        i = self._slot(start)
+        if party > self._free(i):
+            raise errors.SlotUnavailable("p", "s", start, party, self._free(i))
+        h = ModelHold(hold_id, i, party, now + ttl)
+        self.holds[hold_id] = h
+        self.held[i] += party
+        result = self.hold_result(h, start)
+        self._remember(key, fp, result)
+        return result
+
+    def confirm(
+        self, key: str | None, now: int, hold_id: str, booking_id: str, patient_ref: str
+    ) -> tuple[object, ...]:
+        self._expire(now)
+        fp = ("confirm", hold_id, patient_ref)
+        if (r := self._repeat(key, fp)) is not None:
+            return r
+        if hold_id not in self.holds:
+            if hold_id in self.expired:
+                raise errors.HoldExpired(hold_id, self.expired[hold_id])
+            raise errors.HoldNotFound(hold_id)
+        if not booking_id or booking_id in self.bookings:
+            raise errors.InvalidRequest("booking id used")
+        h = self.holds.pop(hold_id)
+        assert h.expires_at > now, "the model itself confirmed an expired hold"
+        self.held[h.slot] -= h.party
+        self.booked[h.slot] += h.party
+        b = ModelBooking(booking_id, h.slot, h.party, patient_ref, hold_id, now)
+        self.bookings[booking_id] = b
+        result = self.booking_result(b)
+        self._remember(key, fp, result)
+        return result
+
+    def release(self, key: str | None, now: int, hold_id: str) -> tuple[object, ...]:
+        self._expire(now)
+        fp = ("release", hold_id)
+        if (r := self._repeat(key, fp)) is not None:
+            return r
+        if hold_id not in self.holds:
+            if hold_id in self.expired:
+                raise errors.HoldExpired(hold_id, self.expired[hold_id])
+            raise errors.HoldNotFound(hold_id)
+        h = self.holds.pop(hold_id)
+        self.held[h.slot] -= h.party
+        result = self.hold_result(h, self.start + h.slot * self.slot_seconds)
+        self._remember(key, fp, result)
+        return result
+
+    def _active(self, booking_id: str) -> ModelBooking:
+        if booking_id not in self.bookings:
+            raise errors.BookingNotFound(booking_id)
+        b = self.bookings[booking_id]
+        if b.status != "active":
+            raise errors.BookingNotActive(booking_id)
+        return b
+
+    def cancel(self, key: str | None, now: int, booking_id: str) -> tuple[object, ...]:
+        self._expire(now)
+        fp = ("cancel", booking_id)
+        if (r := self._repeat(key, fp)) is not None:
+            return r
+        b = self._active(booking_id)
+        b.status = "cancelled"
+        self.booked[b.slot] -= b.party
+        result = self.booking_result(b)
+        self._remember(key, fp, result)
+        return result
+
+    def reschedule(
+        self, key: str | None, now: int, booking_id: str, new_start: int
+    ) -> tuple[object, ...]:
+        self._expire(now)
+        fp = ("reschedule", booking_id, new_start)
+        if (r := self._repeat(key, fp)) is not None:
+            return r
+        b = self._active(booking_id)
+        if new_start == self.start + b.slot * self.slot_seconds:
+            raise errors.InvalidRequest("same slot")
+        j = self._slot(new_start)
+        if b.party > self._free(j):
+            raise errors.SlotUnavailable("p", "s", new_start, b.party, self._free(j))
+        self.booked[b.slot] -= b.party
+        self.booked[j] += b.party
+        b.slot = j
+        result = self.booking_result(b)
+        self._remember(key, fp, result)
+        return result
+
+    def sweep(self, now: int) -> None:
+        self._expire(now)
