@@ -1,0 +1,52 @@
+"""Hypothesis strategies shared by the tests: records, providers, positions."""
+
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+from engine.records import (
+    Booking,
+    BookingCancelled,
+    BookingRescheduled,
+    CancelBooking,
+    ConfirmHold,
+    ExpireHolds,
+    Hold,
+    HoldConfirmed,
+    HoldPlaced,
+    HoldReleased,
+    PlaceHold,
+    ReleaseHold,
+    RescheduleBooking,
+)
+
+ids = st.text("abcdef0123456789-", min_size=1, max_size=40)
+keys = st.none() | ids
+times = st.integers(0, 2**40)
+small = st.integers(1, 500)
+texts = st.text(max_size=30)
+
+commands = st.one_of(
+    st.builds(PlaceHold, ids, ids, keys, times, ids, times, small, small),
+    st.builds(ConfirmHold, ids, ids, keys, times, ids, ids, st.binary(max_size=32), texts),
+    st.builds(ReleaseHold, ids, ids, keys, times, ids),
+    st.builds(CancelBooking, ids, ids, keys, times, ids),
+    st.builds(RescheduleBooking, ids, ids, keys, times, ids, times),
+    st.builds(ExpireHolds, ids, ids, times),
+)
+events = st.one_of(
+    st.builds(HoldPlaced, ids, times, small, times, small, keys),
+    st.builds(HoldConfirmed, ids, ids, st.binary(max_size=32), texts, times, keys),
+    st.builds(HoldReleased, ids, st.sampled_from(["released", "expired"]), times, keys),
+    st.builds(BookingCancelled, ids, times, keys),
+    st.builds(BookingRescheduled, ids, times, times, times, keys),
+)
+holds = st.builds(Hold, ids, times, small, times)
+bookings = st.builds(
+    Booking, ids, times, small, texts, st.binary(max_size=32), ids, times,
+    st.sampled_from(["active", "cancelled"]),
+)  # fmt: skip
+
+# Around Chicago: the demo city.
+latitudes = st.floats(41.64, 42.02, allow_nan=False)
+longitudes = st.floats(-87.94, -87.52, allow_nan=False)
