@@ -120,7 +120,7 @@ class Calendar:
         self.bookings: dict[str, Booking] = {}
         self._expired: dict[str, ExpiredHold] = {}
         self._idem: dict[str, IdempotencyEntry] = {}
-        self._expiry: list[tuple[int, str]] = []
+        self._expiry: list[Hold] = []  # a heap, earliest expiry first; may hold stale ones
         self.outbox: list[Event] = []
 
     # --- construction ----------------------------------------------------------------
@@ -154,8 +154,7 @@ class Calendar:
         cal._grid[2] = np.frombuffer(snap.held, dtype=np.uint16)
         for hold in snap.holds:
             cal.holds[hold.hold_id] = hold
-            cal._expiry.append((hold.expires_at, hold.hold_id))
-        heapq.heapify(cal._expiry)
+        cal._expiry = sorted(snap.holds)
         cal.bookings = {b.booking_id: b for b in snap.bookings}
         cal._expired = {e.hold_id: e for e in snap.expired_holds}
         cal._idem = {e.key: e for e in snap.idempotency}
@@ -244,12 +243,11 @@ class Calendar:
     def expire(self, now: int) -> int:
         """Release every hold due at or before ``now``; return how many expired."""
         heap, holds, count = self._expiry, self.holds, 0
-        while heap and heap[0][0] <= now:
-            expires_at, hold_id = heapq.heappop(heap)
-            hold = holds.get(hold_id)
-            # Entries of holds confirmed or released meanwhile are stale: skip them.
-            if hold is not None and hold.expires_at == expires_at:
-                self._emit(HoldReleased(hold_id, "expired", expires_at, None))
+        while heap and heap[0].expires_at <= now:
+            hold = heapq.heappop(heap)
+            # Holds confirmed or released meanwhile are stale entries: skip them.
+            if holds.get(hold.hold_id) is hold:
+                self._emit(HoldReleased(hold.hold_id, "expired", hold.expires_at, None))
                 count += 1
         return count
 
@@ -264,7 +262,7 @@ class Calendar:
         return remembered.result
 
     def _place_hold(self, cmd: PlaceHold) -> Result:
-        if self._expiry and self._expiry[0][0] <= cmd.now:
+        if self._expiry and self._expiry[0].expires_at <= cmd.now:
             self.expire(cmd.now)
         remembered = self._idem.get(cmd.key)  # type: ignore[arg-type]
         if remembered is not None:
@@ -288,7 +286,7 @@ class Calendar:
         return self._on_hold_placed(event)
 
     def _confirm(self, cmd: ConfirmHold) -> Result:
-        if self._expiry and self._expiry[0][0] <= cmd.now:
+        if self._expiry and self._expiry[0].expires_at <= cmd.now:
             self.expire(cmd.now)
         remembered = self._idem.get(cmd.key)  # type: ignore[arg-type]
         if remembered is not None:
@@ -304,7 +302,7 @@ class Calendar:
         return self._on_hold_confirmed(event)
 
     def _release(self, cmd: ReleaseHold) -> Result:
-        if self._expiry and self._expiry[0][0] <= cmd.now:
+        if self._expiry and self._expiry[0].expires_at <= cmd.now:
             self.expire(cmd.now)
         remembered = self._idem.get(cmd.key)  # type: ignore[arg-type]
         if remembered is not None:
@@ -314,7 +312,7 @@ class Calendar:
         return self._emit(HoldReleased(cmd.hold_id, "released", cmd.now, cmd.key))
 
     def _cancel(self, cmd: CancelBooking) -> Result:
-        if self._expiry and self._expiry[0][0] <= cmd.now:
+        if self._expiry and self._expiry[0].expires_at <= cmd.now:
             self.expire(cmd.now)
         remembered = self._idem.get(cmd.key)  # type: ignore[arg-type]
         if remembered is not None:
@@ -323,7 +321,7 @@ class Calendar:
         return self._emit(BookingCancelled(cmd.booking_id, cmd.now, cmd.key))
 
     def _reschedule(self, cmd: RescheduleBooking) -> Result:
-        if self._expiry and self._expiry[0][0] <= cmd.now:
+        if self._expiry and self._expiry[0].expires_at <= cmd.now:
             self.expire(cmd.now)
         remembered = self._idem.get(cmd.key)  # type: ignore[arg-type]
         if remembered is not None:
@@ -376,9 +374,9 @@ class Calendar:
     def _on_hold_placed(self, ev: HoldPlaced) -> Result:
         i = (ev.start - self.start) // self.slot_seconds
         self._hd[i] += ev.party_size
-        hold = Hold(ev.hold_id, ev.start, ev.party_size, ev.at + ev.ttl)
+        hold = Hold(ev.at + ev.ttl, ev.hold_id, ev.start, ev.party_size)
         self.holds[ev.hold_id] = hold
-        heapq.heappush(self._expiry, (hold.expires_at, ev.hold_id))
+        heapq.heappush(self._expiry, hold)
         if ev.key is not None:
             self._idem[ev.key] = IdempotencyEntry(ev.key, ev, hold)
         return hold

@@ -53,13 +53,16 @@ class _Record(msgspec.Struct, frozen=True, array_like=True, tag_field="t", gc=Fa
 # --- state records ---------------------------------------------------------------
 
 
-class Hold(_Record, frozen=True, tag="hold.v1"):
-    """Capacity reserved for a short time; confirm it before ``expires_at``."""
+class Hold(_Record, frozen=True, order=True, tag="hold.v1"):
+    """Capacity reserved for a short time; confirm it before ``expires_at``.
 
+    Holds order by expiry first (the field order matters): the calendar keeps them in
+    its expiry heap as they are, with no wrapper tuple."""
+
+    expires_at: int
     hold_id: str
     start: int
     party_size: int
-    expires_at: int
 
 
 class Booking(_Record, frozen=True, tag="booking.v1"):

@@ -41,7 +41,7 @@ events = st.one_of(
     st.builds(BookingCancelled, ids, times, keys),
     st.builds(BookingRescheduled, ids, times, times, times, keys),
 )
-holds = st.builds(Hold, ids, times, small, times)
+holds = st.builds(Hold, times, ids, times, small)
 bookings = st.builds(
     Booking, ids, times, small, texts, st.binary(max_size=32), ids, times,
     st.sampled_from(["active", "cancelled"]),
