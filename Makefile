@@ -37,7 +37,8 @@ bench: $(STAMP) ## benchmarks: print figures and ratios measured in one run
 	$(BIN)/python tests/bench/run.py
 
 demo: $(STAMP) ## start hexbook with a demo city
-	@echo "make demo arrives with the gateway (issue: Gateway). Until then: make test, make bench."
+	@echo "make demo is not available yet: it arrives with the gateway (HTTP API)."
+	@echo "Until then: make test runs the proofs, make bench prints the figures."
 
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
