@@ -256,10 +256,15 @@ class EmbeddedRedis:
 
 @contextlib.contextmanager
 def redis_endpoint(
-    redis_url: str | None, data_dir: str | os.PathLike[str], fsync: FsyncPolicy = "always"
+    redis_url: str | None,
+    data_dir: str | os.PathLike[str],
+    fsync: FsyncPolicy = "always",
 ) -> Iterator[str]:
-    """Yield a Redis URL: ``redis_url`` as given (an external Redis, nothing started), or
-    the URL of an embedded redis-server in ``data_dir`` that stops on exit."""
+    """Yield a Redis URL: ``redis_url`` (or, when it is ``None``, the ``REDIS_URL``
+    environment variable) as given, for an external Redis with nothing started; else the
+    URL of an embedded redis-server in ``data_dir`` that stops on exit."""
+    if redis_url is None:
+        redis_url = os.environ.get("REDIS_URL") or None
     if redis_url:
         yield redis_url
         return

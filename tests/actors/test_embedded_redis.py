@@ -107,7 +107,13 @@ def test_override_must_be_executable(monkeypatch: pytest.MonkeyPatch, tmp_path: 
         find_redis_server()
 
 
-def test_redis_url_skips_the_embedded_server(data_dir: Path) -> None:
+def test_redis_url_skips_the_embedded_server(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://from-env.invalid:6379/0")
+    with redis_endpoint(None, data_dir) as url:
+        assert url == "redis://from-env.invalid:6379/0"
+    monkeypatch.delenv("REDIS_URL")
     with redis_endpoint("redis://example.invalid:6379/0", data_dir) as url:
         assert url == "redis://example.invalid:6379/0"
     assert not data_dir.exists()  # nothing was started there
