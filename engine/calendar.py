@@ -247,7 +247,7 @@ class Calendar:
             hold = heapq.heappop(heap)
             # Holds confirmed or released meanwhile are stale entries: skip them.
             if holds.get(hold.hold_id) is hold:
-                self._emit(HoldReleased(hold.hold_id, "expired", hold.expires_at, None))
+                self._emit(HoldReleased(hold.hold_id, hold.start, "expired", hold.expires_at, None))
                 count += 1
         return count
 
@@ -307,9 +307,10 @@ class Calendar:
         remembered = self._idem.get(cmd.key)  # type: ignore[arg-type]
         if remembered is not None:
             return self._repeat(remembered, cmd)
-        if cmd.hold_id not in self.holds:
+        hold = self.holds.get(cmd.hold_id)
+        if hold is None:
             raise self._hold_gone(cmd.hold_id)
-        return self._emit(HoldReleased(cmd.hold_id, "released", cmd.now, cmd.key))
+        return self._emit(HoldReleased(cmd.hold_id, hold.start, "released", cmd.now, cmd.key))
 
     def _cancel(self, cmd: CancelBooking) -> Result:
         if self._expiry and self._expiry[0].expires_at <= cmd.now:

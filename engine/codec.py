@@ -6,7 +6,7 @@ of hexbook does not know is refused with :class:`~engine.errors.UnsupportedVersi
 (a newer writer) or :class:`~engine.errors.CodecError` (not a hexbook record at all).
 
 >>> from engine.records import HoldReleased
->>> ev = HoldReleased("h1", "expired", 1700000000, None)
+>>> ev = HoldReleased("h1", 0, "expired", 1700000000, None)
 >>> decode_event(encode(ev)) == ev
 True
 """

@@ -209,6 +209,7 @@ class HoldReleased(_Record, frozen=True, tag="hold_released.v1"):
     """A hold ended without a booking: released by its owner or expired."""
 
     hold_id: str
+    start: int
     reason: Literal["released", "expired"]
     at: int
     key: str | None

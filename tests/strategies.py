@@ -37,7 +37,7 @@ commands = st.one_of(
 events = st.one_of(
     st.builds(HoldPlaced, ids, times, small, times, small, keys),
     st.builds(HoldConfirmed, ids, ids, st.binary(max_size=32), texts, times, keys),
-    st.builds(HoldReleased, ids, st.sampled_from(["released", "expired"]), times, keys),
+    st.builds(HoldReleased, ids, times, st.sampled_from(["released", "expired"]), times, keys),
     st.builds(BookingCancelled, ids, times, keys),
     st.builds(BookingRescheduled, ids, times, times, times, keys),
 )

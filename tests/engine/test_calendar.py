@@ -81,7 +81,7 @@ def test_hold_expires_exactly_at_its_expiry() -> None:
         confirm(c, "h2", "b2", now=60)
     # The expiry was journaled even though the command failed.
     released = [e for e in c.drain() if isinstance(e, HoldReleased)]
-    assert [(e.hold_id, e.reason, e.at) for e in released] == [("h2", "expired", 60)]
+    assert [(e.hold_id, e.start, e.reason, e.at) for e in released] == [("h2", S, "expired", 60)]
     assert c.remaining().tolist() == [0, 1]
 
 
