@@ -25,6 +25,7 @@ from engine.errors import (
     NotFound,
     ProviderNotFound,
     SlotUnavailable,
+    Unavailable,
     UnsupportedVersion,
 )
 from engine.geo import DEFAULT_RESOLUTION, cells_covering, haversine_km, provider_cell
@@ -87,6 +88,7 @@ __all__ = [
     "RescheduleBooking",
     "Result",
     "SlotUnavailable",
+    "Unavailable",
     "UnsupportedVersion",
     "WeeklyTemplate",
     "Window",

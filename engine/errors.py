@@ -14,6 +14,7 @@ HTTP status and a problem+json body) and a message that tells the caller what to
     ├── SlotUnavailable         slot_unavailable      no free capacity (try another slot)
     ├── HoldExpired             hold_expired          the hold ran out before confirm
     ├── BookingNotActive        booking_not_active    cancelled already
+    ├── Unavailable             unavailable           retry later, same idempotency key
     └── CodecError              codec_error
         └── UnsupportedVersion  unsupported_version   record written by another version
 """
@@ -33,6 +34,7 @@ __all__ = [
     "NotFound",
     "ProviderNotFound",
     "SlotUnavailable",
+    "Unavailable",
     "UnsupportedVersion",
 ]
 
@@ -171,3 +173,10 @@ class UnsupportedVersion(CodecError):
 def _redact(secret: str) -> str:
     """Hold ids are bearer secrets: show only enough to correlate logs."""
     return f"{secret[:6]}…" if len(secret) > 8 else "…"
+
+
+class Unavailable(HexbookError):
+    """The shard cannot serve right now (recovering, or its journal is unreachable).
+    Nothing was acknowledged: retry with the same idempotency key after a short wait."""
+
+    code = "unavailable"

@@ -1,0 +1,300 @@
+"""The Python API that the gateway and the CLIs use to reach the shards.
+
+>>> hb = Hexbook.connect("redis://127.0.0.1:6379/0", shards=2)   # doctest: +SKIP
+>>> hb.provision(provider, template, date(2026, 3, 2), days=14)   # doctest: +SKIP
+>>> hold = hb.hold("chi-001", "covid-vaccine", start)             # doctest: +SKIP
+>>> booking, token = hb.confirm(hold.hold_id, "chi-001", "covid-vaccine", "ref-1")  # doctest: +SKIP
+
+Every mutation carries an idempotency key (one is made when the caller gives none), so
+this API retries a call that failed because a shard was restarting or its Redis was
+unreachable, with the same key, until ``retry_seconds`` have passed: a retry never books
+twice. Named shard actors live in the ``hexbook`` Ray namespace; any process connected
+to the same Ray and Redis finds them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from datetime import date
+from typing import Any
+
+import ray
+import redis
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+from actors.directory import Directory
+from actors.shard import ShardActor, check
+from engine.calendar import Calendar
+from engine.errors import Unavailable
+from engine.provider import Provider
+from engine.records import (
+    Booking,
+    CancelBooking,
+    Command,
+    ConfirmHold,
+    Hold,
+    PlaceHold,
+    ReleaseHold,
+    RescheduleBooking,
+    Result,
+)
+from engine.schedule import WeeklyTemplate
+
+__all__ = ["NAMESPACE", "Hexbook", "new_secret", "token_digest"]
+
+NAMESPACE = "hexbook"
+_RETRYABLE = (RayActorError, ActorDiedError, ActorUnavailableError, Unavailable)
+
+
+def new_secret() -> str:
+    """An unguessable id (128 random bits, URL-safe)."""
+    return secrets.token_urlsafe(16)
+
+
+def token_digest(token: str) -> bytes:
+    """What is stored of a booking token: its SHA-256."""
+    return hashlib.sha256(token.encode()).digest()
+
+
+class Hexbook:
+    """A connection to hexbook's shards (Ray) and directory (Redis)."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        *,
+        namespace: str = NAMESPACE,
+        detached: bool = False,
+        retry_seconds: float = 30.0,
+        shard_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.redis_url = redis_url
+        self.namespace = namespace
+        self.detached = detached
+        self.retry_seconds = retry_seconds
+        self.shard_options = shard_options or {}
+        self._redis = redis.Redis.from_url(redis_url)
+        self.directory = Directory(self._redis)
+        self._handles: dict[str, Any] = {}
+
+    @classmethod
+    def connect(
+        cls,
+        redis_url: str,
+        *,
+        ray_address: str | None = None,
+        shards: int = 2,
+        resolution: int = 8,
+        **kwargs: Any,
+    ) -> Hexbook:
+        """Join (or start) Ray, configure the directory if new, and start the shards."""
+        if not ray.is_initialized():
+            ray.init(
+                address=ray_address,
+                namespace=kwargs.get("namespace", NAMESPACE),
+                log_to_driver=False,
+            )
+        hb = cls(redis_url, **kwargs)
+        hb.directory.configure([f"shard-{i}" for i in range(shards)], resolution)
+        for name in hb.directory.shards:
+            hb.shard(name)
+        return hb
+
+    def shard(self, name: str) -> Any:
+        """The handle of shard ``name``, creating the actor if it does not exist."""
+        handle = self._handles.get(name)
+        if handle is None:
+            options: dict[str, Any] = {
+                "name": name,
+                "namespace": self.namespace,
+                "get_if_exists": True,
+                "max_restarts": -1,
+                "max_task_retries": 0,  # retried here, with the same idempotency key
+                "max_concurrency": 1000,
+            }
+            if self.detached:
+                options["lifetime"] = "detached"
+            remote = ray.remote(ShardActor).options(**options)
+            handle = remote.remote(name, self.redis_url, **self.shard_options)
+            self._handles[name] = handle
+        return handle
+
+    def _call(self, shard: str, method: str, *args: Any) -> Any:
+        """Call a shard, retrying (same arguments, so same keys) while it is unavailable."""
+        deadline = time.monotonic() + self.retry_seconds
+        delay = 0.05
+        while True:
+            try:
+                return ray.get(getattr(self.shard(shard), method).remote(*args))
+            except _RETRYABLE as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                if not isinstance(exc, Unavailable):
+                    self._handles.pop(shard, None)  # re-resolve the actor after it died
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    def submit(self, shard: str, commands: list[Command]) -> list[Any]:
+        """Send commands to one shard in one call; one outcome (result or error) each."""
+        return self._call(shard, "submit", commands)  # type: ignore[no-any-return]
+
+    def _one(self, command: Command) -> Result:
+        shard = self.directory.shard_of(command.provider_id)
+        return check(self.submit(shard, [command])[0])  # type: ignore[no-any-return]
+
+    # --- provisioning ------------------------------------------------------------------
+
+    def provision(
+        self,
+        provider: Provider,
+        template: WeeklyTemplate,
+        first_day: date,
+        days: int = 14,
+        slot_minutes: int = 15,
+        *,
+        dedicated: bool = False,
+    ) -> str:
+        """Create or replace a provider's calendars (one per service); returns its shard."""
+        if dedicated:
+            self.directory.dedicate(provider.provider_id)
+        shard = self.directory.place(provider)
+        snaps = [
+            Calendar.from_template(
+                provider.provider_id, s, provider.timezone, template, first_day, days, slot_minutes
+            ).snapshot()
+            for s in provider.services
+        ]
+        check(self._call(shard, "provision", provider, snaps))
+        return shard
+
+    def move_cell(self, cell: str, to_shard: str) -> list[str]:
+        """Map ``cell`` to ``to_shard`` and move its providers' calendars there.
+
+        Per provider: the old shard gives its calendars up (journaled with their full
+        state), the new shard takes them (journaled), then the directory points to it."""
+        self.directory.assign_cell(cell, to_shard)
+        moved = []
+        res = self.directory.resolution
+        for provider_id, shard in self.directory.providers().items():
+            if shard == to_shard:
+                continue
+            out = check(self._call(shard, "remove_provider", provider_id))
+            provider, snaps = out
+            if provider.cell(res) != cell:
+                check(self._call(shard, "provision", provider, snaps))  # not ours: put back
+                continue
+            check(self._call(to_shard, "provision", provider, snaps))
+            self.directory.set_provider_shard(provider_id, to_shard)
+            moved.append(provider_id)
+        return moved
+
+    # --- the booking verbs ---------------------------------------------------------------
+
+    def hold(
+        self,
+        provider_id: str,
+        service: str,
+        start: int,
+        party_size: int = 1,
+        *,
+        ttl: int = 300,
+        key: str | None = None,
+        now: int | None = None,
+    ) -> Hold:
+        """Hold places in a slot (UTC ``start``) for ``ttl`` seconds."""
+        cmd = PlaceHold(
+            provider_id,
+            service,
+            key or new_secret(),
+            _now(now),
+            new_secret(),
+            start,
+            party_size,
+            ttl,
+        )
+        return self._one(cmd)  # type: ignore[return-value]
+
+    def confirm(
+        self,
+        hold_id: str,
+        provider_id: str,
+        service: str,
+        patient_ref: str,
+        *,
+        key: str | None = None,
+        now: int | None = None,
+    ) -> tuple[Booking, str]:
+        """Confirm a hold; returns the booking and its token (shown once, stored hashed)."""
+        token = new_secret()
+        cmd = ConfirmHold(
+            provider_id,
+            service,
+            key or new_secret(),
+            _now(now),
+            hold_id,
+            new_secret(),
+            token_digest(token),
+            patient_ref,
+        )
+        booking = self._one(cmd)
+        if not isinstance(booking, Booking):
+            raise TypeError("confirm answered with a hold")
+        if booking.token_digest != token_digest(token):
+            token = ""  # a repeat of an earlier confirm: the token was given out then
+        return booking, token
+
+    def release(
+        self,
+        hold_id: str,
+        provider_id: str,
+        service: str,
+        *,
+        key: str | None = None,
+        now: int | None = None,
+    ) -> Hold:
+        """Release a hold."""
+        cmd = ReleaseHold(provider_id, service, key or new_secret(), _now(now), hold_id)
+        return self._one(cmd)  # type: ignore[return-value]
+
+    def cancel(
+        self,
+        booking_id: str,
+        provider_id: str,
+        service: str,
+        *,
+        key: str | None = None,
+        now: int | None = None,
+    ) -> Booking:
+        """Cancel a booking."""
+        cmd = CancelBooking(provider_id, service, key or new_secret(), _now(now), booking_id)
+        return self._one(cmd)  # type: ignore[return-value]
+
+    def reschedule(
+        self,
+        booking_id: str,
+        provider_id: str,
+        service: str,
+        new_start: int,
+        *,
+        key: str | None = None,
+        now: int | None = None,
+    ) -> Booking:
+        """Move a booking within its calendar, all or nothing."""
+        cmd = RescheduleBooking(
+            provider_id, service, key or new_secret(), _now(now), booking_id, new_start
+        )
+        return self._one(cmd)  # type: ignore[return-value]
+
+    def slots(self, provider_id: str, service: str) -> dict[str, Any]:
+        """A calendar's grid, read from its shard (authoritative)."""
+        shard = self.directory.shard_of(provider_id)
+        return check(self._call(shard, "slots", provider_id, service))  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self._redis.close()
+
+
+def _now(now: int | None) -> int:
+    return int(time.time()) if now is None else now

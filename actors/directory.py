@@ -1,0 +1,119 @@
+"""The directory: which shard hosts which H3 cell and which provider, kept in Redis so
+every process connected to the same Redis (gateway workers, CLIs) sees one map.
+
+Keys: ``hexbook:directory:meta`` (``resolution``, ``shards``: comma-separated names),
+``hexbook:directory:cells`` (cell -> shard), ``hexbook:directory:providers``
+(provider id -> shard), ``hexbook:directory:dedicated`` (provider id -> its own shard).
+
+A cell is assigned to a shard the first time a provider lands in it (by a stable hash
+of the cell, so neighbouring processes agree without coordination; ``HSETNX`` makes
+the first writer win). A provider lives on its cell's shard unless it is given a shard
+of its own (a stadium site).
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import redis
+
+from engine.errors import InvalidRequest, ProviderNotFound
+from engine.geo import DEFAULT_RESOLUTION
+from engine.provider import Provider
+
+__all__ = ["Directory"]
+
+META = "hexbook:directory:meta"
+CELLS = "hexbook:directory:cells"
+PROVIDERS = "hexbook:directory:providers"
+DEDICATED = "hexbook:directory:dedicated"
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Directory:
+    """Cells and providers mapped to shards, stored in Redis."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+
+    def configure(self, shards: list[str], resolution: int = DEFAULT_RESOLUTION) -> None:
+        """Set the shard list and cell resolution unless already set (first one wins)."""
+        if not shards or not 0 <= resolution <= 15:
+            raise InvalidRequest("need at least one shard and an H3 resolution of 0 to 15")
+        self.redis.hsetnx(META, "shards", ",".join(shards))
+        self.redis.hsetnx(META, "resolution", str(resolution))
+
+    @property
+    def shards(self) -> list[str]:
+        raw = self.redis.hget(META, "shards")
+        return _s(raw).split(",") if raw else []
+
+    @property
+    def resolution(self) -> int:
+        raw = self.redis.hget(META, "resolution")
+        return int(raw) if raw else DEFAULT_RESOLUTION
+
+    def add_shard(self, shard: str) -> None:
+        """Append a shard name to the list (e.g. a dedicated one)."""
+        if shard not in self.shards:
+            self.redis.hset(META, "shards", ",".join([*self.shards, shard]))
+
+    def shard_for_cell(self, cell: str) -> str:
+        """The shard of ``cell``, assigning one on first use."""
+        current = self.redis.hget(CELLS, cell)
+        if current is not None:
+            return _s(current)
+        shards = [s for s in self.shards if not s.startswith("dedicated-")]
+        if not shards:
+            raise InvalidRequest("the directory has no shards; configure it first")
+        choice = shards[zlib.crc32(cell.encode()) % len(shards)]
+        self.redis.hsetnx(CELLS, cell, choice)
+        won = self.redis.hget(CELLS, cell)  # another process may have set it first
+        return choice if won is None else _s(won)
+
+    def place(self, provider: Provider) -> str:
+        """The shard that hosts ``provider`` (recording it on first placement)."""
+        dedicated = self.redis.hget(DEDICATED, provider.provider_id)
+        if dedicated is not None:
+            shard = _s(dedicated)
+        else:
+            known = self.redis.hget(PROVIDERS, provider.provider_id)
+            if known is not None:
+                return _s(known)
+            shard = self.shard_for_cell(provider.cell(self.resolution))
+        self.redis.hset(PROVIDERS, provider.provider_id, shard)
+        return shard
+
+    def shard_of(self, provider_id: str) -> str:
+        """The shard hosting ``provider_id``, or :class:`ProviderNotFound`."""
+        shard = self.redis.hget(PROVIDERS, provider_id)
+        if shard is None:
+            raise ProviderNotFound(provider_id)
+        return _s(shard)
+
+    def dedicate(self, provider_id: str) -> str:
+        """Give a provider a shard of its own; returns that shard's name."""
+        shard = f"dedicated-{provider_id}"
+        self.redis.hset(DEDICATED, provider_id, shard)
+        self.add_shard(shard)
+        return shard
+
+    def set_provider_shard(self, provider_id: str, shard: str) -> None:
+        self.redis.hset(PROVIDERS, provider_id, shard)
+
+    def assign_cell(self, cell: str, shard: str) -> None:
+        """Map ``cell`` to ``shard`` (moving the cell's providers is the caller's job)."""
+        if shard not in self.shards:
+            raise InvalidRequest(f"unknown shard {shard!r}; shards are {self.shards}")
+        self.redis.hset(CELLS, cell, shard)
+
+    def cells(self) -> dict[str, str]:
+        """The whole cell map."""
+        return {_s(k): _s(v) for k, v in self.redis.hgetall(CELLS).items()}
+
+    def providers(self) -> dict[str, str]:
+        """Every provider and its shard."""
+        return {_s(k): _s(v) for k, v in self.redis.hgetall(PROVIDERS).items()}

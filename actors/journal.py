@@ -1,0 +1,106 @@
+"""A shard's durable journal in Redis: what is written, where, and how it is read back.
+
+Keys (``{shard}`` is the shard's name):
+
+- ``hexbook:shard:{shard}:journal``: a stream; one entry per committed batch, field
+  ``b`` = msgpack of a :class:`JournalBatch`.
+- ``hexbook:shard:{shard}:snapshot``: msgpack of a :class:`ShardSnapshot`, the state of
+  every calendar of the shard as of journal entry ``last_id``; the journal is trimmed up
+  to that entry when the snapshot is written.
+- ``hexbook:availability``: a stream shared by all shards; one entry per batch, field
+  ``d`` = msgpack list of ``[provider_id, service, start, remaining]`` (``start`` -1 and
+  ``remaining`` -1 mean "calendar added or removed: read it from its shard").
+
+A batch's journal entry and its availability entry are written in one MULTI/EXEC, so
+they are durable together (with ``appendfsync always``, before Redis answers).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from engine.provider import Provider
+from engine.records import CalendarSnapshot, Event
+
+__all__ = [
+    "AVAILABILITY_STREAM",
+    "CalendarAdded",
+    "CalendarEvents",
+    "CalendarRemoved",
+    "JournalBatch",
+    "ShardSnapshot",
+    "decode_batch",
+    "decode_shard_snapshot",
+    "encode",
+    "journal_key",
+    "snapshot_key",
+]
+
+AVAILABILITY_STREAM = "hexbook:availability"
+
+
+def journal_key(shard: str) -> str:
+    return f"hexbook:shard:{shard}:journal"
+
+
+def snapshot_key(shard: str) -> str:
+    return f"hexbook:shard:{shard}:snapshot"
+
+
+class _Entry(msgspec.Struct, frozen=True, array_like=True, tag_field="t", gc=False):
+    pass
+
+
+class CalendarAdded(_Entry, frozen=True, tag="calendar_added.v1"):
+    """A calendar came to this shard (provisioned, or moved here), with its full state."""
+
+    provider: Provider
+    snapshot: CalendarSnapshot
+
+
+class CalendarRemoved(_Entry, frozen=True, tag="calendar_removed.v1"):
+    """A calendar left this shard (moved away); its last state is kept in the entry."""
+
+    snapshot: CalendarSnapshot
+
+
+class CalendarEvents(_Entry, frozen=True, tag="calendar_events.v1"):
+    """Events of one calendar in one batch, in the order they happened."""
+
+    provider_id: str
+    service: str
+    events: list[Event]
+
+
+JournalEntry = CalendarAdded | CalendarRemoved | CalendarEvents
+
+
+class JournalBatch(_Entry, frozen=True, tag="journal_batch.v1"):
+    """Everything one group commit made durable."""
+
+    entries: list[JournalEntry]
+
+
+class ShardSnapshot(_Entry, frozen=True, tag="shard_snapshot.v1"):
+    """Every calendar of a shard as of journal entry ``last_id`` (``"0-0"``: none)."""
+
+    last_id: str
+    providers: list[Provider]
+    calendars: list[CalendarSnapshot]
+
+
+_encoder = msgspec.msgpack.Encoder()
+_batch_decoder = msgspec.msgpack.Decoder(JournalBatch)
+_snapshot_decoder = msgspec.msgpack.Decoder(ShardSnapshot)
+
+
+def encode(record: JournalBatch | ShardSnapshot) -> bytes:
+    return _encoder.encode(record)
+
+
+def decode_batch(data: bytes) -> JournalBatch:
+    return _batch_decoder.decode(data)
+
+
+def decode_shard_snapshot(data: bytes) -> ShardSnapshot:
+    return _snapshot_decoder.decode(data)

@@ -1,0 +1,220 @@
+"""The shard actor: hosts a :class:`~actors.shard_core.ShardCore` in a Ray actor.
+
+One writer task owns the state. Calls (``submit``, ``provision``, ...) queue their work
+and wait; the writer takes everything queued, applies it in one uninterrupted step,
+commits it to Redis in one MULTI/EXEC (group commit: the more callers wait, the bigger
+the batch), and only then answers them. So nothing is acknowledged before it is
+durable, and a batch never sees the effects of an earlier batch that did not become
+durable: if a commit fails the shard forgets its memory and rebuilds from Redis before
+it serves again (fail stop), and every caller of the failed batch gets
+:class:`~engine.errors.Unavailable` to retry with the same idempotency key.
+
+Redis calls time out after ``redis_timeout`` seconds (default 2), so with Redis down a
+mutation fails within about that bound instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from actors import journal
+from actors.shard_core import Outcome, RecoveryStats, ShardCore
+from engine.errors import CalendarNotFound, HexbookError, Unavailable
+from engine.provider import Provider
+from engine.records import CalendarSnapshot, Command
+
+__all__ = ["ShardActor", "check"]
+
+log = logging.getLogger("hexbook.shard")
+
+
+class ShardActor:
+    """Many calendars, one writer. Created as a named Ray actor by :mod:`actors.api`."""
+
+    def __init__(
+        self,
+        name: str,
+        redis_url: str,
+        *,
+        snapshot_every_events: int = 200_000,
+        snapshot_every_seconds: float = 300.0,
+        sweep_seconds: float = 1.0,
+        redis_timeout: float = 2.0,
+    ) -> None:
+        client = aioredis.from_url(
+            redis_url,
+            socket_timeout=redis_timeout,
+            socket_connect_timeout=redis_timeout,
+            retry_on_timeout=False,
+        )
+        self.name = name
+        self._core = ShardCore(
+            name,
+            client,
+            snapshot_every_events=snapshot_every_events,
+            snapshot_every_seconds=snapshot_every_seconds,
+        )
+        self._sweep_seconds = sweep_seconds
+        self._queue: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
+        self._wake: asyncio.Event | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.last_recovery: RecoveryStats | None = None
+        self.batches = 0
+
+    # --- public methods (Ray calls) -----------------------------------------------------
+
+    async def submit(self, commands: list[Command]) -> list[Outcome]:
+        """Apply commands in order; one outcome (result or domain error) each."""
+        return await self._enqueue(lambda: self._core.apply(commands))  # type: ignore[no-any-return]
+
+    async def provision(self, provider: Provider, snapshots: list[CalendarSnapshot]) -> Outcome:
+        """Add or replace a provider's calendars (journaled)."""
+        return await self._enqueue(lambda: self._core.add_calendars(provider, snapshots))  # type: ignore[no-any-return]
+
+    async def remove_provider(
+        self, provider_id: str
+    ) -> tuple[Provider, list[CalendarSnapshot]] | HexbookError:
+        """Take a provider's calendars off this shard (journaled), to move them."""
+        return await self._enqueue(lambda: self._core.remove_provider(provider_id))  # type: ignore[no-any-return]
+
+    async def slots(self, provider_id: str, service: str) -> dict[str, Any] | HexbookError:
+        """A calendar's grid: start, slot length, capacity, booked, held (lists)."""
+        await self._ready()
+        cal = self._core.calendars.get((provider_id, service))
+        if cal is None:
+            return CalendarNotFound(provider_id, service)
+        return {
+            "start": cal.start,
+            "slot_seconds": cal.slot_seconds,
+            "capacity": cal.capacity.tolist(),
+            "booked": cal.booked.tolist(),
+            "held": cal.held.tolist(),
+        }
+
+    async def committed_state(self) -> bytes:
+        """The encoded state as of the last commit (a ShardSnapshot), for checks."""
+        return await self._enqueue(  # type: ignore[no-any-return]
+            lambda: journal.encode(self._core.shard_snapshot()), commit=False
+        )
+
+    async def write_snapshot(self) -> str:
+        """Snapshot now and trim the journal; return the journal id it covers."""
+        await self._ready()
+        await self._enqueue(lambda: None)
+        await self._core.write_snapshot()
+        return self._core.last_id
+
+    async def sweep(self, now: int) -> int:
+        """Expire due holds now (the periodic sweep calls this too)."""
+        return await self._enqueue(lambda: self._core.sweep(now))  # type: ignore[no-any-return]
+
+    async def info(self) -> dict[str, Any]:
+        """Where this shard runs and what it holds."""
+        import ray
+
+        await self._ready()
+        rec = self.last_recovery
+        return {
+            "name": self.name,
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "calendars": len(self._core.calendars),
+            "providers": sorted(self._core.providers),
+            "batches": self.batches,
+            "last_id": self._core.last_id,
+            "recovery": None if rec is None else vars(rec),
+        }
+
+    # --- the writer --------------------------------------------------------------------
+
+    def _start(self) -> asyncio.Event:
+        if self._wake is None:
+            self._wake = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            self._tasks = [loop.create_task(self._write_loop())]
+            if self._sweep_seconds > 0:
+                self._tasks.append(loop.create_task(self._sweep_loop()))
+        return self._wake
+
+    async def _ready(self) -> None:
+        if not self._core.recovered:
+            await self._enqueue(lambda: None)
+
+    async def _enqueue(self, work: Callable[[], Any], commit: bool = True) -> Any:
+        wake = self._start()
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((work, fut))
+        wake.set()
+        out = await fut
+        if isinstance(out, Unavailable):
+            raise out
+        return out
+
+    async def _write_loop(self) -> None:
+        assert self._wake is not None
+        core = self._core
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._queue = self._queue, []
+            if not batch:
+                continue
+            if not core.recovered:
+                try:
+                    self.last_recovery = await core.recover()
+                    log.info("shard %s recovered: %s", self.name, self.last_recovery)
+                except (RedisError, OSError) as exc:
+                    _answer_all(batch, Unavailable(f"shard {self.name} cannot reach Redis: {exc}"))
+                    continue
+            outcomes: list[Any] = []
+            for work, _ in batch:
+                try:
+                    outcomes.append(work())
+                except HexbookError as exc:
+                    outcomes.append(exc)
+            try:
+                await core.commit()
+            except (RedisError, OSError) as exc:
+                # Memory may now be ahead of Redis: forget it, rebuild before serving.
+                core.fail_stop()
+                log.error("shard %s: journal append failed, failing stop: %s", self.name, exc)
+                _answer_all(batch, Unavailable(f"shard {self.name} journal unavailable: {exc}"))
+                continue
+            self.batches += 1
+            for (_, fut), out in zip(batch, outcomes, strict=True):
+                if not fut.done():
+                    fut.set_result(out)
+            if core.snapshot_due():
+                try:
+                    await core.write_snapshot()
+                except (RedisError, OSError) as exc:  # the journal still has everything
+                    log.warning("shard %s: snapshot failed: %s", self.name, exc)
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._sweep_seconds)
+            if self._core.recovered and any(c.holds for c in self._core.calendars.values()):
+                with contextlib.suppress(Unavailable):  # recovering: the next round sweeps
+                    await self.sweep(int(time.time()))
+
+
+def _answer_all(
+    batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]], error: Exception
+) -> None:
+    for _, fut in batch:
+        if not fut.done():
+            fut.set_result(error)
+
+
+def check(outcome: Any) -> Any:
+    """Raise an outcome that is an error; return it otherwise."""
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome

@@ -1,0 +1,313 @@
+"""The state of one shard and its durability, without Ray: calendars in memory, a batch
+applied in one uninterrupted step, group commit to Redis, snapshots, recovery.
+
+:class:`actors.shard.ShardActor` hosts one of these in a Ray actor; tests use it
+directly against a real redis-server.
+
+Order of a batch (``apply`` then ``commit``): every command of the batch is applied to
+memory with no await in between (single writer, no locks); the events go to Redis in one
+MULTI/EXEC; only when Redis has answered are the results released to the callers. If
+the append fails, the caller must call :meth:`ShardCore.fail_stop`: memory may hold
+changes Redis does not, so the shard forgets everything and rebuilds from Redis.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import msgspec
+import redis.asyncio as aioredis
+
+from actors import journal
+from actors.journal import (
+    CalendarAdded,
+    CalendarEvents,
+    CalendarRemoved,
+    JournalBatch,
+    JournalEntry,
+    ShardSnapshot,
+)
+from engine.calendar import Calendar
+from engine.errors import CalendarNotFound, HexbookError, InvalidRequest, Unavailable
+from engine.provider import Provider
+from engine.records import (
+    BookingCancelled,
+    BookingRescheduled,
+    CalendarSnapshot,
+    Command,
+    Event,
+    HoldConfirmed,
+    HoldPlaced,
+    HoldReleased,
+    Result,
+)
+
+__all__ = ["Outcome", "RecoveryStats", "ShardCore"]
+
+_delta_encoder = msgspec.msgpack.Encoder()
+
+Outcome = Result | HexbookError | None
+CalendarKey = tuple[str, str]
+
+
+@dataclass
+class RecoveryStats:
+    """What a recovery read and how long it took."""
+
+    calendars: int = 0
+    batches: int = 0
+    events: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class _Pending:
+    """A batch applied in memory and not yet durable."""
+
+    entries: list[JournalEntry] = field(default_factory=list)
+    touched: dict[tuple[str, str, int], None] = field(default_factory=dict)
+    events: int = 0
+
+
+class ShardCore:
+    """Calendars of one shard, their journal and snapshots in Redis."""
+
+    def __init__(
+        self,
+        name: str,
+        redis_client: aioredis.Redis,
+        *,
+        snapshot_every_events: int = 200_000,
+        snapshot_every_seconds: float = 300.0,
+        availability_maxlen: int = 1_000_000,
+    ) -> None:
+        self.name = name
+        self.redis = redis_client
+        self.snapshot_every_events = snapshot_every_events
+        self.snapshot_every_seconds = snapshot_every_seconds
+        self.availability_maxlen = availability_maxlen
+        self.calendars: dict[CalendarKey, Calendar] = {}
+        self.providers: dict[str, Provider] = {}
+        self.recovered = False
+        self.last_id = "0-0"
+        self.events_since_snapshot = 0
+        self.last_snapshot_at = time.monotonic()
+        self._pending = _Pending()
+
+    # --- recovery --------------------------------------------------------------------
+
+    async def recover(self, chunk: int = 500) -> RecoveryStats:
+        """Load the snapshot and replay the journal after it. Raises Redis errors."""
+        t0 = time.perf_counter()
+        self.calendars, self.providers = {}, {}
+        self._pending = _Pending()
+        stats = RecoveryStats()
+        raw = await self.redis.get(journal.snapshot_key(self.name))
+        self.last_id = "0-0"
+        if raw is not None:
+            snap = journal.decode_shard_snapshot(raw)  # type: ignore[arg-type]
+            self.last_id = snap.last_id
+            self.providers = {p.provider_id: p for p in snap.providers}
+            for cs in snap.calendars:
+                self.calendars[(cs.provider_id, cs.service)] = Calendar.from_snapshot(cs)
+        after = self.last_id
+        key = journal.journal_key(self.name)
+        while True:
+            rows = await self.redis.xrange(key, min=f"({after}", max="+", count=chunk)
+            if not rows:
+                break
+            for entry_id, fields in rows:
+                stats.events += self._replay(journal.decode_batch(fields[b"b"]))  # type: ignore[index, arg-type]
+                stats.batches += 1
+                after = entry_id.decode()  # type: ignore[union-attr]
+        self.last_id = after
+        self.recovered = True
+        self.events_since_snapshot = stats.events
+        self.last_snapshot_at = time.monotonic()
+        stats.calendars = len(self.calendars)
+        stats.seconds = time.perf_counter() - t0
+        gc.collect()
+        gc.freeze()  # long-lived calendar records: keep them out of every GC scan
+        return stats
+
+    def _replay(self, batch: JournalBatch) -> int:
+        events = 0
+        for entry in batch.entries:
+            if isinstance(entry, CalendarEvents):
+                cal = self.calendars[(entry.provider_id, entry.service)]
+                for event in entry.events:
+                    cal.apply(event)
+                events += len(entry.events)
+            elif isinstance(entry, CalendarAdded):
+                self._add(entry.provider, Calendar.from_snapshot(entry.snapshot))
+            else:
+                self._remove(entry.snapshot.provider_id, entry.snapshot.service)
+        return events
+
+    def fail_stop(self) -> None:
+        """Forget all state: memory may be ahead of Redis. The next call recovers."""
+        self.recovered = False
+        self.calendars, self.providers = {}, {}
+        self._pending = _Pending()
+
+    def require_recovered(self) -> None:
+        if not self.recovered:
+            raise Unavailable(f"shard {self.name} is recovering; retry shortly")
+
+    # --- applying --------------------------------------------------------------------
+
+    def _add(self, provider: Provider, cal: Calendar) -> None:
+        self.providers[provider.provider_id] = provider
+        self.calendars[(cal.provider_id, cal.service)] = cal
+
+    def _remove(self, provider_id: str, service: str) -> Calendar | None:
+        cal = self.calendars.pop((provider_id, service), None)
+        if not any(k[0] == provider_id for k in self.calendars):
+            self.providers.pop(provider_id, None)
+        return cal
+
+    def add_calendars(self, provider: Provider, snapshots: Sequence[CalendarSnapshot]) -> None:
+        """Add (or replace) a provider's calendars; journaled with the next commit."""
+        for snap in snapshots:
+            if snap.provider_id != provider.provider_id or snap.service not in provider.services:
+                raise InvalidRequest(
+                    f"calendar {snap.provider_id}/{snap.service} does not belong to provider "
+                    f"{provider.provider_id!r} with services {list(provider.services)}"
+                )
+        for snap in snapshots:
+            self._add(provider, Calendar.from_snapshot(snap))
+            self._pending.entries.append(CalendarAdded(provider, snap))
+            self._pending.touched[(snap.provider_id, snap.service, -1)] = None
+
+    def remove_provider(self, provider_id: str) -> tuple[Provider, list[CalendarSnapshot]]:
+        """Take a provider's calendars off this shard (to move them); journaled."""
+        provider = self.providers.get(provider_id)
+        if provider is None:
+            raise InvalidRequest(f"provider {provider_id!r} is not on shard {self.name}")
+        snaps = []
+        for service in provider.services:
+            cal = self._remove(provider_id, service)
+            if cal is not None:
+                snap = cal.snapshot()
+                snaps.append(snap)
+                self._pending.entries.append(CalendarRemoved(snap))
+                self._pending.touched[(provider_id, service, -1)] = None
+        return provider, snaps
+
+    def apply(self, commands: Iterable[Command]) -> list[Outcome]:
+        """Apply commands in order, with no await: one outcome (result or error) each."""
+        out: list[Outcome] = []
+        pending = self._pending
+        for cmd in commands:
+            cal = self.calendars.get((cmd.provider_id, cmd.service))
+            if cal is None:
+                out.append(CalendarNotFound(cmd.provider_id, cmd.service))
+                continue
+            try:
+                out.append(cal.handle(cmd))
+            except HexbookError as exc:
+                out.append(exc)
+            if cal.outbox:
+                self._collect(cal, cal.drain(), pending)
+        return out
+
+    def sweep(self, now: int) -> int:
+        """Expire every due hold of every calendar; journaled with the next commit."""
+        expired = 0
+        for cal in self.calendars.values():
+            if cal.holds:
+                expired += cal.expire(now)
+                if cal.outbox:
+                    self._collect(cal, cal.drain(), self._pending)
+        return expired
+
+    @staticmethod
+    def _collect(cal: Calendar, events: list[Event], pending: _Pending) -> None:
+        entries = pending.entries
+        last = entries[-1] if entries else None
+        if (
+            isinstance(last, CalendarEvents)
+            and last.provider_id == cal.provider_id
+            and last.service == cal.service
+        ):
+            last.events.extend(events)
+        else:
+            entries.append(CalendarEvents(cal.provider_id, cal.service, events))
+        pending.events += len(events)
+        touched = pending.touched
+        pid, service = cal.provider_id, cal.service
+        for ev in events:
+            if isinstance(ev, HoldPlaced | HoldReleased):
+                touched[(pid, service, ev.start)] = None
+            elif isinstance(ev, HoldConfirmed | BookingCancelled):
+                touched[(pid, service, cal.bookings[ev.booking_id].start)] = None
+            elif isinstance(ev, BookingRescheduled):
+                touched[(pid, service, ev.old_start)] = None
+                touched[(pid, service, ev.new_start)] = None
+
+    @property
+    def has_pending(self) -> bool:
+        return bool(self._pending.entries)
+
+    # --- durability ------------------------------------------------------------------
+
+    async def commit(self) -> str | None:
+        """Make the pending batch durable (one MULTI/EXEC); return its journal id.
+
+        Raises Redis errors; then the caller must :meth:`fail_stop`."""
+        pending = self._pending
+        if not pending.entries:
+            return None
+        self._pending = _Pending()
+        deltas = []
+        for pid, service, start in pending.touched:
+            if start == -1:
+                deltas.append((pid, service, -1, -1))
+                continue
+            cal = self.calendars.get((pid, service))
+            if cal is not None:
+                deltas.append((pid, service, start, cal.remaining_at(start)))
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.xadd(
+            journal.journal_key(self.name), {"b": journal.encode(JournalBatch(pending.entries))}
+        )
+        pipe.xadd(
+            journal.AVAILABILITY_STREAM,
+            {"shard": self.name, "d": _delta_encoder.encode(deltas)},
+            maxlen=self.availability_maxlen,
+            approximate=True,
+        )
+        results = await pipe.execute()
+        entry_id = results[0]
+        self.last_id = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        self.events_since_snapshot += pending.events
+        return self.last_id
+
+    def snapshot_due(self) -> bool:
+        return self.events_since_snapshot >= self.snapshot_every_events or (
+            self.events_since_snapshot > 0
+            and time.monotonic() - self.last_snapshot_at >= self.snapshot_every_seconds
+        )
+
+    def shard_snapshot(self) -> ShardSnapshot:
+        """The state as of the last committed batch (call with nothing pending)."""
+        if self.has_pending:
+            raise RuntimeError("snapshot with uncommitted changes")
+        return ShardSnapshot(
+            last_id=self.last_id,
+            providers=list(self.providers.values()),
+            calendars=[c.snapshot() for c in self.calendars.values()],
+        )
+
+    async def write_snapshot(self) -> None:
+        """Store a snapshot and trim the journal up to it, atomically."""
+        snap = self.shard_snapshot()
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(journal.snapshot_key(self.name), journal.encode(snap))
+        pipe.xtrim(journal.journal_key(self.name), minid=snap.last_id, approximate=False)
+        await pipe.execute()
+        self.events_since_snapshot = 0
+        self.last_snapshot_at = time.monotonic()

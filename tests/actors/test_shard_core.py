@@ -1,0 +1,166 @@
+"""Shard durability without Ray: group commit, snapshots, recovery, fail stop.
+Real redis-server throughout."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import date
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from actors import journal
+from actors.embedded_redis import EmbeddedRedis
+from actors.shard_core import ShardCore
+from engine.calendar import Calendar
+from engine.errors import CalendarNotFound, SlotUnavailable
+from engine.provider import Provider
+from engine.records import Booking, ConfirmHold, Hold, PlaceHold
+from engine.schedule import WEEKDAYS, WeeklyTemplate
+
+TEMPLATE = WeeklyTemplate.uniform(WEEKDAYS, "09:00", "11:00", 2)
+
+
+def provider(i: int) -> Provider:
+    return Provider(
+        provider_id=f"p{i}",
+        name=f"Site {i}",
+        lat=41.88,
+        lng=-87.63,
+        timezone="America/Chicago",
+        services=("vaccine",),
+    )
+
+
+def snaps(p: Provider) -> list:
+    return [
+        Calendar.from_template(
+            p.provider_id, s, p.timezone, TEMPLATE, date(2026, 3, 2), 3
+        ).snapshot()
+        for s in p.services
+    ]
+
+
+def open_starts(core: ShardCore, pid: str) -> list[int]:
+    cal = core.calendars[(pid, "vaccine")]
+    return [int(s) for s in cal.starts()[cal.capacity > 0]]
+
+
+async def new_core(url: str, name: str = "s0", **kw: object) -> ShardCore:
+    core = ShardCore(name, aioredis.from_url(url, socket_timeout=2), **kw)  # type: ignore[arg-type]
+    await core.recover()
+    return core
+
+
+def run(coro: object) -> object:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+async def workload(core: ShardCore, n: int = 60) -> list[object]:
+    outcomes = []
+    for i in range(3):
+        core.add_calendars(provider(i), snaps(provider(i)))
+    await core.commit()
+    for k in range(n):
+        pid = f"p{k % 3}"
+        start = open_starts(core, pid)[k % 5]
+        out = core.apply([PlaceHold(pid, "vaccine", f"k{k}", 1000 + k, f"h{k}", start, 1, 30)])
+        outcomes += out
+        if isinstance(out[0], Hold) and k % 2:
+            outcomes += core.apply(
+                [ConfirmHold(pid, "vaccine", f"c{k}", 1000 + k, f"h{k}", f"b{k}", b"", "r")]
+            )
+        if k % 7 == 0:
+            core.sweep(1000 + k)
+        await core.commit()
+    return outcomes
+
+
+def test_replay_equals_state(redis_server: EmbeddedRedis, redis_client: object) -> None:
+    async def go() -> None:
+        core = await new_core(redis_server.url)
+        outcomes = await workload(core)
+        assert any(isinstance(o, SlotUnavailable) for o in outcomes)  # contention happened
+        assert any(isinstance(o, Booking) for o in outcomes)
+        again = await new_core(redis_server.url)
+        assert journal.encode(again.shard_snapshot()) == journal.encode(core.shard_snapshot())
+
+    run(go())
+
+
+def test_snapshot_trims_journal_and_recovery_uses_both(
+    redis_server: EmbeddedRedis, redis_client: object
+) -> None:
+    async def go() -> None:
+        core = await new_core(redis_server.url)
+        await workload(core, 30)
+        await core.write_snapshot()
+        key = journal.journal_key("s0")
+        assert await core.redis.xlen(key) <= 1  # trimmed up to the snapshot's entry
+        await workload(core, 30)  # more after the snapshot (re-adds calendars, too)
+        again = await new_core(redis_server.url)
+        assert journal.encode(again.shard_snapshot()) == journal.encode(core.shard_snapshot())
+        assert again.last_id == core.last_id
+
+    run(go())
+
+
+def test_unknown_calendar_is_an_outcome_not_a_crash(
+    redis_server: EmbeddedRedis, redis_client: object
+) -> None:
+    async def go() -> None:
+        core = await new_core(redis_server.url)
+        [out] = core.apply([PlaceHold("nope", "vaccine", None, 0, "h", 0, 1, 30)])
+        assert isinstance(out, CalendarNotFound)
+
+    run(go())
+
+
+def test_failed_append_fails_stop_and_loses_only_unacknowledged(tmp_path: Path) -> None:
+    async def go() -> None:
+        server = EmbeddedRedis(tmp_path / "r").start()
+        try:
+            core = await new_core(server.url)
+            core.add_calendars(provider(0), snaps(provider(0)))
+            start = open_starts(core, "p0")[0]
+            core.apply([PlaceHold("p0", "vaccine", "k1", 1, "acked", start, 1, 600)])
+            await core.commit()  # acknowledged
+            core.apply([PlaceHold("p0", "vaccine", "k2", 2, "lost", start, 1, 600)])
+            server.kill()
+            with pytest.raises((RedisConnectionError, OSError)):
+                await core.commit()
+            core.fail_stop()
+            assert not core.recovered
+            assert core.calendars == {}
+            server.start()
+            await core.redis.connection_pool.disconnect()
+            await core.recover()
+            holds = core.calendars[("p0", "vaccine")].holds
+            assert set(holds) == {"acked"}
+        finally:
+            server.stop()
+
+    run(go())
+
+
+def test_availability_deltas_follow_each_change(
+    redis_server: EmbeddedRedis, redis_client: object
+) -> None:
+    import msgspec
+
+    async def go() -> None:
+        core = await new_core(redis_server.url)
+        core.add_calendars(provider(0), snaps(provider(0)))
+        await core.commit()
+        start = open_starts(core, "p0")[0]
+        core.apply([PlaceHold("p0", "vaccine", None, 1, "h1", start, 1, 600)])
+        core.apply([PlaceHold("p0", "vaccine", None, 1, "h2", start, 1, 600)])
+        await core.commit()
+        rows = await core.redis.xrange(journal.AVAILABILITY_STREAM)
+        decoded = [msgspec.msgpack.decode(f[b"d"]) for _, f in rows]
+        assert decoded[0] == [["p0", "vaccine", -1, -1]]  # calendar added
+        assert decoded[1] == [["p0", "vaccine", start, 0]]  # two holds, one delta, 0 left
+
+    run(go())
