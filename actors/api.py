@@ -27,7 +27,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from actors.directory import Directory
 from actors.shard import ShardActor, check
 from engine.calendar import Calendar
-from engine.errors import Unavailable
+from engine.errors import CalendarNotFound, Unavailable
 from engine.provider import Provider
 from engine.records import (
     Booking,
@@ -78,6 +78,7 @@ class Hexbook:
         self._redis = redis.Redis.from_url(redis_url)
         self.directory = Directory(self._redis)
         self._handles: dict[str, Any] = {}
+        self._placement: dict[str, str] = {}
 
     @classmethod
     def connect(
@@ -128,11 +129,11 @@ class Hexbook:
         while True:
             try:
                 return ray.get(getattr(self.shard(shard), method).remote(*args))
-            except _RETRYABLE as exc:
+            except _RETRYABLE:
+                # The handle stays: it follows the actor across restarts, and dropping the
+                # last handle of a non-detached actor would destroy it for good.
                 if time.monotonic() >= deadline:
                     raise
-                if not isinstance(exc, Unavailable):
-                    self._handles.pop(shard, None)  # re-resolve the actor after it died
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
@@ -140,9 +141,24 @@ class Hexbook:
         """Send commands to one shard in one call; one outcome (result or error) each."""
         return self._call(shard, "submit", commands)  # type: ignore[no-any-return]
 
+    def shard_of(self, provider_id: str, *, refresh: bool = False) -> str:
+        """The shard of a provider, from this client's cache of the directory."""
+        shard = None if refresh else self._placement.get(provider_id)
+        if shard is None:
+            try:
+                shard = self.directory.shard_of(provider_id)
+            except redis.RedisError as exc:
+                raise Unavailable(f"the directory in Redis is unreachable: {exc}") from exc
+            self._placement[provider_id] = shard
+        return shard
+
     def _one(self, command: Command) -> Result:
-        shard = self.directory.shard_of(command.provider_id)
-        return check(self.submit(shard, [command])[0])  # type: ignore[no-any-return]
+        outcome = self.submit(self.shard_of(command.provider_id), [command])[0]
+        if isinstance(outcome, CalendarNotFound):
+            # The provider may have moved to another shard: look again, once.
+            shard = self.shard_of(command.provider_id, refresh=True)
+            outcome = self.submit(shard, [command])[0]
+        return check(outcome)  # type: ignore[no-any-return]
 
     # --- provisioning ------------------------------------------------------------------
 
@@ -167,6 +183,7 @@ class Hexbook:
             for s in provider.services
         ]
         check(self._call(shard, "provision", provider, snaps))
+        self._placement[provider.provider_id] = shard
         return shard
 
     def move_cell(self, cell: str, to_shard: str) -> list[str]:
@@ -187,6 +204,7 @@ class Hexbook:
                 continue
             check(self._call(to_shard, "provision", provider, snaps))
             self.directory.set_provider_shard(provider_id, to_shard)
+            self._placement[provider_id] = to_shard
             moved.append(provider_id)
         return moved
 
@@ -289,8 +307,12 @@ class Hexbook:
 
     def slots(self, provider_id: str, service: str) -> dict[str, Any]:
         """A calendar's grid, read from its shard (authoritative)."""
-        shard = self.directory.shard_of(provider_id)
-        return check(self._call(shard, "slots", provider_id, service))  # type: ignore[no-any-return]
+        outcome = self._call(self.shard_of(provider_id), "slots", provider_id, service)
+        if isinstance(outcome, CalendarNotFound):
+            outcome = self._call(
+                self.shard_of(provider_id, refresh=True), "slots", provider_id, service
+            )
+        return check(outcome)  # type: ignore[no-any-return]
 
     def close(self) -> None:
         self._redis.close()
