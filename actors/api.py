@@ -14,6 +14,7 @@ to the same Ray and Redis finds them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
 import time
@@ -27,7 +28,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from actors.directory import Directory
 from actors.shard import ShardActor, check
 from engine.calendar import Calendar
-from engine.errors import CalendarNotFound, Unavailable
+from engine.errors import CalendarNotFound, HexbookError, Unavailable
 from engine.provider import Provider
 from engine.records import (
     Booking,
@@ -296,14 +297,49 @@ class Hexbook:
         service: str,
         new_start: int,
         *,
+        new_provider_id: str | None = None,
+        new_service: str | None = None,
         key: str | None = None,
         now: int | None = None,
     ) -> Booking:
-        """Move a booking within its calendar, all or nothing."""
-        cmd = RescheduleBooking(
-            provider_id, service, key or new_secret(), _now(now), booking_id, new_start
+        """Move a booking to ``new_start`` (at ``new_provider_id``/``new_service`` if given).
+
+        Within one calendar this is one command, all or nothing. To another calendar
+        (maybe on another shard) it is three journaled, idempotent steps under keys
+        derived from ``key``: hold the new slot, confirm it, cancel the old booking. If
+        the hold or confirm fails the old booking is untouched (and the hold released);
+        if the cancel cannot be done now, calling again with the same ``key`` finishes
+        the move without booking twice. Returns the booking as it is after the move."""
+        key = key or new_secret()
+        to_provider, to_service = new_provider_id or provider_id, new_service or service
+        if (to_provider, to_service) == (provider_id, service):
+            cmd = RescheduleBooking(provider_id, service, key, _now(now), booking_id, new_start)
+            return self._one(cmd)  # type: ignore[return-value]
+        shard = self.shard_of(provider_id)
+        old = check(self._call(shard, "booking", provider_id, service, booking_id))
+        if old.status != "active":
+            # Either this move already cancelled it (then the cancel step repeats and the
+            # other steps return their first results below) or it is simply not active:
+            # then the keyed cancel is a new command and raises BookingNotActive.
+            self.cancel(booking_id, provider_id, service, key=f"{key}:cancel", now=now)
+        hold = self.hold(
+            to_provider, to_service, new_start, old.party_size, ttl=120, key=f"{key}:hold", now=now
         )
-        return self._one(cmd)  # type: ignore[return-value]
+        try:
+            new, _ = self.confirm(
+                hold.hold_id,
+                to_provider,
+                to_service,
+                old.patient_ref,
+                key=f"{key}:confirm",
+                now=now,
+            )
+        except HexbookError:
+            with contextlib.suppress(HexbookError):
+                self.release(hold.hold_id, to_provider, to_service, key=f"{key}:release")
+            raise
+        self.cancel(booking_id, provider_id, service, key=f"{key}:cancel", now=now)
+        return new
 
     def slots(self, provider_id: str, service: str) -> dict[str, Any]:
         """A calendar's grid, read from its shard (authoritative)."""

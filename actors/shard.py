@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 
 from actors import journal
 from actors.shard_core import Outcome, RecoveryStats, ShardCore
-from engine.errors import CalendarNotFound, HexbookError, Unavailable
+from engine.errors import BookingNotFound, CalendarNotFound, HexbookError, Unavailable
 from engine.provider import Provider
 from engine.records import CalendarSnapshot, Command
 
@@ -98,6 +98,15 @@ class ShardActor:
             "booked": cal.booked.tolist(),
             "held": cal.held.tolist(),
         }
+
+    async def booking(self, provider_id: str, service: str, booking_id: str) -> Outcome:
+        """One booking as the shard holds it."""
+        await self._ready()
+        cal = self._core.calendars.get((provider_id, service))
+        if cal is None:
+            return CalendarNotFound(provider_id, service)
+        found = cal.bookings.get(booking_id)
+        return BookingNotFound(booking_id) if found is None else found
 
     async def committed_state(self) -> bytes:
         """The encoded state as of the last commit (a ShardSnapshot), for checks."""

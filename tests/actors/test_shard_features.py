@@ -1,0 +1,135 @@
+"""Shard features on real Ray and Redis: the hold sweep, the availability stream,
+rescheduling across shards."""
+
+from __future__ import annotations
+
+import time
+from datetime import date
+
+import pytest
+import redis
+
+from actors.api import Hexbook
+from actors.availability import read_availability
+from actors.embedded_redis import EmbeddedRedis
+from engine.errors import BookingNotActive, SlotUnavailable
+from engine.provider import Provider
+from engine.schedule import WEEKDAYS, WeeklyTemplate
+from tests.actors.test_shard_faults import SERVICE, committed
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+TEMPLATE = WeeklyTemplate.uniform(WEEKDAYS, "09:00", "10:00", 1)
+
+
+@pytest.fixture
+def city(module_redis: EmbeddedRedis, namespace: str) -> Hexbook:
+    client = redis.Redis.from_url(module_redis.url)
+    client.flushdb()
+    client.close()
+    hb = Hexbook.connect(
+        module_redis.url, shards=2, namespace=namespace, shard_options={"sweep_seconds": 0.2}
+    )
+    # Far apart, so they are on different cells; pinned to different shards below.
+    a = Provider(
+        provider_id="north",
+        name="North",
+        lat=42.01,
+        lng=-87.67,
+        timezone="America/Chicago",
+        services=(SERVICE,),
+    )
+    b = Provider(
+        provider_id="south",
+        name="South",
+        lat=41.66,
+        lng=-87.60,
+        timezone="America/Chicago",
+        services=(SERVICE,),
+    )
+    hb.provision(a, TEMPLATE, date(2026, 3, 2), days=1)
+    hb.provision(b, TEMPLATE, date(2026, 3, 2), days=1, dedicated=True)
+    return hb
+
+
+def open_starts(hb: Hexbook, pid: str) -> list[int]:
+    g = hb.slots(pid, SERVICE)
+    return [g["start"] + i * g["slot_seconds"] for i, c in enumerate(g["capacity"]) if c]
+
+
+def test_sweep_expires_holds_nobody_touches(city: Hexbook) -> None:
+    start = open_starts(city, "north")[0]
+    hold = city.hold("north", SERVICE, start, ttl=1)
+    time.sleep(2.5)  # no command reaches this calendar: only the sweep can expire it
+    snap = committed(city)[city.shard_of("north")]
+    cal = next(c for c in snap.calendars if c.provider_id == "north")
+    assert [e.hold_id for e in cal.expired_holds] == [hold.hold_id]
+    assert cal.holds == []
+    assert city.hold("north", SERVICE, start).start == start  # the place is free again
+
+
+def test_availability_stream_can_be_followed_from_any_point(
+    city: Hexbook, module_redis: EmbeddedRedis
+) -> None:
+    client = redis.Redis.from_url(module_redis.url)
+    _, mark = read_availability(client)  # the provisioning entries
+    s1, s2 = open_starts(city, "north")[:2]
+    h = city.hold("north", SERVICE, s1)
+    city.confirm(h.hold_id, "north", SERVICE, "r")
+    city.hold("north", SERVICE, s2)
+    deltas, last = read_availability(client, after=mark)
+    assert [(d.provider_id, d.start, d.remaining) for d in deltas] == [
+        ("north", s1, 0),
+        ("north", s1, 0),
+        ("north", s2, 0),
+    ]
+    assert read_availability(client, after=last) == ([], last)
+    everything, _ = read_availability(client, after="0-0")
+    assert {(d.provider_id, d.start) for d in everything if d.start == -1} == {
+        ("north", -1),
+        ("south", -1),
+    }
+    client.close()
+
+
+def test_reschedule_across_shards(city: Hexbook) -> None:
+    assert city.shard_of("north") != city.shard_of("south")
+    old_start, new_start = open_starts(city, "north")[0], open_starts(city, "south")[0]
+    hold = city.hold("north", SERVICE, old_start)
+    booking, _ = city.confirm(hold.hold_id, "north", SERVICE, "patient-7")
+    moved = city.reschedule(
+        booking.booking_id, "north", SERVICE, new_start, new_provider_id="south", key="move-1"
+    )
+    assert (moved.start, moved.patient_ref) == (new_start, "patient-7")
+    assert (
+        city.slots("south", SERVICE)["booked"][
+            (new_start - city.slots("south", SERVICE)["start"]) // 900
+        ]
+        == 1
+    )
+    north = city.slots("north", SERVICE)
+    assert sum(north["booked"]) == 0  # the old place is free
+    # The same request again (a client retry) finishes nothing twice.
+    again = city.reschedule(
+        booking.booking_id, "north", SERVICE, new_start, new_provider_id="south", key="move-1"
+    )
+    assert again.booking_id == moved.booking_id
+    assert sum(city.slots("south", SERVICE)["booked"]) == 1
+    # A new move of the cancelled old booking is refused.
+    with pytest.raises(BookingNotActive):
+        city.reschedule(
+            booking.booking_id, "north", SERVICE, new_start, new_provider_id="south", key="move-2"
+        )
+
+
+def test_failed_cross_shard_reschedule_keeps_the_old_booking(city: Hexbook) -> None:
+    old_start, full_start = open_starts(city, "north")[0], open_starts(city, "south")[0]
+    city.hold("south", SERVICE, full_start)  # the target slot (capacity 1) is taken
+    hold = city.hold("north", SERVICE, old_start)
+    booking, _ = city.confirm(hold.hold_id, "north", SERVICE, "p")
+    with pytest.raises(SlotUnavailable):
+        city.reschedule(
+            booking.booking_id, "north", SERVICE, full_start, new_provider_id="south", key="move-x"
+        )
+    north = city.slots("north", SERVICE)
+    assert sum(north["booked"]) == 1
+    assert sum(city.slots("south", SERVICE)["held"]) == 1  # only the other hold
