@@ -102,6 +102,15 @@ class ShardCore:
     async def recover(self, chunk: int = 500) -> RecoveryStats:
         """Load the snapshot and replay the journal after it. Raises Redis errors."""
         t0 = time.perf_counter()
+        gc_was_enabled = gc.isenabled()
+        gc.disable()  # a bulk load of long-lived objects: no point scanning them midway
+        try:
+            return await self._recover(chunk, t0)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+
+    async def _recover(self, chunk: int, t0: float) -> RecoveryStats:
         self.calendars, self.providers = {}, {}
         self._pending = _Pending()
         stats = RecoveryStats()
@@ -123,6 +132,8 @@ class ShardCore:
                 stats.events += self._replay(journal.decode_batch(fields[b"b"]))  # type: ignore[index, arg-type]
                 stats.batches += 1
                 after = entry_id.decode()  # type: ignore[union-attr]
+        for cal in self.calendars.values():
+            cal.rebuild_expiry()
         self.last_id = after
         self.recovered = True
         self.events_since_snapshot = stats.events
@@ -135,11 +146,12 @@ class ShardCore:
 
     def _replay(self, batch: JournalBatch) -> int:
         events = 0
+        calendars = self.calendars
         for entry in batch.entries:
-            if isinstance(entry, CalendarEvents):
-                cal = self.calendars[(entry.provider_id, entry.service)]
-                for event in entry.events:
-                    cal.apply(event)
+            if type(entry) is CalendarEvents:
+                calendars[(entry.provider_id, entry.service)].replay(
+                    entry.events, rebuild_expiry=False
+                )
                 events += len(entry.events)
             elif isinstance(entry, CalendarAdded):
                 self._add(entry.provider, Calendar.from_snapshot(entry.snapshot))

@@ -367,17 +367,41 @@ class Calendar:
         """Replay one journaled event (no checks, no outbox): the evolve half."""
         return _EVOLVE[type(event)](self, event)
 
+    def replay(self, events: list[Event], *, rebuild_expiry: bool = True) -> None:
+        """Replay journaled events in order, like :meth:`apply` for each.
+
+        Holds placed here skip the expiry heap (nothing expires during a replay, and a
+        heap that is never popped only grows); it is rebuilt from the live holds at the
+        end, or by the caller with :meth:`rebuild_expiry` after many replays."""
+        evolve = _EVOLVE
+        place = Calendar._place
+        for event in events:
+            if type(event) is HoldPlaced:
+                place(self, event)
+            else:
+                evolve[type(event)](self, event)
+        if rebuild_expiry:
+            self.rebuild_expiry()
+
+    def rebuild_expiry(self) -> None:
+        """Rebuild the expiry heap from the live holds (a sorted list is a heap)."""
+        self._expiry = sorted(self.holds.values())
+
     def _remember(self, event: Event, result: Result) -> Result:
         if event.key is not None:
             self._idem[event.key] = IdempotencyEntry(event.key, event, result)
         return result
 
     def _on_hold_placed(self, ev: HoldPlaced) -> Result:
+        hold = self._place(ev)
+        heapq.heappush(self._expiry, hold)
+        return hold
+
+    def _place(self, ev: HoldPlaced) -> Hold:
         i = (ev.start - self.start) // self.slot_seconds
         self._hd[i] += ev.party_size
         hold = Hold(ev.at + ev.ttl, ev.hold_id, ev.start, ev.party_size)
         self.holds[ev.hold_id] = hold
-        heapq.heappush(self._expiry, hold)
         if ev.key is not None:
             self._idem[ev.key] = IdempotencyEntry(ev.key, ev, hold)
         return hold
