@@ -148,7 +148,7 @@ class ShardCore:
         events = 0
         calendars = self.calendars
         for entry in batch.entries:
-            if type(entry) is CalendarEvents:
+            if isinstance(entry, CalendarEvents):
                 calendars[(entry.provider_id, entry.service)].replay(
                     entry.events, rebuild_expiry=False
                 )
