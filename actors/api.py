@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import secrets
 import time
+from collections.abc import Callable
 from datetime import date
 from typing import Any
 
@@ -70,12 +71,15 @@ class Hexbook:
         detached: bool = False,
         retry_seconds: float = 30.0,
         shard_options: dict[str, Any] | None = None,
+        actor_options: dict[str, Any] | Callable[[str], dict[str, Any]] | None = None,
     ) -> None:
         self.redis_url = redis_url
         self.namespace = namespace
         self.detached = detached
         self.retry_seconds = retry_seconds
-        self.shard_options = shard_options or {}
+        self.shard_options = shard_options or {}  # ShardActor constructor arguments
+        # Extra Ray options (scheduling_strategy...), or a function of the shard's name.
+        self.actor_options = actor_options or {}
         self._redis = redis.Redis.from_url(redis_url)
         self.directory = Directory(self._redis)
         self._handles: dict[str, Any] = {}
@@ -118,6 +122,8 @@ class Hexbook:
             }
             if self.detached:
                 options["lifetime"] = "detached"
+            extra = self.actor_options
+            options.update(extra(name) if callable(extra) else extra)
             remote = ray.remote(ShardActor).options(**options)
             handle = remote.remote(name, self.redis_url, **self.shard_options)
             self._handles[name] = handle
