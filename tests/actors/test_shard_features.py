@@ -133,3 +133,36 @@ def test_failed_cross_shard_reschedule_keeps_the_old_booking(city: Hexbook) -> N
     north = city.slots("north", SERVICE)
     assert sum(north["booked"]) == 1
     assert sum(city.slots("south", SERVICE)["held"]) == 1  # only the other hold
+
+
+def test_shard_snapshots_by_itself_every_n_events(
+    module_redis: EmbeddedRedis, namespace: str
+) -> None:
+    client = redis.Redis.from_url(module_redis.url)
+    client.flushdb()
+    hb = Hexbook.connect(
+        module_redis.url,
+        shards=1,
+        namespace=namespace,
+        shard_options={"snapshot_every_events": 10, "sweep_seconds": 0},
+    )
+    p = Provider(
+        provider_id="solo",
+        name="Solo",
+        lat=41.9,
+        lng=-87.6,
+        timezone="America/Chicago",
+        services=(SERVICE,),
+    )
+    hb.provision(p, WeeklyTemplate.uniform(WEEKDAYS, "08:00", "20:00", 5), date(2026, 3, 2), days=1)
+    for start in open_starts(hb, "solo")[:12]:
+        hb.hold("solo", SERVICE, start)
+    from actors import journal
+
+    raw = client.get(journal.snapshot_key("shard-0"))
+    assert raw is not None, "no snapshot was written"
+    snap = journal.decode_shard_snapshot(raw)  # type: ignore[arg-type]
+    assert len(snap.calendars[0].holds) >= 10
+    # The journal was trimmed up to the snapshot: at most the entries written after it.
+    assert client.xlen(journal.journal_key("shard-0")) <= 12 - len(snap.calendars[0].holds) + 1
+    client.close()
