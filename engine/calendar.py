@@ -301,32 +301,31 @@ class Calendar:
         self.outbox.append(event)
         return self._on_hold_confirmed(event)
 
-    def _release(self, cmd: ReleaseHold) -> Result:
+    def _prologue(self, cmd: ReleaseHold | CancelBooking | RescheduleBooking) -> Result | None:
+        """Expire what is due, then the first result if this command is a repeat.
+        (Place and confirm, the hot path, have this inlined.)"""
         if self._expiry and self._expiry[0].expires_at <= cmd.now:
             self.expire(cmd.now)
         remembered = self._idem.get(cmd.key)  # type: ignore[arg-type]
-        if remembered is not None:
-            return self._repeat(remembered, cmd)
+        return None if remembered is None else self._repeat(remembered, cmd)
+
+    def _release(self, cmd: ReleaseHold) -> Result:
+        if (prior := self._prologue(cmd)) is not None:
+            return prior
         hold = self.holds.get(cmd.hold_id)
         if hold is None:
             raise self._hold_gone(cmd.hold_id)
         return self._emit(HoldReleased(cmd.hold_id, hold.start, "released", cmd.now, cmd.key))
 
     def _cancel(self, cmd: CancelBooking) -> Result:
-        if self._expiry and self._expiry[0].expires_at <= cmd.now:
-            self.expire(cmd.now)
-        remembered = self._idem.get(cmd.key)  # type: ignore[arg-type]
-        if remembered is not None:
-            return self._repeat(remembered, cmd)
+        if (prior := self._prologue(cmd)) is not None:
+            return prior
         self._active_booking(cmd.booking_id)
         return self._emit(BookingCancelled(cmd.booking_id, cmd.now, cmd.key))
 
     def _reschedule(self, cmd: RescheduleBooking) -> Result:
-        if self._expiry and self._expiry[0].expires_at <= cmd.now:
-            self.expire(cmd.now)
-        remembered = self._idem.get(cmd.key)  # type: ignore[arg-type]
-        if remembered is not None:
-            return self._repeat(remembered, cmd)
+        if (prior := self._prologue(cmd)) is not None:
+            return prior
         booking = self._active_booking(cmd.booking_id)
         if cmd.new_start == booking.start:
             raise InvalidRequest(f"booking {cmd.booking_id!r} is already at {cmd.new_start}")
