@@ -14,6 +14,7 @@ to the same Ray and Redis finds them.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import secrets
@@ -29,7 +30,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from actors.directory import Directory
 from actors.shard import ShardActor, check
 from engine.calendar import Calendar
-from engine.errors import CalendarNotFound, HexbookError, Unavailable
+from engine.errors import CalendarNotFound, HexbookError, InvalidRequest, Unavailable
 from engine.provider import Provider
 from engine.records import (
     Booking,
@@ -44,7 +45,7 @@ from engine.records import (
 )
 from engine.schedule import WeeklyTemplate
 
-__all__ = ["NAMESPACE", "Hexbook", "new_secret", "token_digest"]
+__all__ = ["NAMESPACE", "Hexbook", "calendar_of", "new_secret", "routable_id", "token_digest"]
 
 NAMESPACE = "hexbook"
 _RETRYABLE = (RayActorError, ActorDiedError, ActorUnavailableError, Unavailable)
@@ -53,6 +54,29 @@ _RETRYABLE = (RayActorError, ActorDiedError, ActorUnavailableError, Unavailable)
 def new_secret() -> str:
     """An unguessable id (128 random bits, URL-safe)."""
     return secrets.token_urlsafe(16)
+
+
+def routable_id(provider_id: str, service: str) -> str:
+    """An unguessable id that also says which calendar it belongs to:
+    ``<base64url(provider_id/service)>.<128 random bits>``, so a hold or booking id
+    alone routes a request to its shard (docs/adr/0006-routable-ids.md)."""
+    prefix = base64.urlsafe_b64encode(f"{provider_id}/{service}".encode()).rstrip(b"=")
+    return f"{prefix.decode()}.{new_secret()}"
+
+
+def calendar_of(routable: str) -> tuple[str, str]:
+    """The (provider_id, service) of an id made by :func:`routable_id`."""
+    prefix, dot, secret = routable.partition(".")
+    try:
+        if not dot or len(secret) < 22:
+            raise ValueError
+        raw = base64.urlsafe_b64decode(prefix + "=" * (-len(prefix) % 4)).decode()
+        provider_id, slash, service = raw.partition("/")
+        if not slash or not provider_id or not service:
+            raise ValueError
+    except ValueError as exc:
+        raise InvalidRequest("malformed id: it was not issued by hexbook") from exc
+    return provider_id, service
 
 
 def token_digest(token: str) -> bytes:
@@ -234,7 +258,7 @@ class Hexbook:
             service,
             key or new_secret(),
             _now(now),
-            new_secret(),
+            routable_id(provider_id, service),
             start,
             party_size,
             ttl,
@@ -259,7 +283,7 @@ class Hexbook:
             key or new_secret(),
             _now(now),
             hold_id,
-            new_secret(),
+            routable_id(provider_id, service),
             token_digest(token),
             patient_ref,
         )

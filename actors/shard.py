@@ -27,7 +27,13 @@ from redis.exceptions import RedisError
 
 from actors import journal
 from actors.shard_core import Outcome, RecoveryStats, ShardCore
-from engine.errors import BookingNotFound, CalendarNotFound, HexbookError, Unavailable
+from engine.errors import (
+    BookingNotFound,
+    CalendarNotFound,
+    HexbookError,
+    ProviderNotFound,
+    Unavailable,
+)
 from engine.provider import Provider
 from engine.records import CalendarSnapshot, Command
 
@@ -98,6 +104,12 @@ class ShardActor:
             "booked": cal.booked.tolist(),
             "held": cal.held.tolist(),
         }
+
+    async def provider(self, provider_id: str) -> Provider | HexbookError:
+        """The provider record, if it lives on this shard."""
+        await self._ready()
+        found = self._core.providers.get(provider_id)
+        return ProviderNotFound(provider_id) if found is None else found
 
     async def booking(self, provider_id: str, service: str, booking_id: str) -> Outcome:
         """One booking as the shard holds it."""

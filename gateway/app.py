@@ -1,0 +1,358 @@
+"""The gateway app: ``create_app(settings)`` builds it (tests give their own settings)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, FastAPI, Header, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+
+from actors.api import Hexbook, calendar_of, new_secret, routable_id, token_digest
+from actors.embedded_redis import redis_endpoint
+from actors.shard import check
+from engine.errors import NotFound
+from engine.provider import Provider
+from engine.records import (
+    Booking,
+    CancelBooking,
+    ConfirmHold,
+    Hold,
+    PlaceHold,
+    ReleaseHold,
+    RescheduleBooking,
+)
+from engine.schedule import Blocked, WeeklyTemplate, Window
+from gateway import problems
+from gateway.router import ShardRouter
+from gateway.schemas import (
+    BookingOut,
+    BookingRequest,
+    HoldOut,
+    HoldRequest,
+    Patient,
+    ProviderIn,
+    ProviderOut,
+    RescheduleRequest,
+    SlotOut,
+    SlotsOut,
+)
+from gateway.settings import Settings
+from gateway.timefmt import format_local, parse_instant
+
+__all__ = ["create_app"]
+
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)]
+BookingToken = Annotated[str | None, Header(alias="X-Booking-Token", max_length=200)]
+
+
+class _BodyLimit(BaseHTTPMiddleware):
+    """Refuse bodies over the limit with 413 before reading them."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        super().__init__(app)
+        self.limit = limit
+
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            return problems.problem(
+                413, "body_too_large", f"request bodies are limited to {self.limit} bytes"
+            )
+        return await call_next(request)
+
+
+def create_app(settings: Settings | None = None, hexbook: Hexbook | None = None) -> FastAPI:
+    """Build the gateway. With ``hexbook`` given (tests), it is used as it is; else the
+    app connects at start-up (embedded Redis unless ``redis_url``, local Ray unless
+    ``ray_address``)."""
+    settings = settings or Settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            hb = hexbook
+            if hb is None:
+                url = stack.enter_context(redis_endpoint(settings.redis_url, settings.data_dir))
+                hb = await asyncio.to_thread(
+                    Hexbook.connect,
+                    url,
+                    ray_address=settings.ray_address,
+                    shards=settings.shards,
+                    namespace=settings.namespace,
+                )
+            app.state.hexbook = hb
+            app.state.router = ShardRouter(hb, settings.batch_max)
+            yield
+
+    app = FastAPI(
+        title="hexbook",
+        version="1",
+        summary="Real-time availability and booking for appointment launches",
+        lifespan=lifespan,
+    )
+    app.add_middleware(_BodyLimit, limit=settings.max_body_bytes)
+    problems.install(app)
+    app.include_router(_ops())
+    app.include_router(_v1(settings))
+    return app
+
+
+def _router(request: Request) -> ShardRouter:
+    router: ShardRouter = request.app.state.router
+    return router
+
+
+def _ops() -> APIRouter:
+    api = APIRouter(tags=["operations"])
+
+    @api.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """The process is alive."""
+        return {"status": "ok"}
+
+    @api.get("/readyz")
+    async def readyz(request: Request) -> JSONResponse:
+        """Shards reachable and Redis answering."""
+        hb: Hexbook = request.app.state.hexbook
+        try:
+            await asyncio.wait_for(asyncio.to_thread(hb._redis.ping), 2)
+            shards = hb.directory.shards
+            await asyncio.wait_for(asyncio.gather(*(hb.shard(s).info.remote() for s in shards)), 5)
+        except Exception as exc:  # any failure means not ready, with the reason
+            return problems.problem(503, "unavailable", f"not ready: {type(exc).__name__}")
+        return JSONResponse({"status": "ready", "shards": len(shards)})
+
+    return api
+
+
+def _key(key: str | None) -> str:
+    # Keys are namespaced per client once API keys arrive; until then one namespace.
+    return f"anon:{key}" if key else new_secret()
+
+
+def _v1(settings: Settings) -> APIRouter:
+    api = APIRouter(prefix="/v1")
+
+    async def provider_of(request: Request, provider_id: str) -> Provider:
+        provider: Provider = check(
+            await _router(request).call(provider_id, "provider", provider_id)
+        )
+        return provider
+
+    def hold_out(h: Hold, provider: Provider, service: str) -> HoldOut:
+        return HoldOut(
+            hold_id=h.hold_id,
+            provider_id=provider.provider_id,
+            service=service,
+            start=format_local(h.start, provider.timezone),
+            party_size=h.party_size,
+            expires_at=format_local(h.expires_at, provider.timezone),
+        )
+
+    def booking_out(
+        b: Booking, provider: Provider, service: str, token: str | None = None
+    ) -> BookingOut:
+        return BookingOut(
+            booking_id=b.booking_id,
+            booking_token=token,
+            provider_id=provider.provider_id,
+            service=service,
+            start=format_local(b.start, provider.timezone),
+            party_size=b.party_size,
+            status=b.status,
+            patient=Patient(reference=b.patient_ref),
+        )
+
+    @api.put("/providers/{provider_id}", tags=["providers"], status_code=200)
+    async def put_provider(request: Request, provider_id: str, body: ProviderIn) -> ProviderOut:
+        """Create or update a provider and its schedule."""
+        provider = Provider(
+            provider_id=provider_id,
+            name=body.name,
+            lat=body.lat,
+            lng=body.lng,
+            timezone=body.timezone,
+            services=tuple(body.services),
+            languages=tuple(body.languages),
+            accessibility=tuple(body.accessibility),
+            insurance=tuple(body.insurance),
+        )
+        template = WeeklyTemplate(
+            days=tuple(
+                (d, tuple(Window(w.opens, w.closes, w.capacity) for w in ws))
+                for d, ws in body.schedule.days.items()
+            ),
+            closed_dates=tuple(body.schedule.closed_dates),
+            blocked=tuple(Blocked(b.start, b.end) for b in body.schedule.blocked),
+        )
+        hb: Hexbook = request.app.state.hexbook
+        await asyncio.to_thread(
+            hb.provision, provider, template, body.first_day, body.days, body.slot_minutes
+        )
+        return ProviderOut(**{f: getattr(provider, f) for f in ProviderOut.model_fields})
+
+    @api.get("/providers/{provider_id}", tags=["providers"])
+    async def get_provider(request: Request, provider_id: str) -> ProviderOut:
+        """One provider."""
+        p = await provider_of(request, provider_id)
+        return ProviderOut(**{f: getattr(p, f) for f in ProviderOut.model_fields})
+
+    @api.get("/providers/{provider_id}/slots", tags=["providers"])
+    async def get_slots(request: Request, provider_id: str, service: str) -> SlotsOut:
+        """The slot grid with remaining places (authoritative, from the shard)."""
+        p = await provider_of(request, provider_id)
+        q = request.query_params
+        t_from = parse_instant(q["from"], "from") if "from" in q else None
+        t_to = parse_instant(q["to"], "to") if "to" in q else None
+        grid = check(await _router(request).call(provider_id, "slots", provider_id, service))
+        out = []
+        for i, cap in enumerate(grid["capacity"]):
+            start = grid["start"] + i * grid["slot_seconds"]
+            if (
+                not cap
+                or (t_from is not None and start < t_from)
+                or (t_to is not None and start >= t_to)
+            ):
+                continue
+            out.append(
+                SlotOut(
+                    start=format_local(start, p.timezone),
+                    capacity=cap,
+                    remaining=max(cap - grid["booked"][i] - grid["held"][i], 0),
+                )
+            )
+        return SlotsOut(
+            provider_id=provider_id,
+            service=service,
+            slot_minutes=grid["slot_seconds"] // 60,
+            slots=out,
+        )
+
+    @api.post("/holds", status_code=201, tags=["bookings"])
+    async def post_hold(
+        request: Request, body: HoldRequest, idempotency_key: IdempotencyKey = None
+    ) -> HoldOut:
+        """Reserve places in a slot for a short time."""
+        start = parse_instant(body.start)
+        p = await provider_of(request, body.provider_id)
+        cmd = PlaceHold(
+            body.provider_id,
+            body.service,
+            _key(idempotency_key),
+            int(time.time()),
+            routable_id(body.provider_id, body.service),
+            start,
+            body.party_size,
+            settings.hold_ttl_seconds,
+        )
+        hold = check(await _router(request).submit(cmd))
+        return hold_out(hold, p, body.service)
+
+    @api.delete("/holds/{hold_id}", status_code=204, tags=["bookings"])
+    async def delete_hold(
+        request: Request, hold_id: str, idempotency_key: IdempotencyKey = None
+    ) -> Response:
+        """Release a hold."""
+        provider_id, service = calendar_of(hold_id)
+        cmd = ReleaseHold(provider_id, service, _key(idempotency_key), int(time.time()), hold_id)
+        check(await _router(request).submit(cmd))
+        return Response(status_code=204)
+
+    @api.post("/bookings", status_code=201, tags=["bookings"])
+    async def post_booking(
+        request: Request, body: BookingRequest, idempotency_key: IdempotencyKey = None
+    ) -> BookingOut:
+        """Confirm a hold. The answer carries the booking token, once."""
+        provider_id, service = calendar_of(body.hold_id)
+        p = await provider_of(request, provider_id)
+        token = new_secret()
+        cmd = ConfirmHold(
+            provider_id,
+            service,
+            _key(idempotency_key),
+            int(time.time()),
+            body.hold_id,
+            routable_id(provider_id, service),
+            token_digest(token),
+            body.patient.reference,
+        )
+        booking = check(await _router(request).submit(cmd))
+        # A repeated request (same key) gets the booking without a new token.
+        shown = token if hmac.compare_digest(booking.token_digest, token_digest(token)) else None
+        return booking_out(booking, p, service, shown)
+
+    async def authorised_booking(
+        request: Request, booking_id: str, token: str | None
+    ) -> tuple[Booking, Provider, str]:
+        provider_id, service = calendar_of(booking_id)
+        booking = check(
+            await _router(request).call(provider_id, "booking", provider_id, service, booking_id)
+        )
+        if token is None or not hmac.compare_digest(booking.token_digest, token_digest(token)):
+            # Same answer as a missing booking: a wrong token learns nothing.
+            raise NotFound(f"booking {booking_id[:12]}… not found for this token")
+        return booking, await provider_of(request, provider_id), service
+
+    @api.get("/bookings/{booking_id}", tags=["bookings"])
+    async def get_booking(
+        request: Request, booking_id: str, booking_token: BookingToken = None
+    ) -> BookingOut:
+        """Read a booking (needs its token in X-Booking-Token)."""
+        booking, p, service = await authorised_booking(request, booking_id, booking_token)
+        return booking_out(booking, p, service)
+
+    @api.delete("/bookings/{booking_id}", status_code=204, tags=["bookings"])
+    async def delete_booking(
+        request: Request,
+        booking_id: str,
+        booking_token: BookingToken = None,
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response:
+        """Cancel a booking (needs its token)."""
+        _, _, service = await authorised_booking(request, booking_id, booking_token)
+        provider_id, _ = calendar_of(booking_id)
+        cmd = CancelBooking(
+            provider_id, service, _key(idempotency_key), int(time.time()), booking_id
+        )
+        check(await _router(request).submit(cmd))
+        return Response(status_code=204)
+
+    @api.post("/bookings/{booking_id}/reschedule", tags=["bookings"])
+    async def reschedule(
+        request: Request,
+        booking_id: str,
+        body: RescheduleRequest,
+        booking_token: BookingToken = None,
+        idempotency_key: IdempotencyKey = None,
+    ) -> BookingOut:
+        """Move a booking; the old slot is freed only when the new one is booked."""
+        _, p, service = await authorised_booking(request, booking_id, booking_token)
+        new_start = parse_instant(body.start)
+        if (body.provider_id, body.service) != (p.provider_id, service):
+            # Another calendar: hold, confirm, cancel under keys derived from this one.
+            hb: Hexbook = request.app.state.hexbook
+            target = await provider_of(request, body.provider_id)
+            moved = await asyncio.to_thread(
+                hb.reschedule,
+                booking_id,
+                p.provider_id,
+                service,
+                new_start,
+                new_provider_id=body.provider_id,
+                new_service=body.service,
+                key=_key(idempotency_key),
+            )
+            return booking_out(moved, target, body.service)
+        cmd = RescheduleBooking(
+            p.provider_id, service, _key(idempotency_key), int(time.time()), booking_id, new_start
+        )
+        moved = check(await _router(request).submit(cmd))
+        return booking_out(moved, p, service)
+
+    return api

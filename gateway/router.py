@@ -1,0 +1,98 @@
+"""Routing commands to shards, coalescing concurrent requests into one actor call.
+
+Requests for one shard that arrive in the same turn of the event loop leave together
+in one ``submit`` call (or sooner, when ``batch_max`` is reached); the shard then
+commits them together, so the gateway's throughput is not bounded by one actor call
+(or one fsync) per request. Refs are awaited, never ``ray.get`` in a coroutine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from typing import Any
+
+from ray.exceptions import RayActorError, RayError
+
+from actors.api import Hexbook
+from actors.shard_core import Outcome
+from engine.errors import CalendarNotFound, Unavailable
+from engine.records import Command
+
+__all__ = ["ShardRouter"]
+
+log = logging.getLogger("hexbook.gateway")
+
+
+class ShardRouter:
+    """Micro-batching access to the shards for one gateway process."""
+
+    def __init__(self, hexbook: Hexbook, batch_max: int = 1000) -> None:
+        self.hexbook = hexbook
+        self.batch_max = batch_max
+        self._queues: dict[str, list[tuple[Command, asyncio.Future[Outcome]]]] = {}
+        self._scheduled: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.batch_sizes: Counter[int] = Counter()
+
+    async def shard_of(self, provider_id: str, refresh: bool = False) -> str:
+        """The provider's shard (cached; the directory is read off the event loop)."""
+        cached = None if refresh else self.hexbook._placement.get(provider_id)
+        if cached is not None:
+            return cached
+        return await asyncio.to_thread(self.hexbook.shard_of, provider_id, refresh=refresh)
+
+    async def submit(self, command: Command) -> Outcome:
+        """Send one command with whatever else is going to its shard; its outcome."""
+        shard = await self.shard_of(command.provider_id)
+        out = await self._enqueue(shard, command)
+        if isinstance(out, CalendarNotFound):  # maybe moved to another shard: look again
+            moved = await self.shard_of(command.provider_id, refresh=True)
+            if moved != shard:
+                out = await self._enqueue(moved, command)
+        return out
+
+    def _enqueue(self, shard: str, command: Command) -> asyncio.Future[Outcome]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Outcome] = loop.create_future()
+        queue = self._queues.setdefault(shard, [])
+        queue.append((command, fut))
+        if len(queue) >= self.batch_max:
+            self._flush(shard)
+        elif shard not in self._scheduled:
+            self._scheduled.add(shard)
+            loop.call_soon(self._flush, shard)  # the next turn: whoever came meanwhile
+        return fut
+
+    def _flush(self, shard: str) -> None:
+        self._scheduled.discard(shard)
+        batch = self._queues.pop(shard, None)
+        if batch:
+            task = asyncio.get_running_loop().create_task(self._send(shard, batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, shard: str, batch: list[tuple[Command, asyncio.Future[Outcome]]]) -> None:
+        self.batch_sizes[len(batch)] += 1
+        outcomes: list[Outcome]
+        try:
+            outcomes = await self.hexbook.shard(shard).submit.remote([c for c, _ in batch])
+        except Unavailable as exc:
+            outcomes = [Unavailable(exc.message)] * len(batch)
+        except (RayActorError, RayError) as exc:
+            log.warning("shard %s call failed: %s", shard, type(exc).__name__)
+            outcomes = [Unavailable(f"shard {shard} is restarting; retry shortly")] * len(batch)
+        for (_, fut), out in zip(batch, outcomes, strict=True):
+            if not fut.done():
+                fut.set_result(out)
+
+    async def call(self, provider_id: str, method: str, *args: Any) -> Any:
+        """Call a read method on the provider's shard (no batching)."""
+        shard = await self.shard_of(provider_id)
+        try:
+            return await getattr(self.hexbook.shard(shard), method).remote(*args)
+        except Unavailable:
+            raise
+        except (RayActorError, RayError) as exc:
+            raise Unavailable(f"shard {shard} is restarting; retry shortly") from exc

@@ -1,0 +1,115 @@
+"""Request and response bodies of the v1 API (see ../shared/CONTRACT.md)."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from pydantic import BaseModel, ConfigDict, Field
+
+_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class HoldRequest(_Strict):
+    provider_id: str = Field(pattern=_ID)
+    service: str = Field(pattern=_ID)
+    start: str = Field(description="RFC 3339 with offset, e.g. 2026-03-08T09:15:00-06:00")
+    party_size: int = Field(1, ge=1, le=50)
+
+
+class Patient(_Strict):
+    reference: str = Field(
+        min_length=1, max_length=128, description="opaque reference chosen by the front-end"
+    )
+
+
+class BookingRequest(_Strict):
+    hold_id: str = Field(min_length=24, max_length=512)
+    patient: Patient
+
+
+class RescheduleRequest(_Strict):
+    provider_id: str = Field(pattern=_ID)
+    service: str = Field(pattern=_ID)
+    start: str
+
+
+class WindowIn(_Strict):
+    opens: str = Field(examples=["09:00"])
+    closes: str = Field(examples=["17:00"])
+    capacity: int = Field(ge=0, le=65_535)
+
+
+class BlockedIn(_Strict):
+    start: str = Field(examples=["2026-03-10T12:00"])
+    end: str
+
+
+class ScheduleIn(_Strict):
+    days: dict[str, list[WindowIn]] = Field(description="keys mon..sun")
+    closed_dates: list[str] = []
+    blocked: list[BlockedIn] = []
+
+
+class ProviderIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200)
+    lat: float = Field(ge=-90, le=90)
+    lng: float = Field(ge=-180, le=180)
+    timezone: str = Field(examples=["America/Chicago"])
+    services: list[str] = Field(min_length=1, max_length=20)
+    languages: list[str] = []
+    accessibility: list[str] = []
+    insurance: list[str] = []
+    schedule: ScheduleIn
+    first_day: date
+    days: int = Field(14, ge=1, le=366)
+    slot_minutes: int = Field(15, ge=5, le=240)
+
+
+class ProviderOut(BaseModel):
+    provider_id: str
+    name: str
+    lat: float
+    lng: float
+    timezone: str
+    services: list[str]
+    languages: list[str]
+    accessibility: list[str]
+    insurance: list[str]
+
+
+class HoldOut(BaseModel):
+    hold_id: str
+    provider_id: str
+    service: str
+    start: str
+    party_size: int
+    expires_at: str
+
+
+class BookingOut(BaseModel):
+    booking_id: str
+    booking_token: str | None = Field(None, description="only in the answer that created it")
+    provider_id: str
+    service: str
+    start: str
+    party_size: int
+    status: str
+    patient: Patient
+
+
+class SlotOut(BaseModel):
+    start: str
+    capacity: int
+    remaining: int
+
+
+class SlotsOut(BaseModel):
+    provider_id: str
+    service: str
+    slot_minutes: int
+    slots: list[SlotOut]

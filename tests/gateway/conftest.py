@@ -1,0 +1,49 @@
+"""A running gateway over real HTTP: uvicorn on a free port, real Ray, real Redis."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import ray
+import redis
+import uvicorn
+from fastapi import FastAPI
+
+from actors.api import Hexbook
+from actors.embedded_redis import EmbeddedRedis
+from gateway.app import create_app
+from gateway.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Hexbook, FastAPI]]:
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="hexbook-gw")
+    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as server:
+        hb = Hexbook.connect(server.url, shards=2, namespace=f"gw-{uuid.uuid4().hex[:6]}")
+        app = create_app(Settings(redis_url=server.url, max_body_bytes=8192), hexbook=hb)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+        )
+        srv = uvicorn.Server(config)
+        thread = threading.Thread(target=srv.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not srv.started:
+            assert time.monotonic() < deadline, "gateway did not start"
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}", hb, app
+        srv.should_exit = True
+        thread.join(timeout=30)
+        hb.close()
+        client = redis.Redis.from_url(server.url)
+        client.flushdb()
+        client.close()
+    ray.shutdown()

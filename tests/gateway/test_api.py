@@ -1,0 +1,337 @@
+"""The v1 API over real HTTP against a running stack (real Ray, real redis-server)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from actors.api import Hexbook
+
+PROBLEM = "application/problem+json"
+SCHEDULE = {
+    "name": "Clinic",
+    "lat": 41.88,
+    "lng": -87.63,
+    "timezone": "America/Chicago",
+    "services": ["vaccine"],
+    "languages": ["en", "es"],
+    "schedule": {
+        "days": {
+            d: [{"opens": "09:00", "closes": "12:00", "capacity": 2}]
+            for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+        }
+    },
+    "first_day": "2026-03-07",
+    "days": 2,
+}
+
+
+@pytest.fixture(scope="module")
+def base(stack: tuple[str, Hexbook, FastAPI]) -> str:
+    url, _, _ = stack
+    for pid, lat in (("clinic-1", 41.88), ("clinic-2", 41.95), ("race", 41.80)):
+        r = httpx.put(f"{url}/v1/providers/{pid}", json={**SCHEDULE, "lat": lat}, timeout=60)
+        assert r.status_code == 200, r.text
+    return url
+
+
+def slots(base: str, pid: str) -> list[dict[str, Any]]:
+    r = httpx.get(f"{base}/v1/providers/{pid}/slots", params={"service": "vaccine"})
+    assert r.status_code == 200, r.text
+    return list(r.json()["slots"])
+
+
+def assert_problem(r: httpx.Response, status: int, code: str) -> None:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith(PROBLEM)
+    body = r.json()
+    assert body["code"] == code
+    assert body["status"] == status
+    assert body["detail"]
+
+
+def test_health_and_ready(base: str) -> None:
+    assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
+    r = httpx.get(f"{base}/readyz")
+    assert r.status_code == 200
+    assert r.json()["shards"] == 2
+
+
+def test_provider_and_slots_in_local_time(base: str) -> None:
+    p = httpx.get(f"{base}/v1/providers/clinic-1").json()
+    assert (p["timezone"], p["languages"]) == ("America/Chicago", ["en", "es"])
+    grid = slots(base, "clinic-1")
+    # Saturday 7 March is CST (-06:00), Sunday 8 March after 02:00 is CDT (-05:00).
+    assert grid[0]["start"] == "2026-03-07T09:00:00-06:00"
+    assert grid[12]["start"] == "2026-03-08T09:00:00-05:00"
+    assert len(grid) == 24
+    assert all(s["remaining"] == 2 for s in grid)
+    window = httpx.get(
+        f"{base}/v1/providers/clinic-1/slots",
+        params={"service": "vaccine", "from": "2026-03-08T00:00:00-06:00"},
+    )
+    assert len(window.json()["slots"]) == 12
+
+
+def test_hold_book_read_reschedule_cancel(base: str) -> None:
+    grid = slots(base, "clinic-1")
+    r = httpx.post(
+        f"{base}/v1/holds",
+        json={"provider_id": "clinic-1", "service": "vaccine", "start": grid[1]["start"]},
+    )
+    assert r.status_code == 201, r.text
+    hold = r.json()
+    assert hold["start"] == grid[1]["start"]
+    assert hold["expires_at"].endswith("-06:00") or hold["expires_at"].endswith("-05:00")
+    r = httpx.post(
+        f"{base}/v1/bookings", json={"hold_id": hold["hold_id"], "patient": {"reference": "ref-1"}}
+    )
+    assert r.status_code == 201, r.text
+    booking = r.json()
+    token = booking["booking_token"]
+    assert len(token) >= 22
+    headers = {"X-Booking-Token": token}
+    got = httpx.get(f"{base}/v1/bookings/{booking['booking_id']}", headers=headers).json()
+    assert (got["status"], got["patient"]["reference"], got["booking_token"]) == (
+        "active",
+        "ref-1",
+        None,
+    )
+    # Without the token, or with a wrong one: not found (nothing learnt).
+    assert_problem(httpx.get(f"{base}/v1/bookings/{booking['booking_id']}"), 404, "not_found")
+    assert_problem(
+        httpx.get(
+            f"{base}/v1/bookings/{booking['booking_id']}", headers={"X-Booking-Token": "x" * 22}
+        ),
+        404,
+        "not_found",
+    )
+    r = httpx.post(
+        f"{base}/v1/bookings/{booking['booking_id']}/reschedule",
+        headers=headers,
+        json={"provider_id": "clinic-1", "service": "vaccine", "start": grid[2]["start"]},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["start"] == grid[2]["start"]
+    after = slots(base, "clinic-1")
+    assert (after[1]["remaining"], after[2]["remaining"]) == (2, 1)
+    # Across providers (another shard, maybe): the old place is freed when the new is booked.
+    target = slots(base, "clinic-2")[0]["start"]
+    r = httpx.post(
+        f"{base}/v1/bookings/{booking['booking_id']}/reschedule",
+        headers=headers,
+        json={"provider_id": "clinic-2", "service": "vaccine", "start": target},
+    )
+    assert r.status_code == 200, r.text
+    moved = r.json()
+    assert (moved["provider_id"], moved["start"]) == ("clinic-2", target)
+    assert slots(base, "clinic-1")[2]["remaining"] == 2
+    assert slots(base, "clinic-2")[0]["remaining"] == 1
+    # The old booking is cancelled; cancelling it again is a conflict.
+    r = httpx.delete(f"{base}/v1/bookings/{booking['booking_id']}", headers=headers)
+    assert_problem(r, 409, "booking_not_active")
+
+
+def test_release_hold_and_expired_codes(base: str) -> None:
+    start = slots(base, "clinic-1")[5]["start"]
+    hold = httpx.post(
+        f"{base}/v1/holds", json={"provider_id": "clinic-1", "service": "vaccine", "start": start}
+    ).json()
+    assert httpx.delete(f"{base}/v1/holds/{hold['hold_id']}").status_code == 204
+    assert slots(base, "clinic-1")[5]["remaining"] == 2
+    r = httpx.post(
+        f"{base}/v1/bookings", json={"hold_id": hold["hold_id"], "patient": {"reference": "r"}}
+    )
+    assert_problem(r, 404, "hold_not_found")
+    assert_problem(httpx.delete(f"{base}/v1/holds/{hold['hold_id']}"), 404, "hold_not_found")
+
+
+def test_same_idempotency_key_books_once(base: str) -> None:
+    start = slots(base, "clinic-2")[6]["start"]
+    body = {"provider_id": "clinic-2", "service": "vaccine", "start": start}
+    key = {"Idempotency-Key": "retry-after-timeout-1"}
+    first = httpx.post(f"{base}/v1/holds", json=body, headers=key)
+    again = httpx.post(f"{base}/v1/holds", json=body, headers=key)
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert first.json()["hold_id"] == again.json()["hold_id"]
+    assert slots(base, "clinic-2")[6]["remaining"] == 1
+    bkey = {"Idempotency-Key": "retry-after-timeout-2"}
+    bbody = {"hold_id": first.json()["hold_id"], "patient": {"reference": "r"}}
+    b1 = httpx.post(f"{base}/v1/bookings", json=bbody, headers=bkey)
+    b2 = httpx.post(f"{base}/v1/bookings", json=bbody, headers=bkey)
+    assert b1.json()["booking_id"] == b2.json()["booking_id"]
+    assert b1.json()["booking_token"] and b2.json()["booking_token"] is None
+    assert slots(base, "clinic-2")[6]["remaining"] == 1
+    # The same key with another body is a 422.
+    other = {**body, "start": slots(base, "clinic-2")[7]["start"]}
+    assert_problem(
+        httpx.post(f"{base}/v1/holds", json=other, headers=key), 422, "idempotency_conflict"
+    )
+
+
+def test_the_race_for_ten_slots(base: str, stack: tuple[str, Hexbook, FastAPI]) -> None:
+    """300 clients try to hold and book the same 10 slots of capacity 2."""
+    wanted = [s["start"] for s in slots(base, "race")[:10]]
+
+    async def client(i: int, http: httpx.AsyncClient) -> tuple[int, int]:
+        r = await http.post(
+            "/v1/holds", json={"provider_id": "race", "service": "vaccine", "start": wanted[i % 10]}
+        )
+        if r.status_code != 201:
+            return r.status_code, 0
+        b = await http.post(
+            "/v1/bookings", json={"hold_id": r.json()["hold_id"], "patient": {"reference": f"p{i}"}}
+        )
+        return r.status_code, b.status_code
+
+    async def run() -> list[tuple[int, int]]:
+        limits = httpx.Limits(max_connections=300)
+        async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as http:
+            return await asyncio.gather(*(client(i, http) for i in range(300)))
+
+    results = asyncio.run(run())
+    holds = Counter(h for h, _ in results)
+    booked = Counter(b for _, b in results if b)
+    assert holds == {201: 20, 409: 280}, holds
+    assert booked == {201: 20}, booked
+    assert all(s["remaining"] == 0 for s in slots(base, "race")[:10])
+    # Concurrent requests for the shard left in shared actor calls.
+    sizes = stack[2].state.router.batch_sizes
+    assert max(sizes) > 1, sizes
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status", "code"),
+    [
+        (
+            "post",
+            "/v1/holds",
+            {"content": b"{not json", "headers": {"content-type": "application/json"}},
+            422,
+            "validation_error",
+        ),
+        (
+            "post",
+            "/v1/holds",
+            {"json": {"provider_id": "clinic-1", "service": "vaccine", "start": 5}},
+            422,
+            "validation_error",
+        ),
+        (
+            "post",
+            "/v1/holds",
+            {
+                "json": {
+                    "provider_id": "clinic-1",
+                    "service": "vaccine",
+                    "start": "2026-03-07T09:00:00",
+                }
+            },
+            422,
+            "validation_error",
+        ),
+        (
+            "post",
+            "/v1/holds",
+            {
+                "json": {
+                    "provider_id": "nobody",
+                    "service": "vaccine",
+                    "start": "2026-03-07T09:00:00-06:00",
+                }
+            },
+            404,
+            "provider_not_found",
+        ),
+        (
+            "post",
+            "/v1/holds",
+            {
+                "json": {
+                    "provider_id": "clinic-1",
+                    "service": "dentist",
+                    "start": "2026-03-07T09:00:00-06:00",
+                }
+            },
+            404,
+            "calendar_not_found",
+        ),
+        (
+            "post",
+            "/v1/holds",
+            {
+                "json": {
+                    "provider_id": "clinic-1",
+                    "service": "vaccine",
+                    "start": "2026-03-07T09:07:00-06:00",
+                }
+            },
+            422,
+            "validation_error",
+        ),
+        (
+            "post",
+            "/v1/holds",
+            {
+                "json": {
+                    "provider_id": "clinic-1",
+                    "service": "vaccine",
+                    "start": "2026-03-07T09:00:00-06:00",
+                    "party_size": 0,
+                }
+            },
+            422,
+            "validation_error",
+        ),
+        (
+            "post",
+            "/v1/holds",
+            {"content": b"x" * 9000, "headers": {"content-type": "application/json"}},
+            413,
+            "body_too_large",
+        ),
+        ("put", "/v1/providers/far", {"json": {**SCHEDULE, "lat": 123.0}}, 422, "validation_error"),
+        (
+            "put",
+            "/v1/providers/bad",
+            {"json": {**SCHEDULE, "timezone": "Chicago"}},
+            422,
+            "validation_error",
+        ),
+        ("put", "/v1/providers/bad!id", {"json": SCHEDULE}, 422, "validation_error"),
+        (
+            "post",
+            "/v1/bookings",
+            {"json": {"hold_id": "not-a-hexbook-hold-id-at-all", "patient": {"reference": "r"}}},
+            422,
+            "validation_error",
+        ),
+        ("delete", "/v1/holds/garbage", {}, 422, "validation_error"),
+        ("get", "/v1/providers/nobody", {}, 404, "provider_not_found"),
+        ("get", "/v1/nothing-here", {}, 404, "not_found"),
+    ],
+)
+def test_bad_input_is_a_problem_never_a_500(
+    base: str, method: str, path: str, kwargs: dict[str, Any], status: int, code: str
+) -> None:
+    r = getattr(httpx, method)(f"{base}{path}", **kwargs)
+    assert_problem(r, status, code)
+
+
+def test_openapi_documents_the_paths(base: str) -> None:
+    doc = httpx.get(f"{base}/openapi.json").json()
+    for path in (
+        "/v1/holds",
+        "/v1/bookings",
+        "/v1/bookings/{booking_id}",
+        "/v1/providers/{provider_id}",
+        "/v1/providers/{provider_id}/slots",
+        "/v1/holds/{hold_id}",
+        "/v1/bookings/{booking_id}/reschedule",
+    ):
+        assert path in doc["paths"], path
