@@ -31,7 +31,13 @@ from actors.journal import (
     ShardSnapshot,
 )
 from engine.calendar import Calendar
-from engine.errors import CalendarNotFound, HexbookError, InvalidRequest, Unavailable
+from engine.errors import (
+    CalendarNotFound,
+    HexbookError,
+    InvalidRequest,
+    ScheduleConflict,
+    Unavailable,
+)
 from engine.provider import Provider
 from engine.records import (
     BookingCancelled,
@@ -189,6 +195,16 @@ class ShardCore:
                     f"calendar {snap.provider_id}/{snap.service} does not belong to provider "
                     f"{provider.provider_id!r} with services {list(provider.services)}"
                 )
+        for snap in snapshots:
+            current = self.calendars.get((snap.provider_id, snap.service))
+            if current is not None:
+                active = sum(b.status == "active" for b in current.bookings.values())
+                if active or current.holds:
+                    raise ScheduleConflict(
+                        f"provider {snap.provider_id!r} ({snap.service}) has {active} active "
+                        f"booking(s) and {len(current.holds)} hold(s); replacing its schedule "
+                        "would drop them. Nothing was changed."
+                    )
         for snap in snapshots:
             self._add(provider, Calendar.from_snapshot(snap))
             self._pending.entries.append(CalendarAdded(provider, snap))

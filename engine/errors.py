@@ -13,6 +13,7 @@ HTTP status and a problem+json body) and a message that tells the caller what to
     │   └── BookingNotFound     booking_not_found
     ├── SlotUnavailable         slot_unavailable      no free capacity (try another slot)
     ├── HoldExpired             hold_expired          the hold ran out before confirm
+    ├── ScheduleConflict        schedule_conflict     a schedule change would drop bookings
     ├── BookingNotActive        booking_not_active    cancelled already
     ├── Unavailable             unavailable           retry later, same idempotency key
     └── CodecError              codec_error
@@ -33,6 +34,7 @@ __all__ = [
     "InvalidRequest",
     "NotFound",
     "ProviderNotFound",
+    "ScheduleConflict",
     "SlotUnavailable",
     "Unavailable",
     "UnsupportedVersion",
@@ -135,6 +137,12 @@ class SlotUnavailable(HexbookError):
             f"for a party of {party_size}; choose another slot"
         )
         self.free = free
+
+
+class ScheduleConflict(HexbookError):
+    """A schedule change would drop holds or bookings; nothing was changed."""
+
+    code = "schedule_conflict"
 
 
 class HoldExpired(HexbookError):

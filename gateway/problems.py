@@ -30,6 +30,7 @@ STATUS: dict[type[errors.HexbookError], int] = {
     errors.NotFound: 404,
     errors.SlotUnavailable: 409,
     errors.BookingNotActive: 409,
+    errors.ScheduleConflict: 409,
     errors.HoldExpired: 410,
     errors.Unavailable: 503,
     errors.CodecError: 400,

@@ -58,13 +58,13 @@ def run(coro: object) -> object:
     return asyncio.run(coro)  # type: ignore[arg-type]
 
 
-async def workload(core: ShardCore, n: int = 60) -> list[object]:
+async def workload(core: ShardCore, n: int = 60, first: int = 0) -> list[object]:
     outcomes = []
-    for i in range(3):
+    for i in range(first, first + 3):
         core.add_calendars(provider(i), snaps(provider(i)))
     await core.commit()
     for k in range(n):
-        pid = f"p{k % 3}"
+        pid = f"p{first + k % 3}"
         start = open_starts(core, pid)[k % 5]
         out = core.apply([PlaceHold(pid, "vaccine", f"k{k}", 1000 + k, f"h{k}", start, 1, 30)])
         outcomes += out
@@ -99,10 +99,26 @@ def test_snapshot_trims_journal_and_recovery_uses_both(
         await core.write_snapshot()
         key = journal.journal_key("s0")
         assert await core.redis.xlen(key) <= 1  # trimmed up to the snapshot's entry
-        await workload(core, 30)  # more after the snapshot (re-adds calendars, too)
+        await workload(core, 30, first=3)  # more after the snapshot, new calendars too
         again = await new_core(redis_server.url)
         assert journal.encode(again.shard_snapshot()) == journal.encode(core.shard_snapshot())
         assert again.last_id == core.last_id
+
+    run(go())
+
+
+def test_replacing_a_calendar_with_bookings_is_refused(
+    redis_server: EmbeddedRedis, redis_client: object
+) -> None:
+    from engine.errors import ScheduleConflict
+
+    async def go() -> None:
+        core = await new_core(redis_server.url)
+        await workload(core, 10)
+        with pytest.raises(ScheduleConflict, match="would drop them"):
+            core.add_calendars(provider(0), snaps(provider(0)))
+        core.add_calendars(provider(7), snaps(provider(7)))  # a new one is fine
+        core.add_calendars(provider(7), snaps(provider(7)))  # and so is an idle one again
 
     run(go())
 

@@ -137,6 +137,17 @@ def test_hold_book_read_reschedule_cancel(base: str) -> None:
     assert_problem(r, 409, "booking_not_active")
 
 
+def test_schedule_change_never_drops_bookings(base: str) -> None:
+    start = slots(base, "clinic-2")[10]["start"]
+    hold = httpx.post(
+        f"{base}/v1/holds", json={"provider_id": "clinic-2", "service": "vaccine", "start": start}
+    ).json()
+    r = httpx.put(f"{base}/v1/providers/clinic-2", json={**SCHEDULE, "lat": 41.95}, timeout=60)
+    assert_problem(r, 409, "schedule_conflict")
+    assert slots(base, "clinic-2")[10]["remaining"] == 1  # the hold is still there
+    httpx.delete(f"{base}/v1/holds/{hold['hold_id']}")
+
+
 def test_release_hold_and_expired_codes(base: str) -> None:
     start = slots(base, "clinic-1")[5]["start"]
     hold = httpx.post(
