@@ -36,9 +36,8 @@ test: lint types unit ## lint, types and the whole test suite (what CI runs)
 bench: $(STAMP) ## benchmarks: print figures and ratios measured in one run
 	$(BIN)/python tests/bench/run.py
 
-demo: $(STAMP) ## start hexbook with a demo city
-	@echo "make demo is not available yet: it arrives with the gateway (HTTP API)."
-	@echo "Until then: make test runs the proofs, make bench prints the figures."
+demo: $(STAMP) ## start hexbook with a demo city (Ctrl-C stops it; ./data keeps bookings)
+	$(BIN)/hexbook up --demo
 
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

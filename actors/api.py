@@ -217,6 +217,46 @@ class Hexbook:
         self._placement[provider.provider_id] = shard
         return shard
 
+    def provision_many(
+        self,
+        items: list[tuple[Provider, WeeklyTemplate]],
+        first_day: date,
+        days: int = 14,
+        slot_minutes: int = 15,
+        *,
+        chunk: int = 100,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Provision many providers, ``chunk`` at a time per shard; returns how many.
+        ``progress(n)`` is called with the count done so far."""
+        by_shard: dict[str, list[tuple[Provider, list[Any]]]] = {}
+        for provider, template in items:
+            snaps = [
+                Calendar.from_template(
+                    provider.provider_id,
+                    s,
+                    provider.timezone,
+                    template,
+                    first_day,
+                    days,
+                    slot_minutes,
+                ).snapshot()
+                for s in provider.services
+            ]
+            by_shard.setdefault(self.directory.place(provider), []).append((provider, snaps))
+        done = 0
+        for shard, entries in by_shard.items():
+            for i in range(0, len(entries), chunk):
+                part = entries[i : i + chunk]
+                for outcome in self._call(shard, "provision_many", part):
+                    check(outcome)
+                for provider, _ in part:
+                    self._placement[provider.provider_id] = shard
+                done += len(part)
+                if progress is not None:
+                    progress(done)
+        return done
+
     def move_cell(self, cell: str, to_shard: str) -> list[str]:
         """Map ``cell`` to ``to_shard`` and move its providers' calendars there.
 

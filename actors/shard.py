@@ -85,6 +85,23 @@ class ShardActor:
         """Add or replace a provider's calendars (journaled)."""
         return await self._enqueue(lambda: self._core.add_calendars(provider, snapshots))  # type: ignore[no-any-return]
 
+    async def provision_many(
+        self, items: list[tuple[Provider, list[CalendarSnapshot]]]
+    ) -> list[Outcome]:
+        """:meth:`provision` for many providers in one call and one commit."""
+
+        def work() -> list[Outcome]:
+            out: list[Outcome] = []
+            for provider, snapshots in items:
+                try:
+                    self._core.add_calendars(provider, snapshots)
+                    out.append(None)
+                except HexbookError as exc:
+                    out.append(exc)
+            return out
+
+        return await self._enqueue(work)  # type: ignore[no-any-return]
+
     async def remove_provider(
         self, provider_id: str
     ) -> tuple[Provider, list[CalendarSnapshot]] | HexbookError:
