@@ -122,6 +122,25 @@ class ShardActor:
             "held": cal.held.tolist(),
         }
 
+    async def availability(
+        self, provider_id: str | None = None, service: str | None = None
+    ) -> list[tuple[Provider, str, int, int, bytes]]:
+        """Free places of every calendar here (or of one): (provider, service, start,
+        slot seconds, remaining as int32 bytes). Loads a search index."""
+        await self._ready()
+        core = self._core
+        return [
+            (
+                core.providers[pid],
+                svc,
+                cal.start,
+                cal.slot_seconds,
+                cal.remaining().astype("<i4").tobytes(),
+            )
+            for (pid, svc), cal in core.calendars.items()
+            if provider_id is None or (pid, svc) == (provider_id, service)
+        ]
+
     async def provider(self, provider_id: str) -> Provider | HexbookError:
         """The provider record, if it lives on this shard."""
         await self._ready()

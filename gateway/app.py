@@ -7,9 +7,10 @@ import contextlib
 import hmac
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, Header, Request, Response
+from fastapi import APIRouter, FastAPI, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 
@@ -29,6 +30,7 @@ from engine.records import (
 )
 from engine.schedule import Blocked, WeeklyTemplate, Window
 from gateway import problems
+from gateway.index import AvailabilityIndex
 from gateway.router import ShardRouter
 from gateway.schemas import (
     BookingOut,
@@ -88,6 +90,16 @@ def create_app(settings: Settings | None = None, hexbook: Hexbook | None = None)
                 )
             app.state.hexbook = hb
             app.state.router = ShardRouter(hb, settings.batch_max)
+            first = settings.index_first_day or (datetime.now(UTC).date() - timedelta(days=1))
+            index = AvailabilityIndex(
+                hb,
+                hb.redis_url,
+                int(datetime(first.year, first.month, first.day, tzinfo=UTC).timestamp()),
+                settings.index_days,
+            )
+            await index.start()
+            stack.push_async_callback(index.stop)
+            app.state.index = index
             yield
 
     app = FastAPI(
@@ -168,6 +180,60 @@ def _v1(settings: Settings) -> APIRouter:
             status=b.status,
             patient=Patient(reference=b.patient_ref),
         )
+
+    @api.get("/search", tags=["search"])
+    async def search(
+        request: Request,
+        lat: Annotated[float, Query(ge=-90, le=90)],
+        lng: Annotated[float, Query(ge=-180, le=180)],
+        service: Annotated[str, Query(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")],
+        radius_km: Annotated[float, Query(gt=0, le=100)] = 10.0,
+        from_: Annotated[str | None, Query(alias="from")] = None,
+        to: Annotated[str | None, Query()] = None,
+        limit: Annotated[int, Query(ge=1, le=100)] = 20,
+        party_size: Annotated[int, Query(ge=1, le=50)] = 1,
+        language: Annotated[list[str] | None, Query()] = None,
+        accessibility: Annotated[list[str] | None, Query()] = None,
+        insurance: Annotated[list[str] | None, Query()] = None,
+        order: Annotated[str, Query(pattern="^(distance|earliest)$")] = "distance",
+    ) -> dict[str, Any]:
+        """Providers with free places near a point, nearest (or earliest) first, each with
+        its next free slots, from the gateway's index; ``index`` says how fresh it is."""
+        index: AvailabilityIndex = request.app.state.index
+        t_from = parse_instant(from_, "from") if from_ else int(time.time())
+        t_to = parse_instant(to, "to") if to else None
+        matches = index.search(
+            lat,
+            lng,
+            radius_km,
+            service,
+            t_from,
+            t_to,
+            limit=limit,
+            party_size=party_size,
+            languages=language or (),
+            accessibility=accessibility or (),
+            insurance=insurance or (),
+            order=order,
+        )
+        return {
+            "results": [
+                {
+                    "provider_id": m.provider.provider_id,
+                    "name": m.provider.name,
+                    "lat": m.provider.lat,
+                    "lng": m.provider.lng,
+                    "distance_km": round(m.distance_km, 3),
+                    "service": m.service,
+                    "next_slots": [
+                        {"start": format_local(start, m.provider.timezone), "remaining": free}
+                        for start, free in m.slots
+                    ],
+                }
+                for m in matches
+            ],
+            "index": index.freshness(),
+        }
 
     @api.put("/providers/{provider_id}", tags=["providers"], status_code=200)
     async def put_provider(request: Request, provider_id: str, body: ProviderIn) -> ProviderOut:

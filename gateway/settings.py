@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 
 from pydantic import Field
@@ -23,3 +24,7 @@ class Settings(BaseSettings):
     hold_ttl_seconds: int = Field(300, ge=10, le=3600)
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     batch_max: int = Field(1000, ge=1, description="commands per actor call at most")
+    index_first_day: date | None = Field(
+        None, description="first UTC day the search index covers (default: yesterday)"
+    )
+    index_days: int = Field(16, ge=1, le=400, description="days the search index covers")

@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import date
 
 import pytest
 import ray
@@ -25,7 +26,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Hexbo
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="hexbook-gw")
     with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as server:
         hb = Hexbook.connect(server.url, shards=2, namespace=f"gw-{uuid.uuid4().hex[:6]}")
-        app = create_app(Settings(redis_url=server.url, max_body_bytes=8192), hexbook=hb)
+        settings = Settings(
+            redis_url=server.url,
+            max_body_bytes=8192,
+            index_first_day=date(2026, 3, 6),
+            index_days=4,
+        )
+        app = create_app(settings, hexbook=hb)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -47,3 +54,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Hexbo
         client.flushdb()
         client.close()
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def base(stack: tuple[str, Hexbook, FastAPI]) -> str:
+    """The stack with three providers put through the API."""
+    import httpx
+
+    from tests.gateway.test_api import SCHEDULE
+
+    url, _, _ = stack
+    for pid, lat in (("clinic-1", 41.88), ("clinic-2", 41.95), ("race", 41.80)):
+        r = httpx.put(f"{url}/v1/providers/{pid}", json={**SCHEDULE, "lat": lat}, timeout=60)
+        assert r.status_code == 200, r.text
+    return url

@@ -31,15 +31,6 @@ SCHEDULE = {
 }
 
 
-@pytest.fixture(scope="module")
-def base(stack: tuple[str, Hexbook, FastAPI]) -> str:
-    url, _, _ = stack
-    for pid, lat in (("clinic-1", 41.88), ("clinic-2", 41.95), ("race", 41.80)):
-        r = httpx.put(f"{url}/v1/providers/{pid}", json={**SCHEDULE, "lat": lat}, timeout=60)
-        assert r.status_code == 200, r.text
-    return url
-
-
 def slots(base: str, pid: str) -> list[dict[str, Any]]:
     r = httpx.get(f"{base}/v1/providers/{pid}/slots", params={"service": "vaccine"})
     assert r.status_code == 200, r.text

@@ -1,0 +1,110 @@
+"""The gateway's availability index: search answers from memory, kept current from the
+availability stream.
+
+At start the index records the stream's last entry id, then loads every calendar's free
+places from the shards, then follows the stream from the recorded id: a change made
+during the load is applied again afterwards, which is harmless because a delta *sets*
+a slot's free places. Every answer carries the index's freshness (the time of the last
+entry applied and how long ago that was). Reads are a projection: a hold may still
+answer 409 for a slot the index showed as free a moment ago.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import msgspec
+import numpy as np
+import redis.asyncio as aioredis
+
+from actors.api import Hexbook
+from actors.journal import AVAILABILITY_STREAM
+from engine.search import AvailabilityGrid, Match
+
+__all__ = ["AvailabilityIndex"]
+
+log = logging.getLogger("hexbook.gateway")
+_deltas = msgspec.msgpack.Decoder(list[tuple[str, str, int, int]])
+
+
+class AvailabilityIndex:
+    """An :class:`~engine.search.AvailabilityGrid` fed by the shards and the stream."""
+
+    def __init__(
+        self, hexbook: Hexbook, redis_url: str, start: int, days: int = 16, slot_seconds: int = 900
+    ) -> None:
+        self.hexbook = hexbook
+        self.redis = aioredis.from_url(redis_url)
+        self.grid = AvailabilityGrid(start, slot_seconds, days * 86_400 // slot_seconds)
+        self.last_id = "0-0"
+        self.last_entry_ms = 0
+        self.applied = 0
+        self.skipped_calendars = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Load from the shards, then follow the stream in the background."""
+        last: Any = await self.redis.xrevrange(AVAILABILITY_STREAM, count=1)
+        self.last_id = last[0][0].decode() if last else "0-0"
+        for shard in self.hexbook.directory.shards:
+            for row in await self.hexbook.shard(shard).availability.remote():
+                self._upsert(*row)
+        self.last_entry_ms = int(time.time() * 1000)
+        self._task = asyncio.get_running_loop().create_task(self._follow())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.redis.aclose()
+
+    def _upsert(
+        self, provider: Any, service: str, start: int, slot_seconds: int, remaining: bytes
+    ) -> None:
+        if slot_seconds != self.grid.slot_seconds or (start - self.grid.start) % slot_seconds:
+            self.skipped_calendars += 1  # other slot lengths are not indexed yet
+            return
+        self.grid.upsert(provider, service, start, np.frombuffer(remaining, dtype="<i4"))
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                reply: Any = await self.redis.xread(
+                    {AVAILABILITY_STREAM: self.last_id}, count=500, block=1000
+                )
+            except Exception as exc:  # Redis away: keep serving what we have, retry
+                log.warning("availability stream unreachable: %s", exc)
+                await asyncio.sleep(1)
+                continue
+            for _, rows in reply or []:
+                for entry_id, fields in rows:
+                    await self._apply(_deltas.decode(fields[b"d"]))
+                    self.last_id = entry_id.decode()
+                    self.last_entry_ms = int(self.last_id.split("-")[0])
+                    self.applied += 1
+
+    async def _apply(self, deltas: list[tuple[str, str, int, int]]) -> None:
+        for pid, service, start, remaining in deltas:
+            if start == -1:  # a calendar was added, replaced or moved: read it whole
+                shard = await asyncio.to_thread(self.hexbook.shard_of, pid, refresh=True)
+                for row in await self.hexbook.shard(shard).availability.remote(pid, service):
+                    self._upsert(*row)
+            else:
+                self.grid.set_free(pid, service, start, remaining)
+
+    def freshness(self) -> dict[str, Any]:
+        """When the last applied change happened, and how long ago."""
+        now_ms = int(time.time() * 1000)
+        return {
+            "as_of_ms": self.last_entry_ms,
+            "age_ms": max(now_ms - self.last_entry_ms, 0),
+            "entries_applied": self.applied,
+        }
+
+    def search(self, *args: Any, **kwargs: Any) -> list[Match]:
+        return self.grid.search(*args, **kwargs)
