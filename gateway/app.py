@@ -90,6 +90,7 @@ def create_app(settings: Settings | None = None, hexbook: Hexbook | None = None)
                 )
             app.state.hexbook = hb
             app.state.router = ShardRouter(hb, settings.batch_max)
+            app.state.providers = {}
             first = settings.index_first_day or (datetime.now(UTC).date() - timedelta(days=1))
             index = AvailabilityIndex(
                 hb,
@@ -152,9 +153,13 @@ def _v1(settings: Settings) -> APIRouter:
     api = APIRouter(prefix="/v1")
 
     async def provider_of(request: Request, provider_id: str) -> Provider:
-        provider: Provider = check(
-            await _router(request).call(provider_id, "provider", provider_id)
-        )
+        # Provider records change only through PUT (which refreshes this cache), so the
+        # booking path does not pay a shard call per request to format local times.
+        cache: dict[str, Provider] = request.app.state.providers
+        provider = cache.get(provider_id)
+        if provider is None:
+            provider = check(await _router(request).call(provider_id, "provider", provider_id))
+            cache[provider_id] = provider
         return provider
 
     def hold_out(h: Hold, provider: Provider, service: str) -> HoldOut:
@@ -261,6 +266,7 @@ def _v1(settings: Settings) -> APIRouter:
         await asyncio.to_thread(
             hb.provision, provider, template, body.first_day, body.days, body.slot_minutes
         )
+        request.app.state.providers[provider_id] = provider
         return ProviderOut(**{f: getattr(provider, f) for f in ProviderOut.model_fields})
 
     @api.get("/providers/{provider_id}", tags=["providers"])
