@@ -36,8 +36,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Hexbo
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
+        # Clients here reuse pooled connections: never let the server close one as idle
+        # mid-test (uvicorn's 5 s default races with reuse on a loaded CI machine).
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="on",
+            timeout_keep_alive=120,
         )
         srv = uvicorn.Server(config)
         thread = threading.Thread(target=srv.run, daemon=True)
