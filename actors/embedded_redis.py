@@ -22,6 +22,7 @@ import contextlib
 import ctypes
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import socket
@@ -41,6 +42,7 @@ __all__ = [
     "RedisStartError",
     "find_redis_server",
     "redis_endpoint",
+    "running_url",
 ]
 
 FsyncPolicy = Literal["always", "everysec"]
@@ -254,19 +256,40 @@ class EmbeddedRedis:
         return f"EmbeddedRedis({self.url}, {self.data_dir}, fsync={self.fsync}, {state})"
 
 
+def running_url(data_dir: str | os.PathLike[str]) -> str | None:
+    """The URL of the embedded redis-server running on ``data_dir`` (started by another
+    process, e.g. ``hexbook up``), or ``None`` when none runs there."""
+    try:
+        pid = int((Path(data_dir).resolve() / "redis.pid").read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except (OSError, ValueError):
+        return None
+    # redis-server retitles itself "redis-server 127.0.0.1:PORT"; before that: "--port N".
+    m = re.search(r"redis-server\S*\s+[\d.]+:(\d+)", cmdline) or re.search(
+        r"redis-server.*--port (\d+)", cmdline
+    )
+    return f"redis://127.0.0.1:{m.group(1)}/0" if m else None
+
+
 @contextlib.contextmanager
 def redis_endpoint(
     redis_url: str | None,
     data_dir: str | os.PathLike[str],
     fsync: FsyncPolicy = "always",
+    attach: bool = False,
 ) -> Iterator[str]:
     """Yield a Redis URL: ``redis_url`` (or, when it is ``None``, the ``REDIS_URL``
     environment variable) as given, for an external Redis with nothing started; else the
-    URL of an embedded redis-server in ``data_dir`` that stops on exit."""
+    URL of an embedded redis-server in ``data_dir`` that stops on exit. With ``attach``,
+    a server already running on ``data_dir`` is used (and left running)."""
     if redis_url is None:
         redis_url = os.environ.get("REDIS_URL") or None
     if redis_url:
         yield redis_url
+        return
+    running = running_url(data_dir) if attach else None
+    if running is not None:
+        yield running
         return
     with EmbeddedRedis(data_dir, fsync=fsync) as server:
         yield server.url

@@ -11,13 +11,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Header, Query, Request, Response
-from fastapi.responses import JSONResponse
-from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from actors.api import Hexbook, calendar_of, new_secret, routable_id, token_digest
 from actors.embedded_redis import redis_endpoint
 from actors.shard import check
-from engine.errors import NotFound
+from engine.errors import HexbookError, NotFound, SlotUnavailable
 from engine.provider import Provider
 from engine.records import (
     Booking,
@@ -29,14 +29,19 @@ from engine.records import (
     RescheduleBooking,
 )
 from engine.schedule import Blocked, WeeklyTemplate, Window
-from gateway import problems
+from gateway import feed, problems
+from gateway.auth import Admin, Authenticator, Booker, Caller, Forbidden, Operator, Principal
 from gateway.index import AvailabilityIndex
+from gateway.keys import ApiKey, KeyStore
+from gateway.observe import Metrics, Observe
 from gateway.router import ShardRouter
 from gateway.schemas import (
     BookingOut,
     BookingRequest,
     HoldOut,
     HoldRequest,
+    KeyIn,
+    KeyOut,
     Patient,
     ProviderIn,
     ProviderOut,
@@ -53,27 +58,12 @@ IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_lengt
 BookingToken = Annotated[str | None, Header(alias="X-Booking-Token", max_length=200)]
 
 
-class _BodyLimit(BaseHTTPMiddleware):
-    """Refuse bodies over the limit with 413 before reading them."""
-
-    def __init__(self, app: Any, limit: int) -> None:
-        super().__init__(app)
-        self.limit = limit
-
-    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
-            return problems.problem(
-                413, "body_too_large", f"request bodies are limited to {self.limit} bytes"
-            )
-        return await call_next(request)
-
-
 def create_app(settings: Settings | None = None, hexbook: Hexbook | None = None) -> FastAPI:
     """Build the gateway. With ``hexbook`` given (tests), it is used as it is; else the
     app connects at start-up (embedded Redis unless ``redis_url``, local Ray unless
     ``ray_address``)."""
     settings = settings or Settings()
+    metrics = Metrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -89,7 +79,17 @@ def create_app(settings: Settings | None = None, hexbook: Hexbook | None = None)
                     namespace=settings.namespace,
                 )
             app.state.hexbook = hb
-            app.state.router = ShardRouter(hb, settings.batch_max)
+            app.state.keys = KeyStore(hb._redis)
+            app.state.auth = Authenticator(
+                app.state.keys,
+                cache_seconds=settings.key_cache_seconds,
+                rate_per_key=settings.rate_per_key,
+                rate_per_address=settings.rate_per_address,
+            )
+            router = ShardRouter(
+                hb, settings.batch_max, settings.max_inflight, metrics.batch_size.observe
+            )
+            app.state.router = router
             app.state.providers = {}
             first = settings.index_first_day or (datetime.now(UTC).date() - timedelta(days=1))
             index = AvailabilityIndex(
@@ -101,6 +101,12 @@ def create_app(settings: Settings | None = None, hexbook: Hexbook | None = None)
             await index.start()
             stack.push_async_callback(index.stop)
             app.state.index = index
+            app.state.feed_clients = 0
+            metrics.bind(
+                lambda: router.inflight,
+                lambda: index.freshness()["age_ms"] / 1000,
+                lambda: index.applied,
+            )
             yield
 
     app = FastAPI(
@@ -109,10 +115,14 @@ def create_app(settings: Settings | None = None, hexbook: Hexbook | None = None)
         summary="Real-time availability and booking for appointment launches",
         lifespan=lifespan,
     )
-    app.add_middleware(_BodyLimit, limit=settings.max_body_bytes)
+    app.state.metrics = metrics
+    app.add_middleware(
+        Observe, metrics=metrics, max_body=settings.max_body_bytes, access_log=settings.access_log
+    )
     problems.install(app)
     app.include_router(_ops())
-    app.include_router(_v1(settings))
+    app.include_router(_v1(settings, metrics))
+    app.include_router(feed.router(settings))
     return app
 
 
@@ -141,15 +151,69 @@ def _ops() -> APIRouter:
             return problems.problem(503, "unavailable", f"not ready: {type(exc).__name__}")
         return JSONResponse({"status": "ready", "shards": len(shards)})
 
+    @api.get("/metrics", response_class=PlainTextResponse)
+    async def metrics(request: Request) -> Response:
+        """Prometheus text format: requests, latency, holds, bookings, 409s, batch sizes,
+        index freshness."""
+        registry = request.app.state.metrics.registry
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @api.post("/v1/keys", status_code=201, tags=["operations"])
+    async def create_key(request: Request, body: KeyIn, _: Operator) -> KeyOut:
+        """Create an API key (operator). The answer shows the key once."""
+        store: KeyStore = request.app.state.keys
+        key, record = await asyncio.to_thread(
+            store.create, body.role, body.name, tuple(body.providers), body.rate_per_second
+        )
+        return _key_out(record, key)
+
+    @api.get("/v1/keys", tags=["operations"])
+    async def list_keys(request: Request, _: Operator) -> list[KeyOut]:
+        """Every key, revoked ones included (never the keys themselves)."""
+        store: KeyStore = request.app.state.keys
+        return [_key_out(k) for k in await asyncio.to_thread(store.list)]
+
+    @api.delete("/v1/keys/{key_id}", tags=["operations"])
+    async def revoke_key(request: Request, key_id: str, _: Operator) -> KeyOut:
+        """Revoke a key; gateways stop accepting it within their key cache time."""
+        store: KeyStore = request.app.state.keys
+        return _key_out(await asyncio.to_thread(store.revoke, key_id))
+
     return api
 
 
-def _key(key: str | None) -> str:
-    # Keys are namespaced per client once API keys arrive; until then one namespace.
-    return f"anon:{key}" if key else new_secret()
+def _key_out(record: ApiKey, key: str | None = None) -> KeyOut:
+    return KeyOut(
+        key_id=record.key_id,
+        role=record.role,
+        name=record.name,
+        providers=list(record.providers),
+        rate_per_second=record.rate_per_second,
+        created_at=record.created_at,
+        revoked_at=record.revoked_at,
+        key=key,
+    )
 
 
-def _v1(settings: Settings) -> APIRouter:
+def _key(caller: Principal, key: str | None) -> str:
+    """An Idempotency-Key in the caller's namespace (two clients never share one)."""
+    return f"{caller.name}:{key}" if key else new_secret()
+
+
+class _SlotStarted(SlotUnavailable):
+    def __init__(self) -> None:
+        HexbookError.__init__(self, "that slot has already started; choose a later one")
+        self.free = 0
+
+
+def _not_past(start: int) -> int:
+    """Holds and reschedules go to slots that have not started (409 slot_unavailable)."""
+    if start <= int(time.time()):
+        raise _SlotStarted()
+    return start
+
+
+def _v1(settings: Settings, metrics: Metrics) -> APIRouter:
     api = APIRouter(prefix="/v1")
 
     async def provider_of(request: Request, provider_id: str) -> Provider:
@@ -189,6 +253,7 @@ def _v1(settings: Settings) -> APIRouter:
     @api.get("/search", tags=["search"])
     async def search(
         request: Request,
+        _: Caller,
         lat: Annotated[float, Query(ge=-90, le=90)],
         lng: Annotated[float, Query(ge=-180, le=180)],
         service: Annotated[str, Query(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")],
@@ -241,8 +306,13 @@ def _v1(settings: Settings) -> APIRouter:
         }
 
     @api.put("/providers/{provider_id}", tags=["providers"], status_code=200)
-    async def put_provider(request: Request, provider_id: str, body: ProviderIn) -> ProviderOut:
-        """Create or update a provider and its schedule."""
+    async def put_provider(
+        request: Request, provider_id: str, body: ProviderIn, caller: Admin
+    ) -> ProviderOut:
+        """Create or update a provider and its schedule (an operator, or a provider-admin
+        key that names this provider)."""
+        if caller.key is None or not caller.key.may_admin(provider_id):
+            raise Forbidden(f"this key may not change provider {provider_id!r}")
         provider = Provider(
             provider_id=provider_id,
             name=body.name,
@@ -270,13 +340,13 @@ def _v1(settings: Settings) -> APIRouter:
         return ProviderOut(**{f: getattr(provider, f) for f in ProviderOut.model_fields})
 
     @api.get("/providers/{provider_id}", tags=["providers"])
-    async def get_provider(request: Request, provider_id: str) -> ProviderOut:
+    async def get_provider(request: Request, provider_id: str, _: Caller) -> ProviderOut:
         """One provider."""
         p = await provider_of(request, provider_id)
         return ProviderOut(**{f: getattr(p, f) for f in ProviderOut.model_fields})
 
     @api.get("/providers/{provider_id}/slots", tags=["providers"])
-    async def get_slots(request: Request, provider_id: str, service: str) -> SlotsOut:
+    async def get_slots(request: Request, provider_id: str, service: str, _: Caller) -> SlotsOut:
         """The slot grid with remaining places (authoritative, from the shard)."""
         p = await provider_of(request, provider_id)
         q = request.query_params
@@ -308,15 +378,15 @@ def _v1(settings: Settings) -> APIRouter:
 
     @api.post("/holds", status_code=201, tags=["bookings"])
     async def post_hold(
-        request: Request, body: HoldRequest, idempotency_key: IdempotencyKey = None
+        request: Request, body: HoldRequest, caller: Booker, idempotency_key: IdempotencyKey = None
     ) -> HoldOut:
         """Reserve places in a slot for a short time."""
-        start = parse_instant(body.start)
+        start = _not_past(parse_instant(body.start))
         p = await provider_of(request, body.provider_id)
         cmd = PlaceHold(
             body.provider_id,
             body.service,
-            _key(idempotency_key),
+            _key(caller, idempotency_key),
             int(time.time()),
             routable_id(body.provider_id, body.service),
             start,
@@ -324,21 +394,27 @@ def _v1(settings: Settings) -> APIRouter:
             settings.hold_ttl_seconds,
         )
         hold = check(await _router(request).submit(cmd))
+        metrics.holds.inc()
         return hold_out(hold, p, body.service)
 
     @api.delete("/holds/{hold_id}", status_code=204, tags=["bookings"])
     async def delete_hold(
-        request: Request, hold_id: str, idempotency_key: IdempotencyKey = None
+        request: Request, hold_id: str, caller: Booker, idempotency_key: IdempotencyKey = None
     ) -> Response:
         """Release a hold."""
         provider_id, service = calendar_of(hold_id)
-        cmd = ReleaseHold(provider_id, service, _key(idempotency_key), int(time.time()), hold_id)
+        cmd = ReleaseHold(
+            provider_id, service, _key(caller, idempotency_key), int(time.time()), hold_id
+        )
         check(await _router(request).submit(cmd))
         return Response(status_code=204)
 
     @api.post("/bookings", status_code=201, tags=["bookings"])
     async def post_booking(
-        request: Request, body: BookingRequest, idempotency_key: IdempotencyKey = None
+        request: Request,
+        body: BookingRequest,
+        caller: Booker,
+        idempotency_key: IdempotencyKey = None,
     ) -> BookingOut:
         """Confirm a hold. The answer carries the booking token, once."""
         provider_id, service = calendar_of(body.hold_id)
@@ -347,7 +423,7 @@ def _v1(settings: Settings) -> APIRouter:
         cmd = ConfirmHold(
             provider_id,
             service,
-            _key(idempotency_key),
+            _key(caller, idempotency_key),
             int(time.time()),
             body.hold_id,
             routable_id(provider_id, service),
@@ -355,44 +431,49 @@ def _v1(settings: Settings) -> APIRouter:
             body.patient.reference,
         )
         booking = check(await _router(request).submit(cmd))
+        metrics.bookings.inc()
         # A repeated request (same key) gets the booking without a new token.
         shown = token if hmac.compare_digest(booking.token_digest, token_digest(token)) else None
         return booking_out(booking, p, service, shown)
 
     async def authorised_booking(
-        request: Request, booking_id: str, token: str | None
+        request: Request, booking_id: str, token: str | None, caller: Principal
     ) -> tuple[Booking, Provider, str]:
         provider_id, service = calendar_of(booking_id)
         booking = check(
             await _router(request).call(provider_id, "booking", provider_id, service, booking_id)
         )
-        if token is None or not hmac.compare_digest(booking.token_digest, token_digest(token)):
+        if caller.role == "operator" and token is None:
+            pass  # operators may read and cancel any booking
+        elif token is None or not hmac.compare_digest(booking.token_digest, token_digest(token)):
             # Same answer as a missing booking: a wrong token learns nothing.
             raise NotFound(f"booking {booking_id[:12]}… not found for this token")
         return booking, await provider_of(request, provider_id), service
 
     @api.get("/bookings/{booking_id}", tags=["bookings"])
     async def get_booking(
-        request: Request, booking_id: str, booking_token: BookingToken = None
+        request: Request, booking_id: str, caller: Booker, booking_token: BookingToken = None
     ) -> BookingOut:
-        """Read a booking (needs its token in X-Booking-Token)."""
-        booking, p, service = await authorised_booking(request, booking_id, booking_token)
+        """Read a booking (needs its token in X-Booking-Token, or an operator key)."""
+        booking, p, service = await authorised_booking(request, booking_id, booking_token, caller)
         return booking_out(booking, p, service)
 
     @api.delete("/bookings/{booking_id}", status_code=204, tags=["bookings"])
     async def delete_booking(
         request: Request,
         booking_id: str,
+        caller: Booker,
         booking_token: BookingToken = None,
         idempotency_key: IdempotencyKey = None,
     ) -> Response:
-        """Cancel a booking (needs its token)."""
-        _, _, service = await authorised_booking(request, booking_id, booking_token)
+        """Cancel a booking (needs its token, or an operator key)."""
+        _, _, service = await authorised_booking(request, booking_id, booking_token, caller)
         provider_id, _ = calendar_of(booking_id)
         cmd = CancelBooking(
-            provider_id, service, _key(idempotency_key), int(time.time()), booking_id
+            provider_id, service, _key(caller, idempotency_key), int(time.time()), booking_id
         )
         check(await _router(request).submit(cmd))
+        metrics.cancellations.inc()
         return Response(status_code=204)
 
     @api.post("/bookings/{booking_id}/reschedule", tags=["bookings"])
@@ -400,12 +481,13 @@ def _v1(settings: Settings) -> APIRouter:
         request: Request,
         booking_id: str,
         body: RescheduleRequest,
+        caller: Booker,
         booking_token: BookingToken = None,
         idempotency_key: IdempotencyKey = None,
     ) -> BookingOut:
         """Move a booking; the old slot is freed only when the new one is booked."""
-        _, p, service = await authorised_booking(request, booking_id, booking_token)
-        new_start = parse_instant(body.start)
+        _, p, service = await authorised_booking(request, booking_id, booking_token, caller)
+        new_start = _not_past(parse_instant(body.start))
         if (body.provider_id, body.service) != (p.provider_id, service):
             # Another calendar: hold, confirm, cancel under keys derived from this one.
             hb: Hexbook = request.app.state.hexbook
@@ -418,11 +500,16 @@ def _v1(settings: Settings) -> APIRouter:
                 new_start,
                 new_provider_id=body.provider_id,
                 new_service=body.service,
-                key=_key(idempotency_key),
+                key=_key(caller, idempotency_key),
             )
             return booking_out(moved, target, body.service)
         cmd = RescheduleBooking(
-            p.provider_id, service, _key(idempotency_key), int(time.time()), booking_id, new_start
+            p.provider_id,
+            service,
+            _key(caller, idempotency_key),
+            int(time.time()),
+            booking_id,
+            new_start,
         )
         moved = check(await _router(request).submit(cmd))
         return booking_out(moved, p, service)

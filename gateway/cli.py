@@ -3,6 +3,9 @@
 hexbook up --demo          # local Ray + embedded redis-server + shards + gateway,
                            # with a demo city; Ctrl-C stops it, data/ keeps bookings
 hexbook up --redis-url redis://... --ray-address ray://...   # against a cluster
+hexbook keys create --role operator --name alice   # API keys (shown once)
+hexbook keys list
+hexbook keys revoke KEY_ID
 """
 
 from __future__ import annotations
@@ -11,11 +14,14 @@ import argparse
 import logging
 import os
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 __all__ = ["main"]
+
+DEMO_KEY_NAME = "demo booking client (hexbook up --demo)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,6 +75,60 @@ def _parser() -> argparse.ArgumentParser:
         help="embedded Redis AOF fsync: always (default, no acknowledged booking "
         "lost) or everysec (faster; may lose up to 1 s on a crash)",
     )
+    up.add_argument(
+        "--access-log", action="store_true", help="log every request as a JSON line on stderr"
+    )
+
+    keys = sub.add_parser(
+        "keys",
+        help="create, list and revoke API keys",
+        description=(
+            "API keys for the gateway, stored hashed in Redis. Roles: booking-client "
+            "(search, holds, bookings), provider-admin (the schedules of the providers "
+            "it names), operator (everything, keys included). Works against the Redis of a "
+            "running `hexbook up` in --data-dir, or --redis-url."
+        ),
+    )
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("data"),
+        help="data folder of the embedded redis-server (default ./data)",
+    )
+    where.add_argument(
+        "--redis-url",
+        default=os.environ.get("REDIS_URL"),
+        help="use this Redis instead (default: $REDIS_URL)",
+    )
+    actions = keys.add_subparsers(dest="action", required=True)
+    create = actions.add_parser(
+        "create", parents=[where], help="make a key and print it (shown only this once)"
+    )
+    create.add_argument(
+        "--role",
+        required=True,
+        choices=["booking-client", "provider-admin", "operator"],
+        help="what the key may do",
+    )
+    create.add_argument("--name", required=True, help="who or what uses the key")
+    create.add_argument(
+        "--provider",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="provider-admin: a provider id it may change, or a prefix ending in * "
+        "(repeat for more)",
+    )
+    create.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="requests/s this key may make (default: the gateway's per-key limit)",
+    )
+    actions.add_parser("list", parents=[where], help="every key, without secrets")
+    revoke = actions.add_parser("revoke", parents=[where], help="revoke a key by its id")
+    revoke.add_argument("key_id", help="the 8-character id (hbk_<id>_...)")
     return parser
 
 
@@ -126,18 +186,33 @@ def up(args: argparse.Namespace) -> int:
                     data_dir=args.data_dir,
                     shards=args.shards,
                 )
+                settings.access_log = args.access_log
                 app = create_app(settings, hexbook=hb)
                 base = f"http://{args.host}:{args.port}"
-                print(
-                    f"hexbook: serving {base}\n"
-                    f"  API docs:  {base}/docs\n"
-                    f"  OpenAPI:   {base}/openapi.json\n"
-                    f"  try:       curl '{base}/v1/providers/chi-0000'\n"
-                    "  API keys arrive with the gateway's auth; until then the API is open\n"
+                lines = [
+                    f"hexbook: serving {base}",
+                    f"  API docs:  {base}/docs",
+                    f"  OpenAPI:   {base}/openapi.json",
+                    f"  metrics:   {base}/metrics",
+                    f"  search:    curl '{base}/v1/search?lat=41.88&lng=-87.63&service=vaccine'",
+                ]
+                if args.demo:
+                    key = _demo_key(hb)
+                    lines += [
+                        f"  booking-client key (new for this run): {key}",
+                        f"  hold:      curl -H 'Authorization: Bearer {key}' "
+                        f"-H 'Content-Type: application/json' -d "
+                        '\'{"provider_id": "chi-0000", "service": "vaccine", '
+                        f'"start": "<a start from search>"}}\' {base}/v1/holds',
+                    ]
+                lines += [
+                    "  more keys: hexbook keys create --role operator --name you",
                     "  Ctrl-C stops hexbook; bookings stay in the data folder",
-                    flush=True,
+                ]
+                print("\n".join(lines), flush=True)
+                uvicorn.run(
+                    app, host=args.host, port=args.port, log_level="warning", log_config=None
                 )
-                uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
             finally:
                 hb.close()
                 ray.shutdown()
@@ -148,11 +223,77 @@ def up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo_key(hb: Any) -> str:
+    """A fresh booking-client key for this demo run; earlier demo keys are revoked."""
+    from gateway.keys import KeyStore
+
+    store = KeyStore(hb._redis)
+    for old in store.list():
+        if old.name == DEMO_KEY_NAME and old.active:
+            store.revoke(old.key_id)
+    return store.create("booking-client", DEMO_KEY_NAME)[0]
+
+
+def keys(args: argparse.Namespace) -> int:
+    import redis
+
+    from actors.embedded_redis import RedisBinaryNotFound, RedisStartError, redis_endpoint
+    from engine.errors import HexbookError
+    from gateway.keys import KeyStore
+
+    try:
+        with redis_endpoint(args.redis_url, args.data_dir, attach=True) as url:
+            client = redis.Redis.from_url(url)
+            store = KeyStore(client)
+            try:
+                if args.action == "create":
+                    key, record = store.create(
+                        args.role, args.name, tuple(args.provider), args.rate
+                    )
+                    print(
+                        f"{key}\n(key id {record.key_id}, role {record.role}; "
+                        "shown once: store it now)"
+                    )
+                elif args.action == "list":
+                    rows = store.list()
+                    print(f"{'id':8}  {'role':14}  {'state':7}  {'created (UTC)':19}  name")
+                    for k in rows:
+                        created = datetime.fromtimestamp(k.created_at, UTC)
+                        state = "active" if k.active else "revoked"
+                        scope = f" [{', '.join(k.providers)}]" if k.providers else ""
+                        print(
+                            f"{k.key_id:8}  {k.role:14}  {state:7}  "
+                            f"{created:%Y-%m-%d %H:%M:%S}  {k.name}{scope}"
+                        )
+                    if not rows:
+                        print("(no keys yet: hexbook keys create --role operator --name you)")
+                else:
+                    record = store.revoke(args.key_id)
+                    print(f"revoked {record.key_id} ({record.role}, {record.name})")
+            finally:
+                client.close()
+    except (RedisBinaryNotFound, RedisStartError) as exc:
+        print(f"hexbook: {exc}", file=sys.stderr)
+        return 1
+    except HexbookError as exc:
+        print(f"hexbook: {exc.message}", file=sys.stderr)
+        return 2
+    except redis.RedisError as exc:
+        print(f"hexbook: Redis: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
     if args.command == "up":
+        from gateway.observe import configure_logging
+
+        configure_logging("INFO")
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         return up(args)
+    if args.command == "keys":
+        return keys(args)
     return 2
 
 

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine import errors
+from gateway.auth import Forbidden, RateLimited, Unauthorized, retry_after_seconds
 
 __all__ = ["STATUS", "install", "problem"]
 
@@ -34,6 +35,9 @@ STATUS: dict[type[errors.HexbookError], int] = {
     errors.HoldExpired: 410,
     errors.Unavailable: 503,
     errors.CodecError: 400,
+    Unauthorized: 401,
+    Forbidden: 403,
+    RateLimited: 429,
 }
 TITLES = {
     400: "Bad request",
@@ -43,6 +47,7 @@ TITLES = {
     405: "Method not allowed",
     409: "Conflict",
     410: "Gone",
+    411: "Length required",
     413: "Body too large",
     415: "Unsupported media type",
     422: "Unprocessable request",
@@ -52,8 +57,10 @@ TITLES = {
 }
 
 
-def problem(status: int, code: str, detail: str, **extra: object) -> JSONResponse:
-    """A problem+json response."""
+def problem(
+    status: int, code: str, detail: str, retry_after: float = 1.0, **extra: object
+) -> JSONResponse:
+    """A problem+json response; 429 and 503 say when to come back (``Retry-After``)."""
     body = {
         "type": f"https://hexbook.dev/problems/{code}",
         "title": TITLES.get(status, "Error"),
@@ -62,7 +69,9 @@ def problem(status: int, code: str, detail: str, **extra: object) -> JSONRespons
         "code": code,
         **extra,
     }
-    headers = {"Retry-After": "1"} if status in (429, 503) else None
+    headers = {"Retry-After": retry_after_seconds(retry_after)} if status in (429, 503) else None
+    if status == 401:
+        headers = {"WWW-Authenticate": "Bearer"}
     return JSONResponse(
         body, status_code=status, media_type="application/problem+json", headers=headers
     )
@@ -80,7 +89,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(errors.HexbookError)
     async def domain(_: Request, exc: errors.HexbookError) -> JSONResponse:
-        return problem(status_of(exc), exc.code, exc.message)
+        retry_after = exc.retry_after if isinstance(exc, RateLimited) else 1.0
+        return problem(status_of(exc), exc.code, exc.message, retry_after)
 
     @app.exception_handler(RequestValidationError)
     async def validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from ray.exceptions import RayActorError, RayError
@@ -28,9 +29,18 @@ log = logging.getLogger("hexbook.gateway")
 class ShardRouter:
     """Micro-batching access to the shards for one gateway process."""
 
-    def __init__(self, hexbook: Hexbook, batch_max: int = 1000) -> None:
+    def __init__(
+        self,
+        hexbook: Hexbook,
+        batch_max: int = 1000,
+        max_inflight: int = 20_000,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
         self.hexbook = hexbook
+        self.on_batch = on_batch
         self.batch_max = batch_max
+        self.max_inflight = max_inflight
+        self.inflight = 0
         self._queues: dict[str, list[tuple[Command, asyncio.Future[Outcome]]]] = {}
         self._scheduled: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -44,14 +54,24 @@ class ShardRouter:
         return await asyncio.to_thread(self.hexbook.shard_of, provider_id, refresh=refresh)
 
     async def submit(self, command: Command) -> Outcome:
-        """Send one command with whatever else is going to its shard; its outcome."""
-        shard = await self.shard_of(command.provider_id)
-        out = await self._enqueue(shard, command)
-        if isinstance(out, CalendarNotFound):  # maybe moved to another shard: look again
-            moved = await self.shard_of(command.provider_id, refresh=True)
-            if moved != shard:
-                out = await self._enqueue(moved, command)
-        return out
+        """Send one command with whatever else is going to its shard; its outcome.
+        With ``max_inflight`` commands already waiting, answer ``Unavailable`` at once
+        (a 503 with Retry-After) instead of queueing without bound."""
+        if self.inflight >= self.max_inflight:
+            return Unavailable(
+                f"the gateway has {self.inflight} commands waiting on shards; retry shortly"
+            )
+        self.inflight += 1
+        try:
+            shard = await self.shard_of(command.provider_id)
+            out = await self._enqueue(shard, command)
+            if isinstance(out, CalendarNotFound):  # maybe moved to another shard: look again
+                moved = await self.shard_of(command.provider_id, refresh=True)
+                if moved != shard:
+                    out = await self._enqueue(moved, command)
+            return out
+        finally:
+            self.inflight -= 1
 
     def _enqueue(self, shard: str, command: Command) -> asyncio.Future[Outcome]:
         loop = asyncio.get_running_loop()
@@ -75,6 +95,8 @@ class ShardRouter:
 
     async def _send(self, shard: str, batch: list[tuple[Command, asyncio.Future[Outcome]]]) -> None:
         self.batch_sizes[len(batch)] += 1
+        if self.on_batch is not None:
+            self.on_batch(len(batch))
         outcomes: list[Outcome]
         try:
             outcomes = await self.hexbook.shard(shard).submit.remote([c for c, _ in batch])

@@ -113,3 +113,25 @@ class SlotsOut(BaseModel):
     service: str
     slot_minutes: int
     slots: list[SlotOut]
+
+
+class KeyIn(_Strict):
+    role: str = Field(pattern="^(booking-client|provider-admin|operator)$")
+    name: str = Field(min_length=1, max_length=128, description="who or what uses the key")
+    providers: list[str] = Field(
+        default_factory=list,
+        max_length=1000,
+        description="provider-admin only: provider ids, or prefixes ending in *",
+    )
+    rate_per_second: float | None = Field(None, gt=0, le=1_000_000)
+
+
+class KeyOut(BaseModel):
+    key_id: str
+    role: str
+    name: str
+    providers: list[str]
+    rate_per_second: float | None
+    created_at: float
+    revoked_at: float | None
+    key: str | None = Field(None, description="the key itself: shown once, at creation")

@@ -28,3 +28,17 @@ class Settings(BaseSettings):
         None, description="first UTC day the search index covers (default: yesterday)"
     )
     index_days: int = Field(16, ge=1, le=400, description="days the search index covers")
+    key_cache_seconds: float = Field(
+        5.0, ge=0, le=300, description="how long a gateway trusts a key lookup (revocation delay)"
+    )
+    rate_per_key: float = Field(
+        5000.0, gt=0, description="requests/s per API key unless the key sets its own"
+    )
+    rate_per_address: float = Field(
+        50.0, gt=0, description="requests/s per client address for anonymous callers"
+    )
+    max_inflight: int = Field(
+        20_000, ge=1, description="commands waiting on shards before new ones get 503"
+    )
+    access_log: bool = Field(False, description="one JSON log line per request (errors always)")
+    feed_max_clients: int = Field(100, ge=1, description="open live-feed streams at most")

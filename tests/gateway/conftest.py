@@ -7,8 +7,10 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import date
+from datetime import timedelta
+from typing import Any
 
+import httpx
 import pytest
 import ray
 import redis
@@ -18,19 +20,30 @@ from fastapi import FastAPI
 from actors.api import Hexbook
 from actors.embedded_redis import EmbeddedRedis
 from gateway.app import create_app
+from gateway.keys import KeyStore
 from gateway.settings import Settings
+from tests.gateway.dates import dst_saturday
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Hexbook, FastAPI]]:
+def gateway_settings() -> dict[str, Any]:
+    """Settings a test module wants for its gateway (override in the module)."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, gateway_settings: dict[str, Any]
+) -> Iterator[tuple[str, Hexbook, FastAPI]]:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="hexbook-gw")
     with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as server:
         hb = Hexbook.connect(server.url, shards=2, namespace=f"gw-{uuid.uuid4().hex[:6]}")
         settings = Settings(
             redis_url=server.url,
             max_body_bytes=8192,
-            index_first_day=date(2026, 3, 6),
+            index_first_day=dst_saturday() - timedelta(days=1),
             index_days=4,
+            **gateway_settings,
         )
         app = create_app(settings, hexbook=hb)
         with socket.socket() as s:
@@ -64,14 +77,43 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Hexbo
 
 
 @pytest.fixture(scope="module")
-def base(stack: tuple[str, Hexbook, FastAPI]) -> str:
-    """The stack with three providers put through the API."""
-    import httpx
+def keys(stack: tuple[str, Hexbook, FastAPI]) -> dict[str, str]:
+    """One API key per role, made the way the CLI makes them (straight into Redis)."""
+    store = KeyStore(stack[1]._redis)
+    made = {
+        "operator": store.create("operator", "tests")[0],
+        "booking-client": store.create("booking-client", "tests")[0],
+        "provider-admin": store.create("provider-admin", "tests", ("clinic-*",))[0],
+    }
+    return made
 
+
+def _client(url: str, key: str) -> Iterator[httpx.Client]:
+    with httpx.Client(
+        base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60
+    ) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def api(stack: tuple[str, Hexbook, FastAPI], keys: dict[str, str]) -> Iterator[httpx.Client]:
+    """A booking front-end: a booking-client key."""
+    yield from _client(stack[0], keys["booking-client"])
+
+
+@pytest.fixture(scope="module")
+def ops(stack: tuple[str, Hexbook, FastAPI], keys: dict[str, str]) -> Iterator[httpx.Client]:
+    """An operator."""
+    yield from _client(stack[0], keys["operator"])
+
+
+@pytest.fixture(scope="module")
+def base(stack: tuple[str, Hexbook, FastAPI], ops: httpx.Client) -> str:
+    """The stack with three providers put through the API."""
     from tests.gateway.test_api import SCHEDULE
 
     url, _, _ = stack
     for pid, lat in (("clinic-1", 41.88), ("clinic-2", 41.95), ("race", 41.80)):
-        r = httpx.put(f"{url}/v1/providers/{pid}", json={**SCHEDULE, "lat": lat}, timeout=60)
+        r = ops.put(f"/v1/providers/{pid}", json={**SCHEDULE, "lat": lat})
         assert r.status_code == 200, r.text
     return url

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -11,8 +12,12 @@ import pytest
 from fastapi import FastAPI
 
 from actors.api import Hexbook
+from tests.gateway.dates import dst_saturday
 
 PROBLEM = "application/problem+json"
+# The next weekend on which Chicago moves its clocks forward: Saturday is CST, Sunday CDT.
+D1 = dst_saturday()
+D2 = D1 + timedelta(days=1)
 SCHEDULE = {
     "name": "Clinic",
     "lat": 41.88,
@@ -26,13 +31,13 @@ SCHEDULE = {
             for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
         }
     },
-    "first_day": "2026-03-07",
+    "first_day": f"{D1}",
     "days": 2,
 }
 
 
-def slots(base: str, pid: str) -> list[dict[str, Any]]:
-    r = httpx.get(f"{base}/v1/providers/{pid}/slots", params={"service": "vaccine"})
+def slots(api: httpx.Client, pid: str) -> list[dict[str, Any]]:
+    r = api.get(f"/v1/providers/{pid}/slots", params={"service": "vaccine"})
     assert r.status_code == 200, r.text
     return list(r.json()["slots"])
 
@@ -46,32 +51,32 @@ def assert_problem(r: httpx.Response, status: int, code: str) -> None:
     assert body["detail"]
 
 
-def test_health_and_ready(base: str) -> None:
-    assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
-    r = httpx.get(f"{base}/readyz")
+def test_health_and_ready(base: str, api: httpx.Client) -> None:
+    assert api.get(f"{base}/healthz").json() == {"status": "ok"}
+    r = api.get(f"{base}/readyz")
     assert r.status_code == 200
     assert r.json()["shards"] == 2
 
 
-def test_provider_and_slots_in_local_time(base: str) -> None:
-    p = httpx.get(f"{base}/v1/providers/clinic-1").json()
+def test_provider_and_slots_in_local_time(base: str, api: httpx.Client) -> None:
+    p = api.get(f"{base}/v1/providers/clinic-1").json()
     assert (p["timezone"], p["languages"]) == ("America/Chicago", ["en", "es"])
-    grid = slots(base, "clinic-1")
-    # Saturday 7 March is CST (-06:00), Sunday 8 March after 02:00 is CDT (-05:00).
-    assert grid[0]["start"] == "2026-03-07T09:00:00-06:00"
-    assert grid[12]["start"] == "2026-03-08T09:00:00-05:00"
+    grid = slots(api, "clinic-1")
+    # The Saturday is CST (-06:00), the Sunday after 02:00 is CDT (-05:00).
+    assert grid[0]["start"] == f"{D1}T09:00:00-06:00"
+    assert grid[12]["start"] == f"{D2}T09:00:00-05:00"
     assert len(grid) == 24
     assert all(s["remaining"] == 2 for s in grid)
-    window = httpx.get(
+    window = api.get(
         f"{base}/v1/providers/clinic-1/slots",
-        params={"service": "vaccine", "from": "2026-03-08T00:00:00-06:00"},
+        params={"service": "vaccine", "from": f"{D2}T00:00:00-06:00"},
     )
     assert len(window.json()["slots"]) == 12
 
 
-def test_hold_book_read_reschedule_cancel(base: str) -> None:
-    grid = slots(base, "clinic-1")
-    r = httpx.post(
+def test_hold_book_read_reschedule_cancel(base: str, api: httpx.Client) -> None:
+    grid = slots(api, "clinic-1")
+    r = api.post(
         f"{base}/v1/holds",
         json={"provider_id": "clinic-1", "service": "vaccine", "start": grid[1]["start"]},
     )
@@ -79,7 +84,7 @@ def test_hold_book_read_reschedule_cancel(base: str) -> None:
     hold = r.json()
     assert hold["start"] == grid[1]["start"]
     assert hold["expires_at"].endswith("-06:00") or hold["expires_at"].endswith("-05:00")
-    r = httpx.post(
+    r = api.post(
         f"{base}/v1/bookings", json={"hold_id": hold["hold_id"], "patient": {"reference": "ref-1"}}
     )
     assert r.status_code == 201, r.text
@@ -87,33 +92,33 @@ def test_hold_book_read_reschedule_cancel(base: str) -> None:
     token = booking["booking_token"]
     assert len(token) >= 22
     headers = {"X-Booking-Token": token}
-    got = httpx.get(f"{base}/v1/bookings/{booking['booking_id']}", headers=headers).json()
+    got = api.get(f"{base}/v1/bookings/{booking['booking_id']}", headers=headers).json()
     assert (got["status"], got["patient"]["reference"], got["booking_token"]) == (
         "active",
         "ref-1",
         None,
     )
     # Without the token, or with a wrong one: not found (nothing learnt).
-    assert_problem(httpx.get(f"{base}/v1/bookings/{booking['booking_id']}"), 404, "not_found")
+    assert_problem(api.get(f"{base}/v1/bookings/{booking['booking_id']}"), 404, "not_found")
     assert_problem(
-        httpx.get(
+        api.get(
             f"{base}/v1/bookings/{booking['booking_id']}", headers={"X-Booking-Token": "x" * 22}
         ),
         404,
         "not_found",
     )
-    r = httpx.post(
+    r = api.post(
         f"{base}/v1/bookings/{booking['booking_id']}/reschedule",
         headers=headers,
         json={"provider_id": "clinic-1", "service": "vaccine", "start": grid[2]["start"]},
     )
     assert r.status_code == 200, r.text
     assert r.json()["start"] == grid[2]["start"]
-    after = slots(base, "clinic-1")
+    after = slots(api, "clinic-1")
     assert (after[1]["remaining"], after[2]["remaining"]) == (2, 1)
     # Across providers (another shard, maybe): the old place is freed when the new is booked.
-    target = slots(base, "clinic-2")[0]["start"]
-    r = httpx.post(
+    target = slots(api, "clinic-2")[0]["start"]
+    r = api.post(
         f"{base}/v1/bookings/{booking['booking_id']}/reschedule",
         headers=headers,
         json={"provider_id": "clinic-2", "service": "vaccine", "start": target},
@@ -121,64 +126,68 @@ def test_hold_book_read_reschedule_cancel(base: str) -> None:
     assert r.status_code == 200, r.text
     moved = r.json()
     assert (moved["provider_id"], moved["start"]) == ("clinic-2", target)
-    assert slots(base, "clinic-1")[2]["remaining"] == 2
-    assert slots(base, "clinic-2")[0]["remaining"] == 1
+    assert slots(api, "clinic-1")[2]["remaining"] == 2
+    assert slots(api, "clinic-2")[0]["remaining"] == 1
     # The old booking is cancelled; cancelling it again is a conflict.
-    r = httpx.delete(f"{base}/v1/bookings/{booking['booking_id']}", headers=headers)
+    r = api.delete(f"{base}/v1/bookings/{booking['booking_id']}", headers=headers)
     assert_problem(r, 409, "booking_not_active")
 
 
-def test_schedule_change_never_drops_bookings(base: str) -> None:
-    start = slots(base, "clinic-2")[10]["start"]
-    hold = httpx.post(
+def test_schedule_change_never_drops_bookings(
+    base: str, api: httpx.Client, ops: httpx.Client
+) -> None:
+    start = slots(api, "clinic-2")[10]["start"]
+    hold = api.post(
         f"{base}/v1/holds", json={"provider_id": "clinic-2", "service": "vaccine", "start": start}
     ).json()
-    r = httpx.put(f"{base}/v1/providers/clinic-2", json={**SCHEDULE, "lat": 41.95}, timeout=60)
+    r = ops.put(f"{base}/v1/providers/clinic-2", json={**SCHEDULE, "lat": 41.95}, timeout=60)
     assert_problem(r, 409, "schedule_conflict")
-    assert slots(base, "clinic-2")[10]["remaining"] == 1  # the hold is still there
-    httpx.delete(f"{base}/v1/holds/{hold['hold_id']}")
+    assert slots(api, "clinic-2")[10]["remaining"] == 1  # the hold is still there
+    api.delete(f"{base}/v1/holds/{hold['hold_id']}")
 
 
-def test_release_hold_and_expired_codes(base: str) -> None:
-    start = slots(base, "clinic-1")[5]["start"]
-    hold = httpx.post(
+def test_release_hold_and_expired_codes(base: str, api: httpx.Client) -> None:
+    start = slots(api, "clinic-1")[5]["start"]
+    hold = api.post(
         f"{base}/v1/holds", json={"provider_id": "clinic-1", "service": "vaccine", "start": start}
     ).json()
-    assert httpx.delete(f"{base}/v1/holds/{hold['hold_id']}").status_code == 204
-    assert slots(base, "clinic-1")[5]["remaining"] == 2
-    r = httpx.post(
+    assert api.delete(f"{base}/v1/holds/{hold['hold_id']}").status_code == 204
+    assert slots(api, "clinic-1")[5]["remaining"] == 2
+    r = api.post(
         f"{base}/v1/bookings", json={"hold_id": hold["hold_id"], "patient": {"reference": "r"}}
     )
     assert_problem(r, 404, "hold_not_found")
-    assert_problem(httpx.delete(f"{base}/v1/holds/{hold['hold_id']}"), 404, "hold_not_found")
+    assert_problem(api.delete(f"{base}/v1/holds/{hold['hold_id']}"), 404, "hold_not_found")
 
 
-def test_same_idempotency_key_books_once(base: str) -> None:
-    start = slots(base, "clinic-2")[6]["start"]
+def test_same_idempotency_key_books_once(base: str, api: httpx.Client) -> None:
+    start = slots(api, "clinic-2")[6]["start"]
     body = {"provider_id": "clinic-2", "service": "vaccine", "start": start}
     key = {"Idempotency-Key": "retry-after-timeout-1"}
-    first = httpx.post(f"{base}/v1/holds", json=body, headers=key)
-    again = httpx.post(f"{base}/v1/holds", json=body, headers=key)
+    first = api.post(f"{base}/v1/holds", json=body, headers=key)
+    again = api.post(f"{base}/v1/holds", json=body, headers=key)
     assert (first.status_code, again.status_code) == (201, 201)
     assert first.json()["hold_id"] == again.json()["hold_id"]
-    assert slots(base, "clinic-2")[6]["remaining"] == 1
+    assert slots(api, "clinic-2")[6]["remaining"] == 1
     bkey = {"Idempotency-Key": "retry-after-timeout-2"}
     bbody = {"hold_id": first.json()["hold_id"], "patient": {"reference": "r"}}
-    b1 = httpx.post(f"{base}/v1/bookings", json=bbody, headers=bkey)
-    b2 = httpx.post(f"{base}/v1/bookings", json=bbody, headers=bkey)
+    b1 = api.post(f"{base}/v1/bookings", json=bbody, headers=bkey)
+    b2 = api.post(f"{base}/v1/bookings", json=bbody, headers=bkey)
     assert b1.json()["booking_id"] == b2.json()["booking_id"]
     assert b1.json()["booking_token"] and b2.json()["booking_token"] is None
-    assert slots(base, "clinic-2")[6]["remaining"] == 1
+    assert slots(api, "clinic-2")[6]["remaining"] == 1
     # The same key with another body is a 422.
-    other = {**body, "start": slots(base, "clinic-2")[7]["start"]}
+    other = {**body, "start": slots(api, "clinic-2")[7]["start"]}
     assert_problem(
-        httpx.post(f"{base}/v1/holds", json=other, headers=key), 422, "idempotency_conflict"
+        api.post(f"{base}/v1/holds", json=other, headers=key), 422, "idempotency_conflict"
     )
 
 
-def test_the_race_for_ten_slots(base: str, stack: tuple[str, Hexbook, FastAPI]) -> None:
+def test_the_race_for_ten_slots(
+    base: str, stack: tuple[str, Hexbook, FastAPI], api: httpx.Client
+) -> None:
     """300 clients try to hold and book the same 10 slots of capacity 2."""
-    wanted = [s["start"] for s in slots(base, "race")[:10]]
+    wanted = [s["start"] for s in slots(api, "race")[:10]]
 
     async def client(i: int, http: httpx.AsyncClient) -> tuple[int, int]:
         r = await http.post(
@@ -193,7 +202,9 @@ def test_the_race_for_ten_slots(base: str, stack: tuple[str, Hexbook, FastAPI]) 
 
     async def run() -> list[tuple[int, int]]:
         limits = httpx.Limits(max_connections=300)
-        async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as http:
+        async with httpx.AsyncClient(
+            base_url=base, limits=limits, timeout=60, headers=api.headers
+        ) as http:
             return await asyncio.gather(*(client(i, http) for i in range(300)))
 
     results = asyncio.run(run())
@@ -201,7 +212,7 @@ def test_the_race_for_ten_slots(base: str, stack: tuple[str, Hexbook, FastAPI]) 
     booked = Counter(b for _, b in results if b)
     assert holds == {201: 20, 409: 280}, holds
     assert booked == {201: 20}, booked
-    assert all(s["remaining"] == 0 for s in slots(base, "race")[:10])
+    assert all(s["remaining"] == 0 for s in slots(api, "race")[:10])
     # Concurrent requests for the shard left in shared actor calls.
     sizes = stack[2].state.router.batch_sizes
     assert max(sizes) > 1, sizes
@@ -231,7 +242,7 @@ def test_the_race_for_ten_slots(base: str, stack: tuple[str, Hexbook, FastAPI]) 
                 "json": {
                     "provider_id": "clinic-1",
                     "service": "vaccine",
-                    "start": "2026-03-07T09:00:00",
+                    "start": f"{D1}T09:00:00",
                 }
             },
             422,
@@ -244,7 +255,7 @@ def test_the_race_for_ten_slots(base: str, stack: tuple[str, Hexbook, FastAPI]) 
                 "json": {
                     "provider_id": "nobody",
                     "service": "vaccine",
-                    "start": "2026-03-07T09:00:00-06:00",
+                    "start": f"{D1}T09:00:00-06:00",
                 }
             },
             404,
@@ -257,7 +268,7 @@ def test_the_race_for_ten_slots(base: str, stack: tuple[str, Hexbook, FastAPI]) 
                 "json": {
                     "provider_id": "clinic-1",
                     "service": "dentist",
-                    "start": "2026-03-07T09:00:00-06:00",
+                    "start": f"{D1}T09:00:00-06:00",
                 }
             },
             404,
@@ -270,7 +281,7 @@ def test_the_race_for_ten_slots(base: str, stack: tuple[str, Hexbook, FastAPI]) 
                 "json": {
                     "provider_id": "clinic-1",
                     "service": "vaccine",
-                    "start": "2026-03-07T09:07:00-06:00",
+                    "start": f"{D1}T09:07:00-06:00",
                 }
             },
             422,
@@ -283,7 +294,7 @@ def test_the_race_for_ten_slots(base: str, stack: tuple[str, Hexbook, FastAPI]) 
                 "json": {
                     "provider_id": "clinic-1",
                     "service": "vaccine",
-                    "start": "2026-03-07T09:00:00-06:00",
+                    "start": f"{D1}T09:00:00-06:00",
                     "party_size": 0,
                 }
             },
@@ -319,14 +330,20 @@ def test_the_race_for_ten_slots(base: str, stack: tuple[str, Hexbook, FastAPI]) 
     ],
 )
 def test_bad_input_is_a_problem_never_a_500(
-    base: str, method: str, path: str, kwargs: dict[str, Any], status: int, code: str
+    base: str,
+    ops: httpx.Client,
+    method: str,
+    path: str,
+    kwargs: dict[str, Any],
+    status: int,
+    code: str,
 ) -> None:
-    r = getattr(httpx, method)(f"{base}{path}", **kwargs)
+    r = getattr(ops, method)(f"{base}{path}", **kwargs)
     assert_problem(r, status, code)
 
 
-def test_openapi_documents_the_paths(base: str) -> None:
-    doc = httpx.get(f"{base}/openapi.json").json()
+def test_openapi_documents_the_paths(base: str, api: httpx.Client) -> None:
+    doc = api.get(f"{base}/openapi.json").json()
     for path in (
         "/v1/holds",
         "/v1/bookings",

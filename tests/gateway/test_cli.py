@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -31,6 +32,23 @@ def start(data: Path, port: int) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+    )
+
+
+def printed_key(proc: subprocess.Popen[str]) -> tuple[str, list[str]]:
+    """Read the start-up lines up to the printed booking-client key."""
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "booking-client key" in line:
+            return line.split(": ", 1)[1].strip(), lines
+    raise AssertionError("no key printed:\n" + "".join(lines))
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args], capture_output=True, text=True, timeout=60
     )
 
 
@@ -73,20 +91,33 @@ def test_demo_starts_serves_stops_and_keeps_bookings(tmp_path: Path) -> None:
     base, data = f"http://127.0.0.1:{port}", tmp_path / "data"
     proc = start(data, port)
     try:
+        key, head = printed_key(proc)
+        auth = {"Authorization": f"Bearer {key}"}
         wait_ready(proc, base)
         grid = httpx.get(
             f"{base}/v1/providers/chi-0000/slots", params={"service": "covid-vaccine"}
         ).json()["slots"]
-        hold = httpx.post(
-            f"{base}/v1/holds",
-            json={"provider_id": "chi-0000", "service": "covid-vaccine", "start": grid[3]["start"]},
-        ).json()
+        soon = datetime.now(UTC) + timedelta(hours=1)
+        start_at = next(g["start"] for g in grid if datetime.fromisoformat(g["start"]) > soon)
+        body = {"provider_id": "chi-0000", "service": "covid-vaccine", "start": start_at}
+        assert httpx.post(f"{base}/v1/holds", json=body).status_code == 401  # needs the key
+        hold = httpx.post(f"{base}/v1/holds", json=body, headers=auth).json()
         booking = httpx.post(
             f"{base}/v1/bookings",
             json={"hold_id": hold["hold_id"], "patient": {"reference": "ref"}},
+            headers=auth,
         ).json()
+        # The keys CLI works against the running stack's Redis.
+        made = cli("keys", "create", "--role", "operator", "--name", "ci", "--data-dir", str(data))
+        assert made.returncode == 0, made.stderr
+        operator = made.stdout.split()[0]
+        r = httpx.get(f"{base}/v1/keys", headers={"Authorization": f"Bearer {operator}"})
+        assert r.status_code == 200, r.text
+        listed = cli("keys", "list", "--data-dir", str(data))
+        assert "operator" in listed.stdout and "ci" in listed.stdout
+        assert operator not in listed.stdout
     finally:
-        out = stop(proc)
+        out = "".join(head) + stop(proc)
     assert "provisioning" in out
     assert f"serving {base}" in out
     assert f"{base}/docs" in out
@@ -95,16 +126,33 @@ def test_demo_starts_serves_stops_and_keeps_bookings(tmp_path: Path) -> None:
 
     proc = start(data, port)
     try:
+        new_key, head = printed_key(proc)
         wait_ready(proc, base)
+        headers = {"X-Booking-Token": booking["booking_token"]}
         again = httpx.get(
             f"{base}/v1/bookings/{booking['booking_id']}",
-            headers={"X-Booking-Token": booking["booking_token"]},
+            headers={**headers, "Authorization": f"Bearer {new_key}"},
         )
         assert again.status_code == 200, again.text
         assert again.json()["status"] == "active"
+        # The last run's demo key was revoked when this run made its own.
+        old = httpx.get(f"{base}/v1/bookings/{booking['booking_id']}", headers={**headers, **auth})
+        assert old.status_code == 401
     finally:
-        out = stop(proc)
+        out = "".join(head) + stop(proc)
     assert "already there (20 providers)" in out
+
+
+def test_keys_cli_explains_and_refuses_bad_input(tmp_path: Path) -> None:
+    assert "--role" in cli("keys", "create", "--help").stdout
+    bad = cli("keys", "create", "--role", "root", "--name", "x", "--data-dir", str(tmp_path))
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+    admin = cli(
+        "keys", "create", "--role", "provider-admin", "--name", "x", "--data-dir", str(tmp_path)
+    )
+    assert admin.returncode == 2 and "needs the providers" in admin.stderr
+    gone = cli("keys", "revoke", "ffffffff", "--data-dir", str(tmp_path))
+    assert gone.returncode == 2 and "no key" in gone.stderr
 
 
 def test_help_explains_every_option() -> None:

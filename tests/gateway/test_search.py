@@ -8,12 +8,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.gateway.test_api import SCHEDULE, assert_problem, slots
+from tests.gateway.test_api import D1, SCHEDULE, assert_problem, slots
 
-FROM = "2026-03-07T00:00:00-06:00"
+FROM = f"{D1}T00:00:00-06:00"
 
 
 def search(base: str, **params: Any) -> dict[str, Any]:
+    """An anonymous search (search is open, limited per address)."""
     r = httpx.get(f"{base}/v1/search", params={"service": "vaccine", "from": FROM, **params})
     assert r.status_code == 200, r.text
     return dict(r.json())
@@ -33,18 +34,18 @@ def test_nearest_first_with_next_slots_and_freshness(base: str) -> None:
     assert [r["provider_id"] for r in near["results"]] == ["clinic-1"]
 
 
-def test_index_follows_bookings(base: str) -> None:
+def test_index_follows_bookings(base: str, api: httpx.Client) -> None:
     pid = "clinic-1"
-    grid = slots(base, pid)
+    grid = slots(api, pid)
     target = next(s for s in grid if s["remaining"] == 2)
     window = {"from": target["start"], "lat": 41.88, "lng": -87.63, "radius_km": 0.5}
     assert search(base, **window)["results"][0]["next_slots"][0]["start"] == target["start"]
     for _ in range(2):
-        h = httpx.post(
+        h = api.post(
             f"{base}/v1/holds",
             json={"provider_id": pid, "service": "vaccine", "start": target["start"]},
         ).json()
-        httpx.post(
+        api.post(
             f"{base}/v1/bookings", json={"hold_id": h["hold_id"], "patient": {"reference": "r"}}
         )
     deadline = time.monotonic() + 10
@@ -56,8 +57,8 @@ def test_index_follows_bookings(base: str) -> None:
     assert first != target["start"], "the index did not see the slot fill up"
 
 
-def test_a_new_provider_becomes_searchable(base: str) -> None:
-    r = httpx.put(
+def test_a_new_provider_becomes_searchable(base: str, ops: httpx.Client) -> None:
+    r = ops.put(
         f"{base}/v1/providers/newcomer", json={**SCHEDULE, "lat": 41.70, "lng": -87.9}, timeout=60
     )
     assert r.status_code == 200
@@ -85,11 +86,11 @@ def test_filters(base: str) -> None:
         {"lat": 41.9, "lng": -87.6, "radius_km": 0},
         {"lat": 41.9, "lng": -87.6, "radius_km": 1000},
         {"lat": "north", "lng": 0},
-        {"lat": 41.9, "lng": -87.6, "from": "2026-03-07T09:00"},
+        {"lat": 41.9, "lng": -87.6, "from": f"{D1}T09:00"},
         {"lat": 41.9, "lng": -87.6, "limit": 0},
         {"lat": 41.9, "lng": -87.6, "order": "random"},
     ],
 )
-def test_bad_search_parameters(base: str, params: dict[str, Any]) -> None:
-    r = httpx.get(f"{base}/v1/search", params={"service": "vaccine", **params})
+def test_bad_search_parameters(base: str, params: dict[str, Any], api: httpx.Client) -> None:
+    r = api.get(f"{base}/v1/search", params={"service": "vaccine", **params})
     assert_problem(r, 422, "validation_error")

@@ -1,0 +1,180 @@
+"""What the gateway tells its operators: Prometheus metrics and structured logs.
+
+One pure ASGI middleware (cheaper than Starlette's ``BaseHTTPMiddleware``) times every
+request, counts it by route *template* (``/v1/holds/{hold_id}``: ids never become label
+values, and hold ids and booking tokens never reach a log) and status, refuses oversized
+bodies with 413 before they are read, and writes one JSON log line per request when the
+access log is on (errors are always logged).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway import problems
+
+__all__ = ["JsonFormatter", "Metrics", "Observe", "configure_logging"]
+
+access = logging.getLogger("hexbook.access")
+
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+)  # fmt: skip
+
+
+class Metrics:
+    """The gateway's Prometheus metrics, in a registry of their own (one per app)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "hexbook_http_requests", "HTTP requests", ["method", "route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "hexbook_http_request_duration_seconds",
+            "HTTP request latency",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.holds = Counter("hexbook_holds_placed", "holds placed", registry=r)
+        self.bookings = Counter("hexbook_bookings_confirmed", "bookings confirmed", registry=r)
+        self.cancellations = Counter("hexbook_bookings_cancelled", "bookings cancelled", registry=r)
+        self.conflicts = Counter(
+            "hexbook_conflicts",
+            "409 answers (someone else was faster), by route",
+            ["route"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "hexbook_shard_batch_size",
+            "commands per shard call",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+            registry=r,
+        )
+        self.inflight = Gauge("hexbook_commands_inflight", "commands waiting on shards", registry=r)
+        self.index_age = Gauge(
+            "hexbook_index_age_seconds", "age of the search index's last change", registry=r
+        )
+        self.index_entries = Gauge(
+            "hexbook_index_entries_applied", "stream entries applied to the index", registry=r
+        )
+        self.feed_clients = Gauge("hexbook_feed_clients", "open live-feed streams", registry=r)
+
+    def bind(self, inflight: Callable[[], float], index_age: Callable[[], float],
+             index_entries: Callable[[], float]) -> None:  # fmt: skip
+        """Read gauges from live objects at scrape time."""
+        self.inflight.set_function(inflight)
+        self.index_age.set_function(index_age)
+        self.index_entries.set_function(index_entries)
+
+
+class Observe:
+    """ASGI middleware: body limit, metrics, access log."""
+
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics, max_body: int, access_log: bool = False
+    ) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body = max_body
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        refusal = self._refuse(scope)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            status = refusal.status_code
+        else:
+
+            async def send_status(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                await send(message)
+
+            await self.app(scope, receive, send_status)
+        elapsed = time.perf_counter() - started
+        route = scope.get("route")
+        template = getattr(route, "path", None) or "unmatched"
+        method = scope["method"]
+        m = self.metrics
+        m.requests.labels(method, template, str(status)).inc()
+        m.latency.labels(method, template).observe(elapsed)
+        if status == 409:
+            m.conflicts.labels(template).inc()
+        if status >= 500 or self.access_log:
+            principal = getattr(scope.get("state", {}).get("principal"), "name", None)
+            client = scope.get("client")
+            access.log(
+                logging.WARNING if status >= 500 else logging.INFO,
+                "request",
+                extra={
+                    "fields": {
+                        "method": method,
+                        "route": template,
+                        "status": status,
+                        "ms": round(elapsed * 1000, 3),
+                        "caller": principal or (client[0] if client else None),
+                    }
+                },
+            )
+
+    def _refuse(self, scope: Scope) -> Any:
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
+        if length is not None:
+            if not length.isdigit() or int(length) > self.max_body:
+                return problems.problem(
+                    413, "body_too_large", f"request bodies are limited to {self.max_body} bytes"
+                )
+        elif b"chunked" in headers.get(b"transfer-encoding", b""):
+            return problems.problem(
+                411, "length_required", "send a Content-Length; chunked bodies are not accepted"
+            )
+        return None
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and any ``fields``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            out.update(fields)
+        if record.exc_info:
+            out["error"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
+    """Structured (JSON lines) logs on stderr for hexbook's loggers."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter() if json_lines else logging.Formatter("%(levelname)s %(name)s: %(message)s")
+    )
+    root = logging.getLogger("hexbook")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False

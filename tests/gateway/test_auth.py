@@ -1,0 +1,171 @@
+"""API keys, roles, rate limits and overload, over real HTTP against a running stack."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from actors.api import Hexbook
+from tests.gateway.test_api import SCHEDULE, assert_problem, slots
+
+
+@pytest.fixture(scope="module")
+def gateway_settings() -> dict[str, Any]:
+    # Tight limits so that the tests can reach them: 5 anonymous requests/s per address,
+    # revocations seen within 0.5 s, at most 2 commands waiting on the shards.
+    return {"rate_per_address": 5.0, "key_cache_seconds": 0.5, "max_inflight": 2}
+
+
+def hold_body(api: httpx.Client, n: int = 0) -> dict[str, Any]:
+    return {
+        "provider_id": "clinic-1",
+        "service": "vaccine",
+        "start": slots(api, "clinic-1")[n]["start"],
+    }
+
+
+def test_no_key_cannot_hold(base: str, api: httpx.Client) -> None:
+    r = httpx.post(f"{base}/v1/holds", json=hold_body(api))
+    assert_problem(r, 401, "unauthorized")
+    assert r.headers["www-authenticate"] == "Bearer"
+    assert slots(api, "clinic-1")[0]["remaining"] == 2  # nothing was held
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["Bearer hbk_00000000_" + "A" * 43, "Bearer not-a-key", "Basic dXNlcjpwYXNz", "Bearer"],
+)
+def test_bad_keys_are_401(base: str, api: httpx.Client, header: str) -> None:
+    r = httpx.post(f"{base}/v1/holds", json=hold_body(api), headers={"Authorization": header})
+    assert_problem(r, 401, "unauthorized")
+
+
+def test_booking_client_cannot_change_a_schedule(base: str, api: httpx.Client) -> None:
+    before = slots(api, "clinic-1")
+    r = api.put("/v1/providers/clinic-1", json={**SCHEDULE, "name": "Taken over"})
+    assert_problem(r, 403, "forbidden")
+    assert api.get("/v1/providers/clinic-1").json()["name"] == "Clinic"
+    assert slots(api, "clinic-1") == before
+
+
+def test_provider_admin_changes_only_its_providers(
+    base: str, keys: dict[str, str], api: httpx.Client
+) -> None:
+    admin = {"Authorization": f"Bearer {keys['provider-admin']}"}  # may change clinic-*
+    r = httpx.put(f"{base}/v1/providers/clinic-new", json=SCHEDULE, headers=admin, timeout=60)
+    assert r.status_code == 200, r.text
+    r = httpx.put(f"{base}/v1/providers/other-site", json=SCHEDULE, headers=admin, timeout=60)
+    assert_problem(r, 403, "forbidden")
+    assert_problem(api.get("/v1/providers/other-site"), 404, "provider_not_found")
+    # ... and it is not a booking client.
+    r = httpx.post(f"{base}/v1/holds", json=hold_body(api), headers=admin)
+    assert_problem(r, 403, "forbidden")
+
+
+def test_operator_can_change_schedules_and_read_any_booking(
+    base: str, ops: httpx.Client, api: httpx.Client
+) -> None:
+    r = ops.put("/v1/providers/ops-site", json={**SCHEDULE, "name": "Ops site"})
+    assert r.status_code == 200, r.text
+    hold = api.post("/v1/holds", json={**hold_body(api, 3), "provider_id": "ops-site"}).json()
+    booking = api.post(
+        "/v1/bookings", json={"hold_id": hold["hold_id"], "patient": {"reference": "op"}}
+    ).json()
+    # A booking client needs the token; an operator does not.
+    assert_problem(api.get(f"/v1/bookings/{booking['booking_id']}"), 404, "not_found")
+    got = ops.get(f"/v1/bookings/{booking['booking_id']}")
+    assert got.status_code == 200, got.text
+    assert got.json()["patient"]["reference"] == "op"
+    assert ops.delete(f"/v1/bookings/{booking['booking_id']}").status_code == 204
+
+
+def test_keys_created_listed_revoked_by_operators_only(
+    base: str, ops: httpx.Client, api: httpx.Client
+) -> None:
+    assert_problem(api.get("/v1/keys"), 403, "forbidden")
+    assert_problem(httpx.get(f"{base}/v1/keys"), 401, "unauthorized")
+    r = ops.post("/v1/keys", json={"role": "booking-client", "name": "kiosk"})
+    assert r.status_code == 201, r.text
+    made = r.json()
+    key = made["key"]
+    assert key.startswith(f"hbk_{made['key_id']}_")
+    listed = {k["key_id"]: k for k in ops.get("/v1/keys").json()}
+    assert listed[made["key_id"]]["key"] is None  # shown once, never again
+    assert key not in ops.get("/v1/keys").text
+    kiosk = {"Authorization": f"Bearer {key}"}
+    assert httpx.get(f"{base}/v1/providers/clinic-1", headers=kiosk).status_code == 200
+    assert ops.delete(f"/v1/keys/{made['key_id']}").json()["revoked_at"] is not None
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{base}/v1/providers/clinic-1", headers=kiosk).status_code != 401:
+        assert time.monotonic() < deadline, "a revoked key kept working"
+        time.sleep(0.1)
+    assert_problem(ops.delete("/v1/keys/ffffffff"), 404, "not_found")
+    bad = ops.post("/v1/keys", json={"role": "provider-admin", "name": "no providers"})
+    assert_problem(bad, 422, "validation_error")
+    assert_problem(
+        ops.post("/v1/keys", json={"role": "root", "name": "x"}), 422, "validation_error"
+    )
+
+
+def test_rate_limit_per_key_says_when_to_come_back(base: str, ops: httpx.Client) -> None:
+    key = ops.post(
+        "/v1/keys", json={"role": "booking-client", "name": "slow", "rate_per_second": 1}
+    ).json()["key"]
+    headers = {"Authorization": f"Bearer {key}"}
+    answers = [httpx.get(f"{base}/v1/providers/clinic-1", headers=headers) for _ in range(6)]
+    codes = Counter(r.status_code for r in answers)
+    assert codes[200] >= 2 and codes[429] >= 1, codes  # a burst of 2, then 1 a second
+    limited = next(r for r in answers if r.status_code == 429)
+    assert_problem(limited, 429, "rate_limited")
+    assert int(limited.headers["retry-after"]) >= 1
+    # Other callers are not affected.
+    assert ops.get("/v1/providers/clinic-1").status_code == 200
+
+
+def test_anonymous_search_is_limited_per_address(base: str) -> None:
+    params = {"lat": 41.88, "lng": -87.63, "service": "vaccine"}
+    codes = Counter(httpx.get(f"{base}/v1/search", params=params).status_code for _ in range(30))
+    assert codes[200] >= 5 and codes[429] >= 1, codes
+    time.sleep(1.0)  # the bucket refills
+    assert httpx.get(f"{base}/v1/search", params=params).status_code == 200
+
+
+def test_overload_is_a_503_with_retry_after_never_a_hang(
+    base: str, keys: dict[str, str], stack: tuple[str, Hexbook, FastAPI], api: httpx.Client
+) -> None:
+    """With at most 2 commands waiting on the shards, 40 at once: the rest get 503."""
+    starts = [s["start"] for s in slots(api, "clinic-2")[:8]]
+
+    async def run() -> list[httpx.Response]:
+        headers = {"Authorization": f"Bearer {keys['booking-client']}"}
+        async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as http:
+            return await asyncio.gather(
+                *(
+                    http.post(
+                        "/v1/holds",
+                        json={
+                            "provider_id": "clinic-2",
+                            "service": "vaccine",
+                            "start": starts[i % 8],
+                        },
+                    )
+                    for i in range(40)
+                )
+            )
+
+    answers = asyncio.run(run())
+    codes = Counter(r.status_code for r in answers)
+    assert set(codes) <= {201, 409, 503}, codes
+    assert codes[503] >= 1 and codes[201] >= 1, codes
+    shed = next(r for r in answers if r.status_code == 503)
+    assert_problem(shed, 503, "unavailable")
+    assert shed.headers["retry-after"] == "1"
+    # Every hold the gateway acknowledged is there; nothing else is.
+    held = sum(2 - s["remaining"] for s in slots(api, "clinic-2")[:8])
+    assert held == codes[201]
