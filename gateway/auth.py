@@ -149,9 +149,8 @@ class Authenticator:
 _bearer = HTTPBearer(auto_error=False, description="an API key: `Bearer hbk_...`")
 
 
-async def current(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+async def _principal(
+    request: Request, credentials: HTTPAuthorizationCredentials | None
 ) -> Principal:
     """The caller of this request, rate-limited. A key that is presented must be valid."""
     auth: Authenticator = request.app.state.auth
@@ -170,10 +169,23 @@ async def current(
     return principal
 
 
-def require(*roles: str) -> Callable[..., Awaitable[Principal]]:
-    """A dependency: the caller must hold a key with one of ``roles``."""
+async def current(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    """A dependency: the caller, anonymous or not (limited per key or per address)."""
+    return await _principal(request, credentials)
 
-    async def dependency(principal: Annotated[Principal, Depends(current)]) -> Principal:
+
+def require(*roles: str) -> Callable[..., Awaitable[Principal]]:
+    """A dependency: the caller must hold a key with one of ``roles``. (One level of
+    dependencies, not two: FastAPI's dependency solving is a visible share of a hold.)"""
+
+    async def dependency(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> Principal:
+        principal = await _principal(request, credentials)
         if principal.key is None:
             raise Unauthorized(f"this needs an API key ({' or '.join(roles)})")
         if principal.role not in roles:

@@ -44,6 +44,9 @@ class AvailabilityIndex:
         self.last_entry_ms = 0
         self.applied = 0
         self.skipped_calendars = 0
+        # Every provider seen, kept current: the gateway formats local times from these
+        # without a shard call (a PUT through this gateway also refreshes it).
+        self.providers: dict[str, Any] = {}
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -66,6 +69,7 @@ class AvailabilityIndex:
     def _upsert(
         self, provider: Any, service: str, start: int, slot_seconds: int, remaining: bytes
     ) -> None:
+        self.providers[provider.provider_id] = provider
         if slot_seconds != self.grid.slot_seconds or (start - self.grid.start) % slot_seconds:
             self.skipped_calendars += 1  # other slot lengths are not indexed yet
             return

@@ -3,7 +3,10 @@
 Requests for one shard that arrive in the same turn of the event loop leave together
 in one ``submit`` call (or sooner, when ``batch_max`` is reached); the shard then
 commits them together, so the gateway's throughput is not bounded by one actor call
-(or one fsync) per request. Refs are awaited, never ``ray.get`` in a coroutine.
+(or one fsync) per request. At most ``calls_per_shard`` calls are out to one shard at a
+time; what arrives meanwhile leaves together when one returns, so batches grow with the
+load (an actor call costs the gateway about 200 µs of CPU, whatever its size). Refs are
+awaited, never ``ray.get`` in a coroutine.
 """
 
 from __future__ import annotations
@@ -35,11 +38,14 @@ class ShardRouter:
         batch_max: int = 1000,
         max_inflight: int = 20_000,
         on_batch: Callable[[int], None] | None = None,
+        calls_per_shard: int = 2,
     ) -> None:
         self.hexbook = hexbook
         self.on_batch = on_batch
         self.batch_max = batch_max
         self.max_inflight = max_inflight
+        self.calls_per_shard = calls_per_shard
+        self._calls: dict[str, int] = {}
         self.inflight = 0
         self._queues: dict[str, list[tuple[Command, asyncio.Future[Outcome]]]] = {}
         self._scheduled: set[str] = set()
@@ -79,16 +85,22 @@ class ShardRouter:
         queue = self._queues.setdefault(shard, [])
         queue.append((command, fut))
         if len(queue) >= self.batch_max:
-            self._flush(shard)
-        elif shard not in self._scheduled:
+            self._flush(shard, force=True)
+        elif shard not in self._scheduled and self._calls.get(shard, 0) < self.calls_per_shard:
             self._scheduled.add(shard)
             loop.call_soon(self._flush, shard)  # the next turn: whoever came meanwhile
         return fut
 
-    def _flush(self, shard: str) -> None:
+    def _flush(self, shard: str, force: bool = False) -> None:
+        """Send what waits for ``shard``, unless ``calls_per_shard`` calls are out already
+        (then it leaves with the next one to return: under load, batches grow instead of
+        calls multiplying). A full batch (``force``) leaves at once."""
         self._scheduled.discard(shard)
+        if not force and self._calls.get(shard, 0) >= self.calls_per_shard:
+            return
         batch = self._queues.pop(shard, None)
         if batch:
+            self._calls[shard] = self._calls.get(shard, 0) + 1
             task = asyncio.get_running_loop().create_task(self._send(shard, batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -105,6 +117,10 @@ class ShardRouter:
         except (RayActorError, RayError) as exc:
             log.warning("shard %s call failed: %s", shard, type(exc).__name__)
             outcomes = [Unavailable(f"shard {shard} is restarting; retry shortly")] * len(batch)
+        finally:
+            self._calls[shard] -= 1
+            if self._queues.get(shard):
+                self._flush(shard)
         for (_, fut), out in zip(batch, outcomes, strict=True):
             if not fut.done():
                 fut.set_result(out)

@@ -347,7 +347,13 @@ def part_actors(rounds: int) -> None:
         )
 
 
-PARTS = {"engine": part_engine, "actors": part_actors}
+def part_gateway(rounds: int) -> None:
+    from tests.bench.gateway_load import part_gateway as run
+
+    run(rounds)
+
+
+PARTS = {"engine": part_engine, "actors": part_actors, "gateway": part_gateway}
 
 
 def main(argv: list[str] | None = None) -> int:

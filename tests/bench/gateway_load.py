@@ -1,0 +1,319 @@
+"""The gateway benchmark: wrk against a do-nothing FastAPI POST (the ceiling) and against
+hexbook's gateway, served the same way, in one run.
+
+Load generator: wrk (Debian package ``wrk``), one thread, Lua scripts written here; it
+counts answers by status in ``response()`` for every scenario, the ceiling included, so
+each pays the same client cost. Servers: uvicorn (uvloop, httptools) in this process,
+one worker, as ``hexbook up`` serves; Ray (num_cpus=2) and the embedded redis-server
+(``appendfsync always``) on the same 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+__all__ = ["part_gateway"]
+
+WEEK = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+COMMON = r"""
+counts = {}
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) counts = {} end
+local function count(status, what)
+  local k = what .. ":" .. status
+  counts[k] = (counts[k] or 0) + 1
+end
+function done(summary, latency, requests)
+  local total = {}
+  for _, t in ipairs(threads) do
+    local c = t:get("counts")
+    for k, v in pairs(c) do total[k] = (total[k] or 0) + v end
+  end
+  local parts = {}
+  for k, v in pairs(total) do table.insert(parts, string.format('"%s": %d', k, v)) end
+  io.write(string.format(
+    'WRKJSON {"requests": %d, "seconds": %f, "p50_ms": %f, "p99_ms": %f, "errors": %d, ' ..
+    '"counts": {%s}}\n',
+    summary.requests, summary.duration / 1e6, latency:percentile(50) / 1000,
+    latency:percentile(99) / 1000,
+    summary.errors.connect + summary.errors.read + summary.errors.write +
+    summary.errors.timeout, table.concat(parts, ", ")))
+end
+"""
+
+
+def _lua_string(s: str) -> str:
+    return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _bodies_lua(name: str, bodies: list[str]) -> str:
+    return f"local {name} = {{" + ",\n".join(_lua_string(b) for b in bodies) + "}\n"
+
+
+def script_post(path: str, key: str, bodies: list[str]) -> str:
+    return (
+        COMMON
+        + _bodies_lua("bodies", bodies)
+        + f"""
+local i = 0
+function init(args) counts = {{}}; math.randomseed(os.time()); i = math.random(#bodies) end
+function request()
+  i = i % #bodies + 1
+  return wrk.format("POST", "{path}", {{["Content-Type"] = "application/json",
+    ["Authorization"] = "Bearer {key}"}}, bodies[i])
+end
+function response(status, headers, body) count(status, "post") end
+"""
+    )
+
+
+def script_flow(key: str, bodies: list[str]) -> str:
+    """Hold, then book with the hold id the answer gave (any connection may book it)."""
+    return (
+        COMMON
+        + _bodies_lua("bodies", bodies)
+        + f"""
+local i = 0
+local holds = {{}}
+local sent = {{}}
+local auth = "Bearer {key}"
+function init(args) counts = {{}}; math.randomseed(os.time()); i = math.random(#bodies) end
+function request()
+  local h = table.remove(holds)
+  if h then
+    return wrk.format("POST", "/v1/bookings", {{["Content-Type"] = "application/json",
+      ["Authorization"] = auth}}, '{{"hold_id": "' .. h .. '", "patient": {{"reference": "b"}}}}')
+  end
+  i = i % #bodies + 1
+  return wrk.format("POST", "/v1/holds", {{["Content-Type"] = "application/json",
+    ["Authorization"] = auth}}, bodies[i])
+end
+function response(status, headers, body)
+  local h = string.match(body, '"hold_id":"([^"]+)"')
+  if string.find(body, '"booking_id"', 1, true) then
+    count(status, "booking")
+  elseif h and status == 201 then
+    count(status, "hold")
+    table.insert(holds, h)
+  else
+    count(status, "other")
+  end
+end
+"""
+    )
+
+
+def script_get(key: str | None, paths: list[str]) -> str:
+    auth = f', {{["Authorization"] = "Bearer {key}"}}' if key else ""
+    return (
+        COMMON
+        + _bodies_lua("paths", paths)
+        + f"""
+local i = 0
+function init(args) counts = {{}}; math.randomseed(os.time()); i = math.random(#paths) end
+function request()
+  i = i % #paths + 1
+  return wrk.format("GET", paths[i]{auth})
+end
+function response(status, headers, body) count(status, "get") end
+"""
+    )
+
+
+def wrk(url: str, script: str, connections: int, seconds: float) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(script)
+    proc = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds:g}s",
+            "--timeout",
+            "10s",
+            "-s",
+            f.name,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode:
+        raise RuntimeError(f"wrk failed ({f.name}): {proc.stderr or proc.stdout}")
+    out = proc.stdout
+    Path(f.name).unlink()
+    line = next(x for x in out.splitlines() if x.startswith("WRKJSON "))
+    result: dict[str, Any] = json.loads(line.removeprefix("WRKJSON "))
+    result["rps"] = result["requests"] / result["seconds"]
+    return result
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def serve(app: Any) -> Iterator[str]:
+    """uvicorn as ``hexbook up`` runs it, in a thread of this process."""
+    import uvicorn
+
+    port = _port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("server did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def _noop_app() -> Any:
+    from fastapi import FastAPI
+
+    from gateway.app import TELEMETRY_OFF
+
+    app = FastAPI(telemetry=TELEMETRY_OFF)  # as hexbook's app is configured
+
+    @app.post("/noop", status_code=201)
+    async def noop() -> dict[str, bool]:
+        return {"ok": True}
+
+    return app
+
+
+def _line(name: str, r: dict[str, Any], extra: str = "") -> None:
+    print(
+        f"{name:34} {r['rps']:>8,.0f} req/s   p50 {r['p50_ms']:6.2f} ms   "
+        f"p99 {r['p99_ms']:6.2f} ms   {extra}"
+    )
+
+
+def part_gateway(rounds: int, seconds: float = 8.0) -> None:
+    import ray
+
+    from actors.api import Hexbook
+    from actors.embedded_redis import EmbeddedRedis
+    from gateway.app import create_app
+    from gateway.demo import demo_city
+    from gateway.keys import KeyStore
+    from gateway.settings import Settings
+
+    if shutil.which("wrk") is None:
+        print("== gateway: skipped, wrk is not installed (Debian: apt-get install wrk)")
+        return
+    print("== gateway: wrk -t1, uvicorn in-process, 2 shards, redis-server appendfsync always")
+    tz = ZoneInfo("America/Chicago")
+    today = datetime.now(tz).date()
+    with tempfile.TemporaryDirectory() as data, EmbeddedRedis(data) as server:
+        ns = f"bench-{uuid.uuid4().hex[:6]}"
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace=ns)
+        try:
+            hb = Hexbook.connect(server.url, shards=2, namespace=ns)
+            city = demo_city(1500)
+            t0 = time.perf_counter()
+            hb.provision_many(city, today, 14, 15)
+            print(f"demo city: {len(city)} sites provisioned in {time.perf_counter() - t0:.1f} s")
+            key = KeyStore(hb._redis).create("booking-client", "bench", rate_per_second=1e7)[0]
+            rng = random.Random(7)
+            bodies = []
+            for provider, template in rng.sample(city, 400):
+                opens = dict(template.days)
+                for day in range(1, 14):
+                    d = today + timedelta(days=day)
+                    windows = opens.get(WEEK[d.weekday()])
+                    if not windows:
+                        continue
+                    w = windows[0]
+                    h, m = map(int, w.opens.split(":"))
+                    start = datetime(d.year, d.month, d.day, h, m, tzinfo=tz)
+                    start += timedelta(minutes=15 * rng.randrange(8))
+                    bodies.append(
+                        json.dumps(
+                            {
+                                "provider_id": provider.provider_id,
+                                "service": "covid-vaccine",
+                                "start": start.isoformat(),
+                            },
+                            separators=(",", ":"),
+                        )
+                    )
+            rng.shuffle(bodies)
+            south, north, west, east = 41.70, 41.98, -87.85, -87.55
+            searches = [
+                f"/v1/search?lat={rng.uniform(south, north):.4f}&lng={rng.uniform(west, east):.4f}"
+                f"&service=covid-vaccine&radius_km=5&limit=10"
+                for _ in range(2000)
+            ]
+            noop = script_post("/noop", key, bodies)
+            results: dict[str, list[dict[str, Any]]] = {
+                "ceiling": [], "holds": [], "flow": [], "search": []
+            }  # fmt: skip
+            with serve(_noop_app()) as url:
+                for _ in range(rounds):
+                    results["ceiling"].append(wrk(url, noop, 32, seconds))
+            settings = Settings(redis_url=server.url, shards=2, namespace=ns)
+            app = create_app(settings, hexbook=hb)
+            with serve(app) as url:
+                wrk(url, script_get(key, searches[:50]), 4, 2)  # warm up
+                for _ in range(rounds):
+                    app.state.router.batch_sizes.clear()
+                    results["holds"].append(
+                        wrk(url, script_post("/v1/holds", key, bodies), 32, seconds)
+                    )
+                    sizes = app.state.router.batch_sizes
+                    results["holds"][-1]["batch"] = sum(k * v for k, v in sizes.items()) / max(
+                        sum(sizes.values()), 1
+                    )
+                    results["flow"].append(wrk(url, script_flow(key, bodies), 32, seconds))
+                    results["search"].append(wrk(url, script_get(key, searches), 8, seconds))
+        finally:
+            ray.shutdown()
+
+    def best(name: str) -> dict[str, Any]:
+        return max(results[name], key=lambda r: r["rps"])
+
+    ceiling, holds, flow, search = best("ceiling"), best("holds"), best("flow"), best("search")
+    _line("do-nothing FastAPI POST (ceiling)", ceiling)
+    h201 = holds["counts"].get("post:201", 0) / holds["seconds"]
+    _line(
+        "POST /v1/holds",
+        holds,
+        f"({h201:,.0f} holds/s placed, rest 409; {holds['batch']:.1f} per shard call)",
+    )
+    booked = flow["counts"].get("booking:201", 0) / flow["seconds"] * 60
+    _line("hold then book", flow, f"({booked:,.0f} bookings/min)")
+    _line("GET /v1/search (demo city)", search)
+    print(
+        f"holds / ceiling: {holds['rps'] / ceiling['rps']:.2f}  (target >= 0.75)\n"
+        f"confirmed bookings/min: {booked:,.0f}  (target >= 75,000 -> "
+        f"{booked / 75_000:.2f}x)\n"
+        f"search p99: {search['p99_ms']:.2f} ms  (target < 10 ms)"
+    )
+    errs = {k: sum(r["errors"] for r in v) for k, v in results.items()}
+    statuses = {k: best(k)["counts"] for k in results}
+    print(f"socket errors: {errs}   statuses of the best rounds: {statuses}")
