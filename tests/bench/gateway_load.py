@@ -206,6 +206,30 @@ def _noop_app() -> Any:
     return app
 
 
+def _hold_bodies(city: list[Any], today: Any, rng: random.Random, n: int) -> list[str]:
+    """``n`` distinct open slots of the demo city, tomorrow and later, as hold bodies."""
+    tz = ZoneInfo("America/Chicago")
+    seen: set[tuple[str, datetime]] = set()
+    bodies: list[str] = []
+    while len(bodies) < n:
+        provider, template = rng.choice(city)
+        d = today + timedelta(days=rng.randrange(1, 14))
+        windows = dict(template.days).get(WEEK[d.weekday()])
+        if not windows:
+            continue
+        w = windows[0]
+        (h1, m1), (h2, m2) = (map(int, t.split(":")) for t in (w.opens, w.closes))
+        slots = ((h2 * 60 + m2) - (h1 * 60 + m1)) // 15
+        start = datetime(d.year, d.month, d.day, h1, m1, tzinfo=tz)
+        start += timedelta(minutes=15 * rng.randrange(slots))
+        if (provider.provider_id, start) in seen:
+            continue
+        seen.add((provider.provider_id, start))
+        body = {"provider_id": provider.provider_id, "service": "covid-vaccine"}
+        bodies.append(json.dumps({**body, "start": start.isoformat()}, separators=(",", ":")))
+    return bodies
+
+
 def _line(name: str, r: dict[str, Any], extra: str = "") -> None:
     print(
         f"{name:34} {r['rps']:>8,.0f} req/s   p50 {r['p50_ms']:6.2f} ms   "
@@ -240,28 +264,7 @@ def part_gateway(rounds: int, seconds: float = 8.0) -> None:
             print(f"demo city: {len(city)} sites provisioned in {time.perf_counter() - t0:.1f} s")
             key = KeyStore(hb._redis).create("booking-client", "bench", rate_per_second=1e7)[0]
             rng = random.Random(7)
-            bodies = []
-            for provider, template in rng.sample(city, 400):
-                opens = dict(template.days)
-                for day in range(1, 14):
-                    d = today + timedelta(days=day)
-                    windows = opens.get(WEEK[d.weekday()])
-                    if not windows:
-                        continue
-                    w = windows[0]
-                    h, m = map(int, w.opens.split(":"))
-                    start = datetime(d.year, d.month, d.day, h, m, tzinfo=tz)
-                    start += timedelta(minutes=15 * rng.randrange(8))
-                    bodies.append(
-                        json.dumps(
-                            {
-                                "provider_id": provider.provider_id,
-                                "service": "covid-vaccine",
-                                "start": start.isoformat(),
-                            },
-                            separators=(",", ":"),
-                        )
-                    )
+            bodies = _hold_bodies(city, today, rng, 60_000)
             rng.shuffle(bodies)
             south, north, west, east = 41.70, 41.98, -87.85, -87.55
             searches = [
