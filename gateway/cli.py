@@ -101,6 +101,27 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("REDIS_URL"),
         help="use this Redis instead (default: $REDIS_URL)",
     )
+    aud = sub.add_parser(
+        "audit",
+        parents=[where],
+        help="check the journals: capacity, acknowledged bookings, expired holds, idempotency",
+        description=(
+            "Read every shard's snapshot and journal from Redis and check hexbook's "
+            "invariants: no slot over capacity, every acknowledged booking present in the "
+            "state its client last saw, no hold confirmed after it expired, no idempotency "
+            "key used twice. Prints counts checked and violations found; exits 1 on any "
+            "violation. Works on a running stack (its --data-dir) or a stopped one."
+        ),
+    )
+    aud.add_argument(
+        "--acks",
+        type=Path,
+        nargs="*",
+        default=[],
+        metavar="FILE",
+        help="JSON-lines files of bookings clients saw acknowledged (hexbook-load writes "
+        "them); a folder means every *.jsonl in it",
+    )
     actions = keys.add_subparsers(dest="action", required=True)
     create = actions.add_parser(
         "create", parents=[where], help="make a key and print it (shown only this once)"
@@ -284,6 +305,39 @@ def keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def audit(args: argparse.Namespace) -> int:
+    import redis
+
+    from actors.audit import audit as run_audit
+    from actors.audit import read_acks
+    from actors.embedded_redis import RedisBinaryNotFound, RedisStartError, redis_endpoint
+
+    files: list[Path] = []
+    for path in args.acks:
+        if path.is_dir():
+            files += sorted(path.glob("*.jsonl"))
+        elif path.is_file():
+            files.append(path)
+        else:
+            print(f"hexbook: no such file or folder: {path}", file=sys.stderr)
+            return 2
+    try:
+        with redis_endpoint(args.redis_url, args.data_dir, attach=True) as url:
+            client = redis.Redis.from_url(url)
+            try:
+                report = run_audit(client, read_acks(files))
+            finally:
+                client.close()
+    except (RedisBinaryNotFound, RedisStartError) as exc:
+        print(f"hexbook: {exc}", file=sys.stderr)
+        return 1
+    except redis.RedisError as exc:
+        print(f"hexbook: Redis: {exc}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "up":
@@ -294,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
         return up(args)
     if args.command == "keys":
         return keys(args)
+    if args.command == "audit":
+        return audit(args)
     return 2
 
 

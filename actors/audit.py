@@ -1,0 +1,201 @@
+"""The audit: after a run, read every shard's snapshot and journal from Redis and check
+the invariants against what clients were told.
+
+Checks (each counted, each violation listed):
+
+- **capacity**: no slot of any calendar has more booked + held places than capacity;
+- **acknowledged**: every booking a client saw acknowledged is in the journal, in the
+  state the client last left it (active, or cancelled by that client or by a move);
+- **expired holds**: no hold was confirmed after it expired (for holds whose placing
+  is still in the journal: older ones were compacted into a snapshot, and the count of
+  confirms checked says how many could be);
+- **idempotency**: no idempotency key produced two holds or two bookings.
+
+It reads Redis only (no Ray): it can run against a stopped stack's data folder.
+Acknowledgements are JSON lines, as the Locust users of :mod:`loadtests` write them:
+``{"op": "booked", "booking_id": ...}``, ``{"op": "cancelled", "booking_id": ...}``,
+``{"op": "rescheduled", "booking_id": old, "new_booking_id": new}``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import redis
+
+from actors import journal
+from actors.journal import CalendarAdded, CalendarEvents
+from engine.calendar import Calendar
+from engine.records import HoldConfirmed, HoldPlaced
+
+__all__ = ["AuditReport", "audit", "read_acks"]
+
+
+@dataclass
+class AuditReport:
+    shards: int = 0
+    calendars: int = 0
+    slots: int = 0
+    journal_entries: int = 0
+    events: int = 0
+    bookings: int = 0
+    acknowledged: int = 0
+    confirms_checked: int = 0
+    keys_checked: int = 0
+    violations: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def summary(self) -> str:
+        lines = [
+            f"audit: {self.shards} shards, {self.calendars:,} calendars, {self.slots:,} slots, "
+            f"{self.journal_entries:,} journal entries ({self.events:,} events)",
+            f"  capacity        {self.slots:>10,} slots checked",
+            f"  acknowledged    {self.acknowledged:>10,} client-acknowledged bookings checked "
+            f"(of {self.bookings:,} in the journal)",
+            f"  expired holds   {self.confirms_checked:>10,} confirms checked against their hold",
+            f"  idempotency     {self.keys_checked:>10,} keys checked",
+            f"  violations      {len(self.violations):>10,}",
+        ]
+        lines += [f"  ! {v}" for v in self.violations[:50]]
+        if len(self.violations) > 50:
+            lines.append(f"  ! ... and {len(self.violations) - 50} more")
+        return "\n".join(lines)
+
+
+def read_acks(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
+    """Acknowledgement records from JSON-lines files (a torn last line is skipped)."""
+    out = []
+    for path in paths:
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue  # a writer killed mid-line: the rest of the file stands
+    return out
+
+
+def _shards(client: redis.Redis) -> list[str]:
+    names = set()
+    for key in client.scan_iter(match="hexbook:shard:*", count=1000):
+        k = key.decode() if isinstance(key, bytes) else key
+        parts = k.split(":")
+        if len(parts) == 4 and parts[3] in ("journal", "snapshot"):
+            names.add(parts[2])
+    return sorted(names)
+
+
+def audit(client: redis.Redis, acks: Iterable[dict[str, Any]] = ()) -> AuditReport:
+    """Check the journals in ``client``'s Redis against ``acks``."""
+    report = AuditReport()
+    calendars: dict[tuple[str, str], Calendar] = {}
+    hold_expiry: dict[str, int] = {}
+    hold_keys: Counter[str] = Counter()
+    confirm_keys: Counter[str] = Counter()
+    for shard in _shards(client):
+        report.shards += 1
+        raw: Any = client.get(journal.snapshot_key(shard))
+        after = "0-0"
+        if raw is not None:
+            snap = journal.decode_shard_snapshot(raw)
+            after = snap.last_id
+            for cs in snap.calendars:
+                cal = Calendar.from_snapshot(cs)
+                calendars[(cs.provider_id, cs.service)] = cal
+                for h in cs.holds:
+                    hold_expiry[h.hold_id] = h.expires_at
+        key = journal.journal_key(shard)
+        while True:
+            rows: Any = client.xrange(key, min=f"({after}", max="+", count=500)
+            if not rows:
+                break
+            for entry_id, fields in rows:
+                after = entry_id.decode()
+                report.journal_entries += 1
+                for entry in journal.decode_batch(fields[b"b"]).entries:
+                    if isinstance(entry, CalendarAdded):
+                        cs = entry.snapshot
+                        calendars[(cs.provider_id, cs.service)] = Calendar.from_snapshot(cs)
+                        continue
+                    if not isinstance(entry, CalendarEvents):
+                        continue  # moved away: its new shard's journal has it
+                    cal = calendars[(entry.provider_id, entry.service)]
+                    for ev in entry.events:
+                        report.events += 1
+                        if isinstance(ev, HoldPlaced):
+                            hold_expiry[ev.hold_id] = ev.at + ev.ttl
+                            if ev.key:
+                                hold_keys[f"{entry.provider_id}/{entry.service}/{ev.key}"] += 1
+                        elif isinstance(ev, HoldConfirmed):
+                            expiry = hold_expiry.get(ev.hold_id)
+                            if expiry is not None:
+                                report.confirms_checked += 1
+                                if ev.at > expiry:
+                                    report.violations.append(
+                                        f"booking {ev.booking_id[:16]}… confirmed at {ev.at} "
+                                        f"on hold {ev.hold_id[:16]}… expired at {expiry}"
+                                    )
+                            if ev.key:
+                                confirm_keys[f"{entry.provider_id}/{entry.service}/{ev.key}"] += 1
+                    cal.replay(list(entry.events), rebuild_expiry=False)
+    bookings: dict[str, str] = {}
+    for (pid, service), cal in calendars.items():
+        report.calendars += 1
+        report.slots += cal.n_slots
+        used = cal.booked.astype(np.int64) + cal.held.astype(np.int64)
+        over = np.flatnonzero(used > cal.capacity.astype(np.int64))
+        for i in over:
+            report.violations.append(
+                f"{pid}/{service}: slot {int(cal.start + i * cal.slot_seconds)} has "
+                f"{int(used[i])} places taken of {int(cal.capacity[i])}"
+            )
+        for b in cal.bookings.values():
+            bookings[b.booking_id] = b.status
+    report.bookings = len(bookings)
+    for what, counts in (("holds", hold_keys), ("bookings", confirm_keys)):
+        report.keys_checked += len(counts)
+        for k, n in counts.items():
+            if n > 1:
+                report.violations.append(f"idempotency key {k!r} made {n} {what}")
+    _check_acks(report, bookings, acks)
+    return report
+
+
+def _check_acks(
+    report: AuditReport, bookings: dict[str, str], acks: Iterable[dict[str, Any]]
+) -> None:
+    expected: dict[str, str] = {}
+    for a in acks:
+        op, bid = a.get("op"), a.get("booking_id")
+        if not isinstance(bid, str):
+            continue
+        if op == "booked":
+            expected.setdefault(bid, "active")
+        elif op == "cancelled":
+            expected[bid] = "cancelled"
+        elif op == "rescheduled":
+            new = a.get("new_booking_id")
+            if isinstance(new, str) and new != bid:
+                expected[bid] = "cancelled"
+                expected[new] = "active"
+    report.acknowledged = len(expected)
+    for bid, state in expected.items():
+        found = bookings.get(bid)
+        if found is None:
+            report.violations.append(f"acknowledged booking {bid[:16]}… is not in the journal")
+        elif found != state:
+            report.violations.append(
+                f"acknowledged booking {bid[:16]}… is {found}, the client was told {state}"
+            )
