@@ -215,7 +215,8 @@ def up(args: argparse.Namespace) -> int:
                     f"  API docs:  {base}/docs",
                     f"  OpenAPI:   {base}/openapi.json",
                     f"  metrics:   {base}/metrics",
-                    f"  search:    curl '{base}/v1/search?lat=41.88&lng=-87.63&service=vaccine'",
+                    f"  search:    curl '{base}/v1/search?lat=41.88&lng=-87.63"
+                    "&service=covid-vaccine'",
                 ]
                 if args.demo:
                     key = _demo_key(hb)

@@ -1,0 +1,102 @@
+"""hexbook-load end to end (a short spike against a stack it starts, with the audit),
+and its parts: shapes, thresholds, durations; and no Ray in the load generator."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from loadtests.cli import Thresholds, check_thresholds, parse_duration, peak_per_minute, read_stats
+from loadtests.curves import users_at
+
+
+def test_a_short_spike_passes_thresholds_and_audit(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "loadtests.cli", "--stack", "--spike", "--duration", "30s",
+            "--users", "40", "--sites", "200", "--weights",
+            "searcher=4,booker=4,changer=2,feed=1", "--out", str(out),
+        ],
+        capture_output=True, text=True, timeout=280,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    verdict = json.loads((out / "verdict.json").read_text())
+    assert verdict == {**verdict, "thresholds_broken": [], "audit_ok": True}
+    assert verdict["bookings"] > 20
+    assert "violations               0" in (out / "audit.txt").read_text()
+    assert (out / "report.html").stat().st_size > 10_000
+    rows = {r["name"]: r for r in read_stats(out / "locust_stats.csv")}
+    for name in ("GET /v1/search", "POST /v1/holds", "POST /v1/bookings", "GET /v1/feed (10 s)"):
+        assert rows[name]["requests"] > 0, name
+    assert "hexbook-load: PASS" in done.stdout
+    # The same run judged by limits it cannot meet is a failure, by name.
+    broken = check_thresholds(list(rows.values()), Thresholds(p99_ms=0.01))
+    assert any(b.startswith("POST /v1/holds: p99") for b in broken)
+
+
+def test_thresholds_exclude_expected_409s_and_count_failures() -> None:
+    rows = [
+        {"type": "POST", "name": "POST /v1/holds", "requests": 100, "failures": 0,
+         "rps": 1, "p50": 5, "p95": 9, "p99": 12},
+        {"type": "EXPECTED", "name": "409 hold taken", "requests": 400, "failures": 0,
+         "rps": 1, "p50": 5, "p95": 9, "p99": 5000},
+        {"type": "GET", "name": "GET /v1/search", "requests": 100, "failures": 3,
+         "rps": 1, "p50": 5, "p95": 9, "p99": 150},
+    ]  # fmt: skip
+    assert check_thresholds(rows, Thresholds(max_error_ratio=0.02, p99_ms=200)) == []
+    broken = check_thresholds(
+        rows,
+        Thresholds(max_error_ratio=0.01, per_endpoint={"GET /v1/search": {"p99": 100}}),
+    )
+    assert broken == ["error ratio 1.50% > 1.00%", "GET /v1/search: p99 150 ms > 100 ms"]
+    assert check_thresholds([], Thresholds()) == ["no requests were made"]
+
+
+def test_spike_ramps_holds_and_decays() -> None:
+    users = [users_at("spike", t, 300, 180) for t in range(0, 181, 1)]
+    assert users[0] == 1 and users[36] == 300  # a fifth of a 3-minute run to the peak
+    assert max(u for u in users if u) == 300
+    assert users[179] is not None and users[179] < 100  # decayed towards a quarter
+    assert users[180] is None  # over
+    steps = {users_at("step", t, 100, 100) for t in range(100)}
+    assert steps == {20, 40, 60, 80, 100}
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("30s", 30), ("3m", 180), ("90", 90), ("1h", 3600)])
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "3x", "2s", "m"])
+def test_bad_durations(text: str) -> None:
+    import argparse
+
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_duration(text)
+
+
+def test_peak_per_minute_is_the_busiest_window() -> None:
+    acks = [{"op": "booked", "t": float(t)} for t in [0, 10, 20, 65, 70, 75, 80, 300]]
+    acks.append({"op": "cancelled", "t": 71.0})
+    assert peak_per_minute(acks) == 5  # 20..80
+
+
+def test_the_locustfile_imports_no_ray() -> None:
+    code = "import sys, loadtests.locustfile; assert 'ray' not in sys.modules, 'ray imported'"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_help_and_bad_usage() -> None:
+    run = [sys.executable, "-m", "loadtests.cli"]
+    help_text = subprocess.run([*run, "--help"], capture_output=True, text=True).stdout
+    for option in ("--stack", "--url", "--spike", "--duration", "--users", "--threshold"):
+        assert option in help_text
+    bad = subprocess.run([*run, "--url", "http://x", "--key", "k", "--duration", "1s"],
+                         capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2 and "at least 5 s" in bad.stderr
