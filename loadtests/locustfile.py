@@ -183,13 +183,14 @@ class Changer(Resident):
         ]
         for provider_id, start in others[:3]:
             body = {"provider_id": provider_id, "service": SERVICE, "start": start}
+            asked = time.perf_counter()
             with self.client.post(
                 f"/v1/bookings/{bid}/reschedule", json=body,
                 name="POST /v1/bookings/{id}/reschedule", headers=headers, catch_response=True,
             ) as r:  # fmt: skip
                 if r.status_code == 409:
                     r.success()
-                    _expected("409 reschedule slot taken", time.perf_counter())
+                    _expected("409 reschedule slot taken", asked)
                     continue
                 if r.status_code == 200:
                     ACKS.write(
