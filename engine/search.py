@@ -49,6 +49,9 @@ class AvailabilityGrid:
         self.start = start
         self.slot_seconds = slot_seconds
         self.n_slots = n_slots
+        # Search reads free places in blocks: rows nearest first, or a day of columns.
+        self.block_rows = 64
+        self.block_cols = 96
         self._rows: dict[tuple[str, str], int] = {}
         self._providers: list[Provider] = []
         self._services: list[str] = []
@@ -121,6 +124,64 @@ class AvailabilityGrid:
         out: np.ndarray = self._free[row].copy()
         return out
 
+    def _nearest_open(
+        self,
+        candidates: np.ndarray,
+        cand_dist: np.ndarray,
+        a: int,
+        b: int,
+        party_size: int,
+        limit: int,
+        block: int = 64,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The nearest candidates with an open slot in [a, b), and their first one: read
+        in blocks of ``block`` rows, nearest first, until ``limit`` are found (and every
+        row tied with the last one's distance is in). Reading the whole window for every
+        candidate was most of a search's time."""
+        by_dist = candidates[np.argsort(cand_dist, kind="stable")]
+        sorted_dist = np.sort(cand_dist, kind="stable")
+        rows: list[np.ndarray] = []
+        firsts: list[np.ndarray] = []
+        dists: list[np.ndarray] = []
+        found = 0
+        cutoff = np.inf
+        for i in range(0, by_dist.size, block):
+            if sorted_dist[i] > cutoff:
+                break
+            chunk = by_dist[i : i + block]
+            open_ = self._free[chunk, a:b] >= party_size
+            has = open_.any(axis=1)
+            rows.append(chunk[has])
+            firsts.append(open_[has].argmax(axis=1))
+            dists.append(sorted_dist[i : i + block][has])
+            found += int(has.sum())
+            if found >= limit and cutoff == np.inf:
+                # Matches come nearest first: nothing farther than the limit-th can enter.
+                cutoff = float(np.concatenate(dists)[limit - 1])
+        if not rows:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        return np.concatenate(rows), np.concatenate(firsts)
+
+    def _first_open(
+        self, candidates: np.ndarray, a: int, b: int, party_size: int, width: int = 96
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Every candidate with an open slot in [a, b), and its first one, reading a day
+        of slots at a time and only for the rows still without one."""
+        rows: list[np.ndarray] = []
+        firsts: list[np.ndarray] = []
+        left = candidates
+        for c0 in range(a, b, width):
+            if left.size == 0:
+                break
+            open_ = self._free[left, c0 : min(c0 + width, b)] >= party_size
+            has = open_.any(axis=1)
+            rows.append(left[has])
+            firsts.append(open_[has].argmax(axis=1) + (c0 - a))
+            left = left[~has]
+        if not rows:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        return np.concatenate(rows), np.concatenate(firsts)
+
     def search(
         self,
         lat: float,
@@ -174,16 +235,19 @@ class AvailabilityGrid:
             )
         if candidates.size == 0:
             return []
-        open_ = self._free[candidates, a:b] >= party_size
-        has = open_.any(axis=1)
-        candidates, open_ = candidates[has], open_[has]
-        first = open_.argmax(axis=1)
-        keys = (first, dist[candidates]) if order == "distance" else (dist[candidates], first)
-        ranked = np.lexsort(keys)[:limit]
+        cand_dist = dist[candidates]
+        if order == "distance":
+            rows, first = self._nearest_open(
+                candidates, cand_dist, a, b, party_size, limit, self.block_rows
+            )
+        else:
+            rows, first = self._first_open(candidates, a, b, party_size, self.block_cols)
+        d = dist[rows]
+        keys = (first, d) if order == "distance" else (d, first)
+        ranked = rows[np.lexsort(keys)[:limit]]
         out = []
-        for k in ranked:
-            row = int(candidates[k])
-            cols = np.flatnonzero(open_[k])[:next_slots] + a
+        for row in ranked.tolist():
+            cols = np.flatnonzero(self._free[row, a:b] >= party_size)[:next_slots] + a
             slots = [
                 (self.start + int(c) * self.slot_seconds, int(self._free[row, c])) for c in cols
             ]

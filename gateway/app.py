@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
+import msgspec
 from fastapi import APIRouter, FastAPI, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -53,6 +54,8 @@ from gateway.settings import Settings
 from gateway.timefmt import format_local, parse_instant
 
 __all__ = ["TELEMETRY_OFF", "create_app"]
+
+_json = msgspec.json.Encoder()
 
 # hexbook exports its own Prometheus metrics; FastAPI's OpenTelemetry hooks otherwise
 # look up the tracer providers on every request (5% of a hold's CPU, measured).
@@ -275,7 +278,7 @@ def _v1(settings: Settings, metrics: Metrics) -> APIRouter:
         accessibility: Annotated[list[str] | None, Query()] = None,
         insurance: Annotated[list[str] | None, Query()] = None,
         order: Annotated[str, Query(pattern="^(distance|earliest)$")] = "distance",
-    ) -> dict[str, Any]:
+    ) -> Response:
         """Providers with free places near a point, nearest (or earliest) first, each with
         its next free slots, from the gateway's index; ``index`` says how fresh it is."""
         index: AvailabilityIndex = request.app.state.index
@@ -295,7 +298,7 @@ def _v1(settings: Settings, metrics: Metrics) -> APIRouter:
             insurance=insurance or (),
             order=order,
         )
-        return {
+        body = {
             "results": [
                 {
                     "provider_id": m.provider.provider_id,
@@ -313,6 +316,8 @@ def _v1(settings: Settings, metrics: Metrics) -> APIRouter:
             ],
             "index": index.freshness(),
         }
+        # Encoded here (msgspec): FastAPI's generic encoder walks every value in Python.
+        return Response(_json.encode(body), media_type="application/json")
 
     @api.put("/providers/{provider_id}", tags=["providers"], status_code=200)
     async def put_provider(

@@ -96,6 +96,7 @@ sites = st.lists(
     st.integers(1, 2),
     st.booleans(),
     st.sampled_from(["distance", "earliest"]),
+    st.booleans(),
 )
 def test_search_equals_brute_force(
     rows: list[tuple[float, float, list[int], str, bool]],
@@ -107,8 +108,11 @@ def test_search_equals_brute_force(
     party: int,
     spanish: bool,
     order: str,
+    small_blocks: bool,
 ) -> None:
     grid = AvailabilityGrid(start=0, slot_seconds=900, n_slots=8)
+    if small_blocks:  # read rows and columns in many small blocks: early stops, ties
+        grid.block_rows, grid.block_cols = 2, 3
     expected = []
     for i, (plat, plng, free, service, speaks) in enumerate(rows):
         p = provider(i, plat, plng, ("es",) if speaks else ())
@@ -125,12 +129,15 @@ def test_search_equals_brute_force(
         "vaccine",
         a * 900,
         (a + width) * 900,
-        limit=10,
+        limit=3 if small_blocks else 10,
         party_size=party,
         languages=("es",) if spanish else (),
         order=order,
     )  # type: ignore[arg-type]
-    assert [(m.provider.provider_id, m.slots) for m in got] == [(e[2], e[3]) for e in expected[:10]]
+    limit = 3 if small_blocks else 10
+    assert [(m.provider.provider_id, m.slots) for m in got] == [
+        (e[2], e[3]) for e in expected[:limit]
+    ]
 
 
 def test_deltas_update_search() -> None:
@@ -180,3 +187,32 @@ def test_providers_are_validated(field: str, value: object, message: str) -> Non
     kwargs[field] = value
     with pytest.raises(InvalidRequest, match=message):
         Provider(**kwargs)  # type: ignore[arg-type]
+
+
+def test_nearest_first_breaks_distance_ties_by_the_earliest_slot_across_blocks() -> None:
+    """Six sites at one point, read two rows at a time: the three with the earliest free
+    slots win, even though the first rows read already fill the limit."""
+    grid = AvailabilityGrid(start=0, slot_seconds=900, n_slots=8)
+    grid.block_rows = 2
+    firsts = [5, 5, 3, 3, 0, 0]
+    for i, f in enumerate(firsts):
+        free = np.zeros(8, dtype=np.int64)
+        free[f:] = 1
+        grid.upsert(provider(i, 41.88, -87.63), "vaccine", 0, free)
+    far = np.zeros(8, dtype=np.int64)
+    far[0] = 1
+    grid.upsert(provider(9, 41.90, -87.63), "vaccine", 0, far)  # 2 km away, free at once
+    got = grid.search(41.88, -87.63, 10, "vaccine", 0, 8 * 900, limit=3)
+    assert [m.provider.provider_id for m in got] == ["p4", "p5", "p2"]
+    got = grid.search(41.88, -87.63, 10, "vaccine", 0, 8 * 900, limit=7)
+    assert [m.provider.provider_id for m in got] == ["p4", "p5", "p2", "p3", "p0", "p1", "p9"]
+    # One site at the point, four tied 2 km away: the tie is settled by the earliest slot
+    # even when the tied rows span blocks read after the limit was reached.
+    grid = AvailabilityGrid(start=0, slot_seconds=900, n_slots=8)
+    grid.block_rows = 2
+    for i, (lat, f) in enumerate([(41.88, 0), (41.90, 5), (41.90, 5), (41.90, 3), (41.90, 0)]):
+        free = np.zeros(8, dtype=np.int64)
+        free[f:] = 1
+        grid.upsert(provider(i, lat, -87.63), "vaccine", 0, free)
+    got = grid.search(41.88, -87.63, 10, "vaccine", 0, 8 * 900, limit=3)
+    assert [m.provider.provider_id for m in got] == ["p0", "p4", "p3"]
