@@ -21,7 +21,7 @@ from engine.errors import InvalidRequest, ProviderNotFound
 from engine.geo import DEFAULT_RESOLUTION
 from engine.provider import Provider
 
-__all__ = ["Directory"]
+__all__ = ["Directory", "home_shard"]
 
 META = "hexbook:directory:meta"
 CELLS = "hexbook:directory:cells"
@@ -31,6 +31,12 @@ DEDICATED = "hexbook:directory:dedicated"
 
 def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def home_shard(cell: str, count: int) -> int:
+    """Which of ``count`` shards a cell goes to on first use: a stable hash of the cell,
+    so every process (and the capacity planner) agrees without asking."""
+    return zlib.crc32(cell.encode()) % count
 
 
 class Directory:
@@ -69,7 +75,7 @@ class Directory:
         shards = [s for s in self.shards if not s.startswith("dedicated-")]
         if not shards:
             raise InvalidRequest("the directory has no shards; configure it first")
-        choice = shards[zlib.crc32(cell.encode()) % len(shards)]
+        choice = shards[home_shard(cell, len(shards))]
         self.redis.hsetnx(CELLS, cell, choice)
         won = self.redis.hget(CELLS, cell)  # another process may have set it first
         return choice if won is None else _s(won)

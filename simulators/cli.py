@@ -1,0 +1,258 @@
+"""``hexbook-sim``: rehearse a launch before it happens.
+
+    hexbook-sim run simulators/scenarios/chicago.toml --out build/chicago
+    hexbook-sim compare chicago.toml chicago-more-sites.toml --out build/what-if
+    hexbook-sim live small.toml --stack --speed 30 --out build/live
+
+Exit status: 0 done, 2 bad usage or a scenario that cannot be run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from simulators.scenario import Scenario, ScenarioError, load_scenario
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hexbook-sim",
+        description=(
+            "Capacity planning for a booking launch: simulate residents booking on "
+            "hexbook's calendars from a scenario file (TOML), and write a report (HTML "
+            "page, PNG plots, CSV) a planner can open. See simulators/scenarios/ for an "
+            "example and docs/simulators.md for every field."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n")[1] if __doc__ else None,
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(cmd: argparse.ArgumentParser, out_default: str) -> None:
+        cmd.add_argument(
+            "--out",
+            type=Path,
+            default=Path(out_default),
+            help=f"report folder, created if needed (default {out_default})",
+        )
+        cmd.add_argument("--seed", type=int, help="override the scenario's seed")
+        cmd.add_argument(
+            "--bench",
+            type=Path,
+            help=(
+                "per-shard and per-gateway capacity from a `make bench` figures file "
+                "(build/bench.json) instead of the scenario's [capacity] values"
+            ),
+        )
+        cmd.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    run = sub.add_parser(
+        "run",
+        help="simulate one scenario and write its report",
+        description=(
+            "Simulate SCENARIO (a TOML file) and write OUT/index.html with its plots and "
+            "CSV files: bookings per minute, time to book, share booked by hour, unserved "
+            "demand by H3 cell, travel distance, fill rate per site, and the load, shard "
+            "and node count the launch needs."
+        ),
+    )
+    run.add_argument("scenario", type=Path, help="scenario file (TOML)")
+    common(run, "build/sim")
+
+    cmp_ = sub.add_parser(
+        "compare",
+        help="simulate two scenarios and put them side by side (a what-if)",
+        description=(
+            "Simulate A and B and write OUT/index.html comparing them (key figures side "
+            "by side, overlaid curves), with each one's full report in OUT/a and OUT/b."
+        ),
+    )
+    cmp_.add_argument("a", type=Path, help="the baseline scenario (TOML)")
+    cmp_.add_argument("b", type=Path, help="the changed scenario (TOML)")
+    common(cmp_, "build/compare")
+
+    live = sub.add_parser(
+        "live",
+        help="drive a running gateway with the scenario's residents and compare with the model",
+        description=(
+            "Provision the scenario's sites on a gateway (an operator key is needed), "
+            "replay the model's residents over HTTP with time compressed by --speed, then "
+            "write a report putting the model's prediction and the measured outcome side "
+            "by side (bookings per minute, fill rate, time to book). Use a small scenario: "
+            "every resident is a real client."
+        ),
+    )
+    live.add_argument("scenario", type=Path, help="scenario file (TOML)")
+    target = live.add_mutually_exclusive_group(required=True)
+    target.add_argument("--url", help="a running gateway, e.g. http://127.0.0.1:8000")
+    target.add_argument(
+        "--stack",
+        action="store_true",
+        help="start a stack of its own (hexbook up) in OUT/stack with the compressed hold time",
+    )
+    live.add_argument(
+        "--key",
+        help="operator API key for --url (default $HEXBOOK_KEY); --stack makes one",
+    )
+    live.add_argument(
+        "--speed",
+        type=float,
+        default=30.0,
+        help="time compression: model seconds per real second (default 30)",
+    )
+    live.add_argument(
+        "--concurrency",
+        type=int,
+        default=200,
+        help="most residents in flight at once (default 200)",
+    )
+    common(live, "build/live")
+    return p
+
+
+def _progress(
+    enabled: bool, label: str
+) -> tuple[Callable[[float], None] | None, Callable[[], None]]:
+    if not enabled:
+        return None, lambda: None
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=1000,
+        desc=label,
+        unit="‰",
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}",
+        file=sys.stderr,
+    )
+
+    def update(share: float) -> None:
+        bar.update(max(0, round(share * 1000) - bar.n))
+
+    return update, bar.close
+
+
+def _load(path: Path, args: argparse.Namespace) -> Scenario:
+    import msgspec
+
+    s = load_scenario(path)
+    if args.seed is not None:
+        s = msgspec.structs.replace(s, seed=args.seed)
+    if args.bench is not None:
+        s = msgspec.structs.replace(s, capacity=_bench_capacity(args.bench, s))
+    return s
+
+
+def _bench_capacity(path: Path, s: Scenario) -> Any:
+    import msgspec
+
+    try:
+        figures = json.loads(path.read_text())
+        shard = float(figures["shard_ops_per_second"])
+        gateway = float(figures["gateway_requests_per_second"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ScenarioError(
+            f"--bench {path}: not a `make bench` figures file ({exc}); run `make bench` first"
+        ) from None
+    return msgspec.structs.replace(
+        s.capacity, shard_ops_per_second=shard, gateway_requests_per_second=gateway
+    )
+
+
+def _run_one(s: Scenario, out: Path, quiet: bool, label: str) -> Any:
+    from simulators.report import write_report
+    from simulators.sim import simulate
+
+    update, close = _progress(not quiet, label)
+    try:
+        result = simulate(s, update)
+    finally:
+        close()
+    page = write_report(result, out)
+    return result, page
+
+
+def run(args: argparse.Namespace) -> int:
+    from simulators.report import plan_capacity, summary
+
+    s = _load(args.scenario, args)
+    result, page = _run_one(s, args.out, args.quiet, "simulating")
+    figures = summary(result)
+    plan = plan_capacity(result)
+    print(f"{s.name}: simulated in {result.seconds:.1f} s")
+    for key in (
+        "arrivals",
+        "booked",
+        "gave up",
+        "still trying at the end",
+        "fill rate",
+        "minutes until 90% of the places were booked",
+        "median minutes from arrival to booking",
+        "peak bookings per minute",
+    ):
+        value = figures[key]
+        shown = (
+            "not reached"
+            if value is None
+            else f"{value:.1%}"
+            if key == "fill rate"
+            else f"{value:,.1f}"
+            if isinstance(value, float)
+            else f"{value:,}"
+        )
+        print(f"  {key}: {shown}")
+    print(
+        f"  needs: {plan.shards or 'more than 256'} shards, {plan.gateways} gateway processes, "
+        f"{plan.nodes} nodes (peak {plan.peak_gateway_rps:,.0f} requests/s)"
+    )
+    print(f"report: {page}")
+    return 0
+
+
+def compare(args: argparse.Namespace) -> int:
+    from simulators.compare import write_comparison
+
+    a = _load(args.a, args)
+    b = _load(args.b, args)
+    ra, _ = _run_one(a, args.out / "a", args.quiet, f"A: {a.name}")
+    rb, _ = _run_one(b, args.out / "b", args.quiet, f"B: {b.name}")
+    page, rows = write_comparison(ra, rb, args.out)
+    width = max(len(k) for k, _, _ in rows)
+    print(f"{'':{width}}  {'A':>14}  {'B':>14}")
+    for key, va, vb in rows:
+        print(f"{key:{width}}  {va:>14}  {vb:>14}")
+    print(f"report: {page}")
+    return 0
+
+
+def live(args: argparse.Namespace) -> int:
+    from simulators.live import run_live
+
+    s = _load(args.scenario, args)
+    if args.speed <= 0 or args.concurrency < 1:
+        print("hexbook-sim: --speed must be positive and --concurrency at least 1", file=sys.stderr)
+        return 2
+    return run_live(s, args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        handler = {"run": run, "compare": compare, "live": live}[args.command]
+        return handler(args)
+    except ScenarioError as exc:
+        print(f"hexbook-sim: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hexbook-sim: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
