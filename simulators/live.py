@@ -84,11 +84,12 @@ def _start_stack(folder: Path, ttl: int) -> tuple[subprocess.Popen[str], str, st
     data = folder / "data"
     port = _free_port()
     env = {**os.environ, "HEXBOOK_HOLD_TTL_SECONDS": str(ttl)}
-    log = open(folder / "stack.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "up", "--data-dir", str(data), "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, text=True, env=env,
-    )  # fmt: skip
+    with open(folder / "stack.log", "w") as log:  # the child keeps its own copy
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "up", "--data-dir", str(data),
+             "--port", str(port)],
+            stdout=log, stderr=subprocess.STDOUT, text=True, env=env,
+        )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while True:

@@ -56,6 +56,8 @@ class SimResult:
     slot_seconds: int
     places: np.ndarray  # per site: places offered over the horizon
     booked: np.ndarray  # per site: places booked at the end
+    capacity_grid: np.ndarray  # sites x slots: places per slot
+    booked_grid: np.ndarray  # sites x slots: places booked per slot at the end
     # per resident
     home: np.ndarray  # index into cell_names
     travel_km: np.ndarray  # how far each would go
@@ -328,7 +330,8 @@ def simulate(
     if progress is not None:
         progress(1.0)
 
-    booked_places = np.array([int(c.booked.sum()) for c in cals], dtype=np.int64)
+    booked_grid = np.stack([c.booked for c in cals])
+    booked_places = booked_grid.sum(axis=1, dtype=np.int64)
     return SimResult(
         scenario=s,
         providers=providers,
@@ -337,6 +340,8 @@ def simulate(
         slot_seconds=slot_s,
         places=places.astype(np.int64),
         booked=booked_places,
+        capacity_grid=np.stack([c.capacity for c in cals]),
+        booked_grid=booked_grid,
         home=home,
         travel_km=travel,
         arrival=times,

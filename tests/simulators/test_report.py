@@ -1,0 +1,138 @@
+"""hexbook-sim's reports: the files are written, the plots are real PNGs, the CSVs agree
+with the model, and the command line explains itself and refuses bad input clearly."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from simulators.cli import main
+from tests.simulators.test_sim import TOWN
+
+PLOTS = (
+    "bookings_per_minute.png",
+    "time_to_book.png",
+    "share_booked.png",
+    "unserved_map.png",
+    "travel_distance.png",
+    "fill_rate.png",
+    "load.png",
+)
+
+
+def valid_png(path: Path) -> tuple[int, int]:
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        im.load()
+        # Not a blank canvas: a plot has many colours.
+        assert len(im.getcolors(maxcolors=1_000_000) or []) > 20, path
+        return im.size
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_run_writes_the_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    scenario = tmp_path / "town.toml"
+    scenario.write_text(TOWN)
+    out = tmp_path / "report"
+    assert main(["run", str(scenario), "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "booked:" in printed and f"report: {out / 'index.html'}" in printed
+    for name in PLOTS:
+        w, h = valid_png(out / name)
+        assert w > 400 and h > 300
+    page = (out / "index.html").read_text()
+    for name in PLOTS:
+        assert f'src="{name}"' in page
+    assert "What to provision" in page and "shards" in page
+    summary = {r["metric"]: r["value"] for r in rows(out / "summary.csv")}
+    sites = rows(out / "sites.csv")
+    assert len(sites) == 6
+    assert sum(int(r["booked"]) for r in sites) == int(summary["places booked"])
+    assert all(int(r["booked"]) <= int(r["places"]) for r in sites)
+    minutes = rows(out / "minutes.csv")
+    assert sum(int(r["bookings"]) for r in minutes) == int(summary["booked"])
+    assert sum(int(r["arrivals"]) for r in minutes) == int(summary["arrivals"])
+    cells = rows(out / "cells.csv")
+    assert sum(int(r["unserved"]) for r in cells) == int(summary["gave up"]) + int(
+        summary["still trying at the end"]
+    )
+    assert int(summary["plan shards"]) >= 1
+
+
+def test_compare_puts_two_scenarios_side_by_side(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a = tmp_path / "a.toml"
+    b = tmp_path / "b.toml"
+    a.write_text(TOWN)
+    b.write_text(
+        TOWN.replace('name = "test town"', 'name = "two more sites"').replace(
+            "count = 6", "count = 8"
+        )
+    )
+    out = tmp_path / "cmp"
+    assert main(["compare", str(a), str(b), "--out", str(out), "--quiet"]) == 0
+    table = capsys.readouterr().out
+    assert "sites" in table and "booked" in table
+    for name in ("bookings_per_minute.png", "share_booked.png", "time_to_book.png"):
+        valid_png(out / name)
+    page = (out / "index.html").read_text()
+    assert "test town" in page and "two more sites" in page
+    assert (out / "a" / "index.html").exists() and (out / "b" / "index.html").exists()
+    sites_row = next(line for line in table.splitlines() if line.startswith("sites "))
+    assert sites_row.split()[-2:] == ["6", "8"]
+
+
+def test_bench_figures_set_the_capacity(tmp_path: Path) -> None:
+    scenario = tmp_path / "town.toml"
+    scenario.write_text(TOWN)
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"shard_ops_per_second": 0.05, "gateway_requests_per_second": 0.5}))
+    out = tmp_path / "r"
+    assert main(["run", str(scenario), "--out", str(out), "--quiet", "--bench", str(bench)]) == 0
+    summary = {r["metric"]: r["value"] for r in rows(out / "summary.csv")}
+    # At 0.05 ops/s a shard, the town needs many shards, or more than any count (0).
+    assert int(summary["plan shards"]) != 1
+    assert int(summary["plan gateways"]) > 1
+    bench.write_text("{}")
+    assert main(["run", str(scenario), "--out", str(out), "--quiet", "--bench", str(bench)]) == 2
+
+
+def test_bad_input_is_a_clear_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nope.toml"
+    assert main(["run", str(missing), "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\n[demand]\nmax_tries = 0')
+    assert main(["run", str(bad), "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "bad.toml" in err and "demand.max_tries" in err
+
+
+def test_help_explains_every_command() -> None:
+    for args in ([], ["run"], ["compare"], ["live"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "simulators.cli", *args, "--help"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "usage: hexbook-sim" in done.stdout
+    live = subprocess.run(
+        [sys.executable, "-m", "simulators.cli", "live", "--help"], capture_output=True, text=True
+    ).stdout
+    for option in ("--url", "--stack", "--key", "--speed", "--concurrency", "--out", "--seed"):
+        assert option in live
