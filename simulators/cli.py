@@ -150,13 +150,20 @@ def _load(path: Path, args: argparse.Namespace) -> Scenario:
 
 
 def _bench_capacity(path: Path, s: Scenario) -> Any:
+    """The scenario's capacity with the figures `make bench` measured (either or both of
+    per-shard ops/s and per-gateway requests/s)."""
     import msgspec
 
     try:
         figures = json.loads(path.read_text())
-        shard = float(figures["shard_ops_per_second"])
-        gateway = float(figures["gateway_requests_per_second"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        shard = figures.get("shard_ops_per_second", s.capacity.shard_ops_per_second)
+        gateway = figures.get("gateway_requests_per_second", s.capacity.gateway_requests_per_second)
+        if not {"shard_ops_per_second", "gateway_requests_per_second"} & set(figures):
+            raise KeyError("no shard_ops_per_second or gateway_requests_per_second")
+        shard, gateway = float(shard), float(gateway)
+        if shard <= 0 or gateway <= 0:
+            raise ValueError("rates must be positive")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ScenarioError(
             f"--bench {path}: not a `make bench` figures file ({exc}); run `make bench` first"
         ) from None

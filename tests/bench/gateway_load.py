@@ -237,7 +237,7 @@ def _line(name: str, r: dict[str, Any], extra: str = "") -> None:
     )
 
 
-def part_gateway(rounds: int, seconds: float = 8.0) -> None:
+def part_gateway(rounds: int, seconds: float = 8.0) -> dict[str, float]:
     import ray
 
     from actors.api import Hexbook
@@ -249,7 +249,7 @@ def part_gateway(rounds: int, seconds: float = 8.0) -> None:
 
     if shutil.which("wrk") is None:
         print("== gateway: skipped, wrk is not installed (Debian: apt-get install wrk)")
-        return
+        return {}
     print("== gateway: wrk -t1, uvicorn in-process, 2 shards, redis-server appendfsync always")
     tz = ZoneInfo("America/Chicago")
     today = datetime.now(tz).date()
@@ -320,3 +320,7 @@ def part_gateway(rounds: int, seconds: float = 8.0) -> None:
     errs = {k: sum(r["errors"] for r in v) for k, v in results.items()}
     statuses = {k: best(k)["counts"] for k in results}
     print(f"socket errors: {errs}   statuses of the best rounds: {statuses}")
+    return {
+        "gateway_requests_per_second": float(holds["rps"]),
+        "gateway_search_per_second": float(search["rps"]),
+    }

@@ -32,6 +32,10 @@ from engine.calendar import Calendar  # noqa: E402
 from engine.records import ConfirmHold, PlaceHold  # noqa: E402
 from engine.schedule import WEEKDAYS, WeeklyTemplate  # noqa: E402
 
+# Figures other tools read (hexbook-sim --bench): written to build/bench.json.
+FIGURES: dict[str, float] = {}
+FIGURES_FILE = ROOT / "build" / "bench.json"
+
 TEMPLATE = WeeklyTemplate.uniform(WEEKDAYS, "08:00", "20:00", 2)
 FIRST_DAY = date(2026, 3, 2)
 
@@ -322,6 +326,7 @@ def part_actors(rounds: int) -> None:
             best = max(r[0] for r in results)
             median = statistics.median(r[0] for r in results)
             errors = sum(r[1] for r in results)
+            FIGURES["shard_ops_per_second"] = median / len(shards)
             print(
                 f"durable holds/s (batches of 1,000, 3 in flight per shard)  best "
                 f"{best:>9,.0f}  median {median:>9,.0f}   target >= 30,000 -> "
@@ -350,7 +355,7 @@ def part_actors(rounds: int) -> None:
 def part_gateway(rounds: int) -> None:
     from tests.bench.gateway_load import part_gateway as run
 
-    run(rounds)
+    FIGURES.update(run(rounds))
 
 
 PARTS = {"engine": part_engine, "actors": part_actors, "gateway": part_gateway}
@@ -377,6 +382,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rounds must be at least 1")
     for name in args.part or PARTS:
         PARTS[name](args.rounds)
+    if FIGURES:
+        FIGURES_FILE.parent.mkdir(exist_ok=True)
+        known = json.loads(FIGURES_FILE.read_text()) if FIGURES_FILE.exists() else {}
+        FIGURES_FILE.write_text(json.dumps({**known, **FIGURES}, indent=2) + "\n")
+        print(f"figures for hexbook-sim --bench: {FIGURES_FILE}")
     return 0
 
 
