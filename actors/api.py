@@ -23,6 +23,7 @@ from collections.abc import Callable
 from datetime import date
 from typing import Any
 
+import numpy as np
 import ray
 import redis
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
@@ -42,6 +43,7 @@ from engine.records import (
     ReleaseHold,
     RescheduleBooking,
     Result,
+    SetCapacity,
 )
 from engine.schedule import WeeklyTemplate
 
@@ -410,6 +412,42 @@ class Hexbook:
             raise
         self.cancel(booking_id, provider_id, service, key=f"{key}:cancel", now=now)
         return new
+
+    def provision_grid(
+        self, provider: Provider, grids: dict[str, tuple[int, int, np.ndarray]]
+    ) -> str:
+        """Create or replace a provider's calendars from explicit grids (service ->
+        (UTC start, slot seconds, capacity per slot)), e.g. imported slots. Replacing a
+        calendar with bookings or holds is a ScheduleConflict; use :meth:`set_capacity`."""
+        if set(grids) != set(provider.services):
+            raise InvalidRequest(
+                f"grids for {sorted(grids)} do not match the services {list(provider.services)}"
+            )
+        shard = self.directory.place(provider)
+        snaps = [
+            Calendar(
+                provider.provider_id, s, start, step, np.asarray(cap, dtype=np.uint16)
+            ).snapshot()
+            for s, (start, step, cap) in grids.items()
+        ]
+        check(self._call(shard, "provision", provider, snaps))
+        self._placement[provider.provider_id] = shard
+        return shard
+
+    def set_capacity(
+        self, provider_id: str, service: str, capacity: np.ndarray, *, now: int | None = None
+    ) -> list[tuple[int, int, int]]:
+        """Set every slot's capacity of a calendar, keeping its bookings and holds. Returns
+        the conflicts: (slot start, places taken, capacity asked) where the new capacity is
+        below what is taken; those slots show no free place and fall to the capacity asked
+        as places are given back."""
+        data = np.asarray(capacity).clip(0, 65_535).astype(np.uint16).tobytes()
+        self._one(SetCapacity(provider_id, service, None, _now(now), data))
+        grid = self.slots(provider_id, service)
+        return [
+            (grid["start"] + i * grid["slot_seconds"], grid["booked"][i] + grid["held"][i], t)
+            for i, t in grid["targets"]
+        ]
 
     def slots(self, provider_id: str, service: str) -> dict[str, Any]:
         """A calendar's grid, read from its shard (authoritative)."""

@@ -109,7 +109,8 @@ class ShardActor:
         return await self._enqueue(lambda: self._core.remove_provider(provider_id))  # type: ignore[no-any-return]
 
     async def slots(self, provider_id: str, service: str) -> dict[str, Any] | HexbookError:
-        """A calendar's grid: start, slot length, capacity, booked, held (lists)."""
+        """A calendar's grid: start, slot length, capacity, booked, held (lists), and the
+        slots set below what was taken (``targets``: [slot index, capacity asked])."""
         await self._ready()
         cal = self._core.calendars.get((provider_id, service))
         if cal is None:
@@ -120,6 +121,7 @@ class ShardActor:
             "capacity": cal.capacity.tolist(),
             "booked": cal.booked.tolist(),
             "held": cal.held.tolist(),
+            "targets": sorted(cal.capacity_targets().items()),
         }
 
     async def availability(

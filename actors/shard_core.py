@@ -275,6 +275,8 @@ class ShardCore:
             elif isinstance(ev, BookingRescheduled):
                 touched[(pid, service, ev.old_start)] = None
                 touched[(pid, service, ev.new_start)] = None
+            else:  # CapacityChanged: every slot may have changed
+                touched[(pid, service, -1)] = None
 
     @property
     def has_pending(self) -> bool:

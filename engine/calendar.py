@@ -47,6 +47,7 @@ from engine.records import (
     BookingRescheduled,
     CalendarSnapshot,
     CancelBooking,
+    CapacityChanged,
     Command,
     ConfirmHold,
     Event,
@@ -61,6 +62,7 @@ from engine.records import (
     ReleaseHold,
     RescheduleBooking,
     Result,
+    SetCapacity,
 )
 from engine.schedule import CAPACITY_MAX, WeeklyTemplate, build_grid
 
@@ -81,6 +83,7 @@ class Calendar:
         "_grid",
         "_hd",
         "_idem",
+        "_targets",
         "bookings",
         "holds",
         "n_slots",
@@ -121,6 +124,8 @@ class Calendar:
         self._expired: dict[str, ExpiredHold] = {}
         self._idem: dict[str, IdempotencyEntry] = {}
         self._expiry: list[Hold] = []  # a heap, earliest expiry first; may hold stale ones
+        # Slots whose capacity was set below what was taken: slot index -> target.
+        self._targets: dict[int, int] = {}
         self.outbox: list[Event] = []
 
     # --- construction ----------------------------------------------------------------
@@ -158,6 +163,7 @@ class Calendar:
         cal.bookings = {b.booking_id: b for b in snap.bookings}
         cal._expired = {e.hold_id: e for e in snap.expired_holds}
         cal._idem = {e.key: e for e in snap.idempotency}
+        cal._targets = dict(snap.capacity_targets)
         return cal
 
     def snapshot(self) -> CalendarSnapshot:
@@ -174,6 +180,7 @@ class Calendar:
             bookings=list(self.bookings.values()),
             expired_holds=list(self._expired.values()),
             idempotency=list(self._idem.values()),
+            capacity_targets=sorted(self._targets.items()),
         )
 
     # --- reading -------------------------------------------------------------------------
@@ -223,6 +230,11 @@ class Calendar:
                 f"from {self.start} to {self.end}"
             )
         return i
+
+    def capacity_targets(self) -> dict[int, int]:
+        """Slots set below what was taken (slot index -> the capacity asked for); each
+        falls to its target as places are given back."""
+        return dict(self._targets)
 
     def expired_at(self, hold_id: str) -> int | None:
         """When the hold ``hold_id`` expired, if it expired here."""
@@ -339,6 +351,19 @@ class Calendar:
             BookingRescheduled(cmd.booking_id, booking.start, cmd.new_start, cmd.now, cmd.key)
         )
 
+    def _set_capacity(self, cmd: SetCapacity) -> None:
+        # A set is idempotent by nature: its key is not remembered.
+        if self._expiry and self._expiry[0].expires_at <= cmd.now:
+            self.expire(cmd.now)
+        if len(cmd.capacity) != 2 * self.n_slots:
+            raise InvalidRequest(
+                f"capacity of {len(cmd.capacity) // 2} slots given for a calendar of "
+                f"{self.n_slots} slots"
+            )
+        event = CapacityChanged(cmd.capacity, cmd.now, None)
+        self.outbox.append(event)
+        self._on_capacity_changed(event)
+
     def _expire_cmd(self, cmd: ExpireHolds) -> None:
         self.expire(cmd.now)
 
@@ -360,9 +385,9 @@ class Calendar:
 
     def _emit(self, event: Event) -> Result:
         self.outbox.append(event)
-        return _EVOLVE[type(event)](self, event)
+        return _EVOLVE[type(event)](self, event)  # type: ignore[return-value]
 
-    def apply(self, event: Event) -> Result:
+    def apply(self, event: Event) -> Result | None:
         """Replay one journaled event (no checks, no outbox): the evolve half."""
         return _EVOLVE[type(event)](self, event)
 
@@ -424,16 +449,37 @@ class Calendar:
             self._idem[ev.key] = IdempotencyEntry(ev.key, ev, booking)
         return booking
 
+    def _on_capacity_changed(self, ev: CapacityChanged) -> None:
+        wanted = np.frombuffer(ev.capacity, dtype=np.uint16).astype(np.int32)
+        taken = self._grid[1].astype(np.int32) + self._grid[2]
+        self._grid[0] = np.maximum(wanted, taken)
+        short = np.flatnonzero(taken > wanted)
+        self._targets = {int(i): int(wanted[i]) for i in short}
+
+    def _give_back(self, i: int) -> None:
+        """A place of slot ``i`` was given back: a slot above its target falls toward it."""
+        target = self._targets[i]
+        taken = self._bk[i] + self._hd[i]
+        self._cap[i] = max(target, taken)
+        if taken <= target:
+            del self._targets[i]
+
     def _on_hold_released(self, ev: HoldReleased) -> Result:
         hold = self.holds.pop(ev.hold_id)
-        self._hd[(hold.start - self.start) // self.slot_seconds] -= hold.party_size
+        i = (hold.start - self.start) // self.slot_seconds
+        self._hd[i] -= hold.party_size
+        if self._targets and i in self._targets:
+            self._give_back(i)
         if ev.reason == "expired":
             self._expired[ev.hold_id] = ExpiredHold(ev.hold_id, ev.at)
         return self._remember(ev, hold)
 
     def _on_booking_cancelled(self, ev: BookingCancelled) -> Result:
         booking = _replace(self.bookings[ev.booking_id], status="cancelled")
-        self._bk[(booking.start - self.start) // self.slot_seconds] -= booking.party_size
+        i = (booking.start - self.start) // self.slot_seconds
+        self._bk[i] -= booking.party_size
+        if self._targets and i in self._targets:
+            self._give_back(i)
         self.bookings[ev.booking_id] = booking
         return self._remember(ev, booking)
 
@@ -441,7 +487,10 @@ class Calendar:
         booking = _replace(self.bookings[ev.booking_id], start=ev.new_start)
         # Take the new place before giving the old one back: never a moment with neither.
         self._bk[(ev.new_start - self.start) // self.slot_seconds] += booking.party_size
-        self._bk[(ev.old_start - self.start) // self.slot_seconds] -= booking.party_size
+        i = (ev.old_start - self.start) // self.slot_seconds
+        self._bk[i] -= booking.party_size
+        if self._targets and i in self._targets:
+            self._give_back(i)
         self.bookings[ev.booking_id] = booking
         return self._remember(ev, booking)
 
@@ -465,11 +514,13 @@ _DECIDE: dict[type, Callable[[Calendar, Any], Result | None]] = {
     CancelBooking: Calendar._cancel,
     RescheduleBooking: Calendar._reschedule,
     ExpireHolds: Calendar._expire_cmd,
+    SetCapacity: Calendar._set_capacity,
 }
-_EVOLVE: dict[type, Callable[[Calendar, Any], Result]] = {
+_EVOLVE: dict[type, Callable[[Calendar, Any], Result | None]] = {
     HoldPlaced: Calendar._on_hold_placed,
     HoldConfirmed: Calendar._on_hold_confirmed,
     HoldReleased: Calendar._on_hold_released,
     BookingCancelled: Calendar._on_booking_cancelled,
     BookingRescheduled: Calendar._on_booking_rescheduled,
+    CapacityChanged: Calendar._on_capacity_changed,
 }

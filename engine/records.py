@@ -25,6 +25,7 @@ __all__ = [
     "BookingRescheduled",
     "CalendarSnapshot",
     "CancelBooking",
+    "CapacityChanged",
     "Command",
     "ConfirmHold",
     "Event",
@@ -41,6 +42,7 @@ __all__ = [
     "ReleaseHold",
     "RescheduleBooking",
     "Result",
+    "SetCapacity",
 ]
 
 Fingerprint = tuple[str | int, ...]
@@ -171,7 +173,32 @@ class ExpireHolds(_Record, frozen=True, tag="expire_holds.v1"):
     now: int
 
 
-Command = PlaceHold | ConfirmHold | ReleaseHold | CancelBooking | RescheduleBooking | ExpireHolds
+class SetCapacity(_Record, frozen=True, tag="set_capacity.v1"):
+    """Set every slot's capacity (``uint16`` bytes, one per slot), e.g. from a re-import.
+
+    Never drops a booking or a hold: a slot set below what is taken keeps capacity equal
+    to what is taken (no free place) and remembers the target, which it falls to as
+    places are given back."""
+
+    provider_id: str
+    service: str
+    key: str | None
+    now: int
+    capacity: bytes
+
+    def fingerprint(self) -> Fingerprint:
+        return ("capacity", self.capacity.hex())
+
+
+Command = (
+    PlaceHold
+    | ConfirmHold
+    | ReleaseHold
+    | CancelBooking
+    | RescheduleBooking
+    | ExpireHolds
+    | SetCapacity
+)
 
 
 # --- events ------------------------------------------------------------------------
@@ -242,7 +269,25 @@ class BookingRescheduled(_Record, frozen=True, tag="booking_rescheduled.v1"):
         return ("reschedule", self.booking_id, self.new_start)
 
 
-Event = HoldPlaced | HoldConfirmed | HoldReleased | BookingCancelled | BookingRescheduled
+class CapacityChanged(_Record, frozen=True, tag="capacity_changed.v1"):
+    """Capacity set from ``capacity`` (uint16 bytes per slot), see :class:`SetCapacity`."""
+
+    capacity: bytes
+    at: int
+    key: str | None
+
+    def fingerprint(self) -> Fingerprint:
+        return ("capacity", self.capacity.hex())
+
+
+Event = (
+    HoldPlaced
+    | HoldConfirmed
+    | HoldReleased
+    | BookingCancelled
+    | BookingRescheduled
+    | CapacityChanged
+)
 
 
 class IdempotencyEntry(_Record, frozen=True, tag="idem.v1"):
@@ -268,6 +313,8 @@ class CalendarSnapshot(_Record, frozen=True, tag="calendar_snapshot.v1"):
     bookings: list[Booking]
     expired_holds: list[ExpiredHold]
     idempotency: list[IdempotencyEntry]
+    # Slots whose capacity was set below what was taken: (slot index, target capacity).
+    capacity_targets: list[tuple[int, int]] = []
 
 
 Record = Command | Event | CalendarSnapshot | Hold | Booking

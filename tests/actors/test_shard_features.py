@@ -166,3 +166,45 @@ def test_shard_snapshots_by_itself_every_n_events(
     # The journal was trimmed up to the snapshot: at most the entries written after it.
     assert client.xlen(journal.journal_key("shard-0")) <= 12 - len(snap.calendars[0].holds) + 1
     client.close()
+
+
+def test_capacity_set_below_bookings_keeps_them_and_survives_a_crash(city: Hexbook) -> None:
+    """A re-import lowers capacity under a booked slot: the booking stays, the slot has no
+    free place, the conflict is reported; the shard recovers the same after a kill."""
+    import numpy as np
+    import ray
+
+    grid = city.slots("north", SERVICE)
+    first, second = open_starts(city, "north")[:2]
+    now = first - 86_400
+    hold = city.hold("north", SERVICE, first, now=now)
+    booking, _ = city.confirm(hold.hold_id, "north", SERVICE, "r1", now=now + 1)
+    wanted = np.array(grid["capacity"]) * 3
+    i = (first - grid["start"]) // grid["slot_seconds"]
+    wanted[i] = 0  # the source no longer offers the booked slot
+    conflicts = city.set_capacity("north", SERVICE, wanted, now=now + 2)
+    assert conflicts == [(first, 1, 0)]
+    after = city.slots("north", SERVICE)
+    assert after["capacity"][i] == 1 and after["booked"][i] == 1  # kept, none free
+    assert after["capacity"][i + 1] == wanted[i + 1] == 3  # raised where nothing is taken
+    with pytest.raises(SlotUnavailable):
+        city.hold("north", SERVICE, first, now=now + 3)
+    city.hold("north", SERVICE, second, party_size=3, now=now + 3)
+    # The shard dies; it recovers the lowered capacity and the target from Redis.
+    shard = city.shard_of("north")
+    ray.kill(city.shard(shard), no_restart=False)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            recovered = city.slots("north", SERVICE)
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    assert recovered["capacity"] == after["capacity"]
+    assert [tuple(t) for t in recovered["targets"]] == [(i, 0)]
+    # Cancelling the booking gives the place back to the source's capacity: zero.
+    city.cancel(booking.booking_id, "north", SERVICE, now=now + 4)
+    final = city.slots("north", SERVICE)
+    assert final["capacity"][i] == 0 and final["booked"][i] == 0 and not final["targets"]

@@ -42,6 +42,7 @@ class CalendarModel:
     expired: dict[str, int] = field(default_factory=dict)
     bookings: dict[str, ModelBooking] = field(default_factory=dict)
     remembered: dict[str, tuple[Fingerprint, tuple[object, ...]]] = field(default_factory=dict)
+    targets: dict[int, int] = field(default_factory=dict)  # slots set below what was taken
 
     def __post_init__(self) -> None:
         self.booked = [0] * len(self.capacity)
@@ -68,6 +69,7 @@ class CalendarModel:
         for hold_id, h in sorted(self.holds.items(), key=lambda kv: kv[1].expires_at):
             if h.expires_at <= now:
                 self.held[h.slot] -= h.party
+                self._give_back(h.slot)
                 del self.holds[hold_id]
                 self.expired[hold_id] = h.expires_at
 
@@ -82,6 +84,25 @@ class CalendarModel:
     def _remember(self, key: str | None, fp: Fingerprint, result: tuple[object, ...]) -> None:
         if key is not None:
             self.remembered[key] = (fp, result)
+
+    def _give_back(self, i: int) -> None:
+        """Places of slot i were given back: a slot set below what was taken falls."""
+        if i in self.targets:
+            taken = self.booked[i] + self.held[i]
+            self.capacity[i] = max(self.targets[i], taken)
+            if taken <= self.targets[i]:
+                del self.targets[i]
+
+    def set_capacity(self, now: int, capacity: list[int]) -> None:
+        self._expire(now)
+        if len(capacity) != len(self.capacity):
+            raise errors.InvalidRequest("wrong number of slots")
+        self.targets = {}
+        for i, wanted in enumerate(capacity):
+            taken = self.booked[i] + self.held[i]
+            self.capacity[i] = max(wanted, taken)
+            if taken > wanted:
+                self.targets[i] = wanted
 
     def _slot(self, start: int) -> int:
         i, rest = divmod(start - self.start, self.slot_seconds)
@@ -147,6 +168,7 @@ class CalendarModel:
             raise errors.HoldNotFound(hold_id)
         h = self.holds.pop(hold_id)
         self.held[h.slot] -= h.party
+        self._give_back(h.slot)
         result = self.hold_result(h, self.start + h.slot * self.slot_seconds)
         self._remember(key, fp, result)
         return result
@@ -167,6 +189,7 @@ class CalendarModel:
         b = self._active(booking_id)
         b.status = "cancelled"
         self.booked[b.slot] -= b.party
+        self._give_back(b.slot)
         result = self.booking_result(b)
         self._remember(key, fp, result)
         return result
@@ -184,8 +207,9 @@ class CalendarModel:
         j = self._slot(new_start)
         if b.party > self._free(j):
             raise errors.SlotUnavailable("p", "s", new_start, b.party, self._free(j))
-        self.booked[b.slot] -= b.party
         self.booked[j] += b.party
+        self.booked[b.slot] -= b.party
+        self._give_back(b.slot)
         b.slot = j
         result = self.booking_result(b)
         self._remember(key, fp, result)

@@ -37,6 +37,7 @@ from engine.records import (
     PlaceHold,
     ReleaseHold,
     RescheduleBooking,
+    SetCapacity,
 )
 from tests.engine.reference_model import CalendarModel
 
@@ -205,6 +206,20 @@ class CalendarMachine(RuleBasedStateMachine):
         cmd = RescheduleBooking("p1", "vaccine", key, now, booking_id, new_start)
         self.run("reschedule", cmd, lambda: self.model.reschedule(key, now, booking_id, new_start))
 
+    @rule(
+        capacity=st.lists(st.integers(0, 3), min_size=N_SLOTS, max_size=N_SLOTS),
+        short=st.booleans(),
+    )
+    def set_capacity(self, capacity: list[int], short: bool) -> None:
+        """A re-import sets every slot's capacity, maybe below what is taken."""
+        wanted = capacity[:-1] if short else capacity
+        data = np.array(wanted, dtype=np.uint16).tobytes()
+        self.run(
+            "set_capacity",
+            SetCapacity("p1", "vaccine", None, self.now, data),
+            lambda: self.model.set_capacity(self.now, wanted),
+        )
+
     @precondition(lambda self: self.last is not None)
     @rule(later=st.sampled_from([0, 1, 60]))
     def repeat_last(self, later: int) -> None:
@@ -253,6 +268,14 @@ class CalendarMachine(RuleBasedStateMachine):
     def never_overbooked(self) -> None:
         used = self.cal.booked.astype(int) + self.cal.held.astype(int)
         assert (used <= self.cal.capacity.astype(int)).all(), "booked + held > capacity"
+
+    @invariant()
+    def set_below_taken_shows_no_free_place(self) -> None:
+        targets = self.cal.capacity_targets()
+        assert targets == self.model.targets
+        for i, target in targets.items():
+            taken = int(self.cal.booked[i]) + int(self.cal.held[i])
+            assert taken > target and int(self.cal.capacity[i]) == taken
 
     @invariant()
     def equals_model(self) -> None:
