@@ -29,7 +29,7 @@ from engine.records import (
     ReleaseHold,
     RescheduleBooking,
 )
-from engine.schedule import Blocked, WeeklyTemplate, Window
+from engine.schedule import Blocked, WeeklyTemplate, Window, zone
 from gateway import feed, problems
 from gateway.auth import Admin, Authenticator, Booker, Caller, Forbidden, Operator, Principal
 from gateway.index import AvailabilityIndex
@@ -41,6 +41,8 @@ from gateway.schemas import (
     BookingRequest,
     HoldOut,
     HoldRequest,
+    ImportIn,
+    ImportOut,
     KeyIn,
     KeyOut,
     Patient,
@@ -178,6 +180,36 @@ def _ops() -> APIRouter:
             store.create, body.role, body.name, tuple(body.providers), body.rate_per_second
         )
         return _key_out(record, key)
+
+    @api.post("/v1/imports", tags=["operations"])
+    async def run_import(request: Request, body: ImportIn, _: Operator) -> ImportOut:
+        """Run a connector once (operator): fetch the source, create or update its
+        providers and calendars, and report what happened. Confirmed bookings are never
+        dropped: capacity lowered below them is a conflict in the answer."""
+        from gateway.interop.reconcile import reconcile
+        from gateway.interop.smart import fetch_smart, map_smart
+
+        hb: Hexbook = request.app.state.hexbook
+        zone(body.timezone)
+
+        def work() -> ImportOut:
+            fetched = fetch_smart(
+                body.url, hb._redis, force=body.force, states=set(body.states) or None
+            )
+            if fetched.not_modified or fetched.skipped:
+                note = fetched.skipped or "not modified since the last import (HTTP 304)"
+                return ImportOut(
+                    url=body.url, fetched=False, note=note, created=0, updated=0,
+                    unchanged=0, unplaced=[], conflicts=[], errors=[], providers=[],
+                )  # fmt: skip
+            sites, problems = map_smart(fetched)
+            summary = reconcile(hb, hb._redis, sites, default_timezone=body.timezone)
+            request.app.state.providers.update(summary.placed)
+            d = summary.as_dict()
+            d["errors"] = problems + d["errors"]
+            return ImportOut(url=body.url, fetched=True, **d)
+
+        return await asyncio.to_thread(work)
 
     @api.get("/v1/keys", tags=["operations"])
     async def list_keys(request: Request, _: Operator) -> list[KeyOut]:

@@ -135,3 +135,26 @@ class KeyOut(BaseModel):
     created_at: float
     revoked_at: float | None
     key: str | None = Field(None, description="the key itself: shown once, at creation")
+
+
+class ImportIn(_Strict):
+    connector: str = Field(pattern="^smart$", description="smart: a SMART Scheduling Links feed")
+    url: str = Field(min_length=8, max_length=2000, examples=["https://example.org/$bulk-publish"])
+    states: list[str] = Field(default_factory=list, description="only Slot files of these states")
+    force: bool = Field(False, description="fetch even if the manifest's max-age has not run out")
+    timezone: str = Field(
+        "America/New_York", description="time zone of sites the source does not place"
+    )
+
+
+class ImportOut(BaseModel):
+    url: str
+    fetched: bool = Field(description="false: not modified (304) or max-age not run out")
+    note: str = ""
+    created: int
+    updated: int
+    unchanged: int
+    unplaced: list[str]
+    conflicts: list[str]
+    errors: list[str]
+    providers: list[str]

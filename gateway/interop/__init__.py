@@ -1,0 +1,1 @@
+"""Interop: connectors that import other systems' availability, and publishing."""

@@ -1,0 +1,171 @@
+"""Importing a SMART Scheduling Links feed through a running gateway: the example feed
+(served from a local HTTP server, its dates moved into the coming weeks) creates ten
+searchable, bookable providers; polling honours ETag and max-age; a re-import that
+lowers capacity keeps the confirmed booking and reports the conflict."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.integration
+
+FIXTURE = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "smart-scheduling-links"
+PUBLIC = "https://raw.githubusercontent.com/smart-on-fhir/smart-scheduling-links/master/examples/"
+_INSTANT = re.compile(r'"(start|end)":"([0-9T:.\-]+Z)"')
+
+
+class Feed:
+    """The example feed, served with its dates shifted and its capacity adjustable."""
+
+    def __init__(self, index_start: int) -> None:
+        # Move the feed's first day onto the first day the gateway's search index covers.
+        first = datetime(2021, 3, 1, tzinfo=UTC)
+        self.shift = timedelta(days=(datetime.fromtimestamp(index_start, UTC) - first).days)
+        self.capacity = 100
+        self.etag = '"v1"'
+        self.requests: list[tuple[str, dict[str, str]]] = []
+
+    def body(self, name: str, base: str) -> bytes | None:
+        path = FIXTURE / name
+        if not path.is_file():
+            return None
+        text = path.read_text().replace(PUBLIC, base)
+        if name.startswith("slots-"):
+
+            def move(m: re.Match[str]) -> str:
+                t = datetime.fromisoformat(m.group(2).replace("Z", "+00:00")) + self.shift
+                return f'"{m.group(1)}":"{t.strftime("%Y-%m-%dT%H:%M:%S.000Z")}"'
+
+            text = _INSTANT.sub(move, text).replace(
+                '"valueInteger":100}', f'"valueInteger":{self.capacity}}}'
+            )
+        return text.encode()
+
+
+@pytest.fixture(scope="module")
+def feed(stack: Any) -> Iterator[tuple[str, Feed]]:
+    state = Feed(stack[2].state.index.grid.start)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            name = self.path.split("?", 1)[0].lstrip("/").replace("%24", "$")
+            state.requests.append((self.path, dict(self.headers)))
+            base = f"http://127.0.0.1:{self.server.server_address[1]}/"
+            body = state.body(name, base)
+            if body is None:
+                self.send_error(404)
+                return
+            if name == "$bulk-publish" and self.headers.get("If-None-Match") == state.etag:
+                self.send_response(304)
+                self.end_headers()
+                return
+            self.send_response(200)
+            if name == "$bulk-publish":
+                self.send_header("ETag", state.etag)
+                self.send_header("Cache-Control", "max-age=3600")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/$bulk-publish", state
+    server.shutdown()
+    server.server_close()
+
+
+def test_example_feed_imports_and_books_and_reimport_keeps_bookings(
+    feed: tuple[str, Feed], ops: httpx.Client, api: httpx.Client
+) -> None:
+    url, state = feed
+    r = ops.post("/v1/imports", json={"connector": "smart", "url": url, "states": ["MA"]})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    # Ten sites, none with a position: each placed at its postal code's centroid.
+    assert out["created"] == 10 and out["unplaced"] == [] and out["errors"] == []
+    assert len(out["providers"]) == 10 and all(p.startswith("smart-") for p in out["providers"])
+    boston = ops.get(f"/v1/providers/{out['providers'][0]}").json()
+    assert boston["services"] == ["covid-vaccine"]
+    assert abs(boston["lat"] - 42.36) < 0.5 and abs(boston["lng"] + 71.06) < 0.5  # 02114
+    # A day-long slot of 100 is one slot with 100 places at its start.
+    first_day = (datetime(2021, 3, 1, 14, tzinfo=UTC) + state.shift).isoformat()
+    slots = ops.get(
+        f"/v1/providers/{out['providers'][0]}/slots", params={"service": "covid-vaccine"}
+    )
+    grid = slots.json()["slots"]
+    assert grid[0]["capacity"] == 100
+    assert datetime.fromisoformat(grid[0]["start"]) == datetime.fromisoformat(first_day)
+
+    # Searchable (once the index has read the new calendars off the stream) and bookable.
+    deadline = time.monotonic() + 15
+    while True:
+        found = api.get(
+            "/v1/search",
+            params={"lat": 42.36, "lng": -71.06, "radius_km": 5, "service": "covid-vaccine"},
+        )
+        assert found.status_code == 200
+        ids = [p["provider_id"] for p in found.json()["results"]]
+        if out["providers"][0] in ids or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert out["providers"][0] in ids, found.json()
+    hold = api.post(
+        "/v1/holds",
+        json={
+            "provider_id": out["providers"][0],
+            "service": "covid-vaccine",
+            "start": grid[0]["start"],
+        },
+    )
+    assert hold.status_code == 201, hold.text
+    booked = api.post(
+        "/v1/bookings", json={"hold_id": hold.json()["hold_id"], "patient": {"reference": "p1"}}
+    )
+    assert booked.status_code == 201, booked.text
+
+    # Polling: within max-age nothing is fetched; forced, the ETag gives a 304.
+    again = ops.post("/v1/imports", json={"connector": "smart", "url": url})
+    assert again.json()["fetched"] is False and "max-age" in again.json()["note"]
+    forced = ops.post("/v1/imports", json={"connector": "smart", "url": url, "force": True})
+    assert forced.json()["fetched"] is True  # forced: no If-None-Match, a full read
+    assert forced.json()["unchanged"] == 10 and forced.json()["conflicts"] == []
+
+    # The source lowers every day to zero places: the booking stays, its slot shows no
+    # free place, and the conflict is reported for exactly that slot.
+    state.capacity = 0
+    state.etag = '"v2"'
+    lowered = ops.post("/v1/imports", json={"connector": "smart", "url": url, "force": True}).json()
+    assert lowered["updated"] == 10
+    assert len(lowered["conflicts"]) == 1 and out["providers"][0] in lowered["conflicts"][0]
+    after = ops.get(
+        f"/v1/providers/{out['providers'][0]}/slots", params={"service": "covid-vaccine"}
+    ).json()["slots"]
+    assert after[0]["capacity"] == 1 and after[0]["remaining"] == 0
+    bid = booked.json()["booking_id"]
+    assert ops.get(f"/v1/bookings/{bid}").json()["status"] == "active"
+
+
+def test_import_refuses_bad_input(ops: httpx.Client, api: httpx.Client) -> None:
+    bad = ops.post("/v1/imports", json={"connector": "ftp", "url": "http://x.example/feed"})
+    assert bad.status_code == 422 and bad.headers["content-type"].startswith("application/problem")
+    nothing = ops.post("/v1/imports", json={"connector": "smart", "url": "http://127.0.0.1:9/x"})
+    assert nothing.status_code == 422, nothing.text
+    assert "cannot fetch" in json.dumps(nothing.json())
+    assert (
+        api.post("/v1/imports", json={"connector": "smart", "url": "http://a.b/c"}).status_code
+        == 403
+    )
