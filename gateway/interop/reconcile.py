@@ -284,9 +284,14 @@ def _one(
             for i, t in targets.items():
                 asked[i] = t
             if np.array_equal(asked, wanted):
-                continue
-            conflicts = hb.set_capacity(pid, service, wanted, now=now)
-            changed = True
+                # Nothing new; a conflict still standing is reported until it is resolved.
+                conflicts = [
+                    (start + i * STEP, g["booked"][i] + g["held"][i], t)
+                    for i, t in sorted(targets.items())
+                ]
+            else:
+                conflicts = hb.set_capacity(pid, service, wanted, now=now)
+                changed = True
             for slot_start, taken, want in conflicts:
                 at = datetime.fromtimestamp(slot_start, UTC).astimezone(zone(tz)).isoformat()
                 summary.conflicts.append(

@@ -169,3 +169,24 @@ def test_import_refuses_bad_input(ops: httpx.Client, api: httpx.Client) -> None:
         api.post("/v1/imports", json={"connector": "smart", "url": "http://a.b/c"}).status_code
         == 403
     )
+
+
+def test_import_cli_prints_the_summary_and_exit_status(
+    feed: tuple[str, Feed], stack: Any, keys: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.cli import main
+
+    url, _ = feed
+    gateway = stack[0]
+    # After the test above, the feed still offers zero places where one is booked:
+    # nothing changes, but the standing conflict is reported again, and exit status 1
+    # says something needs the operator's eye.
+    code = main(["import", "smart", url, "--url", gateway, "--key", keys["operator"], "--force"])
+    out = capsys.readouterr().out
+    assert out.startswith("created 0, updated 0, unchanged 10, unplaced 0, conflicts 1, errors 0")
+    assert "kept them, no place free" in out
+    assert code == 1
+    assert main(["import", "smart", url, "--url", gateway, "--key", ""]) == 2
+    assert "operator key" in capsys.readouterr().err
+    assert main(["import", "smart", url, "--url", gateway, "--key", keys["booking-client"]]) == 2
+    assert "403" in capsys.readouterr().err
