@@ -20,7 +20,7 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-FIXTURE = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "smart-scheduling-links"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "smart-scheduling-links"
 PUBLIC = "https://raw.githubusercontent.com/smart-on-fhir/smart-scheduling-links/master/examples/"
 _INSTANT = re.compile(r'"(start|end)":"([0-9T:.\-]+Z)"')
 
