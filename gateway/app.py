@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import time
 from collections.abc import AsyncIterator
@@ -33,6 +34,8 @@ from engine.schedule import Blocked, WeeklyTemplate, Window, zone
 from gateway import feed, problems
 from gateway.auth import Admin, Authenticator, Booker, Caller, Forbidden, Operator, Principal
 from gateway.index import AvailabilityIndex
+from gateway.interop.publish import SmartPublisher
+from gateway.interop.reconcile import source_records
 from gateway.keys import ApiKey, KeyStore
 from gateway.observe import Metrics, Observe
 from gateway.router import ShardRouter
@@ -115,6 +118,12 @@ def create_app(settings: Settings | None = None, hexbook: Hexbook | None = None)
             app.state.index = index
             app.state.providers = index.providers
             app.state.feed_clients = 0
+            app.state.smart = SmartPublisher(
+                index,
+                lambda: source_records(hb._redis),
+                settings.booking_link,
+                settings.smart_refresh_seconds,
+            )
             metrics.bind(
                 lambda: router.inflight,
                 lambda: index.freshness()["age_ms"] / 1000,
@@ -137,12 +146,48 @@ def create_app(settings: Settings | None = None, hexbook: Hexbook | None = None)
     app.include_router(_ops())
     app.include_router(_v1(settings, metrics))
     app.include_router(feed.router(settings))
+    app.include_router(_smart(settings))
     return app
 
 
 def _router(request: Request) -> ShardRouter:
     router: ShardRouter = request.app.state.router
     return router
+
+
+def _smart(settings: Settings) -> APIRouter:
+    """The SMART Scheduling Links feed: public, cached, rendered from the index."""
+    api = APIRouter(prefix="/smart", tags=["smart"])
+    max_age = f"public, max-age={int(settings.smart_refresh_seconds)}"
+
+    def cached(request: Request, body: bytes, etag: str, media_type: str) -> Response:
+        headers = {"ETag": etag, "Cache-Control": max_age}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+        return Response(body, media_type=media_type, headers=headers)
+
+    @api.get("/$bulk-publish")
+    async def bulk_publish(request: Request, _: Caller, state: str | None = None) -> Response:
+        """The manifest: Location, Schedule and Slot files (Slot files by state; ``state``
+        keeps one). Slots are a day each, with the free places as ``slot-capacity``."""
+        pub: SmartPublisher = request.app.state.smart
+        pub.refresh()
+        base = str(request.base_url).rstrip("/")
+        manifest = pub.manifest(base, str(request.url), state)
+        body = _json.encode(manifest)
+        etag = '"' + hashlib.sha1(body).hexdigest()[:20] + '"'
+        return cached(request, body, etag, "application/json")
+
+    @api.get("/{name}")
+    async def smart_file(request: Request, name: str, _: Caller) -> Response:
+        """One NDJSON file of the feed."""
+        pub: SmartPublisher = request.app.state.smart
+        pub.refresh()
+        if name not in pub.files:
+            raise NotFound(f"no file {name!r} in the SMART feed; see /smart/$bulk-publish")
+        return cached(request, pub.files[name], pub.etags[name], "application/fhir+ndjson")
+
+    return api
 
 
 def _ops() -> APIRouter:

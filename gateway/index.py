@@ -47,6 +47,9 @@ class AvailabilityIndex:
         # Every provider seen, kept current: the gateway formats local times from these
         # without a shard call (a PUT through this gateway also refreshes it).
         self.providers: dict[str, Any] = {}
+        # Calendars changed since a reader (the SMART publisher) last drained them.
+        self.dirty: set[tuple[str, str]] = set()
+        self.version = 0
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -70,6 +73,8 @@ class AvailabilityIndex:
         self, provider: Any, service: str, start: int, slot_seconds: int, remaining: bytes
     ) -> None:
         self.providers[provider.provider_id] = provider
+        self.dirty.add((provider.provider_id, service))
+        self.version += 1
         if slot_seconds != self.grid.slot_seconds or (start - self.grid.start) % slot_seconds:
             self.skipped_calendars += 1  # other slot lengths are not indexed yet
             return
@@ -100,6 +105,8 @@ class AvailabilityIndex:
                     self._upsert(*row)
             else:
                 self.grid.set_free(pid, service, start, remaining)
+                self.dirty.add((pid, service))
+                self.version += 1
 
     def freshness(self) -> dict[str, Any]:
         """When the last applied change happened, and how long ago."""

@@ -45,3 +45,11 @@ class Settings(BaseSettings):
     )
     access_log: bool = Field(False, description="one JSON log line per request (errors always)")
     feed_max_clients: int = Field(100, ge=1, description="open live-feed streams at most")
+    booking_link: str = Field(
+        "https://book.example.org/?provider={provider_id}&service={service}&date={date}",
+        description="SMART feed: booking-deep-link of a day's slot ({provider_id}, {service}, "
+        "{date})",
+    )
+    smart_refresh_seconds: float = Field(
+        10.0, ge=0, description="SMART feed: re-rendered at most this often (also its max-age)"
+    )

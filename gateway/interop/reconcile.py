@@ -69,6 +69,7 @@ class SourceSite:
     lng: float | None = None
     postal_code: str | None = None
     timezone: str | None = None
+    state: str = ""  # US state (address), for publishing by state
     # service -> its slots (the whole list when ``complete``, else changes only)
     slots: dict[str, list[SourceSlot]] = field(default_factory=dict)
     complete: bool = True
@@ -81,6 +82,7 @@ class SourceRecord(msgspec.Struct):
     source_id: str
     synced_at: int
     slot_seconds: dict[str, int] = {}  # service -> the source's slot length, if uniform
+    state: str = ""
 
 
 @dataclass
@@ -299,6 +301,6 @@ def _one(
                     "booked or held in hexbook; kept them, no place free"
                 )
         (summary.updated if changed else summary.unchanged).append(pid)
-    rec = SourceRecord(site.source, site.source_id, now, lengths)
+    rec = SourceRecord(site.source, site.source_id, now, lengths, site.state)
     client.hset(SOURCES, pid, msgspec.json.encode(rec))
     known[pid] = rec

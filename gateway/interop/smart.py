@@ -213,6 +213,7 @@ def map_smart(
             lat=lat,
             lng=lng,
             postal_code=addr.get("postalCode"),
+            state=str(addr.get("state") or ""),
             complete=not fetched.incremental,
         )
     schedule_site: dict[str, tuple[str, str]] = {}
