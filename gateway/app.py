@@ -160,6 +160,14 @@ def _smart(settings: Settings) -> APIRouter:
     api = APIRouter(prefix="/smart", tags=["smart"])
     max_age = f"public, max-age={int(settings.smart_refresh_seconds)}"
 
+    async def _refresh(pub: SmartPublisher) -> None:
+        # Changed rows are copied here, in the loop that updates the index; rendering
+        # them (JSON, time zones) runs in a thread so the gateway keeps serving.
+        async with pub.lock:
+            work = pub.collect()
+            if work is not None:
+                await asyncio.to_thread(pub.render, *work)
+
     def cached(request: Request, body: bytes, etag: str, media_type: str) -> Response:
         headers = {"ETag": etag, "Cache-Control": max_age}
         if request.headers.get("if-none-match") == etag:
@@ -171,7 +179,7 @@ def _smart(settings: Settings) -> APIRouter:
         """The manifest: Location, Schedule and Slot files (Slot files by state; ``state``
         keeps one). Slots are a day each, with the free places as ``slot-capacity``."""
         pub: SmartPublisher = request.app.state.smart
-        pub.refresh()
+        await _refresh(pub)
         base = str(request.base_url).rstrip("/")
         manifest = pub.manifest(base, str(request.url), state)
         body = _json.encode(manifest)
@@ -182,7 +190,7 @@ def _smart(settings: Settings) -> APIRouter:
     async def smart_file(request: Request, name: str, _: Caller) -> Response:
         """One NDJSON file of the feed."""
         pub: SmartPublisher = request.app.state.smart
-        pub.refresh()
+        await _refresh(pub)
         if name not in pub.files:
             raise NotFound(f"no file {name!r} in the SMART feed; see /smart/$bulk-publish")
         return cached(request, pub.files[name], pub.etags[name], "application/fhir+ndjson")

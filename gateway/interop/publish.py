@@ -15,21 +15,24 @@ only calendars the index saw change are rendered again, at most once per
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
 import time
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 from urllib.parse import quote
 
 import numpy as np
 
+from engine.schedule import utc_offsets
 from gateway.interop.reconcile import SourceRecord
 from gateway.interop.smart import EXT, SERVICE_CODES
 
 __all__ = ["SmartPublisher", "fhir_id"]
 
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _SERVICE_OF = {v: k for k, v in SERVICE_CODES.items()}
 SERVICE_SYSTEM = "http://fhir-registry.smarthealthit.org/CodeSystem/service-type"
@@ -69,37 +72,63 @@ class SmartPublisher:
         self._version = -1
         self._rendered_at = 0.0
         self.renders = 0  # full or partial renders done (for tests and metrics)
+        self.lock = asyncio.Lock()  # one refresh at a time
         self.calendars_rendered = 0
+        self.last_rendered: set[tuple[str, str]] = set()  # calendars of the last refresh
 
     def refresh(self, now: float | None = None) -> None:
         """Render what changed, if anything did and the last render is old enough."""
+        work = self.collect(now)
+        if work is not None:
+            self.render(*work)
+
+    def collect(
+        self, now: float | None = None
+    ) -> tuple[list[tuple[Any, ...]], dict[str, Any]] | None:
+        """Take what changed from the index (fast: copies of the changed rows), or None.
+        Call it where the index is updated (the event loop); :meth:`render` may then run
+        in a thread."""
         now = time.monotonic() if now is None else now
         if self._version == self.index.version:
-            return
+            return None
         if self._version >= 0 and now - self._rendered_at < self.refresh_seconds:
-            return
+            return None
+        dirty, self.index.dirty = self.index.dirty, set()
+        grid = self.index.grid
+        if self._version < 0:
+            dirty = set(grid._rows)
+        self._version = self.index.version
+        self._rendered_at = now
+        providers = dict(self.index.providers)
+        items = [
+            (
+                pid,
+                service,
+                providers.get(pid),
+                grid.free_of(pid, service) if (pid, service) in grid._rows else None,
+            )
+            for pid, service in dirty
+        ]
+        return items, providers
+
+    def render(self, items: list[tuple[Any, ...]], providers: dict[str, Any]) -> None:
+        """Render the changed calendars' lines and assemble the files."""
         from zoneinfo import ZoneInfo
 
         records: dict[str, SourceRecord] = self.sources()
-        dirty, self.index.dirty = self.index.dirty, set()
-        if self._version < 0:
-            dirty = set(self.index.grid._rows)
-        self._version = self.index.version
-        self._rendered_at = now
-        grid = self.index.grid
-        for pid, service in dirty:
-            provider = self.index.providers.get(pid)
-            if provider is None or (pid, service) not in grid._rows:
+        self.last_rendered = {(pid, service) for pid, service, _, _ in items}
+        for pid, service, provider, free in items:
+            if provider is None or free is None:
                 self._lines.pop((pid, service), None)
                 continue
             record = records.get(pid)
             length = record.slot_seconds.get(service) if record else None
             self._lines[(pid, service)] = self._slot_lines(
-                provider, service, grid.free_of(pid, service), ZoneInfo(provider.timezone), length
+                provider, service, free, ZoneInfo(provider.timezone), length
             )
             self.calendars_rendered += 1
         self.renders += 1
-        self._assemble(records)
+        self._assemble(records, providers)
 
     def _slot_lines(
         self, provider: Any, service: str, free: np.ndarray, tz: Any, length: int | None
@@ -109,19 +138,21 @@ class SmartPublisher:
         cols = np.flatnonzero(free > 0)
         if cols.size == 0:
             return []
-        starts = grid.start + cols * step
-        days = [_local(int(t), tz).date() for t in starts]
+        starts = grid.start + cols.astype(np.int64) * step
+        # Local days, vectorized: the UTC offset in force at each start (DST-exact).
+        local_day = (starts + utc_offsets(provider.timezone, starts)) // 86_400
+        bounds = np.flatnonzero(np.diff(local_day)) + 1
         schedule = fhir_id(f"{provider.provider_id}.{service}")
         out = []
-        i = 0
-        while i < len(days):
-            j = i
-            while j + 1 < len(days) and days[j + 1] == days[i]:
-                j += 1
+        for i, j in zip(
+            np.concatenate(([0], bounds)).tolist(),
+            (np.concatenate((bounds, [cols.size])) - 1).tolist(),
+            strict=True,
+        ):
             first, last = int(starts[i]), int(starts[j])
             places = int(free[cols[i : j + 1]].sum())
             end = first + length if (length and i == j) else last + step
-            day = days[i].isoformat()
+            day = date.fromordinal(int(local_day[i]) + _EPOCH_ORDINAL).isoformat()
             link = self.booking_link.format(
                 provider_id=quote(provider.provider_id), service=quote(service), date=day
             )
@@ -142,11 +173,9 @@ class SmartPublisher:
                     separators=(",", ":"),
                 )
             )
-            i = j + 1
         return out
 
-    def _assemble(self, records: dict[str, SourceRecord]) -> None:
-        providers = self.index.providers
+    def _assemble(self, records: dict[str, SourceRecord], providers: dict[str, Any]) -> None:
         calendars = sorted(self._lines)
         listed = sorted({pid for pid, _ in calendars})
         locations = []
