@@ -244,6 +244,7 @@ def up(args: argparse.Namespace) -> int:
                     f"  API docs:  {base}/docs",
                     f"  OpenAPI:   {base}/openapi.json",
                     f"  metrics:   {base}/metrics",
+                    f"  SMART:     {base}/smart/$bulk-publish",
                     f"  search:    curl '{base}/v1/search?lat=41.88&lng=-87.63"
                     "&service=covid-vaccine'",
                 ]
@@ -253,7 +254,7 @@ def up(args: argparse.Namespace) -> int:
                         f"  booking-client key (new for this run): {key}",
                         f"  hold:      curl -H 'Authorization: Bearer {key}' "
                         f"-H 'Content-Type: application/json' -d "
-                        '\'{"provider_id": "chi-0000", "service": "vaccine", '
+                        '\'{"provider_id": "chi-0000", "service": "covid-vaccine", '
                         f'"start": "<a start from search>"}}\' {base}/v1/holds',
                     ]
                 lines += [
