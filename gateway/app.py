@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from actors.api import Hexbook, calendar_of, new_secret, routable_id, token_digest
 from actors.embedded_redis import redis_endpoint
 from actors.shard import check
-from engine.errors import HexbookError, NotFound, SlotUnavailable
+from engine.errors import HexbookError, InvalidRequest, NotFound, SlotUnavailable
 from engine.provider import Provider
 from engine.records import (
     Booking,
@@ -140,7 +140,11 @@ def create_app(settings: Settings | None = None, hexbook: Hexbook | None = None)
     )
     app.state.metrics = metrics
     app.add_middleware(
-        Observe, metrics=metrics, max_body=settings.max_body_bytes, access_log=settings.access_log
+        Observe,
+        metrics=metrics,
+        max_body=settings.max_body_bytes,
+        access_log=settings.access_log,
+        large={"/v1/imports": settings.import_max_bytes},
     )
     problems.install(app)
     app.include_router(_ops())
@@ -239,20 +243,51 @@ def _ops() -> APIRouter:
         """Run a connector once (operator): fetch the source, create or update its
         providers and calendars, and report what happened. Confirmed bookings are never
         dropped: capacity lowered below them is a conflict in the answer."""
+        import httpx
+
+        from gateway.interop.files import parse_bundle, parse_sites_csv
         from gateway.interop.reconcile import reconcile
         from gateway.interop.smart import fetch_smart, map_smart
 
         hb: Hexbook = request.app.state.hexbook
         zone(body.timezone)
 
-        def work() -> ImportOut:
-            fetched = fetch_smart(
-                body.url, hb._redis, force=body.force, states=set(body.states) or None
+        if (body.url is None) == (body.content is None) or (
+            body.connector == "smart" and body.url is None
+        ):
+            raise InvalidRequest(
+                "give either url or content (smart: url); "
+                f"connector {body.connector!r} got {'both' if body.url else 'neither'}"
             )
+
+        def read(url: str) -> str:
+            try:
+                r = httpx.get(url, timeout=60, follow_redirects=True)
+            except httpx.HTTPError as exc:
+                raise InvalidRequest(f"cannot fetch {url}: {type(exc).__name__}") from None
+            if r.status_code != 200:
+                raise InvalidRequest(f"{url}: HTTP {r.status_code}")
+            return r.text
+
+        def work() -> ImportOut:
+            if body.connector != "smart":
+                text = body.content if body.content is not None else read(str(body.url))
+                source = body.source or body.url or body.connector
+                if body.connector == "fhir":
+                    sites, problems = parse_bundle(text, f"fhir:{source}")
+                else:
+                    sites, problems = parse_sites_csv(text, f"csv:{source}", body.timezone)
+                summary = reconcile(hb, hb._redis, sites, default_timezone=body.timezone)
+                request.app.state.providers.update(summary.placed)
+                d = summary.as_dict()
+                d["errors"] = problems + d["errors"]
+                return ImportOut(url=source, fetched=True, **d)
+            url = str(body.url)
+            fetched = fetch_smart(url, hb._redis, force=body.force, states=set(body.states) or None)
             if fetched.not_modified or fetched.skipped:
                 note = fetched.skipped or "not modified since the last import (HTTP 304)"
                 return ImportOut(
-                    url=body.url, fetched=False, note=note, created=0, updated=0,
+                    url=url, fetched=False, note=note, created=0, updated=0,
                     unchanged=0, unplaced=[], conflicts=[], errors=[], providers=[],
                 )  # fmt: skip
             sites, problems = map_smart(fetched)
@@ -260,7 +295,7 @@ def _ops() -> APIRouter:
             request.app.state.providers.update(summary.placed)
             d = summary.as_dict()
             d["errors"] = problems + d["errors"]
-            return ImportOut(url=body.url, fetched=True, **d)
+            return ImportOut(url=url, fetched=True, **d)
 
         return await asyncio.to_thread(work)
 

@@ -159,8 +159,14 @@ def _parser() -> argparse.ArgumentParser:
             "unplaced. Exits 1 when there were conflicts, unplaced sites or errors."
         ),
     )
-    imp.add_argument("connector", choices=["smart"], help="smart: a $bulk-publish manifest")
-    imp.add_argument("source", help="the source URL, e.g. https://example.org/$bulk-publish")
+    imp.add_argument(
+        "connector",
+        choices=["smart", "fhir", "csv"],
+        help="smart: a $bulk-publish manifest (URL); fhir: a FHIR R4 Bundle of Location, "
+        "Schedule and Slot (file or URL); csv: the sites CSV (file or URL; columns in "
+        "docs/interop.md)",
+    )
+    imp.add_argument("source", help="URL, or for fhir and csv a local file")
     imp.add_argument(
         "--url",
         default=os.environ.get("HEXBOOK_URL", "http://127.0.0.1:8000"),
@@ -392,13 +398,21 @@ def import_(args: argparse.Namespace) -> int:
     if not args.key:
         print("hexbook: an operator key is needed: --key or $HEXBOOK_KEY", file=sys.stderr)
         return 2
-    body = {
+    body: dict[str, Any] = {
         "connector": args.connector,
-        "url": args.source,
         "states": args.state,
         "force": args.force,
         "timezone": args.timezone,
     }
+    if args.connector != "smart" and not args.source.startswith(("http://", "https://")):
+        try:
+            body["content"] = Path(args.source).read_text()
+        except OSError as exc:
+            print(f"hexbook: cannot read {args.source}: {exc.strerror}", file=sys.stderr)
+            return 2
+        body["source"] = Path(args.source).name
+    else:
+        body["url"] = args.source
     try:
         r = httpx.post(
             f"{args.url.rstrip('/')}/v1/imports",

@@ -83,11 +83,17 @@ class Observe:
     """ASGI middleware: body limit, metrics, access log."""
 
     def __init__(
-        self, app: ASGIApp, metrics: Metrics, max_body: int, access_log: bool = False
+        self,
+        app: ASGIApp,
+        metrics: Metrics,
+        max_body: int,
+        access_log: bool = False,
+        large: dict[str, int] | None = None,
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body = max_body
+        self.large = large or {}  # path -> its own body limit (imports carry files)
         self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -138,10 +144,11 @@ class Observe:
     def _refuse(self, scope: Scope) -> Any:
         headers = dict(scope["headers"])
         length = headers.get(b"content-length")
+        limit = self.large.get(scope["path"], self.max_body)
         if length is not None:
-            if not length.isdigit() or int(length) > self.max_body:
+            if not length.isdigit() or int(length) > limit:
                 return problems.problem(
-                    413, "body_too_large", f"request bodies are limited to {self.max_body} bytes"
+                    413, "body_too_large", f"request bodies are limited to {limit} bytes"
                 )
         elif b"chunked" in headers.get(b"transfer-encoding", b""):
             return problems.problem(

@@ -138,8 +138,18 @@ class KeyOut(BaseModel):
 
 
 class ImportIn(_Strict):
-    connector: str = Field(pattern="^smart$", description="smart: a SMART Scheduling Links feed")
-    url: str = Field(min_length=8, max_length=2000, examples=["https://example.org/$bulk-publish"])
+    connector: str = Field(
+        pattern="^(smart|fhir|csv)$",
+        description="smart: a SMART Scheduling Links manifest (url); fhir: a FHIR R4 Bundle of "
+        "Location, Schedule and Slot (url or content); csv: the sites CSV (url or content)",
+    )
+    url: str | None = Field(
+        None, min_length=8, max_length=2000, examples=["https://example.org/$bulk-publish"]
+    )
+    content: str | None = Field(None, description="fhir or csv: the file itself")
+    source: str | None = Field(
+        None, max_length=200, description="names the source of content (default: the connector)"
+    )
     states: list[str] = Field(default_factory=list, description="only Slot files of these states")
     force: bool = Field(False, description="fetch even if the manifest's max-age has not run out")
     timezone: str = Field(

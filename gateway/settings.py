@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     namespace: str = "hexbook"
     hold_ttl_seconds: int = Field(300, ge=10, le=3600)
     max_body_bytes: int = Field(64 * 1024, ge=1024)
+    import_max_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, description="body limit of POST /v1/imports (files)"
+    )
     batch_max: int = Field(1000, ge=1, description="commands per actor call at most")
     calls_per_shard: int = Field(
         2, ge=1, le=64, description="actor calls out to one shard at a time (then batches grow)"
