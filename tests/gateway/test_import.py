@@ -209,7 +209,7 @@ def test_fhir_bundle_imports_the_same_sites(feed: tuple[str, Feed], ops: httpx.C
     assert r.status_code == 200, r.text
     out = r.json()
     assert out["created"] == 10 and all(p.startswith("fhir-") for p in out["providers"])
-    assert out["errors"] == ["entry %d: Patient is not read" % len(entries)]
+    assert out["errors"] == [f"entry {len(entries)}: Patient is not read"]
     not_bundle = ops.post("/v1/imports", json={"connector": "fhir", "content": "{}"})
     assert not_bundle.status_code == 422 and "Bundle" in not_bundle.text
 
