@@ -270,27 +270,25 @@ def _ops() -> APIRouter:
             return r.text
 
         def work() -> ImportOut:
-            if body.connector != "smart":
+            if body.connector == "smart":
+                url = str(body.url)
+                fetched = fetch_smart(
+                    url, hb._redis, force=body.force, states=set(body.states) or None
+                )
+                if fetched.not_modified or fetched.skipped:
+                    note = fetched.skipped or "not modified since the last import (HTTP 304)"
+                    return ImportOut(
+                        url=url, fetched=False, note=note, created=0, updated=0,
+                        unchanged=0, unplaced=[], conflicts=[], errors=[], providers=[],
+                    )  # fmt: skip
+                sites, problems = map_smart(fetched)
+            else:
                 text = body.content if body.content is not None else read(str(body.url))
-                source = body.source or body.url or body.connector
+                url = body.source or body.url or body.connector
                 if body.connector == "fhir":
-                    sites, problems = parse_bundle(text, f"fhir:{source}")
+                    sites, problems = parse_bundle(text, f"fhir:{url}")
                 else:
-                    sites, problems = parse_sites_csv(text, f"csv:{source}", body.timezone)
-                summary = reconcile(hb, hb._redis, sites, default_timezone=body.timezone)
-                request.app.state.providers.update(summary.placed)
-                d = summary.as_dict()
-                d["errors"] = problems + d["errors"]
-                return ImportOut(url=source, fetched=True, **d)
-            url = str(body.url)
-            fetched = fetch_smart(url, hb._redis, force=body.force, states=set(body.states) or None)
-            if fetched.not_modified or fetched.skipped:
-                note = fetched.skipped or "not modified since the last import (HTTP 304)"
-                return ImportOut(
-                    url=url, fetched=False, note=note, created=0, updated=0,
-                    unchanged=0, unplaced=[], conflicts=[], errors=[], providers=[],
-                )  # fmt: skip
-            sites, problems = map_smart(fetched)
+                    sites, problems = parse_sites_csv(text, f"csv:{url}", body.timezone)
             summary = reconcile(hb, hb._redis, sites, default_timezone=body.timezone)
             request.app.state.providers.update(summary.placed)
             d = summary.as_dict()

@@ -18,15 +18,14 @@ import csv
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from gateway.stack import free_port, stop_stack, wait_ready
 
 __all__ = ["Thresholds", "check_thresholds", "main", "parse_duration", "read_stats"]
 
@@ -178,14 +177,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _start_stack(folder: Path, sites: int) -> tuple[subprocess.Popen[str], str, str]:
-    port = _free_port()
+    port = free_port()
     log = open(folder / "stack.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "up", "--demo", "--sites", str(sites),
@@ -202,28 +195,8 @@ def _start_stack(folder: Path, sites: int) -> tuple[subprocess.Popen[str], str, 
     if not key:
         raise RuntimeError(f"the stack did not start; see {folder / 'stack.log'}")
     url = f"http://127.0.0.1:{port}"
-    import urllib.request
-
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if time.monotonic() > deadline or proc.poll() is not None:
-            raise RuntimeError(f"the stack did not become ready; see {folder / 'stack.log'}")
-        time.sleep(0.5)
+    wait_ready(url, proc, folder / "stack.log")
     return proc, url, key
-
-
-def _stop_stack(proc: subprocess.Popen[str]) -> None:
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 def _per_endpoint(specs: list[str]) -> dict[str, dict[str, float]]:
@@ -320,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         if stack is not None:
-            _stop_stack(stack)
+            stop_stack(stack)
 
 
 def _audit(args: argparse.Namespace, folder: Path, acks: list[dict[str, Any]]) -> bool:

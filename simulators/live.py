@@ -21,8 +21,6 @@ import math
 import os
 import random
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -39,6 +37,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from engine.schedule import WeeklyTemplate, zone
+from gateway.stack import free_port, stop_stack, wait_ready
 from simulators.report import STYLE, _per_minute, _save
 from simulators.scenario import Scenario, ScenarioError, build_sites
 from simulators.sim import Outcome, SimResult, simulate
@@ -72,17 +71,11 @@ def _schedule(template: WeeklyTemplate) -> dict[str, Any]:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _start_stack(folder: Path, ttl: int) -> tuple[subprocess.Popen[str], str, str]:
     """``hexbook up`` in ``folder`` with hold time ``ttl``; (process, url, operator key)."""
     folder.mkdir(parents=True, exist_ok=True)
     data = folder / "data"
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "HEXBOOK_HOLD_TTL_SECONDS": str(ttl)}
     with open(folder / "stack.log", "w") as log:  # the child keeps its own copy
         proc = subprocess.Popen(
@@ -91,34 +84,20 @@ def _start_stack(folder: Path, ttl: int) -> tuple[subprocess.Popen[str], str, st
             stdout=log, stderr=subprocess.STDOUT, text=True, env=env,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline or proc.poll() is not None:
-            _stop_stack(proc)
-            raise RuntimeError(f"the stack did not become ready; see {folder / 'stack.log'}")
-        time.sleep(0.5)
+    try:
+        wait_ready(url, proc, folder / "stack.log", seconds=180)
+    except RuntimeError:
+        stop_stack(proc)
+        raise
     made = subprocess.run(
         [sys.executable, "-m", "gateway.cli", "keys", "create", "--role", "operator",
          "--name", "hexbook-sim live", "--data-dir", str(data)],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     if made.returncode != 0:
-        _stop_stack(proc)
+        stop_stack(proc)
         raise RuntimeError(f"could not make an operator key: {made.stderr.strip()}")
     return proc, url, made.stdout.split()[0]
-
-
-def _stop_stack(proc: subprocess.Popen[str]) -> None:
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 async def _provision(
@@ -423,7 +402,7 @@ def run_live(s: Scenario, args: argparse.Namespace) -> int:
         live = asyncio.run(_drive(model, url, operator, service, tag, args))
     finally:
         if stack is not None:
-            _stop_stack(stack)
+            stop_stack(stack)
     rows = compare_live(model, live)
     page = _write(model, live, out, rows)
     print(f"{'':26}{'model':>12}{'live':>12}{'diff':>9}")
