@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from actors.api import Hexbook, calendar_of, new_secret, routable_id, token_digest
 from actors.embedded_redis import redis_endpoint
 from actors.shard import check
-from engine.errors import HexbookError, InvalidRequest, NotFound, SlotUnavailable
+from engine.errors import HexbookError, NotFound, SlotUnavailable
 from engine.provider import Provider
 from engine.records import (
     Booking,
@@ -30,12 +30,14 @@ from engine.records import (
     ReleaseHold,
     RescheduleBooking,
 )
-from engine.schedule import Blocked, WeeklyTemplate, Window, zone
+from engine.schedule import Blocked, WeeklyTemplate, Window
 from gateway import feed, problems
 from gateway.auth import Admin, Authenticator, Booker, Caller, Forbidden, Operator, Principal
 from gateway.index import AvailabilityIndex
 from gateway.interop.publish import SmartPublisher
 from gateway.interop.reconcile import source_records
+from gateway.interop.runner import check_spec, run_import
+from gateway.interop.schedules import ImportScheduler, ScheduleStore
 from gateway.keys import ApiKey, KeyStore
 from gateway.observe import Metrics, Observe
 from gateway.router import ShardRouter
@@ -46,6 +48,8 @@ from gateway.schemas import (
     HoldRequest,
     ImportIn,
     ImportOut,
+    ImportScheduleIn,
+    ImportScheduleOut,
     KeyIn,
     KeyOut,
     Patient,
@@ -124,6 +128,10 @@ def create_app(settings: Settings | None = None, hexbook: Hexbook | None = None)
                 settings.booking_link,
                 settings.smart_refresh_seconds,
             )
+            imports = ImportScheduler(hb, index.providers.update, settings.import_tick_seconds)
+            await imports.start()
+            stack.push_async_callback(imports.stop)
+            app.state.imports = imports
             metrics.bind(
                 lambda: router.inflight,
                 lambda: index.freshness()["age_ms"] / 1000,
@@ -239,63 +247,45 @@ def _ops() -> APIRouter:
         return _key_out(record, key)
 
     @api.post("/v1/imports", tags=["operations"])
-    async def run_import(request: Request, body: ImportIn, _: Operator) -> ImportOut:
+    async def import_once(request: Request, body: ImportIn, _: Operator) -> ImportOut:
         """Run a connector once (operator): fetch the source, create or update its
         providers and calendars, and report what happened. Confirmed bookings are never
         dropped: capacity lowered below them is a conflict in the answer."""
-        import httpx
-
-        from gateway.interop.files import parse_bundle, parse_sites_csv
-        from gateway.interop.reconcile import reconcile
-        from gateway.interop.smart import fetch_smart, map_smart
-
+        check_spec(body)
         hb: Hexbook = request.app.state.hexbook
-        zone(body.timezone)
+        placed = request.app.state.providers.update
+        return await asyncio.to_thread(run_import, hb, body, placed)
 
-        if (body.url is None) == (body.content is None) or (
-            body.connector == "smart" and body.url is None
-        ):
-            raise InvalidRequest(
-                "give either url or content (smart: url); "
-                f"connector {body.connector!r} got {'both' if body.url else 'neither'}"
-            )
+    @api.post("/v1/imports/schedules", status_code=201, tags=["operations"])
+    async def create_import_schedule(
+        request: Request, body: ImportScheduleIn, _: Operator
+    ) -> ImportScheduleOut:
+        """Run a connector on a schedule (operator): at once, then every
+        ``every_seconds``. Each run's summary, or its error, is kept on the schedule.
+        Several gateways share the schedules and run each due import once."""
+        store: ScheduleStore = request.app.state.imports.store
+        return await asyncio.to_thread(store.create, body)
 
-        def read(url: str) -> str:
-            try:
-                r = httpx.get(url, timeout=60, follow_redirects=True)
-            except httpx.HTTPError as exc:
-                raise InvalidRequest(f"cannot fetch {url}: {type(exc).__name__}") from None
-            if r.status_code != 200:
-                raise InvalidRequest(f"{url}: HTTP {r.status_code}")
-            return r.text
+    @api.get("/v1/imports/schedules", tags=["operations"])
+    async def list_import_schedules(request: Request, _: Operator) -> list[ImportScheduleOut]:
+        """Every import schedule with its last run."""
+        store: ScheduleStore = request.app.state.imports.store
+        return await asyncio.to_thread(store.list)
 
-        def work() -> ImportOut:
-            if body.connector == "smart":
-                url = str(body.url)
-                fetched = fetch_smart(
-                    url, hb._redis, force=body.force, states=set(body.states) or None
-                )
-                if fetched.not_modified or fetched.skipped:
-                    note = fetched.skipped or "not modified since the last import (HTTP 304)"
-                    return ImportOut(
-                        url=url, fetched=False, note=note, created=0, updated=0,
-                        unchanged=0, unplaced=[], conflicts=[], errors=[], providers=[],
-                    )  # fmt: skip
-                sites, problems = map_smart(fetched)
-            else:
-                text = body.content if body.content is not None else read(str(body.url))
-                url = body.source or body.url or body.connector
-                if body.connector == "fhir":
-                    sites, problems = parse_bundle(text, f"fhir:{url}")
-                else:
-                    sites, problems = parse_sites_csv(text, f"csv:{url}", body.timezone)
-            summary = reconcile(hb, hb._redis, sites, default_timezone=body.timezone)
-            request.app.state.providers.update(summary.placed)
-            d = summary.as_dict()
-            d["errors"] = problems + d["errors"]
-            return ImportOut(url=url, fetched=True, **d)
+    @api.get("/v1/imports/schedules/{schedule_id}", tags=["operations"])
+    async def get_import_schedule(
+        request: Request, schedule_id: str, _: Operator
+    ) -> ImportScheduleOut:
+        """One import schedule with its last run."""
+        store: ScheduleStore = request.app.state.imports.store
+        return await asyncio.to_thread(store.get, schedule_id)
 
-        return await asyncio.to_thread(work)
+    @api.delete("/v1/imports/schedules/{schedule_id}", status_code=204, tags=["operations"])
+    async def delete_import_schedule(request: Request, schedule_id: str, _: Operator) -> Response:
+        """Stop an import schedule (a run under way finishes; its outcome is dropped)."""
+        store: ScheduleStore = request.app.state.imports.store
+        await asyncio.to_thread(store.delete, schedule_id)
+        return Response(status_code=204)
 
     @api.get("/v1/keys", tags=["operations"])
     async def list_keys(request: Request, _: Operator) -> list[KeyOut]:

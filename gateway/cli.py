@@ -14,6 +14,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -182,6 +183,39 @@ def _parser() -> argparse.ArgumentParser:
         default="America/New_York",
         help="time zone for sites whose postal code gives none (default America/New_York)",
     )
+    imp.add_argument(
+        "--every",
+        type=_duration,
+        default=None,
+        metavar="DURATION",
+        help="do not run once: make the gateway run it on a schedule, at once and then "
+        "this often (e.g. 300, 90s, 15m, 1h; a URL source only). Prints the schedule id",
+    )
+    gateway_where = argparse.ArgumentParser(add_help=False)
+    gateway_where.add_argument(
+        "--url",
+        default=os.environ.get("HEXBOOK_URL", "http://127.0.0.1:8000"),
+        help="the gateway (default $HEXBOOK_URL or http://127.0.0.1:8000)",
+    )
+    gateway_where.add_argument(
+        "--key", default=os.environ.get("HEXBOOK_KEY"), help="operator key ($HEXBOOK_KEY)"
+    )
+    sched = sub.add_parser(
+        "import-schedules",
+        help="list or delete the imports a gateway runs on a schedule",
+        description=(
+            "Imports on a schedule (made with `hexbook import ... --every`): list them with "
+            "their last run, or delete one. Talks to a running gateway with an operator key."
+        ),
+    )
+    sched_actions = sched.add_subparsers(dest="action", required=True)
+    sched_actions.add_parser(
+        "list", parents=[gateway_where], help="every schedule: source, interval, last run"
+    )
+    sched_delete = sched_actions.add_parser(
+        "delete", parents=[gateway_where], help="stop a schedule by its id"
+    )
+    sched_delete.add_argument("schedule_id", help="the id `list` shows")
     actions.add_parser("list", parents=[where], help="every key, without secrets")
     revoke = actions.add_parser("revoke", parents=[where], help="revoke a key by its id")
     revoke.add_argument("key_id", help="the 8-character id (hbk_<id>_...)")
@@ -389,12 +423,12 @@ def main(argv: list[str] | None = None) -> int:
         return audit(args)
     if args.command == "import":
         return import_(args)
+    if args.command == "import-schedules":
+        return import_schedules(args)
     return 2
 
 
 def import_(args: argparse.Namespace) -> int:
-    import httpx
-
     if not args.key:
         print("hexbook: an operator key is needed: --key or $HEXBOOK_KEY", file=sys.stderr)
         return 2
@@ -413,19 +447,22 @@ def import_(args: argparse.Namespace) -> int:
         body["source"] = Path(args.source).name
     else:
         body["url"] = args.source
-    try:
-        r = httpx.post(
-            f"{args.url.rstrip('/')}/v1/imports",
-            json=body,
-            headers={"Authorization": f"Bearer {args.key}"},
-            timeout=600,
+    if args.every is not None:
+        if "url" not in body:
+            print("hexbook: --every needs a URL source (a file is read once)", file=sys.stderr)
+            return 2
+        schedule = {k: body[k] for k in ("connector", "url", "states", "timezone")}
+        r = _gateway(
+            args, "POST", "/v1/imports/schedules", json={**schedule, "every_seconds": args.every}
         )
-    except httpx.HTTPError as exc:
-        print(f"hexbook: cannot reach the gateway at {args.url}: {exc}", file=sys.stderr)
-        return 1
-    if r.status_code != 200:
-        print(f"hexbook: import refused: {r.status_code} {r.text[:500]}", file=sys.stderr)
-        return 2 if 400 <= r.status_code < 500 else 1
+        if r is None or r.status_code != 201:
+            return _refused(r, "schedule")
+        sid = r.json()["schedule_id"]
+        print(f"schedule {sid}: {args.connector} {args.source} every {args.every} s")
+        return 0
+    r = _gateway(args, "POST", "/v1/imports", json=body)
+    if r is None or r.status_code != 200:
+        return _refused(r, "import")
     d = r.json()
     if not d["fetched"]:
         print(f"nothing imported: {d['note']}")
@@ -439,6 +476,84 @@ def import_(args: argparse.Namespace) -> int:
         for line in d[what]:
             print(f"  {what}: {line}")
     return 1 if d["unplaced"] or d["conflicts"] or d["errors"] else 0
+
+
+def _duration(text: str) -> int:
+    """Seconds from ``300``, ``90s``, ``15m``, ``1h`` or ``1d`` (argparse type)."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = text.strip().lower()
+    try:
+        seconds = int(text[:-1]) * units[text[-1]] if text[-1:] in units else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a duration: {text!r} (e.g. 300, 90s, 15m, 1h)"
+        ) from None
+    if not 1 <= seconds <= 7 * 86400:
+        raise argparse.ArgumentTypeError(f"{text!r}: from 1 second to 7 days")
+    return seconds
+
+
+def _gateway(args: argparse.Namespace, method: str, path: str, **kw: Any) -> Any:
+    """One call to the gateway with the operator key; ``None`` (and a message) if it
+    cannot be reached."""
+    import httpx
+
+    try:
+        return httpx.request(
+            method,
+            f"{args.url.rstrip('/')}{path}",
+            headers={"Authorization": f"Bearer {args.key}"},
+            timeout=600,
+            **kw,
+        )
+    except httpx.HTTPError as exc:
+        print(f"hexbook: cannot reach the gateway at {args.url}: {exc}", file=sys.stderr)
+        return None
+
+
+def _refused(r: Any, what: str) -> int:
+    if r is None:
+        return 1
+    print(f"hexbook: {what} refused: {r.status_code} {r.text[:500]}", file=sys.stderr)
+    return 2 if 400 <= r.status_code < 500 else 1
+
+
+def import_schedules(args: argparse.Namespace) -> int:
+    if not args.key:
+        print("hexbook: an operator key is needed: --key or $HEXBOOK_KEY", file=sys.stderr)
+        return 2
+    if args.action == "delete":
+        r = _gateway(args, "DELETE", f"/v1/imports/schedules/{args.schedule_id}")
+        if r is None or r.status_code != 204:
+            return _refused(r, "delete")
+        print(f"deleted schedule {args.schedule_id}")
+        return 0
+    r = _gateway(args, "GET", "/v1/imports/schedules")
+    if r is None or r.status_code != 200:
+        return _refused(r, "list")
+    now = time.time()
+    print(
+        f"{'id':<13} {'every':>7} {'runs':>5} {'failed':>6} {'last run':>9}  source / last result"
+    )
+    for s in r.json():
+        last = f"{now - s['last_run_at']:.0f}s ago" if s["last_run_at"] else "never"
+        if s["last_error"]:
+            outcome = f"error: {s['last_error'][:80]}"
+        elif s["last_result"] is None:
+            outcome = "not run yet"
+        elif not s["last_result"]["fetched"]:
+            outcome = s["last_result"]["note"][:80]
+        else:
+            d = s["last_result"]
+            outcome = (
+                f"created {d['created']}, updated {d['updated']}, unchanged "
+                f"{d['unchanged']}, conflicts {len(d['conflicts'])}, errors {len(d['errors'])}"
+            )
+        print(
+            f"{s['schedule_id']:<13} {s['every_seconds']:>6}s {s['runs']:>5} "
+            f"{s['failures']:>6} {last:>9}  {s['connector']} {s['url']}\n{'':>45}{outcome}"
+        )
+    return 0
 
 
 if __name__ == "__main__":

@@ -168,3 +168,36 @@ class ImportOut(BaseModel):
     conflicts: list[str]
     errors: list[str]
     providers: list[str]
+
+
+class ImportScheduleIn(_Strict):
+    connector: str = Field(
+        pattern="^(smart|fhir|csv)$", description="as in POST /v1/imports; the source is a url"
+    )
+    url: str = Field(min_length=8, max_length=2000, examples=["https://example.org/$bulk-publish"])
+    every_seconds: int = Field(
+        ge=1,
+        le=7 * 86400,
+        description="run this often (a SMART source is still fetched only when its max-age "
+        "has run out); the first run is at once",
+    )
+    states: list[str] = Field(default_factory=list, description="only Slot files of these states")
+    timezone: str = Field(
+        "America/New_York", description="time zone of sites the source does not place"
+    )
+
+
+class ImportScheduleOut(BaseModel):
+    schedule_id: str
+    connector: str
+    url: str
+    every_seconds: int
+    states: list[str]
+    timezone: str
+    created_at: float = Field(description="Unix time")
+    next_run_at: float = Field(description="Unix time of the next run")
+    runs: int = Field(0, description="runs so far")
+    failures: int = Field(0, description="runs that failed (the source unreachable, ...)")
+    last_run_at: float | None = None
+    last_result: ImportOut | None = Field(None, description="the summary of the last good run")
+    last_error: str | None = Field(None, description="why the last run failed (None: it did not)")

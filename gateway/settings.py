@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     import_max_bytes: int = Field(
         32 * 1024 * 1024, ge=1024, description="body limit of POST /v1/imports (files)"
     )
+    import_tick_seconds: float = Field(
+        5.0, gt=0, le=3600, description="how often the gateway looks for import schedules due"
+    )
     batch_max: int = Field(1000, ge=1, description="commands per actor call at most")
     calls_per_shard: int = Field(
         2, ge=1, le=64, description="actor calls out to one shard at a time (then batches grow)"

@@ -34,6 +34,7 @@ class Feed:
         self.shift = timedelta(days=(datetime.fromtimestamp(index_start, UTC) - first).days)
         self.capacity = 100
         self.etag = '"v1"'
+        self.max_age = 3600
         self.requests: list[tuple[str, dict[str, str]]] = []
 
     def body(self, name: str, base: str) -> bytes | None:
@@ -51,6 +52,11 @@ class Feed:
                 '"valueInteger":100}', f'"valueInteger":{self.capacity}}}'
             )
         return text.encode()
+
+
+@pytest.fixture(scope="module")
+def gateway_settings() -> dict[str, Any]:
+    return {"import_tick_seconds": 0.2}  # scheduled imports looked at five times a second
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +79,7 @@ def feed(stack: Any) -> Iterator[tuple[str, Feed]]:
             self.send_response(200)
             if name == "$bulk-publish":
                 self.send_header("ETag", state.etag)
-                self.send_header("Cache-Control", "max-age=3600")
+                self.send_header("Cache-Control", f"max-age={state.max_age}")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -258,3 +264,134 @@ def test_csv_imports_good_rows_and_reports_bad_ones_by_line(
     code = main(["import", "csv", str(path), "--url", stack[0], "--key", keys["operator"]])
     printed = capsys.readouterr().out
     assert code == 1 and "unchanged 2" in printed and "errors: line 5: no id" in printed
+
+
+def _wait(ops: httpx.Client, schedule_id: str, until: Any, seconds: float = 20) -> dict[str, Any]:
+    deadline = time.monotonic() + seconds
+    while True:
+        r = ops.get(f"/v1/imports/schedules/{schedule_id}")
+        assert r.status_code == 200, r.text
+        if until(r.json()) or time.monotonic() > deadline:
+            return dict(r.json())
+        time.sleep(0.1)
+
+
+def test_import_schedule_runs_by_itself_polls_politely_and_stops_when_deleted(
+    feed: tuple[str, Feed], ops: httpx.Client, api: httpx.Client
+) -> None:
+    url, state = feed
+    url += "?scheduled=1"  # its own fetch state, apart from the tests above
+    spec = {"connector": "smart", "url": url, "every_seconds": 1, "states": ["MA"]}
+    try:
+        state.max_age = 0  # the source allows a fetch every time: the ETag decides
+        r = ops.post("/v1/imports/schedules", json=spec)
+        assert r.status_code == 201, r.text
+        sid = r.json()["schedule_id"]
+        assert sid in [s["schedule_id"] for s in ops.get("/v1/imports/schedules").json()]
+        first = _wait(ops, sid, lambda s: s["runs"] >= 1)
+        assert first["failures"] == 0 and first["last_error"] is None
+        result = first["last_result"]
+        assert result["fetched"] is True and result["errors"] == []
+        assert result["created"] + result["updated"] + result["unchanged"] == 10
+        pid = sorted(result["providers"])[0]
+
+        # Unchanged source: later runs send If-None-Match and get a 304; nothing is read.
+        later = _wait(ops, sid, lambda s: s["runs"] >= 3)
+        assert later["last_result"]["fetched"] is False and "304" in later["last_result"]["note"]
+        manifests = [h for p, h in state.requests if "scheduled=1" in p]
+        assert manifests[-1].get("If-None-Match") == state.etag
+        assert later["next_run_at"] - later["last_run_at"] == pytest.approx(1, abs=0.5)
+
+        # The source changes: the schedule brings the change in with nobody calling.
+        state.capacity, state.etag = 7, '"v-scheduled"'
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            slots = ops.get(f"/v1/providers/{pid}/slots", params={"service": "covid-vaccine"})
+            if slots.json()["slots"][0]["capacity"] == 7:
+                break
+            time.sleep(0.1)
+        assert slots.json()["slots"][0]["capacity"] == 7
+        assert _wait(ops, sid, lambda s: s["failures"] > 0, seconds=0)["failures"] == 0
+
+        # Deleted: no more runs.
+        assert ops.delete(f"/v1/imports/schedules/{sid}").status_code == 204
+        time.sleep(0.5)  # a run under way finishes
+        seen = len([p for p, _ in state.requests if "scheduled=1" in p])
+        time.sleep(1.5)
+        assert len([p for p, _ in state.requests if "scheduled=1" in p]) == seen
+        gone = ops.get(f"/v1/imports/schedules/{sid}")
+        assert gone.status_code == 404 and "no import schedule" in gone.json()["detail"]
+    finally:
+        state.capacity, state.etag, state.max_age = 0, '"v2"', 3600
+
+
+def test_import_schedule_keeps_a_failed_run_and_runs_once_among_gateways(
+    stack: Any, ops: httpx.Client, api: httpx.Client
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gateway.interop.schedules import ImportScheduler
+
+    hb = stack[1]
+    spec = {"connector": "csv", "url": "http://127.0.0.1:9/sites.csv", "every_seconds": 3600}
+    sid = ops.post("/v1/imports/schedules", json=spec).json()["schedule_id"]
+    # The gateway's own scheduler and two more (as other gateways) race for the due run.
+    others = [ImportScheduler(hb, lambda placed: None) for _ in range(2)]
+    with ThreadPoolExecutor(2) as pool:
+        ran = [r for rs in pool.map(lambda s: s.run_due(), others) for r in rs]
+    record = _wait(ops, sid, lambda s: s["runs"] >= 1)
+    time.sleep(0.6)  # three more ticks of the gateway's scheduler
+    record = ops.get(f"/v1/imports/schedules/{sid}").json()
+    assert record["runs"] == 1 and record["failures"] == 1, record
+    assert ran in ([], [sid])
+    assert "cannot fetch" in record["last_error"] and record["last_result"] is None
+    assert record["next_run_at"] == pytest.approx(record["last_run_at"] + 3600, abs=5)
+    assert ops.get("/healthz").status_code == 200
+    assert ops.delete(f"/v1/imports/schedules/{sid}").status_code == 204
+
+    # Bad schedules are refused with a problem, and only operators may make them.
+    bad = [
+        {**spec, "every_seconds": 0},
+        {"connector": "csv", "every_seconds": 60},
+        {**spec, "content": "id,name"},
+        {**spec, "timezone": "Mars/Olympus"},
+    ]
+    for body in bad:
+        r = ops.post("/v1/imports/schedules", json=body)
+        assert r.status_code == 422, (body, r.text)
+        assert r.headers["content-type"].startswith("application/problem+json")
+    assert api.post("/v1/imports/schedules", json=spec).status_code == 403
+    assert api.get("/v1/imports/schedules").status_code == 403
+    assert ops.delete("/v1/imports/schedules/nope").status_code == 404
+
+
+def test_import_schedules_from_the_cli(
+    stack: Any, keys: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.cli import main
+
+    where = ["--url", stack[0], "--key", keys["operator"]]
+    source = "http://127.0.0.1:9/sites.csv"
+    assert main(["import", "csv", source, "--every", "2h", *where]) == 0
+    made = capsys.readouterr().out
+    assert made.startswith("schedule ") and "every 7200 s" in made
+    sid = made.split()[1].rstrip(":")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        assert main(["import-schedules", "list", *where]) == 0
+        listed = capsys.readouterr().out
+        row = next(line for line in listed.splitlines() if line.startswith(sid))
+        if "never" not in row:
+            break
+        time.sleep(0.2)
+    assert "7200s" in row and source in row and "error: cannot fetch" in listed
+    assert main(["import-schedules", "delete", sid, *where]) == 0
+    assert main(["import-schedules", "delete", sid, *where]) == 2
+    assert "404" in capsys.readouterr().err
+    path = tmp_path / "sites.csv"
+    path.write_text("id,name\n")
+    assert main(["import", "csv", str(path), "--every", "1h", *where]) == 2
+    assert "needs a URL" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as bad:
+        main(["import", "csv", source, "--every", "soon", *where])
+    assert bad.value.code == 2 and "not a duration" in capsys.readouterr().err
