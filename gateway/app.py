@@ -16,23 +16,21 @@ from fastapi import APIRouter, FastAPI, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from actors.api import Hexbook, calendar_of, new_secret, routable_id, token_digest
+from actors.api import Hexbook, calendar_of, token_digest
 from actors.embedded_redis import redis_endpoint
 from actors.shard import check
-from engine.errors import HexbookError, NotFound, SlotUnavailable
+from engine.errors import NotFound
 from engine.provider import Provider
 from engine.records import (
     Booking,
     CancelBooking,
-    ConfirmHold,
-    Hold,
-    PlaceHold,
     ReleaseHold,
     RescheduleBooking,
 )
 from engine.schedule import Blocked, WeeklyTemplate, Window
 from gateway import feed, problems
 from gateway.auth import Admin, Authenticator, Booker, Caller, Forbidden, Operator, Principal
+from gateway.hot import Hot, idempotency, not_past
 from gateway.index import AvailabilityIndex
 from gateway.interop.publish import SmartPublisher
 from gateway.interop.reconcile import source_records
@@ -52,7 +50,6 @@ from gateway.schemas import (
     ImportScheduleOut,
     KeyIn,
     KeyOut,
-    Patient,
     ProviderIn,
     ProviderOut,
     RescheduleRequest,
@@ -122,6 +119,7 @@ def create_app(settings: Settings | None = None, hexbook: Hexbook | None = None)
             app.state.index = index
             app.state.providers = index.providers
             app.state.feed_clients = 0
+            app.state.hot = Hot(router, index, index.providers, metrics, settings.hold_ttl_seconds)
             app.state.smart = SmartPublisher(
                 index,
                 lambda: source_records(hb._redis),
@@ -315,60 +313,12 @@ def _key_out(record: ApiKey, key: str | None = None) -> KeyOut:
     )
 
 
-def _key(caller: Principal, key: str | None) -> str:
-    """An Idempotency-Key in the caller's namespace (two clients never share one)."""
-    return f"{caller.name}:{key}" if key else new_secret()
-
-
-class _SlotStarted(SlotUnavailable):
-    def __init__(self) -> None:
-        HexbookError.__init__(self, "that slot has already started; choose a later one")
-        self.free = 0
-
-
-def _not_past(start: int) -> int:
-    """Holds and reschedules go to slots that have not started (409 slot_unavailable)."""
-    if start <= int(time.time()):
-        raise _SlotStarted()
-    return start
-
-
 def _v1(settings: Settings, metrics: Metrics) -> APIRouter:
     api = APIRouter(prefix="/v1")
 
     async def provider_of(request: Request, provider_id: str) -> Provider:
-        # Provider records change only through PUT (which refreshes this cache), so the
-        # booking path does not pay a shard call per request to format local times.
-        cache: dict[str, Provider] = request.app.state.providers
-        provider = cache.get(provider_id)
-        if provider is None:
-            provider = check(await _router(request).call(provider_id, "provider", provider_id))
-            cache[provider_id] = provider
-        return provider
-
-    def hold_out(h: Hold, provider: Provider, service: str) -> HoldOut:
-        return HoldOut(
-            hold_id=h.hold_id,
-            provider_id=provider.provider_id,
-            service=service,
-            start=format_local(h.start, provider.timezone),
-            party_size=h.party_size,
-            expires_at=format_local(h.expires_at, provider.timezone),
-        )
-
-    def booking_out(
-        b: Booking, provider: Provider, service: str, token: str | None = None
-    ) -> BookingOut:
-        return BookingOut(
-            booking_id=b.booking_id,
-            booking_token=token,
-            provider_id=provider.provider_id,
-            service=service,
-            start=format_local(b.start, provider.timezone),
-            party_size=b.party_size,
-            status=b.status,
-            patient=Patient(reference=b.patient_ref),
-        )
+        hot: Hot = request.app.state.hot
+        return await hot.provider(provider_id)
 
     @api.get("/search", tags=["search"])
     async def search(
@@ -389,41 +339,11 @@ def _v1(settings: Settings, metrics: Metrics) -> APIRouter:
     ) -> Response:
         """Providers with free places near a point, nearest (or earliest) first, each with
         its next free slots, from the gateway's index; ``index`` says how fresh it is."""
-        index: AvailabilityIndex = request.app.state.index
-        t_from = parse_instant(from_, "from") if from_ else int(time.time())
-        t_to = parse_instant(to, "to") if to else None
-        matches = index.search(
-            lat,
-            lng,
-            radius_km,
-            service,
-            t_from,
-            t_to,
-            limit=limit,
-            party_size=party_size,
-            languages=language or (),
-            accessibility=accessibility or (),
-            insurance=insurance or (),
-            order=order,
-        )
-        body = {
-            "results": [
-                {
-                    "provider_id": m.provider.provider_id,
-                    "name": m.provider.name,
-                    "lat": m.provider.lat,
-                    "lng": m.provider.lng,
-                    "distance_km": round(m.distance_km, 3),
-                    "service": m.service,
-                    "next_slots": [
-                        {"start": format_local(start, m.provider.timezone), "remaining": free}
-                        for start, free in m.slots
-                    ],
-                }
-                for m in matches
-            ],
-            "index": index.freshness(),
-        }
+        hot: Hot = request.app.state.hot
+        body = hot.search(
+            lat, lng, service, radius_km, from_, to, limit, party_size,
+            language or [], accessibility or [], insurance or [], order,
+        )  # fmt: skip
         # Encoded here (msgspec): FastAPI's generic encoder walks every value in Python.
         return Response(_json.encode(body), media_type="application/json")
 
@@ -498,26 +418,16 @@ def _v1(settings: Settings, metrics: Metrics) -> APIRouter:
             slots=out,
         )
 
-    @api.post("/holds", status_code=201, tags=["bookings"])
+    @api.post("/holds", status_code=201, tags=["bookings"], response_model=HoldOut)
     async def post_hold(
         request: Request, body: HoldRequest, caller: Booker, idempotency_key: IdempotencyKey = None
-    ) -> HoldOut:
+    ) -> Response:
         """Reserve places in a slot for a short time."""
-        start = _not_past(parse_instant(body.start))
-        p = await provider_of(request, body.provider_id)
-        cmd = PlaceHold(
-            body.provider_id,
-            body.service,
-            _key(caller, idempotency_key),
-            int(time.time()),
-            routable_id(body.provider_id, body.service),
-            start,
-            body.party_size,
-            settings.hold_ttl_seconds,
+        hot: Hot = request.app.state.hot
+        out = await hot.hold(
+            caller, body.provider_id, body.service, body.start, body.party_size, idempotency_key
         )
-        hold = check(await _router(request).submit(cmd))
-        metrics.holds.inc()
-        return hold_out(hold, p, body.service)
+        return Response(_json.encode(out), status_code=201, media_type="application/json")
 
     @api.delete("/holds/{hold_id}", status_code=204, tags=["bookings"])
     async def delete_hold(
@@ -526,37 +436,22 @@ def _v1(settings: Settings, metrics: Metrics) -> APIRouter:
         """Release a hold."""
         provider_id, service = calendar_of(hold_id)
         cmd = ReleaseHold(
-            provider_id, service, _key(caller, idempotency_key), int(time.time()), hold_id
+            provider_id, service, idempotency(caller, idempotency_key), int(time.time()), hold_id
         )
         check(await _router(request).submit(cmd))
         return Response(status_code=204)
 
-    @api.post("/bookings", status_code=201, tags=["bookings"])
+    @api.post("/bookings", status_code=201, tags=["bookings"], response_model=BookingOut)
     async def post_booking(
         request: Request,
         body: BookingRequest,
         caller: Booker,
         idempotency_key: IdempotencyKey = None,
-    ) -> BookingOut:
+    ) -> Response:
         """Confirm a hold. The answer carries the booking token, once."""
-        provider_id, service = calendar_of(body.hold_id)
-        p = await provider_of(request, provider_id)
-        token = new_secret()
-        cmd = ConfirmHold(
-            provider_id,
-            service,
-            _key(caller, idempotency_key),
-            int(time.time()),
-            body.hold_id,
-            routable_id(provider_id, service),
-            token_digest(token),
-            body.patient.reference,
-        )
-        booking = check(await _router(request).submit(cmd))
-        metrics.bookings.inc()
-        # A repeated request (same key) gets the booking without a new token.
-        shown = token if hmac.compare_digest(booking.token_digest, token_digest(token)) else None
-        return booking_out(booking, p, service, shown)
+        hot: Hot = request.app.state.hot
+        out = await hot.book(caller, body.hold_id, body.patient.reference, idempotency_key)
+        return Response(_json.encode(out), status_code=201, media_type="application/json")
 
     async def authorised_booking(
         request: Request, booking_id: str, token: str | None, caller: Principal
@@ -578,7 +473,7 @@ def _v1(settings: Settings, metrics: Metrics) -> APIRouter:
     ) -> BookingOut:
         """Read a booking (needs its token in X-Booking-Token, or an operator key)."""
         booking, p, service = await authorised_booking(request, booking_id, booking_token, caller)
-        return booking_out(booking, p, service)
+        return BookingOut(**Hot.booking_out(booking, p, service))
 
     @api.delete("/bookings/{booking_id}", status_code=204, tags=["bookings"])
     async def delete_booking(
@@ -592,7 +487,7 @@ def _v1(settings: Settings, metrics: Metrics) -> APIRouter:
         _, _, service = await authorised_booking(request, booking_id, booking_token, caller)
         provider_id, _ = calendar_of(booking_id)
         cmd = CancelBooking(
-            provider_id, service, _key(caller, idempotency_key), int(time.time()), booking_id
+            provider_id, service, idempotency(caller, idempotency_key), int(time.time()), booking_id
         )
         check(await _router(request).submit(cmd))
         metrics.cancellations.inc()
@@ -609,7 +504,7 @@ def _v1(settings: Settings, metrics: Metrics) -> APIRouter:
     ) -> BookingOut:
         """Move a booking; the old slot is freed only when the new one is booked."""
         _, p, service = await authorised_booking(request, booking_id, booking_token, caller)
-        new_start = _not_past(parse_instant(body.start))
+        new_start = not_past(parse_instant(body.start))
         if (body.provider_id, body.service) != (p.provider_id, service):
             # Another calendar: hold, confirm, cancel under keys derived from this one.
             hb: Hexbook = request.app.state.hexbook
@@ -622,18 +517,18 @@ def _v1(settings: Settings, metrics: Metrics) -> APIRouter:
                 new_start,
                 new_provider_id=body.provider_id,
                 new_service=body.service,
-                key=_key(caller, idempotency_key),
+                key=idempotency(caller, idempotency_key),
             )
-            return booking_out(moved, target, body.service)
+            return BookingOut(**Hot.booking_out(moved, target, body.service))
         cmd = RescheduleBooking(
             p.provider_id,
             service,
-            _key(caller, idempotency_key),
+            idempotency(caller, idempotency_key),
             int(time.time()),
             booking_id,
             new_start,
         )
         moved = check(await _router(request).submit(cmd))
-        return booking_out(moved, p, service)
+        return BookingOut(**Hot.booking_out(moved, p, service))
 
     return api
