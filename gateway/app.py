@@ -30,6 +30,7 @@ from engine.records import (
 from engine.schedule import Blocked, WeeklyTemplate, Window
 from gateway import feed, problems
 from gateway.auth import Admin, Authenticator, Booker, Caller, Forbidden, Operator, Principal
+from gateway.fast import FastPath
 from gateway.hot import Hot, idempotency, not_past
 from gateway.index import AvailabilityIndex
 from gateway.interop.publish import SmartPublisher
@@ -145,6 +146,8 @@ def create_app(settings: Settings | None = None, hexbook: Hexbook | None = None)
         telemetry=TELEMETRY_OFF,
     )
     app.state.metrics = metrics
+    if settings.fast_path:
+        app.add_middleware(FastPath)  # inside Observe: limits, metrics and logs apply
     app.add_middleware(
         Observe,
         metrics=metrics,

@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     import_tick_seconds: float = Field(
         5.0, gt=0, le=3600, description="how often the gateway looks for import schedules due"
     )
+    fast_path: bool = Field(
+        True,
+        description="serve well-formed holds, bookings and searches without FastAPI's "
+        "per-request machinery (same answers; off: every request through FastAPI)",
+    )
     batch_max: int = Field(1000, ge=1, description="commands per actor call at most")
     calls_per_shard: int = Field(
         2, ge=1, le=64, description="actor calls out to one shard at a time (then batches grow)"
