@@ -95,6 +95,7 @@ class Observe:
         self.max_body = max_body
         self.large = large or {}  # path -> its own body limit (imports carry files)
         self.access_log = access_log
+        self._children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -120,10 +121,20 @@ class Observe:
         template = getattr(route, "path", None) or "unmatched"
         method = scope["method"]
         m = self.metrics
-        m.requests.labels(method, template, str(status)).inc()
-        m.latency.labels(method, template).observe(elapsed)
-        if status == 409:
-            m.conflicts.labels(template).inc()
+        # Labelled children are looked up once per route and status, not per request.
+        child = self._children.get((method, template, status))
+        if child is None:
+            child = (
+                m.requests.labels(method, template, str(status)),
+                m.latency.labels(method, template),
+                m.conflicts.labels(template) if status == 409 else None,
+            )
+            if len(self._children) < 10_000:
+                self._children[(method, template, status)] = child
+        child[0].inc()
+        child[1].observe(elapsed)
+        if child[2] is not None:
+            child[2].inc()
         if status >= 500 or self.access_log:
             principal = getattr(scope.get("state", {}).get("principal"), "name", None)
             client = scope.get("client")
