@@ -35,7 +35,7 @@ from gateway.hot import Hot, idempotency, not_past
 from gateway.index import AvailabilityIndex
 from gateway.interop.publish import SmartPublisher
 from gateway.interop.reconcile import source_records
-from gateway.interop.runner import check_spec, run_import
+from gateway.interop.runner import run_import
 from gateway.interop.schedules import ImportScheduler, ScheduleStore
 from gateway.keys import ApiKey, KeyStore
 from gateway.observe import Metrics, Observe
@@ -252,7 +252,6 @@ def _ops() -> APIRouter:
         """Run a connector once (operator): fetch the source, create or update its
         providers and calendars, and report what happened. Confirmed bookings are never
         dropped: capacity lowered below them is a conflict in the answer."""
-        check_spec(body)
         hb: Hexbook = request.app.state.hexbook
         placed = request.app.state.providers.update
         return await asyncio.to_thread(run_import, hb, body, placed)

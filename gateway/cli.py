@@ -148,8 +148,18 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="requests/s this key may make (default: the gateway's per-key limit)",
     )
+    gateway_where = argparse.ArgumentParser(add_help=False)
+    gateway_where.add_argument(
+        "--url",
+        default=os.environ.get("HEXBOOK_URL", "http://127.0.0.1:8000"),
+        help="the gateway (default $HEXBOOK_URL or http://127.0.0.1:8000)",
+    )
+    gateway_where.add_argument(
+        "--key", default=os.environ.get("HEXBOOK_KEY"), help="operator key ($HEXBOOK_KEY)"
+    )
     imp = sub.add_parser(
         "import",
+        parents=[gateway_where],
         help="import availability from another system (a SMART Scheduling Links feed)",
         description=(
             "Run a connector once through a running gateway (POST /v1/imports, operator "
@@ -168,14 +178,6 @@ def _parser() -> argparse.ArgumentParser:
         "docs/interop.md)",
     )
     imp.add_argument("source", help="URL, or for fhir and csv a local file")
-    imp.add_argument(
-        "--url",
-        default=os.environ.get("HEXBOOK_URL", "http://127.0.0.1:8000"),
-        help="the gateway (default $HEXBOOK_URL or http://127.0.0.1:8000)",
-    )
-    imp.add_argument(
-        "--key", default=os.environ.get("HEXBOOK_KEY"), help="operator key ($HEXBOOK_KEY)"
-    )
     imp.add_argument("--state", action="append", default=[], help="only Slot files of this state")
     imp.add_argument("--force", action="store_true", help="fetch even if max-age has not run out")
     imp.add_argument(
@@ -190,15 +192,6 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="do not run once: make the gateway run it on a schedule, at once and then "
         "this often (e.g. 300, 90s, 15m, 1h; a URL source only). Prints the schedule id",
-    )
-    gateway_where = argparse.ArgumentParser(add_help=False)
-    gateway_where.add_argument(
-        "--url",
-        default=os.environ.get("HEXBOOK_URL", "http://127.0.0.1:8000"),
-        help="the gateway (default $HEXBOOK_URL or http://127.0.0.1:8000)",
-    )
-    gateway_where.add_argument(
-        "--key", default=os.environ.get("HEXBOOK_KEY"), help="operator key ($HEXBOOK_KEY)"
     )
     sched = sub.add_parser(
         "import-schedules",
