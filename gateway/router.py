@@ -38,7 +38,7 @@ class ShardRouter:
         batch_max: int = 1000,
         max_inflight: int = 20_000,
         on_batch: Callable[[int], None] | None = None,
-        calls_per_shard: int = 2,
+        calls_per_shard: int = 1,
     ) -> None:
         self.hexbook = hexbook
         self.on_batch = on_batch

@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     )
     batch_max: int = Field(1000, ge=1, description="commands per actor call at most")
     calls_per_shard: int = Field(
-        2, ge=1, le=64, description="actor calls out to one shard at a time (then batches grow)"
+        1, ge=1, le=64, description="actor calls out to one shard at a time (then batches grow)"
     )
     index_first_day: date | None = Field(
         None, description="first UTC day the search index covers (default: yesterday)"
