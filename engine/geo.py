@@ -21,6 +21,7 @@ from engine.errors import InvalidRequest
 __all__ = [
     "DEFAULT_RESOLUTION",
     "EARTH_RADIUS_KM",
+    "bounding_box",
     "cells_covering",
     "haversine_km",
     "provider_cell",
@@ -61,6 +62,27 @@ def cells_covering(
     # reach beyond the centre cell; one more ring covers the centre cell's own extent.
     rings = math.ceil(radius_km / (1.5 * edge_km)) + 1
     return {str(c) for c in h3.grid_disk(centre, rings)}
+
+
+def bounding_box(
+    lat: float, lng: float, radius_km: float
+) -> tuple[float, float, float, float] | None:
+    """(south, north, west, east) in degrees of a box holding every point within
+    ``radius_km`` of (lat, lng); None when that disk reaches a pole or crosses the
+    antimeridian (then no box is cheaper than looking at every point).
+
+    The longitude half-width is the exact one of a spherical cap, asin(sin d / cos lat),
+    widened by a millionth so rounding cannot cut a point on the edge.
+    """
+    d = radius_km / EARTH_RADIUS_KM
+    p = math.radians(lat)
+    if d >= math.pi / 2 or abs(p) + d >= math.pi / 2 * 0.999:
+        return None
+    half_lat = math.degrees(d) * 1.000001 + 1e-9
+    half_lng = math.degrees(math.asin(math.sin(d) / math.cos(p))) * 1.000001 + 1e-9
+    if abs(lng) + half_lng >= 180.0:
+        return None
+    return lat - half_lat, lat + half_lat, lng - half_lng, lng + half_lng
 
 
 def haversine_km(lat: float, lng: float, lats: np.ndarray, lngs: np.ndarray) -> np.ndarray:

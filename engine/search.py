@@ -25,7 +25,7 @@ from typing import Literal, NamedTuple
 import numpy as np
 
 from engine.errors import InvalidRequest
-from engine.geo import haversine_km
+from engine.geo import bounding_box, haversine_km
 from engine.provider import Provider
 
 __all__ = ["AvailabilityGrid", "Match"]
@@ -217,8 +217,20 @@ class AvailabilityGrid:
         )
         if a >= b:
             return []
-        dist = haversine_km(lat, lng, self._lat[:n], self._lng[:n])
-        candidates = np.flatnonzero((dist <= radius_km) & (self._service[:n] == code))
+        # Exact distances only for the rows in the query's bounding box: computing them
+        # for every row was a quarter of a search's time at the demo city's size.
+        lats, lngs = self._lat[:n], self._lng[:n]
+        near = self._service[:n] == code
+        box = bounding_box(lat, lng, radius_km)
+        if box is not None:
+            south, north, west, east = box
+            near &= (lats >= south) & (lats <= north) & (lngs >= west) & (lngs <= east)
+        rows_near = np.flatnonzero(near)
+        dist_near = haversine_km(lat, lng, lats[rows_near], lngs[rows_near])
+        within = dist_near <= radius_km
+        candidates = rows_near[within]
+        dist = np.empty(n)
+        dist[candidates] = dist_near[within]
         wanted = [
             (set(languages), "languages"),
             (set(accessibility), "accessibility"),
@@ -244,12 +256,34 @@ class AvailabilityGrid:
             rows, first = self._first_open(candidates, a, b, party_size, self.block_cols)
         d = dist[rows]
         keys = (first, d) if order == "distance" else (d, first)
-        ranked = rows[np.lexsort(keys)[:limit]]
-        out = []
-        for row in ranked.tolist():
-            cols = np.flatnonzero(self._free[row, a:b] >= party_size)[:next_slots] + a
-            slots = [
-                (self.start + int(c) * self.slot_seconds, int(self._free[row, c])) for c in cols
+        pick = np.lexsort(keys)[:limit]
+        ranked, first_col = rows[pick], first[pick] + a
+        # Next free slots, for every ranked row at once: a day of columns from each row's
+        # first open one (one gather); a row with fewer than ``next_slots`` in its day and
+        # more columns left reads the rest of its window alone.
+        cols = first_col[:, None] + np.arange(self.block_cols)
+        window = self._free[ranked[:, None], np.minimum(cols, self.n_slots - 1)]
+        hit_row, hit_col = np.nonzero((window >= party_size) & (cols < b))
+        row_start = np.searchsorted(hit_row, np.arange(ranked.size))
+        keep = np.arange(hit_row.size) - row_start[hit_row] < next_slots
+        hit_row, hit_col = hit_row[keep], hit_col[keep]
+        starts = (self.start + cols[hit_row, hit_col] * self.slot_seconds).tolist()
+        places = window[hit_row, hit_col].tolist()
+        slots: list[list[tuple[int, int]]] = [[] for _ in range(ranked.size)]
+        for r, t, f in zip(hit_row.tolist(), starts, places, strict=True):
+            slots[r].append((t, f))
+        for r in np.flatnonzero(
+            (np.bincount(hit_row, minlength=ranked.size) < next_slots)
+            & (first_col + self.block_cols < b)
+        ).tolist():
+            row, c0 = int(ranked[r]), int(first_col[r])
+            more = np.flatnonzero(self._free[row, c0:b] >= party_size)[:next_slots] + c0
+            slots[r] = [
+                (self.start + int(c) * self.slot_seconds, int(self._free[row, c])) for c in more
             ]
-            out.append(Match(self._providers[row], self._services[row], float(dist[row]), slots))
-        return out
+        return [
+            Match(self._providers[row], self._services[row], d_km, row_slots)
+            for row, d_km, row_slots in zip(
+                ranked.tolist(), dist[ranked].tolist(), slots, strict=True
+            )
+        ]

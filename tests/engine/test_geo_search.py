@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.errors import InvalidRequest
-from engine.geo import cells_covering, haversine_km, provider_cell
+from engine.geo import bounding_box, cells_covering, haversine_km, provider_cell
 from engine.provider import Provider
 from engine.search import AvailabilityGrid
 from tests.strategies import latitudes, longitudes
@@ -39,6 +39,34 @@ def test_covering_cells_contain_every_point_within_the_radius(
 ) -> None:
     other = destination(lat, lng, radius * frac, bearing)
     assert provider_cell(*other, res) in cells_covering(lat, lng, radius, res)
+
+
+@given(st.floats(-90, 90), st.floats(-180, 180), st.floats(0.01, 500.0), st.floats(0.0, 1.0))
+def test_bounding_box_holds_every_point_within_the_radius(
+    lat: float, lng: float, radius: float, frac: float
+) -> None:
+    """Anywhere on Earth: search looks only inside this box, so a point within the
+    radius outside it would be a site search never shows. Points all around the
+    circle, on it (the widest reach east and west is at neither 90 nor 270 degrees)
+    and inside it."""
+    box = bounding_box(lat, lng, radius)
+    if box is None:  # reaches a pole or crosses the antimeridian: no box, every row read
+        return
+    south, north, west, east = box
+    for km in (radius * (1 - 1e-9), radius * frac):
+        for bearing in np.linspace(0.0, 360.0, 361):
+            plat, plng = destination(lat, lng, km, float(bearing))
+            plng = (plng + 180.0) % 360.0 - 180.0
+            if haversine_km(lat, lng, np.array([plat]), np.array([plng]))[0] <= radius:
+                assert south <= plat <= north and west <= plng <= east, (bearing, km)
+
+
+def test_bounding_box_is_none_where_a_box_cannot_hold_the_disk() -> None:
+    assert bounding_box(89.99, 0.0, 5.0) is None  # the pole is in the disk
+    assert bounding_box(0.0, 179.99, 5.0) is None  # crosses the antimeridian
+    south, north, west, east = bounding_box(41.88, -87.63, 5.0) or (0, 0, 0, 0)
+    assert north - 41.88 == pytest.approx(41.88 - south) == pytest.approx(0.045, abs=1e-3)
+    assert east + 87.63 == pytest.approx(-87.63 - west) == pytest.approx(0.060, abs=1e-3)
 
 
 @given(latitudes, longitudes, latitudes, longitudes)
@@ -150,6 +178,23 @@ def test_deltas_update_search() -> None:
     assert grid.search(41.9, -87.6, 1, "vaccine")[0].slots == [(1800, 2)]
     assert not grid.set_free("p1", "vaccine", 450, 1)  # not a slot start
     assert not grid.set_free("nobody", "vaccine", 0, 1)
+
+
+def test_next_slots_are_found_past_a_day_of_closed_slots() -> None:
+    """Next slots are read a day of columns at a time from the first open one; a row
+    whose next ones lie beyond that day must still get them, and others theirs."""
+    grid = AvailabilityGrid(start=0, slot_seconds=900, n_slots=400)
+    sparse, dense = np.zeros(400, dtype=np.int64), np.ones(400, dtype=np.int64)
+    sparse[[5, 250, 251, 399]] = [1, 2, 1, 3]
+    grid.upsert(provider(0, 41.88, -87.63), "vaccine", 0, sparse)
+    grid.upsert(provider(1, 41.89, -87.63), "vaccine", 0, dense)
+    got = grid.search(41.88, -87.63, 5, "vaccine", next_slots=4)
+    assert [(m.provider.provider_id, m.slots) for m in got] == [
+        ("p0", [(5 * 900, 1), (250 * 900, 2), (251 * 900, 1), (399 * 900, 3)]),
+        ("p1", [(0, 1), (900, 1), (1800, 1), (2700, 1)]),
+    ]
+    got = grid.search(41.88, -87.63, 5, "vaccine", 200 * 900, 251 * 900, next_slots=4)
+    assert got[0].slots == [(250 * 900, 2)]
 
 
 def test_grid_grows_past_its_first_allocation() -> None:
