@@ -149,10 +149,10 @@ class AvailabilityGrid:
             if sorted_dist[i] > cutoff:
                 break
             chunk = by_dist[i : i + block]
-            open_ = self._free[chunk, a:b] >= party_size
-            has = open_.any(axis=1)
+            first = self._first_cols(chunk, a, b, party_size, self.block_cols)
+            has = first >= 0
             rows.append(chunk[has])
-            firsts.append(open_[has].argmax(axis=1))
+            firsts.append(first[has])
             dists.append(sorted_dist[i : i + block][has])
             found += int(has.sum())
             if found >= limit and cutoff == np.inf:
@@ -162,25 +162,31 @@ class AvailabilityGrid:
             return np.empty(0, np.int64), np.empty(0, np.int64)
         return np.concatenate(rows), np.concatenate(firsts)
 
-    def _first_open(
-        self, candidates: np.ndarray, a: int, b: int, party_size: int, width: int = 96
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Every candidate with an open slot in [a, b), and its first one, reading a day
-        of slots at a time and only for the rows still without one."""
-        rows: list[np.ndarray] = []
-        firsts: list[np.ndarray] = []
-        left = candidates
+    def _first_cols(
+        self, rows: np.ndarray, a: int, b: int, party_size: int, width: int
+    ) -> np.ndarray:
+        """For each row, its first column in [a, b) with ``party_size`` free places,
+        counted from ``a`` (-1 for none), reading ``width`` columns at a time and only
+        for the rows still without one: most rows have one in their first day, and
+        reading all 14 days of them was most of a search's time."""
+        first = np.full(rows.size, -1, dtype=np.int64)
+        left = np.arange(rows.size)
         for c0 in range(a, b, width):
             if left.size == 0:
                 break
-            open_ = self._free[left, c0 : min(c0 + width, b)] >= party_size
+            open_ = self._free[rows[left], c0 : min(c0 + width, b)] >= party_size
             has = open_.any(axis=1)
-            rows.append(left[has])
-            firsts.append(open_[has].argmax(axis=1) + (c0 - a))
+            first[left[has]] = open_[has].argmax(axis=1) + (c0 - a)
             left = left[~has]
-        if not rows:
-            return np.empty(0, np.int64), np.empty(0, np.int64)
-        return np.concatenate(rows), np.concatenate(firsts)
+        return first
+
+    def _first_open(
+        self, candidates: np.ndarray, a: int, b: int, party_size: int, width: int = 96
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Every candidate with an open slot in [a, b), and its first one."""
+        first = self._first_cols(candidates, a, b, party_size, width)
+        has = first >= 0
+        return candidates[has], first[has]
 
     def search(
         self,
