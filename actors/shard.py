@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 
 from actors import journal
 from actors.shard_core import Outcome, RecoveryStats, ShardCore
+from engine.codec import decode_commands
 from engine.errors import (
     BookingNotFound,
     CalendarNotFound,
@@ -77,9 +78,11 @@ class ShardActor:
 
     # --- public methods (Ray calls) -----------------------------------------------------
 
-    async def submit(self, commands: list[Command]) -> list[Outcome]:
-        """Apply commands in order; one outcome (result or domain error) each."""
-        return await self._enqueue(lambda: self._core.apply(commands))  # type: ignore[no-any-return]
+    async def submit(self, commands: list[Command] | bytes) -> list[Outcome]:
+        """Apply commands in order; one outcome (result or domain error) each. The
+        commands may come encoded (:func:`engine.codec.encode_commands`)."""
+        batch = decode_commands(commands) if isinstance(commands, bytes) else commands
+        return await self._enqueue(lambda: self._core.apply(batch))  # type: ignore[no-any-return]
 
     async def provision(self, provider: Provider, snapshots: list[CalendarSnapshot]) -> Outcome:
         """Add or replace a provider's calendars (journaled)."""

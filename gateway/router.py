@@ -21,6 +21,7 @@ from ray.exceptions import RayActorError, RayError
 
 from actors.api import Hexbook
 from actors.shard_core import Outcome
+from engine.codec import encode_commands
 from engine.errors import CalendarNotFound, Unavailable
 from engine.records import Command
 
@@ -111,7 +112,9 @@ class ShardRouter:
             self.on_batch(len(batch))
         outcomes: list[Outcome]
         try:
-            outcomes = await self.hexbook.shard(shard).submit.remote([c for c, _ in batch])
+            outcomes = await self.hexbook.shard(shard).submit.remote(
+                encode_commands([c for c, _ in batch])
+            )
         except Unavailable as exc:
             outcomes = [Unavailable(exc.message)] * len(batch)
         except (RayActorError, RayError) as exc:

@@ -20,6 +20,18 @@ def test_commands_round_trip(command: object) -> None:
     assert codec.decode(data) == command
 
 
+@given(st.lists(commands, max_size=20))
+def test_command_batches_round_trip(batch: list[object]) -> None:
+    """What the gateway sends a shard: a list of commands as one msgpack array."""
+    assert codec.decode_commands(codec.encode_commands(batch)) == batch  # type: ignore[arg-type]
+
+
+@given(st.lists(events, min_size=1, max_size=5))
+def test_a_batch_of_events_is_not_a_batch_of_commands(batch: list[object]) -> None:
+    with pytest.raises(CodecError):
+        codec.decode_commands(codec.encode(batch))  # type: ignore[arg-type]
+
+
 @given(events)
 def test_events_round_trip(event: object) -> None:
     assert codec.decode_event(codec.encode(event)) == event  # type: ignore[arg-type]
