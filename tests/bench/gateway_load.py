@@ -370,6 +370,12 @@ def part_gateway(rounds: int, seconds: float = 6.0) -> dict[str, float]:
             f"{ratios[c][1]:.2f}; target >= 0.75)   confirmed bookings/min {b:,.0f} "
             f"({b / 75_000:.2f}x of 75,000)"
         )
+    launch = CONNECTIONS[-1]
+    top = max(best(f"ceiling@{c}")["rps"] for c in CONNECTIONS)
+    print(
+        f"holds at {launch} connections / the ceiling's best at any concurrency: "
+        f"{best(f'holds@{launch}')['rps'] / top:.2f}"
+    )
     print(
         f"search p99 at {paced['rps']:,.0f} searches/s: {paced['p99_ms']:.2f} ms  "
         f"(target < 10 ms; flat out at 8 connections: {search['p99_ms']:.2f} ms)"
@@ -377,7 +383,6 @@ def part_gateway(rounds: int, seconds: float = 6.0) -> dict[str, float]:
     errs = {k: sum(r["errors"] for r in v) for k, v in results.items()}
     statuses = {k: best(k)["counts"] for k in results}
     print(f"socket errors: {errs}\nstatuses of the best rounds: {statuses}")
-    launch = CONNECTIONS[-1]
     return {
         "gateway_requests_per_second": float(best(f"holds@{launch}")["rps"]),
         "gateway_search_per_second": float(search["rps"]),
