@@ -32,6 +32,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from actors.directory import Directory
 from actors.shard import ShardActor, check
 from engine.calendar import Calendar
+from engine.codec import encode_commands
 from engine.errors import CalendarNotFound, HexbookError, InvalidRequest, Unavailable
 from engine.provider import Provider
 from engine.records import (
@@ -198,7 +199,7 @@ class Hexbook:
 
     def submit(self, shard: str, commands: list[Command]) -> list[Any]:
         """Send commands to one shard in one call; one outcome (result or error) each."""
-        return self._call(shard, "submit", commands)  # type: ignore[no-any-return]
+        return self._call(shard, "submit", encode_commands(commands))  # type: ignore[no-any-return]
 
     def shard_of(self, provider_id: str, *, refresh: bool = False) -> str:
         """The shard of a provider, from this client's cache of the directory."""

@@ -36,7 +36,7 @@ from engine.errors import (
     Unavailable,
 )
 from engine.provider import Provider
-from engine.records import CalendarSnapshot, Command
+from engine.records import CalendarSnapshot
 
 __all__ = ["ShardActor", "check"]
 
@@ -78,10 +78,10 @@ class ShardActor:
 
     # --- public methods (Ray calls) -----------------------------------------------------
 
-    async def submit(self, commands: list[Command] | bytes) -> list[Outcome]:
-        """Apply commands in order; one outcome (result or domain error) each. The
-        commands may come encoded (:func:`engine.codec.encode_commands`)."""
-        batch = decode_commands(commands) if isinstance(commands, bytes) else commands
+    async def submit(self, commands: bytes) -> list[Outcome]:
+        """Apply a batch of commands (:func:`engine.codec.encode_commands`) in order; one
+        outcome (result or domain error) each."""
+        batch = decode_commands(commands)
         return await self._enqueue(lambda: self._core.apply(batch))  # type: ignore[no-any-return]
 
     async def provision(self, provider: Provider, snapshots: list[CalendarSnapshot]) -> Outcome:

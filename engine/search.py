@@ -180,14 +180,6 @@ class AvailabilityGrid:
             left = left[~has]
         return first
 
-    def _first_open(
-        self, candidates: np.ndarray, a: int, b: int, party_size: int, width: int = 96
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Every candidate with an open slot in [a, b), and its first one."""
-        first = self._first_cols(candidates, a, b, party_size, width)
-        has = first >= 0
-        return candidates[has], first[has]
-
     def search(
         self,
         lat: float,
@@ -259,7 +251,8 @@ class AvailabilityGrid:
                 candidates, cand_dist, a, b, party_size, limit, self.block_rows
             )
         else:
-            rows, first = self._first_open(candidates, a, b, party_size, self.block_cols)
+            first = self._first_cols(candidates, a, b, party_size, self.block_cols)
+            rows, first = candidates[first >= 0], first[first >= 0]
         d = dist[rows]
         keys = (first, d) if order == "distance" else (d, first)
         pick = np.lexsort(keys)[:limit]

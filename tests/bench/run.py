@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 
 from engine import codec  # noqa: E402
 from engine.calendar import Calendar  # noqa: E402
-from engine.records import ConfirmHold, PlaceHold  # noqa: E402
+from engine.records import Command, ConfirmHold, PlaceHold  # noqa: E402
 from engine.schedule import WEEKDAYS, WeeklyTemplate  # noqa: E402
 
 # Figures other tools read (hexbook-sim --bench): written to build/bench.json.
@@ -180,8 +180,8 @@ def durable_holds(
         by_shard.setdefault(hb.shard_of(pid), []).append(pid)
     counter = iter(range(10**9))
 
-    def make_batch(pids: list[str]) -> list[PlaceHold]:
-        cmds = []
+    def make_batch(pids: list[str]) -> bytes:
+        cmds: list[Command] = []
         for _ in range(batch):
             n = next(counter)
             pid = pids[n % len(pids)]
@@ -198,7 +198,7 @@ def durable_holds(
                     10**9,
                 )
             )
-        return cmds
+        return codec.encode_commands(cmds)
 
     pending: dict[object, str] = {}
     done = ok = 0
