@@ -29,7 +29,7 @@ import ray
 import redis
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
-from actors.directory import Directory
+from actors.directory import Directory, default_shards
 from actors.shard import ShardActor, check
 from engine.calendar import Calendar
 from engine.codec import encode_commands
@@ -144,11 +144,14 @@ class Hexbook:
         redis_url: str,
         *,
         ray_address: str | None = None,
-        shards: int = 2,
+        shards: int | None = None,
         resolution: int = 8,
         **kwargs: Any,
     ) -> Hexbook:
-        """Join (or start) Ray, configure the directory if new, and start the shards."""
+        """Join (or start) Ray, configure the directory if new, and start the shards.
+
+        ``shards`` counts the shards of a new directory (default: :func:`default_shards`);
+        a directory already in Redis keeps its own."""
         if not ray.is_initialized():
             ray.init(
                 address=ray_address,
@@ -156,7 +159,8 @@ class Hexbook:
                 log_to_driver=False,
             )
         hb = cls(redis_url, **kwargs)
-        hb.directory.configure([f"shard-{i}" for i in range(shards)], resolution)
+        count = default_shards() if shards is None else shards
+        hb.directory.configure([f"shard-{i}" for i in range(count)], resolution)
         for name in hb.directory.shards:
             hb.shard(name)
         return hb

@@ -13,6 +13,7 @@ of its own (a stadium site).
 
 from __future__ import annotations
 
+import os
 import zlib
 
 import redis
@@ -21,7 +22,7 @@ from engine.errors import InvalidRequest, ProviderNotFound
 from engine.geo import DEFAULT_RESOLUTION
 from engine.provider import Provider
 
-__all__ = ["Directory", "home_shard"]
+__all__ = ["Directory", "default_shards", "home_shard"]
 
 META = "hexbook:directory:meta"
 CELLS = "hexbook:directory:cells"
@@ -31,6 +32,16 @@ DEDICATED = "hexbook:directory:dedicated"
 
 def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def default_shards() -> int:
+    """Shards for a new single-machine deployment: one per core this process may use,
+    less the one the gateway keeps busy (at least one). ADR 0012 has the measurements."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 2
+    return max(1, cores - 1)
 
 
 def home_shard(cell: str, count: int) -> int:

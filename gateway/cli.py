@@ -66,8 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--shards",
         type=int,
-        default=2,
-        help="shard actors for a new deployment (default 2, for 2 cores)",
+        default=None,
+        help="shard actors for a new deployment (default: one per core, less the one the "
+        "gateway uses, at least 1); an existing deployment keeps its own",
     )
     up.add_argument(
         "--fsync",
@@ -239,7 +240,11 @@ def up(args: argparse.Namespace) -> int:
     from gateway.demo import demo_city
     from gateway.settings import Settings
 
-    if not 1 <= args.port <= 65535 or args.sites < 1 or args.shards < 1:
+    if (
+        not 1 <= args.port <= 65535
+        or args.sites < 1
+        or (args.shards is not None and args.shards < 1)
+    ):
         print("hexbook: --port must be 1-65535, --sites and --shards at least 1", file=sys.stderr)
         return 2
     try:
@@ -247,6 +252,7 @@ def up(args: argparse.Namespace) -> int:
             where = args.redis_url or f"embedded redis-server in {args.data_dir.resolve()}"
             print(f"hexbook: Redis: {where}")
             hb = Hexbook.connect(url, ray_address=args.ray_address, shards=args.shards)
+            print(f"hexbook: {len(hb.directory.shards)} shards")
             try:
                 if args.demo:
                     existing = len(hb.directory.providers())

@@ -19,7 +19,9 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(None, description="external Redis; none: embedded")
     ray_address: str | None = Field(None, description="Ray cluster; none: local Ray")
     data_dir: Path = Field(Path("data"), description="embedded Redis data folder")
-    shards: int = Field(2, ge=1, le=1024)
+    shards: int | None = Field(
+        None, ge=1, le=1024, description="shards of a new deployment; none: a core each, less one"
+    )
     namespace: str = "hexbook"
     hold_ttl_seconds: int = Field(300, ge=10, le=3600)
     max_body_bytes: int = Field(64 * 1024, ge=1024)

@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 
 from actors import journal
 from actors.api import Hexbook
+from actors.directory import default_shards
 from actors.embedded_redis import EmbeddedRedis
 from actors.shard_core import ShardCore
 from engine.errors import HexbookError, Unavailable
@@ -304,3 +305,28 @@ def test_directory_places_moves_and_dedicates(module_redis: EmbeddedRedis, names
     assert hb.directory.shard_of("stadium") == "dedicated-stadium"
     info = hb._call(shard, "info")
     assert info["providers"] == ["stadium"]
+
+
+def test_default_shards_leave_a_core_to_the_gateway(monkeypatch: pytest.MonkeyPatch) -> None:
+    for cores, shards in [(1, 1), (2, 1), (4, 3), (16, 15)]:
+        monkeypatch.setattr("os.sched_getaffinity", lambda _pid, n=cores: set(range(n)))
+        assert default_shards() == shards
+
+
+def test_a_new_directory_takes_the_default_and_an_existing_one_keeps_its_shards(
+    module_redis: EmbeddedRedis, namespace: str
+) -> None:
+    client = redis.Redis.from_url(module_redis.url)
+    client.flushdb()
+    first = Hexbook.connect(module_redis.url, namespace=namespace)
+    assert first.directory.shards == [f"shard-{i}" for i in range(default_shards())]
+    # A restart with another count (or another machine's default) keeps the map, so no
+    # provider's cell changes shard behind its bookings.
+    again = Hexbook.connect(module_redis.url, shards=default_shards() + 2, namespace=namespace)
+    assert again.directory.shards == first.directory.shards
+    assert (
+        client.hget("hexbook:directory:meta", "shards") == ",".join(first.directory.shards).encode()
+    )
+    first.close()
+    again.close()
+    client.close()

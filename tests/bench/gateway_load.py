@@ -257,6 +257,7 @@ def part_gateway(rounds: int, seconds: float = 6.0) -> dict[str, float]:
     import ray
 
     from actors.api import Hexbook
+    from actors.directory import default_shards
     from actors.embedded_redis import EmbeddedRedis
     from gateway.app import create_app
     from gateway.demo import demo_city
@@ -267,7 +268,8 @@ def part_gateway(rounds: int, seconds: float = 6.0) -> dict[str, float]:
         print("== gateway: skipped, wrk is not installed (Debian: apt-get install wrk)")
         return {}
     print(
-        "== gateway: wrk -t1, uvicorn in-process, 2 shards, redis-server appendfsync always;\n"
+        f"== gateway: wrk -t1, uvicorn in-process, {default_shards()} shard(s) (the default on"
+        " this machine: a core each, less the gateway's), redis-server appendfsync always;\n"
         f"   each round runs the ceiling, holds and hold-then-book at {CONNECTIONS} connections"
         " back to back"
     )
@@ -277,7 +279,7 @@ def part_gateway(rounds: int, seconds: float = 6.0) -> dict[str, float]:
         ns = f"bench-{uuid.uuid4().hex[:6]}"
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace=ns)
         try:
-            hb = Hexbook.connect(server.url, shards=2, namespace=ns)
+            hb = Hexbook.connect(server.url, namespace=ns)  # the default shard count
             city = demo_city(1500)
             t0 = time.perf_counter()
             hb.provision_many(city, today, 14, 15)
@@ -298,7 +300,7 @@ def part_gateway(rounds: int, seconds: float = 6.0) -> dict[str, float]:
             ]
             noop = script_post("/noop", key, pool[:per_run])
             results: dict[str, list[dict[str, Any]]] = {}
-            settings = Settings(redis_url=server.url, shards=2, namespace=ns)
+            settings = Settings(redis_url=server.url, namespace=ns)
             app = create_app(settings, hexbook=hb)
             # Both servers stay up, and each round measures the ceiling right before
             # hexbook, so a ratio compares runs seconds apart on this shared machine.
