@@ -252,7 +252,8 @@ def up(args: argparse.Namespace) -> int:
             where = args.redis_url or f"embedded redis-server in {args.data_dir.resolve()}"
             print(f"hexbook: Redis: {where}")
             hb = Hexbook.connect(url, ray_address=args.ray_address, shards=args.shards)
-            print(f"hexbook: {len(hb.directory.shards)} shards")
+            count = len(hb.directory.shards)
+            print(f"hexbook: {count} shard{'' if count == 1 else 's'}")
             try:
                 if args.demo:
                     existing = len(hb.directory.providers())
