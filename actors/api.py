@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import ray
 import redis
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
 
 from actors.directory import Directory, default_shards
 from actors.shard import ShardActor, check
@@ -123,6 +123,7 @@ class Hexbook:
         namespace: str = NAMESPACE,
         detached: bool = False,
         retry_seconds: float = 30.0,
+        call_timeout: float = 10.0,
         shard_options: dict[str, Any] | None = None,
         actor_options: dict[str, Any] | Callable[[str], dict[str, Any]] | None = None,
     ) -> None:
@@ -130,6 +131,7 @@ class Hexbook:
         self.namespace = namespace
         self.detached = detached
         self.retry_seconds = retry_seconds
+        self.call_timeout = call_timeout  # a shard that answers nothing for this long is away
         self.shard_options = shard_options or {}  # ShardActor constructor arguments
         # Extra Ray options (scheduling_strategy...), or a function of the shard's name.
         self.actor_options = actor_options or {}
@@ -165,6 +167,11 @@ class Hexbook:
             hb.shard(name)
         return hb
 
+    @property
+    def redis(self) -> redis.Redis:
+        """The synchronous Redis client of this connection (directory, keys, imports)."""
+        return self._redis
+
     def shard(self, name: str) -> Any:
         """The handle of shard ``name``, creating the actor if it does not exist."""
         handle = self._handles.get(name)
@@ -192,7 +199,14 @@ class Hexbook:
         delay = 0.05
         while True:
             try:
-                return ray.get(getattr(self.shard(shard), method).remote(*args))
+                ref = getattr(self.shard(shard), method).remote(*args)
+                return ray.get(ref, timeout=self.call_timeout)
+            except GetTimeoutError as exc:
+                # A stalled shard: the call may still be applied later, and is safe to
+                # repeat under its key; the caller hears "unavailable", not a hang.
+                raise Unavailable(
+                    f"shard {shard} did not answer within {self.call_timeout:g} s; retry shortly"
+                ) from exc
             except _RETRYABLE:
                 # The handle stays: it follows the actor across restarts, and dropping the
                 # last handle of a non-detached actor would destroy it for good.
@@ -204,6 +218,16 @@ class Hexbook:
     def submit(self, shard: str, commands: list[Command]) -> list[Any]:
         """Send commands to one shard in one call; one outcome (result or error) each."""
         return self._call(shard, "submit", encode_commands(commands))  # type: ignore[no-any-return]
+
+    def cached_shard(self, provider_id: str) -> str | None:
+        """The provider's shard if this client knows it already (no Redis call)."""
+        return self._placement.get(provider_id)
+
+    def relocated(self, provider_id: str, shard: str) -> str | None:
+        """After ``shard`` said it has no such calendar: the provider's shard read again
+        from the directory if it moved elsewhere, else ``None`` (the answer stands)."""
+        moved = self.shard_of(provider_id, refresh=True)
+        return moved if moved != shard else None
 
     def shard_of(self, provider_id: str, *, refresh: bool = False) -> str:
         """The shard of a provider, from this client's cache of the directory."""
@@ -217,11 +241,12 @@ class Hexbook:
         return shard
 
     def _one(self, command: Command) -> Result:
-        outcome = self.submit(self.shard_of(command.provider_id), [command])[0]
-        if isinstance(outcome, CalendarNotFound):
-            # The provider may have moved to another shard: look again, once.
-            shard = self.shard_of(command.provider_id, refresh=True)
-            outcome = self.submit(shard, [command])[0]
+        shard = self.shard_of(command.provider_id)
+        outcome = self.submit(shard, [command])[0]
+        if isinstance(outcome, CalendarNotFound) and (
+            moved := self.relocated(command.provider_id, shard)
+        ):
+            outcome = self.submit(moved, [command])[0]
         return check(outcome)  # type: ignore[no-any-return]
 
     # --- provisioning ------------------------------------------------------------------
@@ -347,9 +372,13 @@ class Hexbook:
         *,
         key: str | None = None,
         now: int | None = None,
+        keep_digest: bytes | None = None,
     ) -> tuple[Booking, str]:
-        """Confirm a hold; returns the booking and its token (shown once, stored hashed)."""
-        token = new_secret()
+        """Confirm a hold; returns the booking and its token (shown once, stored hashed).
+        ``keep_digest``: the booking takes this token digest instead of a new token (a
+        booking that moves keeps its token); the token returned is then ``""``."""
+        token = "" if keep_digest is not None else new_secret()
+        digest = keep_digest if keep_digest is not None else token_digest(token)
         cmd = ConfirmHold(
             provider_id,
             service,
@@ -357,13 +386,13 @@ class Hexbook:
             _now(now),
             hold_id,
             routable_id(provider_id, service),
-            token_digest(token),
+            digest,
             patient_ref,
         )
         booking = self._one(cmd)
         if not isinstance(booking, Booking):
             raise TypeError("confirm answered with a hold")
-        if booking.token_digest != token_digest(token):
+        if booking.token_digest != digest:
             token = ""  # a repeat of an earlier confirm: the token was given out then
         return booking, token
 
@@ -412,7 +441,8 @@ class Hexbook:
         derived from ``key``: hold the new slot, confirm it, cancel the old booking. If
         the hold or confirm fails the old booking is untouched (and the hold released);
         if the cancel cannot be done now, calling again with the same ``key`` finishes
-        the move without booking twice. Returns the booking as it is after the move."""
+        the move without booking twice. The new booking keeps the old one's token.
+        Returns the booking as it is after the move."""
         key = key or new_secret()
         to_provider, to_service = new_provider_id or provider_id, new_service or service
         if (to_provider, to_service) == (provider_id, service):
@@ -436,6 +466,7 @@ class Hexbook:
                 old.patient_ref,
                 key=f"{key}:confirm",
                 now=now,
+                keep_digest=old.token_digest,  # the patient's token follows the booking
             )
         except HexbookError:
             with contextlib.suppress(HexbookError):
@@ -482,11 +513,10 @@ class Hexbook:
 
     def slots(self, provider_id: str, service: str) -> dict[str, Any]:
         """A calendar's grid, read from its shard (authoritative)."""
-        outcome = self._call(self.shard_of(provider_id), "slots", provider_id, service)
-        if isinstance(outcome, CalendarNotFound):
-            outcome = self._call(
-                self.shard_of(provider_id, refresh=True), "slots", provider_id, service
-            )
+        shard = self.shard_of(provider_id)
+        outcome = self._call(shard, "slots", provider_id, service)
+        if isinstance(outcome, CalendarNotFound) and (moved := self.relocated(provider_id, shard)):
+            outcome = self._call(moved, "slots", provider_id, service)
         return check(outcome)  # type: ignore[no-any-return]
 
     def close(self) -> None:

@@ -1,52 +1,159 @@
-"""Reading the availability stream: every change of free places, from any point.
+"""The availability stream: its format, written and read here and nowhere else.
 
-Shards append one entry per committed batch to ``hexbook:availability`` (see
-:mod:`actors.journal`); a reader keeps the id of the last entry it saw and asks for
-what came after, so it can stop and resume, or start from the beginning (``"0-0"``)
-to rebuild its view. The gateway's search index and the live feed follow it.
+Shards append one entry per committed batch to ``hexbook:availability`` (in the same
+MULTI/EXEC as the batch's journal entry, see :mod:`actors.shard_core`). An entry has
+two fields: ``shard`` (its name) and ``d``, a msgpack list of
+``[provider_id, service, start, remaining]``; ``start == remaining == -1`` stands for
+"this calendar was added, replaced, moved or removed: read it whole from its shard".
+Readers never see that encoding: :func:`decode_entry` gives :class:`SlotFree` and
+:class:`CalendarChanged` values.
 
->>> deltas, last = read_availability(client, after="0-0")   # doctest: +SKIP
+A reader keeps the id of the last entry it applied and asks for what came after, so it
+can stop and resume, or start from ``"0-0"`` to rebuild its view. The gateway's search
+index and the live feed follow the stream through :class:`AvailabilityReader`, whose
+Redis client waits longer than its blocking reads (a client whose socket timeout is
+shorter than ``BLOCK`` drops every idle reader).
+
+>>> entries, last = read_availability(client, after="0-0")   # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 import msgspec
 import redis
+import redis.asyncio as aioredis
 
-from actors.journal import AVAILABILITY_STREAM
+__all__ = [
+    "AVAILABILITY_STREAM",
+    "AvailabilityEntry",
+    "AvailabilityReader",
+    "CalendarChanged",
+    "Change",
+    "SlotFree",
+    "decode_entry",
+    "encode_entry",
+    "entry_id_key",
+    "parse_entry_id",
+    "read_availability",
+]
 
-__all__ = ["Delta", "read_availability"]
+AVAILABILITY_STREAM = "hexbook:availability"
+_WHOLE = -1  # start and remaining of a CalendarChanged on the wire
+_MAX_PART = 2**64 - 1  # Redis stream ids are two unsigned 64-bit integers
+_ENTRY_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 
+_encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(list[tuple[str, str, int, int]])
 
 
-class Delta(NamedTuple):
-    """Free places of one slot after a change; ``start == -1``: the calendar was added or
-    removed, read it whole from its shard."""
+class SlotFree(NamedTuple):
+    """The free places of one slot (UTC ``start``) after a change."""
 
-    entry_id: str
-    shard: str
     provider_id: str
     service: str
     start: int
     remaining: int
 
 
+class CalendarChanged(NamedTuple):
+    """A calendar was added, replaced, moved or removed: read it whole from its shard."""
+
+    provider_id: str
+    service: str
+
+
+Change = SlotFree | CalendarChanged
+
+
+class AvailabilityEntry(NamedTuple):
+    """One committed shard batch's changes."""
+
+    entry_id: str
+    shard: str
+    changes: list[Change]
+
+
+def encode_entry(
+    shard: str, slots: Iterable[tuple[str, str, int, int]], calendars: Iterable[tuple[str, str]]
+) -> dict[str, Any]:
+    """The fields of one stream entry: ``slots`` as (provider, service, start, remaining),
+    ``calendars`` as (provider, service) to be read whole."""
+    rows = [*slots, *((p, s, _WHOLE, _WHOLE) for p, s in calendars)]
+    return {"shard": shard, "d": _encoder.encode(rows)}
+
+
+def decode_entry(entry_id: bytes | str, fields: dict[bytes, bytes]) -> AvailabilityEntry:
+    """One stream entry as written by :func:`encode_entry`."""
+    eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    changes: list[Change] = [
+        CalendarChanged(p, s) if start == _WHOLE else SlotFree(p, s, start, free)
+        for p, s, start, free in _decoder.decode(fields[b"d"])
+    ]
+    return AvailabilityEntry(eid, fields[b"shard"].decode(), changes)
+
+
+def parse_entry_id(text: str) -> tuple[int, int] | None:
+    """``(milliseconds, sequence)`` of a stream entry id such as ``1712-0``; ``None`` when
+    it is not one Redis could have made (each part an unsigned 64-bit integer)."""
+    m = _ENTRY_ID.fullmatch(text)
+    if m is None:
+        return None
+    ms, seq = int(m.group(1)), int(m.group(2))
+    return (ms, seq) if ms <= _MAX_PART and seq <= _MAX_PART else None
+
+
+def entry_id_key(entry_id: str) -> tuple[int, int]:
+    """An entry id as a sortable pair (ids Redis gave; see :func:`parse_entry_id`)."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _entries(reply: Any) -> list[AvailabilityEntry]:
+    return [decode_entry(eid, fields) for _stream, rows in reply or [] for eid, fields in rows]
+
+
 def read_availability(
     client: redis.Redis, after: str = "0-0", count: int = 1000, block_ms: int | None = None
-) -> tuple[list[Delta], str]:
-    """The deltas of up to ``count`` entries after entry id ``after``, and the id of the
-    last entry read (``after`` again when there was nothing new). ``block_ms`` waits
-    that long for new entries when there are none."""
-    reply: Any = client.xread({AVAILABILITY_STREAM: after}, count=count, block=block_ms)
-    deltas: list[Delta] = []
-    last = after
-    for _stream, rows in reply or []:
-        for entry_id, fields in rows:
-            last = entry_id.decode()
-            shard = fields[b"shard"].decode()
-            for pid, service, start, remaining in _decoder.decode(fields[b"d"]):
-                deltas.append(Delta(last, shard, pid, service, start, remaining))
-    return deltas, last
+) -> tuple[list[AvailabilityEntry], str]:
+    """Up to ``count`` entries after entry id ``after``, and the id of the last one read
+    (``after`` again when there was nothing new). ``block_ms`` waits that long for new
+    entries when there are none."""
+    entries = _entries(client.xread({AVAILABILITY_STREAM: after}, count=count, block=block_ms))
+    return entries, entries[-1].entry_id if entries else after
+
+
+class AvailabilityReader:
+    """An asyncio reader of the stream with a Redis connection of its own, whose socket
+    timeout outlasts its longest blocking read."""
+
+    def __init__(self, redis_url: str, *, max_block_seconds: float = 30.0) -> None:
+        self.max_block_seconds = max_block_seconds
+        self.redis = aioredis.from_url(
+            redis_url,
+            socket_timeout=max_block_seconds + 5.0,
+            socket_connect_timeout=5.0,
+        )
+
+    async def newest(self) -> str | None:
+        """The id of the last entry, or ``None`` when the stream is empty."""
+        last: Any = await self.redis.xrevrange(AVAILABILITY_STREAM, count=1)
+        return last[0][0].decode() if last else None
+
+    async def oldest(self) -> str | None:
+        """The id of the first entry still kept, or ``None`` when the stream is empty."""
+        first: Any = await self.redis.xrange(AVAILABILITY_STREAM, count=1)
+        return first[0][0].decode() if first else None
+
+    async def read(self, after: str, count: int, block_ms: int) -> list[AvailabilityEntry]:
+        """Up to ``count`` entries after ``after``, waiting up to ``block_ms`` for one."""
+        if block_ms > self.max_block_seconds * 1000:
+            raise ValueError(f"block_ms {block_ms} outlasts the socket timeout of this reader")
+        reply = await self.redis.xread({AVAILABILITY_STREAM: after}, count=count, block=block_ms)
+        return _entries(reply)
+
+    async def close(self) -> None:
+        await self.redis.aclose()

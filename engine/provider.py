@@ -10,9 +10,17 @@ from engine.errors import InvalidRequest
 from engine.geo import DEFAULT_RESOLUTION, provider_cell
 from engine.schedule import zone
 
-__all__ = ["Provider"]
+__all__ = ["ID_RULE", "Provider", "is_id"]
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+# Provider ids and service names: what the API's schemas require too (one rule).
+ID_RULE = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}"
+_ID = re.compile(ID_RULE)
+
+
+def is_id(text: str) -> bool:
+    """Whether ``text`` is a whole provider id or service name (a final newline is not:
+    ``re.match`` with ``$`` would let one through)."""
+    return _ID.fullmatch(text) is not None
 
 
 class Provider(msgspec.Struct, frozen=True, kw_only=True):
@@ -38,7 +46,7 @@ class Provider(msgspec.Struct, frozen=True, kw_only=True):
     insurance: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if not _ID.match(self.provider_id):
+        if not is_id(self.provider_id):
             raise InvalidRequest(
                 f"provider id {self.provider_id!r} must be 1 to 128 letters, digits or . _ : -"
             )
@@ -51,7 +59,7 @@ class Provider(msgspec.Struct, frozen=True, kw_only=True):
         if not self.services:
             raise InvalidRequest(f"provider {self.provider_id!r} must offer at least one service")
         for service in self.services:
-            if not _ID.match(service):
+            if not is_id(service):
                 raise InvalidRequest(f"service name {service!r} must be letters, digits or . _ : -")
 
     def cell(self, resolution: int = DEFAULT_RESOLUTION) -> str:

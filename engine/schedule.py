@@ -25,7 +25,7 @@ from bisect import bisect_right
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from typing import NamedTuple
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import msgspec
 import numpy as np
@@ -33,6 +33,8 @@ import numpy as np
 from engine.errors import InvalidRequest
 
 __all__ = [
+    "FIRST_DAY_MAX",
+    "FIRST_DAY_MIN",
     "WEEKDAYS",
     "Blocked",
     "Grid",
@@ -41,16 +43,24 @@ __all__ = [
     "build_grid",
     "local_midnight",
     "zone",
+    "zone_names",
 ]
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 CAPACITY_MAX = 65_535  # slots are stored as uint16
-_HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$|^24:00$")
+# Calendars start within these days (a grid's UTC seconds and its end stay representable).
+FIRST_DAY_MIN = date(1970, 1, 2)
+FIRST_DAY_MAX = date(2199, 12, 31)
+_HHMM = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])|24:00")
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_LOCAL = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9]{2})?(Z|[+-][0-9]{2}:[0-9]{2})?"
+)
 
 
 def _minutes(hhmm: str) -> int:
-    if not _HHMM.match(hhmm):
+    if not _HHMM.fullmatch(hhmm):
         raise InvalidRequest(f"time {hhmm!r} is not HH:MM (00:00 to 24:00)")
     hours, minutes = hhmm.split(":")
     return int(hours) * 60 + int(minutes)
@@ -111,11 +121,20 @@ class Grid(NamedTuple):
     capacity: np.ndarray
 
 
+@lru_cache(maxsize=1)
+def zone_names() -> frozenset[str]:
+    """Every IANA zone name this installation knows (a region such as ``America`` is not
+    one)."""
+    return frozenset(available_timezones())
+
+
 def zone(name: str) -> ZoneInfo:
     """The IANA time zone ``name``, or a clear error."""
+    if name not in zone_names():
+        raise InvalidRequest(f"time zone {name!r} is not an IANA zone name (e.g. America/Chicago)")
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
         raise InvalidRequest(
             f"time zone {name!r} is not an IANA zone name (e.g. America/Chicago)"
         ) from exc
@@ -130,7 +149,10 @@ def local_midnight(tz_name: str, day: date) -> int:
 
 
 def _parse_date(text: str) -> date:
+    # fromisoformat alone would take week dates (2026-W10-1) and 20260301.
     try:
+        if not _DATE.fullmatch(text):
+            raise ValueError(text)
         return date.fromisoformat(text)
     except ValueError as exc:
         raise InvalidRequest(f"date {text!r} is not YYYY-MM-DD") from exc
@@ -138,6 +160,8 @@ def _parse_date(text: str) -> date:
 
 def _parse_local(text: str, tz: ZoneInfo) -> int:
     try:
+        if not _LOCAL.fullmatch(text):
+            raise ValueError(text)
         moment = datetime.fromisoformat(text)
     except ValueError as exc:
         raise InvalidRequest(f"time {text!r} is not ISO 8601 (YYYY-MM-DDTHH:MM)") from exc
@@ -200,6 +224,10 @@ def build_grid(
         )
     if not 1 <= days <= 366:
         raise InvalidRequest(f"horizon of {days} days must be 1 to 366 days")
+    if not FIRST_DAY_MIN <= first_day <= FIRST_DAY_MAX:
+        raise InvalidRequest(
+            f"first day {first_day} must be from {FIRST_DAY_MIN} to {FIRST_DAY_MAX}"
+        )
     cached = _build_grid_cached(tz_name, template, first_day, days, slot_minutes)
     # Calendars of one template share the build; each gets its own writable copy.
     return cached._replace(capacity=cached.capacity.copy())

@@ -16,29 +16,24 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated
 
-from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from redis.exceptions import RedisError
+from starlette.types import Scope
 
-from engine.errors import HexbookError
+from engine.errors import HexbookError, Unavailable
 from gateway.keys import ApiKey, KeyStore
 
 __all__ = [
-    "Admin",
     "Authenticator",
-    "Booker",
-    "Caller",
     "Forbidden",
-    "Operator",
     "Principal",
     "RateLimited",
     "TokenBuckets",
     "Unauthorized",
-    "current",
-    "require",
+    "authorize",
+    "client_address",
+    "retry_after_seconds",
 ]
 
 
@@ -104,7 +99,9 @@ class TokenBuckets:
 
 
 class Authenticator:
-    """Key lookups (cached) and rate limits for one gateway process."""
+    """Key lookups (cached) and rate limits for one gateway process: the one place that
+    turns an ``Authorization`` header into a :class:`Principal` (the FastAPI routes and
+    the fast path both ask here)."""
 
     def __init__(
         self,
@@ -122,15 +119,36 @@ class Authenticator:
         self._cache: dict[str, tuple[ApiKey | None, float]] = {}
 
     async def key(self, presented: str) -> ApiKey | None:
+        """The active record of a presented key (cached), or ``None``."""
         now = time.monotonic()
         hit = self._cache.get(presented)
         if hit is not None and hit[1] > now:
             return hit[0]
-        record = await asyncio.to_thread(self.store.lookup, presented)
+        try:
+            record = await asyncio.to_thread(self.store.lookup, presented)
+        except RedisError as exc:
+            raise Unavailable("API keys cannot be checked now (Redis unreachable); retry") from exc
         if len(self._cache) >= 10_000:
             self._cache.clear()
         self._cache[presented] = (record, now + self.cache_seconds)
         return record
+
+    async def principal(self, authorization: str | None, address: str) -> Principal:
+        """The caller presenting ``authorization`` (the header's value, or ``None``) from
+        ``address``, rate-limited. A key that is presented must be valid."""
+        if authorization is None:
+            principal = Principal(None, address)
+        else:
+            scheme, _, key = authorization.strip().partition(" ")
+            key = key.strip()
+            if scheme.lower() != "bearer" or not key or " " in key:
+                raise Unauthorized("the Authorization header must read 'Bearer <api key>'")
+            record = await self.key(key)
+            if record is None:
+                raise Unauthorized("unknown or revoked API key")
+            principal = Principal(record, address)
+        self.limit(principal)
+        return principal
 
     def limit(self, principal: Principal) -> None:
         if principal.key is not None:
@@ -146,61 +164,34 @@ class Authenticator:
             )
 
 
-_bearer = HTTPBearer(auto_error=False, description="an API key: `Bearer hbk_...`")
-
-
-async def _principal(
-    request: Request, credentials: HTTPAuthorizationCredentials | None
-) -> Principal:
-    """The caller of this request, rate-limited. A key that is presented must be valid."""
-    auth: Authenticator = request.app.state.auth
-    address = request.client.host if request.client else "unknown"
-    if credentials is None:
-        if request.headers.get("authorization"):
-            raise Unauthorized("the Authorization header must read 'Bearer <api key>'")
-        principal = Principal(None, address)
-    else:
-        record = await auth.key(credentials.credentials)
-        if record is None:
-            raise Unauthorized("unknown or revoked API key")
-        principal = Principal(record, address)
-    auth.limit(principal)
-    request.state.principal = principal
+def authorize(principal: Principal, roles: tuple[str, ...] | None) -> Principal:
+    """``principal`` if its role is one of ``roles`` (``None``: anyone, anonymous too)."""
+    if roles is None:
+        return principal
+    if principal.key is None:
+        raise Unauthorized(f"this needs an API key ({' or '.join(roles)})")
+    if principal.role not in roles:
+        raise Forbidden(f"a {principal.role} key may not do this ({' or '.join(roles)})")
     return principal
 
 
-async def current(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Principal:
-    """A dependency: the caller, anonymous or not (limited per key or per address)."""
-    return await _principal(request, credentials)
-
-
-def require(*roles: str) -> Callable[..., Awaitable[Principal]]:
-    """A dependency: the caller must hold a key with one of ``roles``. (One level of
-    dependencies, not two: FastAPI's dependency solving is a visible share of a hold.)"""
-
-    async def dependency(
-        request: Request,
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    ) -> Principal:
-        principal = await _principal(request, credentials)
-        if principal.key is None:
-            raise Unauthorized(f"this needs an API key ({' or '.join(roles)})")
-        if principal.role not in roles:
-            raise Forbidden(f"a {principal.role} key may not do this ({' or '.join(roles)})")
-        return principal
-
-    return dependency
+def client_address(scope: Scope, trusted_proxies: frozenset[str]) -> str:
+    """The address a request came from. ``X-Forwarded-For`` counts only when the peer is
+    one of ``trusted_proxies`` (none by default): then the nearest address that is not a
+    trusted proxy, reading the header from the right."""
+    client = scope.get("client")
+    peer = str(client[0]) if client else "unknown"
+    if not trusted_proxies or peer not in trusted_proxies:
+        return peer
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    forwarded = [v.decode("latin-1") for k, v in headers if k == b"x-forwarded-for"]
+    hops = [h.strip() for line in forwarded for h in line.split(",") if h.strip()]
+    for hop in reversed(hops):
+        if hop not in trusted_proxies:
+            return hop
+    return peer
 
 
 def retry_after_seconds(seconds: float) -> str:
     """The ``Retry-After`` value (whole seconds, at least 1)."""
     return str(max(1, math.ceil(seconds)))
-
-
-Caller = Annotated[Principal, Depends(current)]
-Booker = Annotated[Principal, Depends(require("booking-client", "operator"))]
-Admin = Annotated[Principal, Depends(require("provider-admin", "operator"))]
-Operator = Annotated[Principal, Depends(require("operator"))]

@@ -11,6 +11,7 @@ hexbook keys revoke KEY_ID
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -232,12 +233,11 @@ def _progress(total: int) -> object:
 
 def up(args: argparse.Namespace) -> int:
     import ray
-    import uvicorn
 
     from actors.api import Hexbook
-    from actors.embedded_redis import RedisBinaryNotFound, RedisStartError, redis_endpoint
+    from actors.embedded_redis import EmbeddedRedis, RedisBinaryNotFound, RedisStartError
     from gateway.app import create_app
-    from gateway.demo import demo_city
+    from gateway.server import PortInUse, bind, server, when_started
     from gateway.settings import Settings
 
     if (
@@ -248,78 +248,94 @@ def up(args: argparse.Namespace) -> int:
         print("hexbook: --port must be 1-65535, --sites and --shards at least 1", file=sys.stderr)
         return 2
     try:
-        with redis_endpoint(args.redis_url, args.data_dir, args.fsync) as url:
+        sock = bind(args.host, args.port)  # before anything starts: a taken port says so
+    except OSError as exc:
+        print(f"hexbook: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
+        return 2 if isinstance(exc, PortInUse) else 1
+    with contextlib.ExitStack() as stack:
+        stack.callback(sock.close)
+        try:
+            embedded = None
+            url = args.redis_url or os.environ.get("REDIS_URL") or None
+            if url is None:
+                embedded = stack.enter_context(EmbeddedRedis(args.data_dir, fsync=args.fsync))
+                embedded.supervise()  # a redis-server that dies is started again
+                url = embedded.url
             where = args.redis_url or f"embedded redis-server in {args.data_dir.resolve()}"
             print(f"hexbook: Redis: {where}")
-            hb = Hexbook.connect(url, ray_address=args.ray_address, shards=args.shards)
-            count = len(hb.directory.shards)
-            print(f"hexbook: {count} shard{'' if count == 1 else 's'}")
-            try:
-                if args.demo:
-                    existing = len(hb.directory.providers())
-                    if existing:
-                        print(
-                            f"hexbook: demo city already there ({existing} providers); "
-                            "its bookings are kept"
-                        )
-                    else:
-                        city = demo_city(args.sites)
-                        today = datetime.now(ZoneInfo("America/Chicago")).date()
-                        print(
-                            f"hexbook: provisioning {len(city)} demo sites, 14 days of "
-                            f"15-minute slots from {today.isoformat()}"
-                        )
-                        hb.provision_many(city, today, 14, 15, progress=_progress(len(city)))  # type: ignore[arg-type]
-                settings = Settings(
-                    redis_url=url,
-                    ray_address=args.ray_address,
-                    data_dir=args.data_dir,
-                    shards=args.shards,
-                )
-                settings.access_log = args.access_log
-                app = create_app(settings, hexbook=hb)
-                base = f"http://{args.host}:{args.port}"
-                lines = [
-                    f"hexbook: serving {base}",
-                    f"  API docs:  {base}/docs",
-                    f"  OpenAPI:   {base}/openapi.json",
-                    f"  metrics:   {base}/metrics",
-                    f"  SMART:     {base}/smart/$bulk-publish",
-                    f"  search:    curl '{base}/v1/search?lat=41.88&lng=-87.63"
-                    "&service=covid-vaccine'",
-                ]
-                if args.demo:
-                    key = _demo_key(hb)
-                    lines += [
-                        f"  booking-client key (new for this run): {key}",
-                        f"  hold:      curl -H 'Authorization: Bearer {key}' "
-                        f"-H 'Content-Type: application/json' -d "
-                        '\'{"provider_id": "chi-0000", "service": "covid-vaccine", '
-                        f'"start": "<a start from search>"}}\' {base}/v1/holds',
-                    ]
-                lines += [
-                    "  more keys: hexbook keys create --role operator --name you",
-                    "  Ctrl-C stops hexbook; bookings stay in the data folder",
-                ]
-                print("\n".join(lines), flush=True)
-                uvicorn.run(
-                    app, host=args.host, port=args.port, log_level="warning", log_config=None
-                )
-            finally:
-                hb.close()
-                ray.shutdown()
-    except (RedisBinaryNotFound, RedisStartError) as exc:
-        print(f"hexbook: {exc}", file=sys.stderr)
-        return 1
+        except (RedisBinaryNotFound, RedisStartError) as exc:
+            print(f"hexbook: {exc}", file=sys.stderr)
+            return 1
+        hb = Hexbook.connect(url, ray_address=args.ray_address, shards=args.shards)
+        stack.callback(ray.shutdown)
+        stack.callback(hb.close)
+        count = len(hb.directory.shards)
+        print(f"hexbook: {count} shard{'' if count == 1 else 's'}")
+        if args.demo:
+            _provision_demo(hb, args.sites)
+        settings = Settings(
+            redis_url=url,
+            ray_address=args.ray_address,
+            data_dir=args.data_dir,
+            shards=args.shards,
+            access_log=args.access_log,
+        )
+        srv = server(create_app(settings, hexbook=hb, redis_server=embedded))
+        host = f"[{args.host}]" if ":" in args.host else args.host
+        key = _demo_key(hb) if args.demo else None
+        when_started(srv, lambda: print(_banner(f"http://{host}:{args.port}", key), flush=True))
+        with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C once shut down
+            srv.run(sockets=[sock])
     print("hexbook: stopped cleanly")
     return 0
+
+
+def _provision_demo(hb: Any, sites: int) -> None:
+    from gateway.demo import demo_city
+
+    existing = len(hb.directory.providers())
+    if existing:
+        print(f"hexbook: demo city already there ({existing} providers); its bookings are kept")
+        return
+    city = demo_city(sites)
+    today = datetime.now(ZoneInfo("America/Chicago")).date()
+    print(
+        f"hexbook: provisioning {len(city)} demo sites, 14 days of "
+        f"15-minute slots from {today.isoformat()}"
+    )
+    hb.provision_many(city, today, 14, 15, progress=_progress(len(city)))
+
+
+def _banner(base: str, key: str | None) -> str:
+    """Where to look, once the gateway takes connections (URLs quoted for a shell)."""
+    lines = [
+        f"hexbook: serving {base}",
+        f"  API docs:  {base}/docs",
+        f"  OpenAPI:   {base}/openapi.json",
+        f"  metrics:   {base}/metrics",
+        f"  SMART:     curl '{base}/smart/$bulk-publish'",
+        f"  search:    curl '{base}/v1/search?lat=41.88&lng=-87.63&service=covid-vaccine'",
+    ]
+    if key is not None:
+        lines += [
+            f"  booking-client key (new for this run): {key}",
+            f"  hold:      curl -H 'Authorization: Bearer {key}' "
+            "-H 'Content-Type: application/json' -d "
+            '\'{"provider_id": "chi-0000", "service": "covid-vaccine", '
+            f'"start": "<a start from search>"}}\' {base}/v1/holds',
+        ]
+    lines += [
+        "  more keys: hexbook keys create --role operator --name you",
+        "  Ctrl-C stops hexbook; bookings stay in the data folder",
+    ]
+    return "\n".join(lines)
 
 
 def _demo_key(hb: Any) -> str:
     """A fresh booking-client key for this demo run; earlier demo keys are revoked."""
     from gateway.keys import KeyStore
 
-    store = KeyStore(hb._redis)
+    store = KeyStore(hb.redis)
     for old in store.list():
         if old.name == DEMO_KEY_NAME and old.active:
             store.revoke(old.key_id)
@@ -329,10 +345,19 @@ def _demo_key(hb: Any) -> str:
 def keys(args: argparse.Namespace) -> int:
     import redis
 
-    from actors.embedded_redis import RedisBinaryNotFound, RedisStartError, redis_endpoint
+    from actors.embedded_redis import (
+        NoHexbookData,
+        RedisBinaryNotFound,
+        RedisStartError,
+        redis_endpoint,
+    )
     from engine.errors import HexbookError
     from gateway.keys import KeyStore
 
+    if args.action == "create" and args.role == "provider-admin" and not args.provider:
+        print("hexbook: a provider-admin key needs the providers it may change (--provider)",
+              file=sys.stderr)  # fmt: skip
+        return 2
     try:
         with redis_endpoint(args.redis_url, args.data_dir, attach=True) as url:
             client = redis.Redis.from_url(url)
@@ -364,6 +389,9 @@ def keys(args: argparse.Namespace) -> int:
                     print(f"revoked {record.key_id} ({record.role}, {record.name})")
             finally:
                 client.close()
+    except NoHexbookData as exc:
+        print(f"hexbook: {exc}", file=sys.stderr)
+        return 2
     except (RedisBinaryNotFound, RedisStartError) as exc:
         print(f"hexbook: {exc}", file=sys.stderr)
         return 1

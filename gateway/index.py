@@ -17,18 +17,15 @@ import logging
 import time
 from typing import Any
 
-import msgspec
 import numpy as np
-import redis.asyncio as aioredis
 
 from actors.api import Hexbook
-from actors.journal import AVAILABILITY_STREAM
+from actors.availability import AvailabilityReader, CalendarChanged, Change
 from engine.search import AvailabilityGrid, Match
 
 __all__ = ["AvailabilityIndex"]
 
 log = logging.getLogger("hexbook.gateway")
-_deltas = msgspec.msgpack.Decoder(list[tuple[str, str, int, int]])
 
 
 class AvailabilityIndex:
@@ -45,7 +42,7 @@ class AvailabilityIndex:
     ) -> None:
         self.hexbook = hexbook
         self.gather_seconds = gather_seconds  # after a read, wait this long for more
-        self.redis = aioredis.from_url(redis_url)
+        self.stream = AvailabilityReader(redis_url)
         self.grid = AvailabilityGrid(start, slot_seconds, days * 86_400 // slot_seconds)
         self.last_id = "0-0"
         self.last_entry_ms = 0
@@ -61,8 +58,7 @@ class AvailabilityIndex:
 
     async def start(self) -> None:
         """Load from the shards, then follow the stream in the background."""
-        last: Any = await self.redis.xrevrange(AVAILABILITY_STREAM, count=1)
-        self.last_id = last[0][0].decode() if last else "0-0"
+        self.last_id = await self.stream.newest() or "0-0"
         for shard in self.hexbook.directory.shards:
             for row in await self.hexbook.shard(shard).availability.remote():
                 self._upsert(*row)
@@ -74,7 +70,7 @@ class AvailabilityIndex:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self.redis.aclose()
+        await self.stream.close()
 
     def _upsert(
         self, provider: Any, service: str, start: int, slot_seconds: int, remaining: bytes
@@ -90,34 +86,30 @@ class AvailabilityIndex:
     async def _follow(self) -> None:
         while True:
             try:
-                reply: Any = await self.redis.xread(
-                    {AVAILABILITY_STREAM: self.last_id}, count=500, block=1000
-                )
+                entries = await self.stream.read(self.last_id, count=500, block_ms=1000)
             except Exception as exc:  # Redis away: keep serving what we have, retry
                 log.warning("availability stream unreachable: %s", exc)
                 await asyncio.sleep(1)
                 continue
-            read = 0
-            for _, rows in reply or []:
-                read += len(rows)
-                for entry_id, fields in rows:
-                    await self._apply(_deltas.decode(fields[b"d"]))
-                    self.last_id = entry_id.decode()
-                    self.last_entry_ms = int(self.last_id.split("-")[0])
-                    self.applied += 1
-            if 0 < read < 500 and self.gather_seconds:
+            for entry in entries:
+                await self._apply(entry.changes)
+                self.last_id = entry.entry_id
+                self.last_entry_ms = int(self.last_id.split("-")[0])
+                self.applied += 1
+            if 0 < len(entries) < 500 and self.gather_seconds:
                 # Under load every shard call adds an entry; reading them one XREAD each
                 # cost the gateway's loop 9% of a hold (py-spy). A short wait gathers them.
                 await asyncio.sleep(self.gather_seconds)
 
-    async def _apply(self, deltas: list[tuple[str, str, int, int]]) -> None:
-        for pid, service, start, remaining in deltas:
-            if start == -1:  # a calendar was added, replaced or moved: read it whole
+    async def _apply(self, changes: list[Change]) -> None:
+        for change in changes:
+            pid, service = change.provider_id, change.service
+            if isinstance(change, CalendarChanged):  # added, replaced or moved: read it whole
                 shard = await asyncio.to_thread(self.hexbook.shard_of, pid, refresh=True)
                 for row in await self.hexbook.shard(shard).availability.remote(pid, service):
                     self._upsert(*row)
             else:
-                self.grid.set_free(pid, service, start, remaining)
+                self.grid.set_free(pid, service, change.start, change.remaining)
                 self.dirty.add((pid, service))
                 self.version += 1
 

@@ -4,7 +4,10 @@ One pure ASGI middleware (cheaper than Starlette's ``BaseHTTPMiddleware``) times
 request, counts it by route *template* (``/v1/holds/{hold_id}``: ids never become label
 values, and hold ids and booking tokens never reach a log) and status, refuses oversized
 bodies with 413 before they are read, and writes one JSON log line per request when the
-access log is on (errors are always logged).
+access log is on (5xx answers are always logged). It is also the last word on errors:
+whatever escapes the app is answered here with :func:`gateway.problems.problem_of`, so
+a 500 or a 503 is counted and logged like any answer, and nothing reaches the server's
+own error page or its traceback log.
 """
 
 from __future__ import annotations
@@ -70,6 +73,12 @@ class Metrics:
             "hexbook_index_entries_applied", "stream entries applied to the index", registry=r
         )
         self.feed_clients = Gauge("hexbook_feed_clients", "open live-feed streams", registry=r)
+        self.redis_up = Gauge(
+            "hexbook_embedded_redis_up", "1 while the embedded redis-server runs", registry=r
+        )
+        self.redis_restarts = Gauge(
+            "hexbook_embedded_redis_restarts", "restarts of the embedded redis-server", registry=r
+        )
 
     def bind(self, inflight: Callable[[], float], index_age: Callable[[], float],
              index_entries: Callable[[], float]) -> None:  # fmt: skip
@@ -77,6 +86,11 @@ class Metrics:
         self.inflight.set_function(inflight)
         self.index_age.set_function(index_age)
         self.index_entries.set_function(index_entries)
+
+    def bind_redis(self, up: Callable[[], float], restarts: Callable[[], float]) -> None:
+        """Read the embedded redis-server's state at scrape time."""
+        self.redis_up.set_function(up)
+        self.redis_restarts.set_function(restarts)
 
 
 class Observe:
@@ -108,14 +122,23 @@ class Observe:
             await refusal(scope, receive, send)
             status = refusal.status_code
         else:
+            started_response = False
 
             async def send_status(message: Message) -> None:
-                nonlocal status
+                nonlocal status, started_response
                 if message["type"] == "http.response.start":
-                    status = message["status"]
+                    status, started_response = message["status"], True
                 await send(message)
 
-            await self.app(scope, receive, send_status)
+            try:
+                await self.app(scope, receive, send_status)
+            except Exception as exc:
+                if started_response:  # too late to answer: the client sees a cut response
+                    access.error("response cut short", exc_info=exc)
+                else:
+                    answer = problems.problem_of(exc)
+                    status = answer.status_code
+                    await answer(scope, receive, send)
         elapsed = time.perf_counter() - started
         route = scope.get("route")
         template = getattr(route, "path", None) or "unmatched"

@@ -1,25 +1,51 @@
-"""Errors as ``application/problem+json`` (RFC 9457) with a stable ``code``.
+"""Errors as ``application/problem+json`` (RFC 9457) with a stable ``code``: one function
+for every way a request can fail, used by the FastAPI routes, the fast path and the
+outermost middleware alike.
 
-Every domain error of :mod:`engine.errors` maps to one HTTP status here; request
-validation errors become 422 ``validation_error``; nothing a client sends can cause a
-bare 500.
+Every domain error of :mod:`engine.errors` maps to one HTTP status (the first class in
+its MRO found in :data:`STATUS`); request validation errors become 422
+``validation_error``; Redis or a shard being away is 503 ``unavailable`` with
+``Retry-After``; nothing a client sends can cause a bare 500, and a 500 (a bug) is
+logged once with its traceback, by hexbook, and answered as a problem.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from ray.exceptions import RayError
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine import errors
 from gateway.auth import Forbidden, RateLimited, Unauthorized, retry_after_seconds
 
-__all__ = ["STATUS", "install", "problem"]
+__all__ = [
+    "MEDIA_TYPE",
+    "STATUS",
+    "TITLES",
+    "UnsupportedMediaType",
+    "install",
+    "problem",
+    "problem_of",
+    "status_of",
+]
 
 log = logging.getLogger("hexbook.gateway")
+MEDIA_TYPE = "application/problem+json"
+
+
+class UnsupportedMediaType(errors.HexbookError):
+    """A body that is not declared as JSON (415)."""
+
+    code = "unsupported_media_type"
+
 
 STATUS: dict[type[errors.HexbookError], int] = {
     errors.IdempotencyConflict: 422,
@@ -38,6 +64,7 @@ STATUS: dict[type[errors.HexbookError], int] = {
     Unauthorized: 401,
     Forbidden: 403,
     RateLimited: 429,
+    UnsupportedMediaType: 415,
 }
 TITLES = {
     400: "Bad request",
@@ -55,12 +82,25 @@ TITLES = {
     500: "Internal error",
     503: "Unavailable",
 }
+_HTTP_CODES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    411: "length_required",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+}
 
 
 def problem(
-    status: int, code: str, detail: str, retry_after: float = 1.0, **extra: object
+    status: int,
+    code: str,
+    detail: str,
+    retry_after: float = 1.0,
+    headers: dict[str, str] | None = None,
+    **extra: object,
 ) -> JSONResponse:
-    """A problem+json response; 429 and 503 say when to come back (``Retry-After``)."""
+    """A problem+json response; 429 and 503 say when to come back (``Retry-After``),
+    401 which scheme to use (``WWW-Authenticate``)."""
     body = {
         "type": f"https://hexbook.dev/problems/{code}",
         "title": TITLES.get(status, "Error"),
@@ -69,12 +109,12 @@ def problem(
         "code": code,
         **extra,
     }
-    headers = {"Retry-After": retry_after_seconds(retry_after)} if status in (429, 503) else None
-    if status == 401:
-        headers = {"WWW-Authenticate": "Bearer"}
-    return JSONResponse(
-        body, status_code=status, media_type="application/problem+json", headers=headers
-    )
+    out = dict(headers or {})
+    if status in (429, 503):
+        out["Retry-After"] = retry_after_seconds(retry_after)
+    elif status == 401:
+        out["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=out or None)
 
 
 def status_of(exc: errors.HexbookError) -> int:
@@ -84,31 +124,67 @@ def status_of(exc: errors.HexbookError) -> int:
     return 400
 
 
-def install(app: FastAPI) -> None:
-    """Register the handlers that turn every error into a problem."""
+class _Throttled:
+    """Log a line about an outage at most every ``seconds`` (not one per request)."""
 
-    @app.exception_handler(errors.HexbookError)
-    async def domain(_: Request, exc: errors.HexbookError) -> JSONResponse:
+    def __init__(self, seconds: float = 10.0) -> None:
+        self.seconds = seconds
+        self._last: dict[str, float] = {}
+
+    def warning(self, what: str, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._last.get(what, -self.seconds) >= self.seconds:
+            self._last[what] = now
+            log.warning("%s: %s: %s (answering 503 meanwhile)", what, type(exc).__name__, exc)
+
+
+_outages = _Throttled()
+
+
+def _issues(raw: list[Any]) -> list[dict[str, Any]]:
+    return [
+        {"loc": [p for p in e.get("loc", ()) if isinstance(p, str | int)], "msg": e.get("msg", "")}
+        for e in raw
+    ]
+
+
+def problem_of(exc: BaseException) -> JSONResponse:
+    """The answer to a request that raised ``exc``: the one mapping of errors to HTTP."""
+    if isinstance(exc, errors.HexbookError):
         retry_after = exc.retry_after if isinstance(exc, RateLimited) else 1.0
         return problem(status_of(exc), exc.code, exc.message, retry_after)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        issues = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+    if isinstance(exc, RequestValidationError | ValidationError):
+        issues = _issues(list(exc.errors()))
         detail = "; ".join(f"{'.'.join(map(str, i['loc']))}: {i['msg']}" for i in issues)
         return problem(422, "validation_error", detail or "invalid request", errors=issues)
+    if isinstance(exc, RecursionError):
+        return problem(422, "validation_error", "the request is nested too deeply")
+    if isinstance(exc, StarletteHTTPException):
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        return problem(exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {}))
+    if isinstance(exc, RedisError):
+        _outages.warning("Redis unreachable", exc)
+        return problem(503, "unavailable", "hexbook's Redis is unreachable; retry shortly")
+    if isinstance(exc, RayError):
+        _outages.warning("shards unreachable", exc)
+        return problem(503, "unavailable", "a shard is unreachable; retry shortly")
+    log.error("unexpected error", exc_info=exc)
+    return problem(500, "internal", "an unexpected error happened; it was logged")
 
-    @app.exception_handler(StarletteHTTPException)
-    async def http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {
-            404: "not_found",
-            405: "method_not_allowed",
-            413: "body_too_large",
-            415: "unsupported_media_type",
-        }.get(exc.status_code, "http_error")
-        return problem(exc.status_code, code, str(exc.detail))
 
-    @app.exception_handler(Exception)
-    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error")
-        return problem(500, "internal", "an unexpected error happened; it was logged")
+def install(app: FastAPI) -> None:
+    """Answer every error the routes raise with :func:`problem_of` (what escapes the
+    routes is answered by :class:`gateway.observe.Observe` with the same function)."""
+
+    async def handler(_: Request, exc: Exception) -> JSONResponse:
+        return problem_of(exc)
+
+    for kind in (
+        errors.HexbookError,
+        RequestValidationError,
+        StarletteHTTPException,
+        RecursionError,
+        RedisError,
+        RayError,
+    ):
+        app.add_exception_handler(kind, handler)

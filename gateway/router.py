@@ -6,7 +6,10 @@ commits them together, so the gateway's throughput is not bounded by one actor c
 (or one fsync) per request. At most ``calls_per_shard`` calls are out to one shard at a
 time; what arrives meanwhile leaves together when one returns, so batches grow with the
 load (an actor call costs the gateway about 200 µs of CPU, whatever its size). Refs are
-awaited, never ``ray.get`` in a coroutine.
+awaited, never ``ray.get`` in a coroutine, and never longer than ``deadline`` seconds: a
+shard that stalls (stopped, swapping, a stuck node) gets its callers a 503 with
+``Retry-After`` instead of a hang. A command whose answer came too late may still have
+been applied; a retry under the same Idempotency-Key returns its first result.
 """
 
 from __future__ import annotations
@@ -40,8 +43,10 @@ class ShardRouter:
         max_inflight: int = 20_000,
         on_batch: Callable[[int], None] | None = None,
         calls_per_shard: int = 1,
+        deadline: float = 5.0,
     ) -> None:
         self.hexbook = hexbook
+        self.deadline = deadline
         self.on_batch = on_batch
         self.batch_max = batch_max
         self.max_inflight = max_inflight
@@ -55,10 +60,13 @@ class ShardRouter:
 
     async def shard_of(self, provider_id: str, refresh: bool = False) -> str:
         """The provider's shard (cached; the directory is read off the event loop)."""
-        cached = None if refresh else self.hexbook._placement.get(provider_id)
+        cached = None if refresh else self.hexbook.cached_shard(provider_id)
         if cached is not None:
             return cached
         return await asyncio.to_thread(self.hexbook.shard_of, provider_id, refresh=refresh)
+
+    async def _relocated(self, provider_id: str, shard: str) -> str | None:
+        return await asyncio.to_thread(self.hexbook.relocated, provider_id, shard)
 
     async def submit(self, command: Command) -> Outcome:
         """Send one command with whatever else is going to its shard; its outcome.
@@ -72,10 +80,10 @@ class ShardRouter:
         try:
             shard = await self.shard_of(command.provider_id)
             out = await self._enqueue(shard, command)
-            if isinstance(out, CalendarNotFound):  # maybe moved to another shard: look again
-                moved = await self.shard_of(command.provider_id, refresh=True)
-                if moved != shard:
-                    out = await self._enqueue(moved, command)
+            if isinstance(out, CalendarNotFound) and (
+                moved := await self._relocated(command.provider_id, shard)
+            ):
+                out = await self._enqueue(moved, command)
             return out
         finally:
             self.inflight -= 1
@@ -112,9 +120,11 @@ class ShardRouter:
             self.on_batch(len(batch))
         outcomes: list[Outcome]
         try:
-            outcomes = await self.hexbook.shard(shard).submit.remote(
-                encode_commands([c for c, _ in batch])
-            )
+            ref = self.hexbook.shard(shard).submit.remote(encode_commands([c for c, _ in batch]))
+            outcomes = await asyncio.wait_for(ref, self.deadline)
+        except TimeoutError:
+            log.warning("shard %s did not answer within %g s", shard, self.deadline)
+            outcomes = [self._late(shard)] * len(batch)
         except Unavailable as exc:
             outcomes = [Unavailable(exc.message)] * len(batch)
         except (RayActorError, RayError) as exc:
@@ -128,11 +138,29 @@ class ShardRouter:
             if not fut.done():
                 fut.set_result(out)
 
+    def _late(self, shard: str) -> Unavailable:
+        return Unavailable(
+            f"shard {shard} did not answer within {self.deadline:g} s; retry shortly "
+            "with the same Idempotency-Key"
+        )
+
     async def call(self, provider_id: str, method: str, *args: Any) -> Any:
-        """Call a read method on the provider's shard (no batching)."""
+        """Call a read method on the provider's shard (no batching); a calendar that
+        moved is looked up again, once."""
         shard = await self.shard_of(provider_id)
+        out = await self._call(shard, method, *args)
+        if isinstance(out, CalendarNotFound) and (
+            moved := await self._relocated(provider_id, shard)
+        ):
+            out = await self._call(moved, method, *args)
+        return out
+
+    async def _call(self, shard: str, method: str, *args: Any) -> Any:
         try:
-            return await getattr(self.hexbook.shard(shard), method).remote(*args)
+            ref = getattr(self.hexbook.shard(shard), method).remote(*args)
+            return await asyncio.wait_for(ref, self.deadline)
+        except TimeoutError:
+            raise self._late(shard) from None
         except Unavailable:
             raise
         except (RayActorError, RayError) as exc:

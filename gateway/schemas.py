@@ -1,22 +1,188 @@
-"""Request and response bodies of the v1 API (see ../shared/CONTRACT.md)."""
+"""The v1 API contract: every request and answer shape, defined once.
+
+The FastAPI routes declare these models (so the OpenAPI document is generated from
+them), and the fast path of :mod:`gateway.fast` validates with the very same models, so
+a limit changed here changes everywhere. ``docs/api.md`` describes the API in prose.
+
+Types used across the models:
+
+- :data:`Id`: provider ids and service names, 1 to 128 of ``A-Z a-z 0-9 . _ : -``
+  (the rule of :mod:`engine.provider`, matched whole: no final newline);
+- :data:`RoutableId`: hold and booking ids as hexbook issues them;
+- :data:`Instant`: an RFC 3339 timestamp with an offset, in whole seconds, which the
+  models turn into UTC seconds (``2026-03-08T09:15:00-06:00``);
+- :data:`TimeZone`: an IANA zone name this installation knows.
+"""
 
 from __future__ import annotations
 
+import re
 from datetime import date
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    model_validator,
+)
 
-_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+from engine.provider import ID_RULE
+from engine.schedule import FIRST_DAY_MAX, FIRST_DAY_MIN, zone_names
+from gateway.timefmt import RFC3339, rfc3339_seconds
+
+__all__ = [
+    "IDEMPOTENCY_KEY",
+    "BookingOut",
+    "BookingRequest",
+    "FeedQuery",
+    "Health",
+    "HoldOut",
+    "HoldRequest",
+    "Id",
+    "ImportIn",
+    "ImportOut",
+    "ImportScheduleIn",
+    "ImportScheduleOut",
+    "IndexFreshness",
+    "Instant",
+    "KeyIn",
+    "KeyOut",
+    "Patient",
+    "Problem",
+    "ProblemIssue",
+    "ProviderIn",
+    "ProviderOut",
+    "Ready",
+    "RescheduleRequest",
+    "RoutableId",
+    "SearchOut",
+    "SearchQuery",
+    "SearchResult",
+    "SlotOut",
+    "SlotsOut",
+    "SlotsQuery",
+    "TimeZone",
+    "idempotency_key_ok",
+]
+
+ID_PATTERN = f"^{ID_RULE}$"  # pydantic's regex engine: $ is the very end
+ROUTABLE_PATTERN = r"^[A-Za-z0-9_-]{2,480}\.[A-Za-z0-9_-]{22,32}$"
+ENTRY_ID_PATTERN = r"^[0-9]{1,20}-[0-9]{1,20}$"
+IDEMPOTENCY_KEY = r"^[!-~]{1,200}$"  # visible ASCII, as an HTTP header carries it
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY.strip("^$"))
+
+
+def idempotency_key_ok(key: str) -> bool:
+    """Whether ``key`` is an Idempotency-Key the Header declaration accepts."""
+    return _IDEMPOTENCY_KEY.fullmatch(key) is not None
+
+
+def _instant(value: object) -> int:
+    if not isinstance(value, str):
+        raise ValueError("must be an RFC 3339 timestamp string, e.g. 2026-03-08T09:15:00-06:00")
+    return rfc3339_seconds(value)
+
+
+def _zone(name: str) -> str:
+    if name not in zone_names():
+        raise ValueError(f"{name!r} is not an IANA time zone name (e.g. America/Chicago)")
+    return name
+
+
+def _http_url(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname  # parses the netloc: a broken [IPv6] raises here
+        parts.port  # noqa: B018 (a port that is not a number raises here)
+    except ValueError as exc:
+        raise ValueError(f"not a URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    return url
+
+
+Id = Annotated[
+    str,
+    Field(
+        pattern=ID_PATTERN,
+        description="1 to 128 of A-Z a-z 0-9 . _ : - (starting with a letter or digit)",
+        examples=["chi-0001"],
+    ),
+]
+RoutableId = Annotated[
+    str,
+    Field(
+        pattern=ROUTABLE_PATTERN,
+        min_length=24,
+        max_length=512,
+        description="an id hexbook issued: <calendar>.<128 random bits>, both base64url",
+    ),
+]
+Instant = Annotated[
+    int,
+    BeforeValidator(_instant),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "date-time",
+            "pattern": RFC3339,
+            "description": "RFC 3339 with an offset, whole seconds",
+            "examples": ["2026-03-08T09:15:00-06:00"],
+        }
+    ),
+]
+TimeZone = Annotated[
+    str,
+    AfterValidator(_zone),
+    Field(max_length=64, description="an IANA time zone name", examples=["America/Chicago"]),
+]
+HttpUrl = Annotated[
+    str,
+    Field(min_length=8, max_length=2000, examples=["https://example.org/$bulk-publish"]),
+    AfterValidator(_http_url),
+]
+Tag = Annotated[str, Field(min_length=1, max_length=64)]
+LocalTime = Annotated[str, Field(pattern=r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$")]
+LocalDate = Annotated[str, Field(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
+LocalDateTime = Annotated[
+    str,
+    Field(
+        pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9]{2})?$",
+        examples=["2026-03-10T12:00"],
+    ),
+]
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+class _Query(BaseModel):
+    """Query parameters: strings coerced to numbers; an empty value is the default."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _blank_is_absent(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v != ""}
+        return data
+
+
+# --- requests ----------------------------------------------------------------------
+
+
 class HoldRequest(_Strict):
-    provider_id: str = Field(pattern=_ID)
-    service: str = Field(pattern=_ID)
-    start: str = Field(description="RFC 3339 with offset, e.g. 2026-03-08T09:15:00-06:00")
+    provider_id: Id
+    service: Id
+    start: Instant
     party_size: int = Field(1, ge=1, le=50)
 
 
@@ -27,47 +193,152 @@ class Patient(_Strict):
 
 
 class BookingRequest(_Strict):
-    hold_id: str = Field(min_length=24, max_length=512)
+    hold_id: RoutableId
     patient: Patient
 
 
 class RescheduleRequest(_Strict):
-    provider_id: str = Field(pattern=_ID)
-    service: str = Field(pattern=_ID)
-    start: str
+    provider_id: Id
+    service: Id
+    start: Instant
+
+
+class SearchQuery(_Query):
+    lat: float = Field(ge=-90, le=90, allow_inf_nan=False)
+    lng: float = Field(ge=-180, le=180, allow_inf_nan=False)
+    service: Id
+    radius_km: float = Field(10.0, gt=0, le=100, allow_inf_nan=False)
+    from_: Instant | None = Field(None, alias="from", description="from this instant (now)")
+    to: Instant | None = Field(None, description="before this instant")
+    limit: int = Field(20, ge=1, le=100)
+    party_size: int = Field(1, ge=1, le=50)
+    language: list[Tag] = Field(default_factory=list, max_length=20)
+    accessibility: list[Tag] = Field(default_factory=list, max_length=20)
+    insurance: list[Tag] = Field(default_factory=list, max_length=20)
+    order: Literal["distance", "earliest"] = "distance"
+
+
+class SlotsQuery(_Query):
+    service: Id
+    from_: Instant | None = Field(None, alias="from")
+    to: Instant | None = None
+
+
+class FeedQuery(_Query):
+    after: str | None = Field(
+        None, pattern=ENTRY_ID_PATTERN, description="resume after this event id"
+    )
 
 
 class WindowIn(_Strict):
-    opens: str = Field(examples=["09:00"])
-    closes: str = Field(examples=["17:00"])
+    opens: LocalTime = Field(examples=["09:00"])
+    closes: LocalTime = Field(examples=["17:00"])
     capacity: int = Field(ge=0, le=65_535)
 
 
 class BlockedIn(_Strict):
-    start: str = Field(examples=["2026-03-10T12:00"])
-    end: str
+    start: LocalDateTime
+    end: LocalDateTime
 
 
 class ScheduleIn(_Strict):
-    days: dict[str, list[WindowIn]] = Field(description="keys mon..sun")
-    closed_dates: list[str] = []
-    blocked: list[BlockedIn] = []
+    days: dict[Weekday, Annotated[list[WindowIn], Field(max_length=24)]]
+    closed_dates: list[LocalDate] = Field(default_factory=list, max_length=400)
+    blocked: list[BlockedIn] = Field(default_factory=list, max_length=1000)
 
 
-class ProviderIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ProviderIn(_Strict):
     name: str = Field(min_length=1, max_length=200)
-    lat: float = Field(ge=-90, le=90)
-    lng: float = Field(ge=-180, le=180)
-    timezone: str = Field(examples=["America/Chicago"])
-    services: list[str] = Field(min_length=1, max_length=20)
-    languages: list[str] = []
-    accessibility: list[str] = []
-    insurance: list[str] = []
+    lat: float = Field(ge=-90, le=90, allow_inf_nan=False)
+    lng: float = Field(ge=-180, le=180, allow_inf_nan=False)
+    timezone: TimeZone
+    services: list[Id] = Field(min_length=1, max_length=20)
+    languages: list[Tag] = Field(default_factory=list, max_length=50)
+    accessibility: list[Tag] = Field(default_factory=list, max_length=50)
+    insurance: list[Tag] = Field(default_factory=list, max_length=50)
     schedule: ScheduleIn
-    first_day: date
+    first_day: date = Field(ge=FIRST_DAY_MIN, le=FIRST_DAY_MAX, strict=False)
     days: int = Field(14, ge=1, le=366)
-    slot_minutes: int = Field(15, ge=5, le=240)
+    slot_minutes: int = Field(15, ge=5, le=240, description="a divisor of a day's minutes")
+
+
+class KeyIn(_Strict):
+    role: Literal["booking-client", "provider-admin", "operator"]
+    name: str = Field(min_length=1, max_length=128, description="who or what uses the key")
+    providers: list[Annotated[str, Field(min_length=1, max_length=129)]] = Field(
+        default_factory=list,
+        max_length=1000,
+        description="provider-admin only: provider ids, or prefixes ending in *",
+    )
+    rate_per_second: float | None = Field(None, gt=0, le=1_000_000, allow_inf_nan=False)
+
+
+Connector = Literal["smart", "fhir", "csv"]
+
+
+class ImportIn(_Strict):
+    connector: Connector = Field(
+        description="smart: a SMART Scheduling Links manifest (url); fhir: a FHIR R4 Bundle of "
+        "Location, Schedule and Slot (url or content); csv: the sites CSV (url or content)",
+    )
+    url: HttpUrl | None = None
+    content: str | None = Field(None, description="fhir or csv: the file itself")
+    source: str | None = Field(
+        None, max_length=200, description="names the source of content (default: the connector)"
+    )
+    states: list[Tag] = Field(
+        default_factory=list, max_length=60, description="only Slot files of these states"
+    )
+    force: bool = Field(False, description="fetch even if the manifest's max-age has not run out")
+    timezone: TimeZone = Field(
+        "America/New_York", description="time zone of sites the source does not place"
+    )
+
+
+class ImportScheduleIn(_Strict):
+    connector: Connector = Field(description="as in POST /v1/imports; the source is a url")
+    url: HttpUrl
+    every_seconds: int = Field(
+        ge=1,
+        le=7 * 86400,
+        description="run this often (a SMART source is still fetched only when its max-age "
+        "has run out); the first run is at once",
+    )
+    states: list[Tag] = Field(
+        default_factory=list, max_length=60, description="only Slot files of these states"
+    )
+    timezone: TimeZone = Field(
+        "America/New_York", description="time zone of sites the source does not place"
+    )
+
+
+# --- answers -----------------------------------------------------------------------
+
+
+class ProblemIssue(BaseModel):
+    loc: list[str | int]
+    msg: str
+
+
+class Problem(BaseModel):
+    """An error (RFC 9457 problem details) with a stable ``code``."""
+
+    type: str = Field(examples=["https://hexbook.dev/problems/slot_unavailable"])
+    title: str
+    status: int
+    detail: str = Field(description="what happened and what to do")
+    code: str = Field(description="stable and machine-readable", examples=["slot_unavailable"])
+    errors: list[ProblemIssue] | None = Field(None, description="validation_error: each issue")
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Ready(BaseModel):
+    status: Literal["ready"]
+    shards: int
+    redis_restarts: int = Field(0, description="restarts of the embedded redis-server")
 
 
 class ProviderOut(BaseModel):
@@ -83,22 +354,26 @@ class ProviderOut(BaseModel):
 
 
 class HoldOut(BaseModel):
-    hold_id: str
+    hold_id: str = Field(description="a bearer secret: whoever has it may confirm or release")
     provider_id: str
     service: str
-    start: str
+    start: str = Field(description="RFC 3339, the provider's local time and offset")
     party_size: int
     expires_at: str
 
 
 class BookingOut(BaseModel):
     booking_id: str
-    booking_token: str | None = Field(None, description="only in the answer that created it")
+    booking_token: str | None = Field(
+        None,
+        description="the secret that reads, cancels or moves this booking: in the answer that "
+        "created it (and in a repeat of that request under the same Idempotency-Key)",
+    )
     provider_id: str
     service: str
     start: str
     party_size: int
-    status: str
+    status: Literal["active", "cancelled"]
     patient: Patient
 
 
@@ -115,15 +390,30 @@ class SlotsOut(BaseModel):
     slots: list[SlotOut]
 
 
-class KeyIn(_Strict):
-    role: str = Field(pattern="^(booking-client|provider-admin|operator)$")
-    name: str = Field(min_length=1, max_length=128, description="who or what uses the key")
-    providers: list[str] = Field(
-        default_factory=list,
-        max_length=1000,
-        description="provider-admin only: provider ids, or prefixes ending in *",
-    )
-    rate_per_second: float | None = Field(None, gt=0, le=1_000_000)
+class NextSlot(BaseModel):
+    start: str
+    remaining: int
+
+
+class SearchResult(BaseModel):
+    provider_id: str
+    name: str
+    lat: float
+    lng: float
+    distance_km: float
+    service: str
+    next_slots: list[NextSlot]
+
+
+class IndexFreshness(BaseModel):
+    as_of_ms: int = Field(description="Unix ms of the last change applied")
+    age_ms: int
+    entries_applied: int
+
+
+class SearchOut(BaseModel):
+    results: list[SearchResult]
+    index: IndexFreshness
 
 
 class KeyOut(BaseModel):
@@ -137,26 +427,6 @@ class KeyOut(BaseModel):
     key: str | None = Field(None, description="the key itself: shown once, at creation")
 
 
-class ImportIn(_Strict):
-    connector: str = Field(
-        pattern="^(smart|fhir|csv)$",
-        description="smart: a SMART Scheduling Links manifest (url); fhir: a FHIR R4 Bundle of "
-        "Location, Schedule and Slot (url or content); csv: the sites CSV (url or content)",
-    )
-    url: str | None = Field(
-        None, min_length=8, max_length=2000, examples=["https://example.org/$bulk-publish"]
-    )
-    content: str | None = Field(None, description="fhir or csv: the file itself")
-    source: str | None = Field(
-        None, max_length=200, description="names the source of content (default: the connector)"
-    )
-    states: list[str] = Field(default_factory=list, description="only Slot files of these states")
-    force: bool = Field(False, description="fetch even if the manifest's max-age has not run out")
-    timezone: str = Field(
-        "America/New_York", description="time zone of sites the source does not place"
-    )
-
-
 class ImportOut(BaseModel):
     url: str
     fetched: bool = Field(description="false: not modified (304) or max-age not run out")
@@ -168,23 +438,6 @@ class ImportOut(BaseModel):
     conflicts: list[str]
     errors: list[str]
     providers: list[str]
-
-
-class ImportScheduleIn(_Strict):
-    connector: str = Field(
-        pattern="^(smart|fhir|csv)$", description="as in POST /v1/imports; the source is a url"
-    )
-    url: str = Field(min_length=8, max_length=2000, examples=["https://example.org/$bulk-publish"])
-    every_seconds: int = Field(
-        ge=1,
-        le=7 * 86400,
-        description="run this often (a SMART source is still fetched only when its max-age "
-        "has run out); the first run is at once",
-    )
-    states: list[str] = Field(default_factory=list, description="only Slot files of these states")
-    timezone: str = Field(
-        "America/New_York", description="time zone of sites the source does not place"
-    )
 
 
 class ImportScheduleOut(BaseModel):

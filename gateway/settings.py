@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import date
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings"]
 
@@ -58,6 +59,25 @@ class Settings(BaseSettings):
     )
     access_log: bool = Field(False, description="one JSON log line per request (errors always)")
     feed_max_clients: int = Field(100, ge=1, description="open live-feed streams at most")
+    feed_keepalive_seconds: float = Field(
+        15.0, ge=1, le=60, description="a comment line on an idle live feed this often"
+    )
+    shard_deadline_seconds: float = Field(
+        5.0, gt=0, le=120, description="a shard that answers nothing for this long: 503"
+    )
+    idempotency_ttl_seconds: int = Field(
+        86_400, ge=60, description="how long an Idempotency-Key stays claimed for its caller"
+    )
+    token_secret: SecretStr | None = Field(
+        None,
+        description="derives the booking token a repeated confirm shows again; none: one "
+        "made at first start and kept in Redis (shared by every gateway)",
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="addresses of reverse proxies whose X-Forwarded-For is believed "
+        "(comma-separated in HEXBOOK_TRUSTED_PROXIES); none by default",
+    )
     booking_link: str = Field(
         "https://book.example.org/?provider={provider_id}&service={service}&date={date}",
         description="SMART feed: booking-deep-link of a day's slot ({provider_id}, {service}, "
@@ -66,3 +86,14 @@ class Settings(BaseSettings):
     smart_refresh_seconds: float = Field(
         10.0, ge=0, description="SMART feed: re-rendered at most this often (also its max-age)"
     )
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @property
+    def trusted_proxy_set(self) -> frozenset[str]:
+        return frozenset(self.trusted_proxies)

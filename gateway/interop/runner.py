@@ -53,7 +53,7 @@ def run_import(
     check_spec(spec)
     if spec.connector == "smart":
         url = str(spec.url)
-        fetched = fetch_smart(url, hb._redis, force=spec.force, states=set(spec.states) or None)
+        fetched = fetch_smart(url, hb.redis, force=spec.force, states=set(spec.states) or None)
         if fetched.not_modified or fetched.skipped:
             note = fetched.skipped or "not modified since the last import (HTTP 304)"
             return ImportOut(
@@ -68,7 +68,7 @@ def run_import(
             sites, problems = parse_bundle(text, f"fhir:{url}")
         else:
             sites, problems = parse_sites_csv(text, f"csv:{url}", spec.timezone)
-    summary = reconcile(hb, hb._redis, sites, default_timezone=spec.timezone)
+    summary = reconcile(hb, hb.redis, sites, default_timezone=spec.timezone)
     placed(summary.placed)
     d = summary.as_dict()
     d["errors"] = problems + d["errors"]

@@ -103,8 +103,13 @@ class ScheduleStore:
 
     @staticmethod
     def import_spec(spec: ImportScheduleIn | ImportScheduleOut) -> ImportIn:
-        return ImportIn(
-            connector=spec.connector, url=spec.url, states=spec.states, timezone=spec.timezone
+        return ImportIn.model_validate(
+            {
+                "connector": spec.connector,
+                "url": spec.url,
+                "states": spec.states,
+                "timezone": spec.timezone,
+            }
         )
 
 
@@ -119,7 +124,7 @@ class ImportScheduler:
         lock_seconds: float = 900.0,
     ) -> None:
         self.hb = hb
-        self.store = ScheduleStore(hb._redis)
+        self.store = ScheduleStore(hb.redis)
         self.placed = placed
         self.tick = tick
         self.lock_seconds = lock_seconds  # a run longer than this may be run twice

@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from actors import journal
+from actors.availability import AVAILABILITY_STREAM, CalendarChanged, SlotFree, decode_entry
 from actors.embedded_redis import EmbeddedRedis
 from actors.shard_core import ShardCore
 from engine.calendar import Calendar
@@ -164,8 +165,6 @@ def test_failed_append_fails_stop_and_loses_only_unacknowledged(tmp_path: Path) 
 def test_availability_deltas_follow_each_change(
     redis_server: EmbeddedRedis, redis_client: object
 ) -> None:
-    import msgspec
-
     async def go() -> None:
         core = await new_core(redis_server.url)
         core.add_calendars(provider(0), snaps(provider(0)))
@@ -174,9 +173,9 @@ def test_availability_deltas_follow_each_change(
         core.apply([PlaceHold("p0", "vaccine", None, 1, "h1", start, 1, 600)])
         core.apply([PlaceHold("p0", "vaccine", None, 1, "h2", start, 1, 600)])
         await core.commit()
-        rows = await core.redis.xrange(journal.AVAILABILITY_STREAM)
-        decoded = [msgspec.msgpack.decode(f[b"d"]) for _, f in rows]
-        assert decoded[0] == [["p0", "vaccine", -1, -1]]  # calendar added
-        assert decoded[1] == [["p0", "vaccine", start, 0]]  # two holds, one delta, 0 left
+        rows = await core.redis.xrange(AVAILABILITY_STREAM)
+        decoded = [decode_entry(i, f).changes for i, f in rows]
+        assert decoded[0] == [CalendarChanged("p0", "vaccine")]  # calendar added
+        assert decoded[1] == [SlotFree("p0", "vaccine", start, 0)]  # two holds, one delta
 
     run(go())

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from actors.api import Hexbook
-from actors.availability import read_availability
+from actors.availability import CalendarChanged, SlotFree, read_availability
 from actors.embedded_redis import EmbeddedRedis
 from engine.errors import BookingNotActive, SlotUnavailable
 from engine.provider import Provider
@@ -76,18 +76,17 @@ def test_availability_stream_can_be_followed_from_any_point(
     h = city.hold("north", SERVICE, s1)
     city.confirm(h.hold_id, "north", SERVICE, "r")
     city.hold("north", SERVICE, s2)
-    deltas, last = read_availability(client, after=mark)
-    assert [(d.provider_id, d.start, d.remaining) for d in deltas] == [
-        ("north", s1, 0),
-        ("north", s1, 0),
-        ("north", s2, 0),
+    entries, last = read_availability(client, after=mark)
+    changes = [c for e in entries for c in e.changes]
+    assert changes == [
+        SlotFree("north", SERVICE, s1, 0),
+        SlotFree("north", SERVICE, s1, 0),
+        SlotFree("north", SERVICE, s2, 0),
     ]
     assert read_availability(client, after=last) == ([], last)
     everything, _ = read_availability(client, after="0-0")
-    assert {(d.provider_id, d.start) for d in everything if d.start == -1} == {
-        ("north", -1),
-        ("south", -1),
-    }
+    whole = {c for e in everything for c in e.changes if isinstance(c, CalendarChanged)}
+    assert whole == {CalendarChanged("north", SERVICE), CalendarChanged("south", SERVICE)}
     client.close()
 
 

@@ -284,7 +284,7 @@ def part_gateway(rounds: int, seconds: float = 6.0) -> dict[str, float]:
             t0 = time.perf_counter()
             hb.provision_many(city, today, 14, 15)
             print(f"demo city: {len(city)} sites provisioned in {time.perf_counter() - t0:.1f} s")
-            key = KeyStore(hb._redis).create("booking-client", "bench", rate_per_second=1e7)[0]
+            key = KeyStore(hb.redis).create("booking-client", "bench", rate_per_second=1e7)[0]
             rng = random.Random(7)
             # Every run of holds and of hold-then-book gets places nobody has taken yet
             # (a hold lasts 5 minutes): a 409 here would measure a full slot, not speed.
@@ -311,9 +311,9 @@ def part_gateway(rounds: int, seconds: float = 6.0) -> dict[str, float]:
                         results.setdefault(f"ceiling@{c}", []).append(
                             wrk(noop_url, noop, c, seconds)
                         )
-                        app.state.router.batch_sizes.clear()
+                        app.state.runtime.service.router.batch_sizes.clear()
                         r = wrk(url, script_post("/v1/holds", key, next(fresh)), c, seconds)
-                        sizes = app.state.router.batch_sizes
+                        sizes = app.state.runtime.service.router.batch_sizes
                         r["batch"] = sum(k * v for k, v in sizes.items()) / max(
                             sum(sizes.values()), 1
                         )

@@ -59,7 +59,7 @@ def test_provider_admin_changes_only_its_providers(
 ) -> None:
     admin = {"Authorization": f"Bearer {keys['provider-admin']}"}  # may change clinic-*
     r = httpx.put(f"{base}/v1/providers/clinic-new", json=SCHEDULE, headers=admin, timeout=60)
-    assert r.status_code == 200, r.text
+    assert r.status_code == 201, r.text
     r = httpx.put(f"{base}/v1/providers/other-site", json=SCHEDULE, headers=admin, timeout=60)
     assert_problem(r, 403, "forbidden")
     assert_problem(api.get("/v1/providers/other-site"), 404, "provider_not_found")
@@ -72,13 +72,13 @@ def test_operator_can_change_schedules_and_read_any_booking(
     base: str, ops: httpx.Client, api: httpx.Client
 ) -> None:
     r = ops.put("/v1/providers/ops-site", json={**SCHEDULE, "name": "Ops site"})
-    assert r.status_code == 200, r.text
+    assert r.status_code == 201, r.text
     hold = api.post("/v1/holds", json={**hold_body(api, 3), "provider_id": "ops-site"}).json()
     booking = api.post(
         "/v1/bookings", json={"hold_id": hold["hold_id"], "patient": {"reference": "op"}}
     ).json()
     # A booking client needs the token; an operator does not.
-    assert_problem(api.get(f"/v1/bookings/{booking['booking_id']}"), 404, "not_found")
+    assert_problem(api.get(f"/v1/bookings/{booking['booking_id']}"), 404, "booking_not_found")
     got = ops.get(f"/v1/bookings/{booking['booking_id']}")
     assert got.status_code == 200, got.text
     assert got.json()["patient"]["reference"] == "op"

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import httpx
 
+from actors.embedded_redis import EmbeddedRedis
+
 
 def start(data: Path, port: int) -> subprocess.Popen[str]:
     return subprocess.Popen(
@@ -151,7 +153,13 @@ def test_keys_cli_explains_and_refuses_bad_input(tmp_path: Path) -> None:
         "keys", "create", "--role", "provider-admin", "--name", "x", "--data-dir", str(tmp_path)
     )
     assert admin.returncode == 2 and "needs the providers" in admin.stderr
-    gone = cli("keys", "revoke", "ffffffff", "--data-dir", str(tmp_path))
+    # A folder with no hexbook in it: said so, and no new, empty Redis started there.
+    elsewhere = cli("keys", "list", "--data-dir", str(tmp_path / "elsewhere"))
+    assert elsewhere.returncode == 2 and "no hexbook in" in elsewhere.stderr, elsewhere.stderr
+    assert not (tmp_path / "elsewhere").exists()
+    with EmbeddedRedis(tmp_path / "data"):
+        pass  # a stopped hexbook's data folder
+    gone = cli("keys", "revoke", "ffffffff", "--data-dir", str(tmp_path / "data"))
     assert gone.returncode == 2 and "no key" in gone.stderr
 
 

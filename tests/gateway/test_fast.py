@@ -72,7 +72,7 @@ def test_well_formed_requests_take_the_fast_path_and_others_reach_fastapi(
     assert_problem(no_key, 401, "unauthorized")
     far = httpx.get(f"{base}/v1/search", params={"lat": 100, "lng": 0, "service": "vaccine"})
     assert_problem(far, 422, "validation_error")
-    assert fast.served == served + 1  # only the hold whose start FastAPI would also take
+    assert fast.served == served  # every malformed request was answered by FastAPI
     # Domain errors on the fast path are the same problems: 409 for a slot taken twice.
     again = _hold(api, free[0], party_size=2)
     assert_problem(again, 409, "slot_unavailable")
@@ -103,7 +103,12 @@ def test_fast_path_and_fastapi_give_the_same_answers(
         )
         full = _hold(api, hold.json()["start"])
         out = [search, hold.status_code, booking.status_code, repeat.status_code]
-        out += [sorted(hold.json()), sorted(booking.json()), repeat.json()["booking_token"]]
+        token = booking.json()["booking_token"]
+        out += [
+            sorted(hold.json()),
+            sorted(booking.json()),
+            repeat.json()["booking_token"] == token,
+        ]
         out += [repeat.json()["booking_id"] == booking.json()["booking_id"]]
         out += [full.status_code, full.json()["code"], full.headers["content-type"]]
         return out

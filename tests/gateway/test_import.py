@@ -61,7 +61,7 @@ def gateway_settings() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def feed(stack: Any) -> Iterator[tuple[str, Feed]]:
-    state = Feed(stack[2].state.index.grid.start)
+    state = Feed(stack[2].state.runtime.index.grid.start)
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -239,7 +239,7 @@ def test_csv_imports_good_rows_and_reports_bad_ones_by_line(
     keys: dict[str, str],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    first_day = datetime.fromtimestamp(stack[2].state.index.grid.start, UTC).date()
+    first_day = datetime.fromtimestamp(stack[2].state.runtime.index.grid.start, UTC).date()
     text = CSV.format(d=first_day.isoformat())
     r = ops.post("/v1/imports", json={"connector": "csv", "content": text, "source": "sites.csv"})
     assert r.status_code == 200, r.text
@@ -362,7 +362,7 @@ def test_import_schedule_keeps_a_failed_run_and_runs_once_among_gateways(
         assert r.headers["content-type"].startswith("application/problem+json")
     assert api.post("/v1/imports/schedules", json=spec).status_code == 403
     assert api.get("/v1/imports/schedules").status_code == 403
-    assert ops.delete("/v1/imports/schedules/nope").status_code == 404
+    assert ops.delete("/v1/imports/schedules/000000000000").status_code == 404
 
 
 def test_import_schedules_from_the_cli(

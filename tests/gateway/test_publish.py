@@ -112,7 +112,7 @@ def test_feed_is_cached_and_rendered_only_where_it_changed(
     etag = first.headers["etag"]
     assert "max-age" in first.headers["cache-control"]
     assert api.get("/smart/slots.ndjson", headers={"If-None-Match": etag}).status_code == 304
-    pub = stack[2].state.smart
+    pub = stack[2].state.runtime.smart
     grid = api.get("/v1/providers/clinic-2/slots", params={"service": "vaccine"}).json()
     start = next(s["start"] for s in grid["slots"] if s["remaining"])
     hold = api.post(
@@ -139,7 +139,7 @@ def second(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tup
     """A second, empty hexbook (its own Redis and shards) over HTTP: (url, operator key)."""
     with EmbeddedRedis(tmp_path_factory.mktemp("redis-b")) as server:
         hb = Hexbook.connect(server.url, shards=2, namespace=f"gw-b-{uuid.uuid4().hex[:6]}")
-        index = stack[2].state.index.grid
+        index = stack[2].state.runtime.index.grid
         settings = Settings(
             redis_url=server.url,
             index_first_day=datetime.fromtimestamp(index.start).date(),
@@ -159,7 +159,7 @@ def second(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tup
         while not srv.started:
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        key = KeyStore(hb._redis).create("operator", "round trip")[0]
+        key = KeyStore(hb.redis).create("operator", "round trip")[0]
         yield f"http://127.0.0.1:{port}", key
         srv.should_exit = True
         thread.join(timeout=30)

@@ -61,7 +61,7 @@ def test_a_new_provider_becomes_searchable(base: str, ops: httpx.Client) -> None
     r = ops.put(
         f"{base}/v1/providers/newcomer", json={**SCHEDULE, "lat": 41.70, "lng": -87.9}, timeout=60
     )
-    assert r.status_code == 200
+    assert r.status_code == 201  # created
     deadline = time.monotonic() + 10
     found: list[str] = []
     while time.monotonic() < deadline and "newcomer" not in found:

@@ -1,0 +1,22 @@
+"""The v1 API's routes, one module per resource, each an ``APIRouter`` whose handlers call
+:class:`gateway.service.BookingService` (or the operations' own stores)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from gateway.routes import bookings, feed, holds, imports, keys, ops, providers, search, smart
+
+__all__ = ["ROUTERS"]
+
+ROUTERS: tuple[APIRouter, ...] = (
+    ops.router,
+    search.router,
+    providers.router,
+    holds.router,
+    bookings.router,
+    feed.router,
+    keys.router,
+    imports.router,
+    smart.router,
+)

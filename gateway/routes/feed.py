@@ -1,0 +1,108 @@
+"""``GET /v1/feed``: availability changes as server-sent events, resumable.
+
+Each event is one entry of the availability stream (one committed shard batch): its
+``id`` is the stream entry id, its ``data`` the changed slots with their free places.
+A client that reconnects with ``Last-Event-ID`` (browsers' ``EventSource`` does this by
+itself) or ``?after=`` gets every entry after that one, then live ones. When the id it
+gives is older than the stream keeps, or newer than its newest entry (another
+deployment's, or a Redis that was reset), it gets one ``reset`` event: reload the state
+(search, slots) and follow on from the id given. A comment line every
+``feed_keepalive_seconds`` (15) keeps idle connections open through proxies.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import StreamingResponse
+from redis.exceptions import RedisError
+
+from actors.availability import AvailabilityEntry, SlotFree, entry_id_key, parse_entry_id
+from engine.errors import InvalidRequest, Unavailable
+from gateway.deps import Caller, Runtime, RuntimeDep
+from gateway.openapi import ANONYMOUS
+from gateway.schemas import ENTRY_ID_PATTERN, FeedQuery
+
+router = APIRouter(prefix="/v1", tags=["search"])
+_STREAM: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}
+}
+
+
+def _utc(ts: int) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def _event(entry: AvailabilityEntry) -> str:
+    changes = [
+        {"provider_id": c.provider_id, "service": c.service, "start": _utc(c.start),
+         "remaining": c.remaining}
+        if isinstance(c, SlotFree)
+        else {"provider_id": c.provider_id, "service": c.service, "calendar": "changed"}
+        for c in entry.changes
+    ]  # fmt: skip
+    data = json.dumps({"shard": entry.shard, "changes": changes})
+    return f"id: {entry.entry_id}\nevent: availability\ndata: {data}\n\n"
+
+
+async def _events(
+    rt: Runtime, resume: str | None, newest: str, oldest: str | None
+) -> AsyncIterator[str]:
+    rt.feed_clients += 1
+    rt.metrics.feed_clients.inc()
+    keepalive_ms = int(rt.settings.feed_keepalive_seconds * 1000)
+    try:
+        cursor = resume or newest
+        if resume is not None and (
+            (oldest is not None and entry_id_key(resume) < entry_id_key(oldest))
+            or entry_id_key(resume) > entry_id_key(newest)
+        ):
+            # Entries after ``resume`` were trimmed, or never were: the client must reload.
+            cursor = newest
+            yield f"id: {newest}\nevent: reset\ndata: {{}}\n\n"
+        yield "retry: 2000\n\n"
+        while True:
+            try:
+                entries = await rt.stream.read(cursor, count=200, block_ms=keepalive_ms)
+            except RedisError:
+                return  # the client reconnects with Last-Event-ID and misses nothing
+            if not entries:
+                yield ": keep-alive\n\n"
+            for entry in entries:
+                cursor = entry.entry_id
+                yield _event(entry)
+    finally:
+        rt.feed_clients -= 1
+        rt.metrics.feed_clients.dec()
+
+
+@router.get("/feed", response_class=StreamingResponse, responses=_STREAM, openapi_extra=ANONYMOUS)
+async def feed(
+    q: Annotated[FeedQuery, Query()],
+    _: Caller,
+    rt: RuntimeDep,
+    last_event_id: Annotated[
+        str | None, Header(alias="Last-Event-ID", pattern=ENTRY_ID_PATTERN)
+    ] = None,
+) -> StreamingResponse:
+    """Availability changes as server-sent events (``event: availability``), from now,
+    or after ``Last-Event-ID`` / ``?after=`` when resuming."""
+    resume = last_event_id or q.after
+    if resume is not None and parse_entry_id(resume) is None:
+        raise InvalidRequest("Last-Event-ID / after must be a feed event id like 1712-0")
+    if rt.feed_clients >= rt.settings.feed_max_clients:
+        raise Unavailable(f"the feed serves {rt.settings.feed_max_clients} clients at most")
+    try:
+        newest = await rt.stream.newest() or "0-0"
+        oldest = await rt.stream.oldest()
+    except RedisError as exc:
+        raise Unavailable("the availability stream is unreachable; retry shortly") from exc
+    return StreamingResponse(
+        _events(rt, resume, newest, oldest),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,76 @@
+"""Serving the gateway: the listening socket first, then uvicorn on it.
+
+``hexbook up`` and the tests serve the same way: the port is bound before anything else
+starts (a port in use is a clear error, not a traceback after the banner), uvicorn never
+rewrites the client address from ``X-Forwarded-For`` (:func:`gateway.auth.client_address`
+does, for configured proxies only), and ``on_started`` runs once the app has started
+and is taking connections.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+import uvicorn
+from fastapi import FastAPI
+
+__all__ = ["PortInUse", "bind", "server", "when_started"]
+
+
+class PortInUse(OSError):
+    """The address to listen on is taken."""
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (``port`` 0: a free one), or :class:`PortInUse`."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUse(
+                exc.errno,
+                f"{host}:{port} is in use (another hexbook up?); stop it or choose "
+                "another port with --port",
+            ) from None
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def server(
+    app: FastAPI, *, keep_alive_seconds: int = 5, log_level: str = "warning"
+) -> uvicorn.Server:
+    """A uvicorn server for ``app`` as hexbook serves it (no proxy-header rewriting)."""
+    config = uvicorn.Config(
+        app,
+        log_level=log_level,
+        log_config=None,
+        lifespan="on",
+        proxy_headers=False,
+        server_header=False,
+        timeout_keep_alive=keep_alive_seconds,
+    )
+    return uvicorn.Server(config)
+
+
+def when_started(srv: uvicorn.Server, on_started: Callable[[], None]) -> threading.Thread:
+    """Call ``on_started`` (in a thread) once ``srv`` has started."""
+
+    def wait() -> None:
+        while not srv.started:
+            if srv.should_exit:
+                return
+            time.sleep(0.05)
+        on_started()
+
+    thread = threading.Thread(target=wait, name="hexbook-started", daemon=True)
+    thread.start()
+    return thread

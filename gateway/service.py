@@ -1,0 +1,368 @@
+"""The booking service: every verb of the v1 API, in one place.
+
+Both ways a request reaches the gateway call this: the FastAPI routes of
+:mod:`gateway.routes` (which document the API and answer what the fast path does not
+take) and the fast path of :mod:`gateway.fast`. Requests arrive as the validated models
+of :mod:`gateway.schemas`; answers are JSON-ready dicts in the shape of the response
+models; failures are the domain errors of :mod:`engine.errors`, which
+:func:`gateway.problems.problem_of` turns into answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from typing import Any
+
+from actors.api import Hexbook, calendar_of, routable_id, token_digest
+from actors.shard import check
+from engine.errors import (
+    BookingNotFound,
+    HexbookError,
+    InvalidRequest,
+    NotFound,
+    SlotUnavailable,
+)
+from engine.provider import Provider
+from engine.records import (
+    Booking,
+    CancelBooking,
+    ConfirmHold,
+    Hold,
+    PlaceHold,
+    ReleaseHold,
+    RescheduleBooking,
+)
+from engine.schedule import Blocked, WeeklyTemplate, Window
+from gateway.auth import Forbidden, Principal
+from gateway.idempotency import Idempotency
+from gateway.index import AvailabilityIndex
+from gateway.observe import Metrics
+from gateway.router import ShardRouter
+from gateway.schemas import (
+    BookingRequest,
+    HoldRequest,
+    ProviderIn,
+    RescheduleRequest,
+    SearchQuery,
+    SlotsQuery,
+)
+from gateway.timefmt import format_local
+
+__all__ = ["BookingService", "NoSuchBooking", "SlotStarted"]
+
+
+class SlotStarted(SlotUnavailable):
+    """A hold or a move to a slot that has already started (409 slot_unavailable)."""
+
+    def __init__(self) -> None:
+        HexbookError.__init__(self, "that slot has already started; choose a later one")
+        self.free = 0
+
+
+class NoSuchBooking(BookingNotFound):
+    """No booking for this id *and token*: the same answer whether the id is unknown or
+    the token wrong, so a guesser learns nothing about which ids exist."""
+
+    def __init__(self, booking_id: str) -> None:
+        HexbookError.__init__(
+            self,
+            f"no booking {booking_id[:12]}… for this token; check the id and the "
+            "X-Booking-Token from the answer that created it",
+        )
+
+
+def _not_past(start: int) -> int:
+    if start <= int(time.time()):
+        raise SlotStarted()
+    return start
+
+
+def provider_out(p: Provider) -> dict[str, Any]:
+    """A provider as the ProviderOut of the contract."""
+    return {
+        "provider_id": p.provider_id,
+        "name": p.name,
+        "lat": p.lat,
+        "lng": p.lng,
+        "timezone": p.timezone,
+        "services": list(p.services),
+        "languages": list(p.languages),
+        "accessibility": list(p.accessibility),
+        "insurance": list(p.insurance),
+    }
+
+
+def hold_out(h: Hold, provider: Provider, service: str) -> dict[str, Any]:
+    """A hold as the HoldOut of the contract."""
+    return {
+        "hold_id": h.hold_id,
+        "provider_id": provider.provider_id,
+        "service": service,
+        "start": format_local(h.start, provider.timezone),
+        "party_size": h.party_size,
+        "expires_at": format_local(h.expires_at, provider.timezone),
+    }
+
+
+def booking_out(
+    b: Booking, provider: Provider, service: str, token: str | None = None
+) -> dict[str, Any]:
+    """A booking as the BookingOut of the contract."""
+    return {
+        "booking_id": b.booking_id,
+        "booking_token": token,
+        "provider_id": provider.provider_id,
+        "service": service,
+        "start": format_local(b.start, provider.timezone),
+        "party_size": b.party_size,
+        "status": b.status,
+        "patient": {"reference": b.patient_ref},
+    }
+
+
+class BookingService:
+    """Search, slots, holds, bookings and provider schedules, bound once at start-up."""
+
+    def __init__(
+        self,
+        hexbook: Hexbook,
+        router: ShardRouter,
+        index: AvailabilityIndex,
+        idempotency: Idempotency,
+        metrics: Metrics,
+        hold_ttl_seconds: int,
+    ) -> None:
+        self.hexbook = hexbook
+        self.router = router
+        self.index = index
+        self.idempotency = idempotency
+        self.metrics = metrics
+        self.hold_ttl_seconds = hold_ttl_seconds
+        self.providers = index.providers  # provider records, refreshed by PUT and imports
+
+    # --- reading -------------------------------------------------------------------
+
+    async def provider(self, provider_id: str) -> Provider:
+        """A provider record. Records change only through PUT and imports (which refresh
+        this cache), so the booking path pays no shard call for one."""
+        provider: Provider | None = self.providers.get(provider_id)
+        if provider is None:
+            provider = check(await self.router.call(provider_id, "provider", provider_id))
+            self.providers[provider_id] = provider
+        return provider
+
+    def search(self, q: SearchQuery) -> dict[str, Any]:
+        """Providers with free places near a point, from the index, with its freshness."""
+        matches = self.index.search(
+            q.lat,
+            q.lng,
+            q.radius_km,
+            q.service,
+            int(time.time()) if q.from_ is None else q.from_,
+            q.to,
+            limit=q.limit,
+            party_size=q.party_size,
+            languages=q.language,
+            accessibility=q.accessibility,
+            insurance=q.insurance,
+            order=q.order,
+        )
+        return {
+            "results": [
+                {
+                    "provider_id": m.provider.provider_id,
+                    "name": m.provider.name,
+                    "lat": m.provider.lat,
+                    "lng": m.provider.lng,
+                    "distance_km": round(m.distance_km, 3),
+                    "service": m.service,
+                    "next_slots": [
+                        {"start": format_local(start, m.provider.timezone), "remaining": free}
+                        for start, free in m.slots
+                    ],
+                }
+                for m in matches
+            ],
+            "index": self.index.freshness(),
+        }
+
+    async def slots(self, provider_id: str, q: SlotsQuery) -> dict[str, Any]:
+        """The slot grid with remaining places (authoritative, from the shard)."""
+        p = await self.provider(provider_id)
+        grid = check(await self.router.call(provider_id, "slots", provider_id, q.service))
+        out = []
+        step = grid["slot_seconds"]
+        for i, cap in enumerate(grid["capacity"]):
+            start = grid["start"] + i * step
+            if not cap or (q.from_ is not None and start < q.from_) or (q.to and start >= q.to):
+                continue
+            remaining = max(cap - grid["booked"][i] - grid["held"][i], 0)
+            out.append(
+                {"start": format_local(start, p.timezone), "capacity": cap, "remaining": remaining}
+            )
+        return {
+            "provider_id": provider_id,
+            "service": q.service,
+            "slot_minutes": step // 60,
+            "slots": out,
+        }
+
+    async def booking(
+        self, caller: Principal, booking_id: str, token: str | None
+    ) -> dict[str, Any]:
+        """A booking, for its token (or an operator)."""
+        booking, p, service = await self._authorised(caller, booking_id, token)
+        return booking_out(booking, p, service)
+
+    # --- changing ------------------------------------------------------------------
+
+    async def put_provider(
+        self, caller: Principal, provider_id: str, body: ProviderIn
+    ) -> tuple[dict[str, Any], bool]:
+        """Create or replace a provider and its schedule (its operator or provider-admin);
+        the provider as ProviderOut, and whether it is new."""
+        if caller.key is None or not caller.key.may_admin(provider_id):
+            raise Forbidden(f"this key may not change provider {provider_id!r}")
+        provider = Provider(
+            provider_id=provider_id,
+            name=body.name,
+            lat=body.lat,
+            lng=body.lng,
+            timezone=body.timezone,
+            services=tuple(body.services),
+            languages=tuple(body.languages),
+            accessibility=tuple(body.accessibility),
+            insurance=tuple(body.insurance),
+        )
+        template = WeeklyTemplate(
+            days=tuple(
+                (d, tuple(Window(w.opens, w.closes, w.capacity) for w in ws))
+                for d, ws in body.schedule.days.items()
+            ),
+            closed_dates=tuple(body.schedule.closed_dates),
+            blocked=tuple(Blocked(b.start, b.end) for b in body.schedule.blocked),
+        )
+        hb = self.hexbook
+
+        def provision() -> bool:
+            new = not hb.directory.has_provider(provider_id)
+            hb.provision(provider, template, body.first_day, body.days, body.slot_minutes)
+            return new
+
+        created = await asyncio.to_thread(provision)
+        self.providers[provider_id] = provider
+        return provider_out(provider), created
+
+    async def hold(self, caller: Principal, req: HoldRequest, key: str | None) -> dict[str, Any]:
+        """Place a hold: the HoldOut of the contract."""
+        at = _not_past(req.start)
+        provider = await self.provider(req.provider_id)
+        scoped = await self.idempotency.scope(
+            caller, key, "hold", req.provider_id, req.service, at, req.party_size
+        )
+        cmd = PlaceHold(
+            req.provider_id,
+            req.service,
+            scoped.key,
+            int(time.time()),
+            routable_id(req.provider_id, req.service),
+            at,
+            req.party_size,
+            self.hold_ttl_seconds,
+        )
+        hold = check(await self.router.submit(cmd))
+        self.metrics.holds.inc()
+        return hold_out(hold, provider, req.service)
+
+    async def book(self, caller: Principal, req: BookingRequest, key: str | None) -> dict[str, Any]:
+        """Confirm a hold: the BookingOut of the contract, with its token. A repeat under
+        the same Idempotency-Key answers the same, token included."""
+        provider_id, service = calendar_of(req.hold_id)
+        provider = await self.provider(provider_id)
+        scoped = await self.idempotency.scope(
+            caller, key, "book", req.hold_id, req.patient.reference
+        )
+        token = self.idempotency.token(scoped)
+        cmd = ConfirmHold(
+            provider_id,
+            service,
+            scoped.key,
+            int(time.time()),
+            req.hold_id,
+            routable_id(provider_id, service),
+            token_digest(token),
+            req.patient.reference,
+        )
+        booking = check(await self.router.submit(cmd))
+        self.metrics.bookings.inc()
+        shown = token if hmac.compare_digest(booking.token_digest, token_digest(token)) else None
+        return booking_out(booking, provider, service, shown)
+
+    async def release(self, caller: Principal, hold_id: str, key: str | None) -> None:
+        """Release a hold (its capacity goes back)."""
+        provider_id, service = calendar_of(hold_id)
+        scoped = await self.idempotency.scope(caller, key, "release", hold_id)
+        cmd = ReleaseHold(provider_id, service, scoped.key, int(time.time()), hold_id)
+        check(await self.router.submit(cmd))
+
+    async def cancel(
+        self, caller: Principal, booking_id: str, token: str | None, key: str | None
+    ) -> None:
+        """Cancel a booking (its token, or an operator)."""
+        _, p, service = await self._authorised(caller, booking_id, token)
+        scoped = await self.idempotency.scope(caller, key, "cancel", booking_id)
+        cmd = CancelBooking(p.provider_id, service, scoped.key, int(time.time()), booking_id)
+        check(await self.router.submit(cmd))
+        self.metrics.cancellations.inc()
+
+    async def reschedule(
+        self,
+        caller: Principal,
+        booking_id: str,
+        token: str | None,
+        req: RescheduleRequest,
+        key: str | None,
+    ) -> dict[str, Any]:
+        """Move a booking; the old place is freed only when the new one is booked. To
+        another calendar the booking gets a new id and keeps its token."""
+        _, p, service = await self._authorised(caller, booking_id, token)
+        new_start = _not_past(req.start)
+        target = await self.provider(req.provider_id)
+        scoped = await self.idempotency.scope(
+            caller, key, "reschedule", booking_id, req.provider_id, req.service, new_start
+        )
+        if (req.provider_id, req.service) == (p.provider_id, service):
+            cmd = RescheduleBooking(
+                p.provider_id, service, scoped.key, int(time.time()), booking_id, new_start
+            )
+            return booking_out(check(await self.router.submit(cmd)), p, service)
+        moved = await asyncio.to_thread(
+            self.hexbook.reschedule,
+            booking_id,
+            p.provider_id,
+            service,
+            new_start,
+            new_provider_id=req.provider_id,
+            new_service=req.service,
+            key=scoped.key,
+        )
+        return booking_out(moved, target, req.service, token)
+
+    async def _authorised(
+        self, caller: Principal, booking_id: str, token: str | None
+    ) -> tuple[Booking, Provider, str]:
+        try:
+            provider_id, service = calendar_of(booking_id)
+            booking = check(
+                await self.router.call(provider_id, "booking", provider_id, service, booking_id)
+            )
+            provider = await self.provider(provider_id)
+        except (NotFound, InvalidRequest):
+            raise NoSuchBooking(booking_id) from None
+        if caller.role == "operator" and token is None:
+            return booking, provider, service  # operators may read and cancel any booking
+        if token is None or not hmac.compare_digest(booking.token_digest, token_digest(token)):
+            raise NoSuchBooking(booking_id)
+        return booking, provider, service
