@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.hexbook-installed
-PKGS   := engine actors gateway simulators loadtests
+LOCK   := requirements/lock.txt
+EXTRAS := dev,sim,load
 
-.PHONY: help install test lint types unit bench demo clean
+.PHONY: help install browser test lint types unit bench demo lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -14,12 +15,24 @@ $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "hexbook needs Python 3.11+ (set PYTHON=python3.11)"'
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): $(BIN)/python pyproject.toml
+# Every package at the version CI tested (requirements/lock.txt, a pip constraints file).
+$(STAMP): $(BIN)/python pyproject.toml $(LOCK)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c $(LOCK) -e '.[$(EXTRAS)]'
+	@$(MAKE) --no-print-directory browser
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install hexbook with its dev extras
+install: $(STAMP) ## create .venv and install hexbook with its extras, as pinned in requirements/lock.txt
+
+browser: ## Debian's chromium for the browser tests (apt-get, when missing and run as root)
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the browser tests"; \
+	    apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends chromium >/dev/null; }; \
+	  else \
+	    echo "note: the browser tests need Chromium: sudo apt-get install chromium (or set HEXBOOK_CHROMIUM)"; \
+	  fi; }
 
 lint: $(STAMP) ## ruff lint and format check
 	$(BIN)/ruff check .
@@ -38,6 +51,15 @@ bench: $(STAMP) ## benchmarks: print figures and ratios measured in one run
 
 demo: $(STAMP) ## start hexbook with a demo city (Ctrl-C stops it; ./data keeps bookings)
 	$(BIN)/hexbook up --demo
+
+lock: ## pin requirements/lock.txt anew from a fresh venv (after changing pyproject.toml)
+	rm -rf .lockvenv && $(PYTHON) -m venv .lockvenv
+	.lockvenv/bin/python -m pip install --quiet --upgrade pip
+	.lockvenv/bin/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	{ echo "# What CI tested: make install takes every package at this version (pip -c)."; \
+	  echo "# Made by 'make lock' from a fresh venv; change pyproject.toml, then run it."; \
+	  .lockvenv/bin/python -m pip freeze --exclude-editable | grep -v '^hexbook'; } > $(LOCK)
+	rm -rf .lockvenv
 
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -160,6 +160,8 @@ def problem_of(exc: BaseException) -> JSONResponse:
     if isinstance(exc, RecursionError):
         return problem(422, "validation_error", "the request is nested too deeply")
     if isinstance(exc, StarletteHTTPException):
+        if exc.status_code == 400:  # FastAPI could not parse the body (nested too deeply...)
+            return problem(422, "validation_error", f"the body is not readable JSON: {exc.detail}")
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         return problem(exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {}))
     if isinstance(exc, RedisError):

@@ -65,11 +65,11 @@ class NoSuchBooking(BookingNotFound):
     """No booking for this id *and token*: the same answer whether the id is unknown or
     the token wrong, so a guesser learns nothing about which ids exist."""
 
-    def __init__(self, booking_id: str) -> None:
+    def __init__(self) -> None:
         HexbookError.__init__(
             self,
-            f"no booking {booking_id[:12]}… for this token; check the id and the "
-            "X-Booking-Token from the answer that created it",
+            "no booking with this id for this token; send the booking_id and the "
+            "booking_token (as X-Booking-Token) of the answer that created it",
         )
 
 
@@ -360,9 +360,9 @@ class BookingService:
             )
             provider = await self.provider(provider_id)
         except (NotFound, InvalidRequest):
-            raise NoSuchBooking(booking_id) from None
+            raise NoSuchBooking() from None
         if caller.role == "operator" and token is None:
             return booking, provider, service  # operators may read and cancel any booking
         if token is None or not hmac.compare_digest(booking.token_digest, token_digest(token)):
-            raise NoSuchBooking(booking_id)
+            raise NoSuchBooking()
         return booking, provider, service

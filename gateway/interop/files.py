@@ -39,6 +39,8 @@ def parse_bundle(text: str, source: str) -> tuple[list[SourceSite], list[str]]:
         bundle = json.loads(text)
     except ValueError:
         raise InvalidRequest("the FHIR Bundle is not JSON") from None
+    except RecursionError:
+        raise InvalidRequest("the FHIR Bundle is nested too deeply to be a Bundle") from None
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise InvalidRequest("not a FHIR Bundle (resourceType must be Bundle)")
     fetched = SmartFetch(source)

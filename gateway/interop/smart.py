@@ -70,8 +70,8 @@ def _ndjson(text: str, what: str, errors: list[str]) -> Iterator[dict[str, Any]]
             continue
         try:
             item = json.loads(line)
-        except ValueError:
-            errors.append(f"{what} line {n}: not JSON")
+        except (ValueError, RecursionError):
+            errors.append(f"{what} line {n}: not JSON (or nested too deeply)")
             continue
         if isinstance(item, dict):
             yield item
@@ -123,7 +123,7 @@ def fetch_smart(
         try:
             manifest = r.json()
             outputs = manifest["output"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise InvalidRequest(f"manifest {target}: not a $bulk-publish manifest") from None
         out.transaction_time = str(manifest.get("transactionTime", ""))
         out.incremental = "_since=" in str(manifest.get("request", ""))
