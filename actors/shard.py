@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -186,6 +187,7 @@ class ShardActor:
         rec = self.last_recovery
         return {
             "name": self.name,
+            "pid": os.getpid(),
             "node_id": ray.get_runtime_context().get_node_id(),
             "calendars": len(self._core.calendars),
             "providers": sorted(self._core.providers),

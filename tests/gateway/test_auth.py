@@ -12,6 +12,7 @@ import pytest
 from fastapi import FastAPI
 
 from actors.api import Hexbook
+from gateway.auth import client_address
 from tests.gateway.test_api import SCHEDULE, assert_problem, slots
 
 
@@ -134,6 +135,29 @@ def test_anonymous_search_is_limited_per_address(base: str) -> None:
     assert codes[200] >= 5 and codes[429] >= 1, codes
     time.sleep(1.0)  # the bucket refills
     assert httpx.get(f"{base}/v1/search", params=params).status_code == 200
+
+
+def test_x_forwarded_for_from_an_untrusted_peer_changes_nothing(base: str) -> None:
+    """A local client inventing a new X-Forwarded-For per request is still one address."""
+    params = {"lat": 41.88, "lng": -87.63, "service": "vaccine"}
+    codes = Counter(
+        httpx.get(
+            f"{base}/v1/search", params=params, headers={"X-Forwarded-For": f"203.0.113.{i}"}
+        ).status_code
+        for i in range(30)
+    )
+    assert codes[429] >= 1, codes
+
+
+def test_x_forwarded_for_counts_only_from_trusted_proxies() -> None:
+    scope: dict[str, Any] = {
+        "client": ("10.0.0.5", 4711),
+        "headers": [(b"x-forwarded-for", b"198.51.100.7, 10.0.0.9")],
+    }
+    assert client_address(scope, frozenset()) == "10.0.0.5"  # the default: none trusted
+    assert client_address(scope, frozenset({"10.0.0.1"})) == "10.0.0.5"  # not this peer
+    assert client_address(scope, frozenset({"10.0.0.5", "10.0.0.9"})) == "198.51.100.7"
+    assert client_address(scope, frozenset({"10.0.0.5"})) == "10.0.0.9"  # nearest untrusted
 
 
 def test_overload_is_a_503_with_retry_after_never_a_hang(

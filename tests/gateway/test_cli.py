@@ -3,6 +3,7 @@ cleanly on Ctrl-C, and the next start finds the bookings in the data folder."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -109,6 +110,24 @@ def test_demo_starts_serves_stops_and_keeps_bookings(tmp_path: Path) -> None:
             json={"hold_id": hold["hold_id"], "patient": {"reference": "ref"}},
             headers=auth,
         ).json()
+        # Its redis-server crashes: hexbook up starts it again by itself, bookings intact.
+        pid = int((data / "redis.pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while True:
+            assert time.monotonic() < deadline, "service did not come back after Redis died"
+            later = next(g["start"] for g in grid if datetime.fromisoformat(g["start"]) > soon)
+            retry = httpx.post(
+                f"{base}/v1/holds", json={**body, "start": later}, headers=auth, timeout=30
+            )
+            assert retry.status_code in (201, 409, 503), retry.text
+            if retry.status_code == 201:
+                break
+            time.sleep(0.2)
+        ready = httpx.get(f"{base}/readyz").json()
+        assert ready["redis_restarts"] == 1, ready
+        assert "hexbook_embedded_redis_restarts 1.0" in httpx.get(f"{base}/metrics").text
+        assert int((data / "redis.pid").read_text()) != pid
         # The keys CLI works against the running stack's Redis.
         made = cli("keys", "create", "--role", "operator", "--name", "ci", "--data-dir", str(data))
         assert made.returncode == 0, made.stderr
@@ -123,6 +142,8 @@ def test_demo_starts_serves_stops_and_keeps_bookings(tmp_path: Path) -> None:
     assert "provisioning" in out
     assert f"serving {base}" in out
     assert f"{base}/docs" in out
+    assert f"curl '{base}/smart/$bulk-publish'" in out  # quoted: pastes into a shell
+    assert out.index("provisioning") < out.index("serving") < out.index("booking-client key")
     assert "stopped cleanly" in out
     assert redis_servers_of(data) == [], "a redis-server of this data folder is still running"
 
@@ -143,6 +164,19 @@ def test_demo_starts_serves_stops_and_keeps_bookings(tmp_path: Path) -> None:
     finally:
         out = "".join(head) + stop(proc)
     assert "already there (20 providers)" in out
+
+
+def test_up_on_a_port_in_use_says_so_before_starting_anything(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = start(tmp_path / "data", port)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 2, out
+    assert f"127.0.0.1:{port} is in use" in out and "--port" in out
+    assert "serving" not in out and "key" not in out and "Traceback" not in out
+    assert not (tmp_path / "data").exists()  # no Redis, no Ray were started
 
 
 def test_keys_cli_explains_and_refuses_bad_input(tmp_path: Path) -> None:
