@@ -6,7 +6,7 @@ stored. Keys live in one Redis hash, ``hexbook:apikeys`` (id -> JSON record), so
 gateway process and the CLI see the same keys; a revocation reaches every gateway within
 its cache time (``HEXBOOK_KEY_CACHE_SECONDS``).
 
-Roles (CONTRACT.md): ``booking-client`` (search, holds, bookings), ``provider-admin``
+Roles (docs/api.md): ``booking-client`` (search, holds, bookings), ``provider-admin``
 (the schedules of the providers the key names), ``operator`` (everything).
 """
 

@@ -66,6 +66,7 @@ __all__ = [
     "SlotOut",
     "SlotsOut",
     "SlotsQuery",
+    "SmartManifest",
     "TimeZone",
     "idempotency_key_ok",
 ]
@@ -438,6 +439,21 @@ class ImportOut(BaseModel):
     conflicts: list[str]
     errors: list[str]
     providers: list[str]
+
+
+class ManifestFile(BaseModel):
+    type: Literal["Location", "Schedule", "Slot"]
+    url: str
+    extension: dict[str, list[str]] | None = Field(None, description="Slot files: their state")
+
+
+class SmartManifest(BaseModel):
+    """A SMART Scheduling Links ``$bulk-publish`` manifest."""
+
+    transactionTime: str  # noqa: N815 (the name in the SMART specification)
+    request: str
+    output: list[ManifestFile]
+    error: list[Any]
 
 
 class ImportScheduleOut(BaseModel):

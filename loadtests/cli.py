@@ -219,7 +219,23 @@ def _weights(text: str) -> dict[str, int]:
     return out
 
 
+def _missing_extra() -> str | None:
+    """What to install when this tool's own packages (the ``load`` extra) are missing."""
+    import importlib.util
+
+    missing = [m for m in ("locust",) if importlib.util.find_spec(m) is None]
+    if not missing:
+        return None
+    return (
+        f"hexbook-load needs {', '.join(missing)}: pip install 'hexbook[load]' "
+        "(make install brings it)"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
+    if (missing := _missing_extra()) is not None:
+        print(f"hexbook-load: {missing}", file=sys.stderr)
+        return 2
     parser = _parser()
     args = parser.parse_args(argv)
     try:

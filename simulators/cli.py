@@ -248,7 +248,23 @@ def live(args: argparse.Namespace) -> int:
     return run_live(s, args)
 
 
+def _missing_extra() -> str | None:
+    """What to install when this tool's own packages (the ``sim`` extra) are missing."""
+    import importlib.util
+
+    missing = [m for m in ("matplotlib", "tqdm") if importlib.util.find_spec(m) is None]
+    if not missing:
+        return None
+    return (
+        f"hexbook-sim needs {', '.join(missing)}: pip install 'hexbook[sim]' "
+        "(make install brings it)"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
+    if (missing := _missing_extra()) is not None:
+        print(f"hexbook-sim: {missing}", file=sys.stderr)
+        return 2
     args = _parser().parse_args(argv)
     try:
         handler = {"run": run, "compare": compare, "live": live}[args.command]

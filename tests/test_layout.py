@@ -35,3 +35,37 @@ def test_engine_reads_no_clock() -> None:
         if clock.search(line)
     ]
     assert offenders == []
+
+
+def test_the_installed_packages_are_the_locked_ones() -> None:
+    """make install takes requirements/lock.txt as constraints: what CI tests is what the
+    lock says (a major upgrade never lands unnoticed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pinned = [
+        line.split("==")
+        for line in (ROOT / "requirements" / "lock.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    ]
+    assert len(pinned) > 50
+    wrong = []
+    for name, wanted in pinned:
+        try:
+            found = version(name)
+        except PackageNotFoundError:
+            found = "missing"
+        if found != wanted:
+            wrong.append(f"{name}: {found}, locked {wanted}")
+    assert wrong == [], "run `make install` (or `make lock` after changing pyproject.toml)"
+
+
+def test_tool_and_test_packages_are_extras_not_dependencies() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    core = {re.split(r"[<>=\[ ]", d, maxsplit=1)[0].lower() for d in project["dependencies"]}
+    for tool_only in ("locust", "matplotlib", "tqdm", "fhir.resources", "psutil", "pytest"):
+        assert tool_only not in core, tool_only
+    extras = project["optional-dependencies"]
+    assert any(d.startswith("locust") for d in extras["load"])
+    assert any(d.startswith("matplotlib") for d in extras["sim"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 from fastapi import APIRouter, Header, Path, Query, Request, Response
@@ -13,6 +13,7 @@ from engine.errors import NotFound
 from gateway.deps import Caller, RuntimeDep
 from gateway.interop.publish import SmartPublisher
 from gateway.openapi import ANONYMOUS, errors
+from gateway.schemas import SmartManifest
 
 router = APIRouter(prefix="/smart", tags=["smart"])
 _encode = msgspec.json.Encoder().encode
@@ -22,9 +23,9 @@ IfNoneMatch = Annotated[
 _ETAG = {"ETag": {"schema": {"type": "string"}, "required": True}}
 
 
-def _responses(media_type: str) -> dict[int | str, dict[str, object]]:
+def _responses(media_type: str, schema: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
     return {
-        200: {"content": {media_type: {"schema": {"type": "string"}}}, "headers": _ETAG},
+        200: {"content": {media_type: {"schema": schema}}, "headers": _ETAG},
         304: {"description": "Not modified (If-None-Match matched the ETag)", "headers": _ETAG},
     }
 
@@ -50,7 +51,8 @@ def _cached(
 @router.get(
     "/$bulk-publish",
     response_class=Response,
-    responses=_responses("application/json"),
+    response_model=SmartManifest,
+    responses=_responses("application/json", {"$ref": "#/components/schemas/SmartManifest"}),
     openapi_extra=ANONYMOUS,
 )
 async def bulk_publish(
@@ -73,7 +75,10 @@ async def bulk_publish(
 @router.get(
     "/{name}",
     response_class=Response,
-    responses={**_responses("application/fhir+ndjson"), **errors(404)},
+    responses={
+        **_responses("application/fhir+ndjson", {"type": "string", "description": "NDJSON"}),
+        **errors(404),
+    },
     openapi_extra=ANONYMOUS,
 )
 async def smart_file(

@@ -330,3 +330,19 @@ def test_docs_are_served_from_local_assets(base: str) -> None:
         assert asset in page.text
         r = httpx.get(f"{base}{asset}")
         assert r.status_code == 200 and len(r.content) > 100_000
+
+
+def test_docs_render_in_a_browser_with_nothing_from_outside(base: str) -> None:
+    """Swagger UI in Chromium: every operation listed, every request to the gateway."""
+    from tests.browser import page
+
+    with page() as p:
+        asked: list[str] = []
+        p.on("request", lambda request: asked.append(request.url))
+        p.goto(f"{base}/docs")
+        p.wait_for_selector(".opblock", timeout=30_000)
+        operations = p.locator(".opblock").count()
+        title = p.locator(".info .title").inner_text()
+    assert operations >= 20, operations
+    assert "hexbook" in title
+    assert asked and all(url.startswith(base) for url in asked), asked
