@@ -32,6 +32,7 @@ from gateway.auth import Principal, authorize, client_address
 from gateway.deps import BOOKERS, Runtime, is_json
 from gateway.problems import problem_of
 from gateway.schemas import BookingRequest, HoldRequest, SearchQuery, idempotency_key_ok
+from gateway.service import BookingService
 
 __all__ = ["FastPath", "query_values"]
 
@@ -145,18 +146,23 @@ class FastPath:
         return key
 
     async def _hold(self, scope: Scope, headers: Headers, body: bytes) -> Response:
-        req = self._body(headers, body, HoldRequest)
-        key = self._key(headers)
-        caller = await self._caller(scope, headers, BOOKERS)
-        service = scope["app"].state.runtime.service
-        return json_answer(await service.hold(caller, req, key), 201)
+        return await self._mutation(scope, headers, body, HoldRequest, BookingService.hold)
 
     async def _book(self, scope: Scope, headers: Headers, body: bytes) -> Response:
-        req = self._body(headers, body, BookingRequest)
+        return await self._mutation(scope, headers, body, BookingRequest, BookingService.book)
+
+    async def _mutation(
+        self,
+        scope: Scope,
+        headers: Headers,
+        body: bytes,
+        model: type[BaseModel],
+        verb: Callable[..., Awaitable[dict[str, Any]]],
+    ) -> Response:
+        req = self._body(headers, body, model)
         key = self._key(headers)
         caller = await self._caller(scope, headers, BOOKERS)
-        service = scope["app"].state.runtime.service
-        return json_answer(await service.book(caller, req, key), 201)
+        return json_answer(await verb(scope["app"].state.runtime.service, caller, req, key), 201)
 
     async def _search(self, scope: Scope, headers: Headers, body: bytes) -> Response:
         params = QueryParams(scope["query_string"].decode("latin-1"))

@@ -9,16 +9,17 @@ and is taking connections.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import uvicorn
 from fastapi import FastAPI
 
-__all__ = ["PortInUse", "bind", "server", "when_started"]
+__all__ = ["PortInUse", "bind", "in_thread", "server", "when_started"]
 
 
 class PortInUse(OSError):
@@ -74,3 +75,25 @@ def when_started(srv: uvicorn.Server, on_started: Callable[[], None]) -> threadi
     thread = threading.Thread(target=wait, name="hexbook-started", daemon=True)
     thread.start()
     return thread
+
+
+@contextlib.contextmanager
+def in_thread(app: FastAPI, *, keep_alive_seconds: int = 5, seconds: float = 120) -> Iterator[str]:
+    """Serve ``app`` as ``hexbook up`` does, from a thread of this process, on a free
+    loopback port (tests, benchmarks); its base URL once it takes connections."""
+    sock = bind("127.0.0.1", 0)
+    srv = server(app, keep_alive_seconds=keep_alive_seconds)
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + seconds
+    while not srv.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            sock.close()
+            raise RuntimeError("the gateway did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=30)
+        sock.close()

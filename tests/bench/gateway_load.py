@@ -16,11 +16,8 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -179,26 +176,11 @@ def _port() -> int:
         return int(s.getsockname()[1])
 
 
-@contextmanager
-def serve(app: Any) -> Iterator[str]:
+def serve(app: Any) -> Any:
     """uvicorn as ``hexbook up`` runs it, in a thread of this process."""
-    import uvicorn
+    from gateway.server import in_thread
 
-    port = _port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not server.started:
-        if time.monotonic() > deadline:
-            raise RuntimeError("server did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    return in_thread(app)
 
 
 def _noop_app() -> Any:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -20,30 +18,16 @@ from actors.api import Hexbook
 from actors.embedded_redis import EmbeddedRedis
 from gateway.app import create_app
 from gateway.keys import KeyStore
-from gateway.server import bind, server
+from gateway.server import in_thread
 from gateway.settings import Settings
 from tests.gateway.dates import dst_saturday
 
 
-@contextlib.contextmanager
-def serving(app: FastAPI) -> Iterator[str]:
-    """Serve ``app`` as ``hexbook up`` does (gateway.server), on a free port; its URL."""
-    sock = bind("127.0.0.1", 0)
-    # Clients here reuse pooled connections: never let the server close one as idle
-    # mid-test (uvicorn's 5 s default races with reuse on a loaded CI machine).
-    srv = server(app, keep_alive_seconds=120)
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "gateway did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
+def serving(app: FastAPI) -> contextlib.AbstractContextManager[str]:
+    """Serve ``app`` as ``hexbook up`` does, on a free port. Clients here reuse pooled
+    connections: never let the server close one as idle mid-test (uvicorn's 5 s default
+    races with reuse on a loaded CI machine)."""
+    return in_thread(app, keep_alive_seconds=120)
 
 
 @pytest.fixture(scope="module")
@@ -57,23 +41,24 @@ def stack(
     tmp_path_factory: pytest.TempPathFactory, gateway_settings: dict[str, Any]
 ) -> Iterator[tuple[str, Hexbook, FastAPI]]:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="hexbook-gw")
-    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as server:
-        hb = Hexbook.connect(server.url, shards=2, namespace=f"gw-{uuid.uuid4().hex[:6]}")
-        settings = Settings(
-            redis_url=server.url,
-            max_body_bytes=8192,
-            index_first_day=dst_saturday() - timedelta(days=1),
-            index_days=4,
-            **gateway_settings,
-        )
-        app = create_app(settings, hexbook=hb)
-        with serving(app) as url:
-            yield url, hb, app
-        hb.close()
-        client = redis.Redis.from_url(server.url)
-        client.flushdb()
-        client.close()
-    ray.shutdown()
+    try:
+        with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as server:
+            hb = Hexbook.connect(server.url, shards=2, namespace=f"gw-{uuid.uuid4().hex[:6]}")
+            defaults: dict[str, Any] = {
+                "max_body_bytes": 8192,
+                "index_first_day": dst_saturday() - timedelta(days=1),
+                "index_days": 4,
+            }
+            settings = Settings(redis_url=server.url, **{**defaults, **gateway_settings})
+            app = create_app(settings, hexbook=hb)
+            with serving(app) as url:
+                yield url, hb, app
+            hb.close()
+            client = redis.Redis.from_url(server.url)
+            client.flushdb()
+            client.close()
+    finally:
+        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
