@@ -7,13 +7,29 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+from starlette.background import BackgroundTask
 from starlette.responses import Response
 
-__all__ = ["json_answer"]
+__all__ = ["JsonAnswer", "json_answer"]
 
 _encode = msgspec.json.Encoder().encode
+_JSON = (b"content-type", b"application/json")
+
+
+class JsonAnswer(Response):
+    """An ``application/json`` response whose headers are set directly (the ones
+    Starlette's ``init_headers`` would make: ``content-length``, ``content-type``),
+    which is a visible share of a hold's time when built the general way."""
+
+    media_type = "application/json"
+
+    def __init__(self, body: Any, status_code: int = 200) -> None:
+        self.status_code = status_code
+        self.body = _encode(body)
+        self.background: BackgroundTask | None = None
+        self.raw_headers = [(b"content-length", str(len(self.body)).encode()), _JSON]
 
 
 def json_answer(body: Any, status: int = 200) -> Response:
     """``body`` (JSON-ready) as an ``application/json`` response."""
-    return Response(_encode(body), status_code=status, media_type="application/json")
+    return JsonAnswer(body, status)

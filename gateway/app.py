@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -144,6 +145,10 @@ def create_app(
                     namespace=settings.namespace,
                 )
             app.state.runtime = await _runtime(settings, metrics, hb, stack, redis_server)
+            # What start-up built lives as long as the process: keep it out of every
+            # collection, or a full one scans all of it in the middle of requests.
+            gc.collect()
+            gc.freeze()
             yield
 
     app = FastAPI(

@@ -117,15 +117,22 @@ class Authenticator:
         self.rate_per_address = rate_per_address
         self.buckets = TokenBuckets()
         self._cache: dict[str, tuple[ApiKey | None, float]] = {}
+        self._lookups: dict[str, asyncio.Future[ApiKey | None]] = {}
 
     async def key(self, presented: str) -> ApiKey | None:
-        """The active record of a presented key (cached), or ``None``."""
+        """The active record of a presented key (cached), or ``None``. When the cache
+        runs out under load, the requests of that moment share one Redis lookup."""
         now = time.monotonic()
         hit = self._cache.get(presented)
         if hit is not None and hit[1] > now:
             return hit[0]
+        lookup = self._lookups.get(presented)
+        if lookup is None:
+            lookup = asyncio.ensure_future(asyncio.to_thread(self.store.lookup, presented))
+            self._lookups[presented] = lookup
+            lookup.add_done_callback(lambda _: self._lookups.pop(presented, None))
         try:
-            record = await asyncio.to_thread(self.store.lookup, presented)
+            record = await asyncio.shield(lookup)
         except RedisError as exc:
             raise Unavailable("API keys cannot be checked now (Redis unreachable); retry") from exc
         if len(self._cache) >= 10_000:

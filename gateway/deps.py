@@ -65,10 +65,10 @@ class Runtime:
     imports: ImportScheduler
     redis_server: EmbeddedRedis | None = None  # the supervised embedded redis-server
     feed_clients: int = 0
+    trusted_proxies: frozenset[str] = frozenset()  # whose X-Forwarded-For is believed
 
-    @property
-    def trusted_proxies(self) -> frozenset[str]:
-        return self.settings.trusted_proxy_set
+    def __post_init__(self) -> None:
+        self.trusted_proxies = frozenset(self.settings.trusted_proxies)
 
 
 def runtime(request: Request) -> Runtime:

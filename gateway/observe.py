@@ -176,15 +176,19 @@ class Observe:
             )
 
     def _refuse(self, scope: Scope) -> Any:
-        headers = dict(scope["headers"])
-        length = headers.get(b"content-length")
+        length = chunked = None
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                length = value
+            elif name == b"transfer-encoding":
+                chunked = value
         limit = self.large.get(scope["path"], self.max_body)
         if length is not None:
             if not length.isdigit() or int(length) > limit:
                 return problems.problem(
                     413, "body_too_large", f"request bodies are limited to {limit} bytes"
                 )
-        elif b"chunked" in headers.get(b"transfer-encoding", b""):
+        elif chunked is not None and b"chunked" in chunked:
             return problems.problem(
                 411, "length_required", "send a Content-Length; chunked bodies are not accepted"
             )

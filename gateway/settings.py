@@ -93,7 +93,3 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
-
-    @property
-    def trusted_proxy_set(self) -> frozenset[str]:
-        return frozenset(self.trusted_proxies)

@@ -20,6 +20,7 @@ RFC3339 = (
 _RFC3339 = re.compile(RFC3339.removeprefix("^").removesuffix("$"))
 
 
+@lru_cache(maxsize=1 << 16)  # slot starts repeat across requests
 def rfc3339_seconds(text: str) -> int:
     """UTC seconds of an RFC 3339 timestamp with an offset; ``ValueError`` saying why
     otherwise (no offset, a week date, a fraction of a second, a day that does not
