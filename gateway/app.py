@@ -149,6 +149,10 @@ def create_app(
             # collection, or a full one scans all of it in the middle of requests.
             gc.collect()
             gc.freeze()
+            # Each request leaves a few dozen short-lived containers (models, answers):
+            # at the default threshold (700) that is a young collection every few
+            # requests. 20,000 makes them about 30 times rarer, each still small.
+            gc.set_threshold(20_000, 10, 10)
             yield
 
     app = FastAPI(
