@@ -40,7 +40,11 @@ def gateway_settings() -> dict[str, Any]:
 
 @pytest.mark.parametrize("role", ["anonymous", "booking-client", "provider-admin", "operator"])
 def test_every_operation_keeps_its_documented_contract(
-    base: str, keys: dict[str, str], stack: tuple[str, Hexbook, FastAPI], role: str
+    base: str,
+    keys: dict[str, str],
+    stack: tuple[str, Hexbook, FastAPI],
+    role: str,
+    tmp_path: Path,
 ) -> None:
     seed = random.randrange(1 << 30)
     examples = os.environ.get("HEXBOOK_FUZZ_EXAMPLES", "30")
@@ -48,7 +52,9 @@ def test_every_operation_keeps_its_documented_contract(
     command = [str(SCHEMATHESIS), "run", f"{base}/openapi.json", "--checks", CHECKS]
     command += ["--max-examples", examples, "--seed", str(seed), "--exclude-path", "/v1/feed"]
     command += ["--workers", "1", "--request-timeout", "30", "--output-truncate", "false"]
-    run = subprocess.run(command + headers, capture_output=True, text=True, timeout=900)
+    run = subprocess.run(  # in tmp_path: schemathesis keeps a cache where it runs
+        command + headers, capture_output=True, text=True, timeout=900, cwd=tmp_path
+    )
     out = run.stdout + run.stderr
     assert run.returncode == 0, f"role {role}, seed {seed}:\n{out[-6000:]}"
     selected = re.search(r"Selected: (\d+)/(\d+)", out)
