@@ -45,6 +45,8 @@ from engine.records import (
     Booking,
     BookingCancelled,
     BookingRescheduled,
+    CalendarRolled,
+    CalendarSchedule,
     CalendarSnapshot,
     CancelBooking,
     CapacityChanged,
@@ -62,6 +64,7 @@ from engine.records import (
     ReleaseHold,
     RescheduleBooking,
     Result,
+    RollCalendar,
     SetCapacity,
 )
 from engine.schedule import CAPACITY_MAX, WeeklyTemplate, build_grid
@@ -89,6 +92,7 @@ class Calendar:
         "n_slots",
         "outbox",
         "provider_id",
+        "schedule",
         "service",
         "slot_seconds",
         "start",
@@ -101,6 +105,7 @@ class Calendar:
         start: int,
         slot_seconds: int,
         capacity: np.ndarray,
+        schedule: CalendarSchedule | None = None,
     ) -> None:
         if slot_seconds <= 0:
             raise InvalidRequest(f"slot length {slot_seconds} s must be positive")
@@ -127,6 +132,8 @@ class Calendar:
         # Slots whose capacity was set below what was taken: slot index -> target.
         self._targets: dict[int, int] = {}
         self.outbox: list[Event] = []
+        # Zone, slot length and (for a template's calendar) the rolling horizon.
+        self.schedule = schedule
 
     # --- construction ----------------------------------------------------------------
 
@@ -140,10 +147,14 @@ class Calendar:
         first_day: date,
         days: int = 14,
         slot_minutes: int = 15,
+        horizon_days: int = 0,
     ) -> Calendar:
-        """A calendar of ``days`` local days from ``first_day``, opened per ``template``."""
+        """A calendar of ``days`` local days from ``first_day``, opened per ``template``;
+        with ``horizon_days``, :func:`engine.horizon.plan_roll` keeps that many local
+        days ahead open as days pass."""
         grid = build_grid(tz_name, template, first_day, days, slot_minutes)
-        return cls(provider_id, service, grid.start, grid.slot_seconds, grid.capacity)
+        schedule = CalendarSchedule(tz_name, slot_minutes, template, horizon_days)
+        return cls(provider_id, service, grid.start, grid.slot_seconds, grid.capacity, schedule)
 
     @classmethod
     def from_snapshot(cls, snap: CalendarSnapshot) -> Calendar:
@@ -154,6 +165,7 @@ class Calendar:
             snap.start,
             snap.slot_seconds,
             np.frombuffer(snap.capacity, dtype=np.uint16),
+            snap.schedule,
         )
         cal._grid[1] = np.frombuffer(snap.booked, dtype=np.uint16)
         cal._grid[2] = np.frombuffer(snap.held, dtype=np.uint16)
@@ -181,6 +193,7 @@ class Calendar:
             expired_holds=list(self._expired.values()),
             idempotency=list(self._idem.values()),
             capacity_targets=sorted(self._targets.items()),
+            schedule=self.schedule,
         )
 
     # --- reading -------------------------------------------------------------------------
@@ -367,6 +380,30 @@ class Calendar:
     def _expire_cmd(self, cmd: ExpireHolds) -> None:
         self.expire(cmd.now)
 
+    def _roll(self, cmd: RollCalendar) -> None:
+        if self._expiry and self._expiry[0].expires_at <= cmd.now:
+            self.expire(cmd.now)
+        step = self.slot_seconds
+        added, rest = divmod(cmd.end - self.end, step)
+        trimmed, off = divmod(cmd.start - self.start, step)
+        if rest or off or added < 0 or trimmed < 0 or cmd.start > cmd.end:
+            raise InvalidRequest(
+                f"a roll of provider {self.provider_id!r} ({self.service}) must keep its "
+                f"{step // 60}-minute grid, start at or after {self.start} and end at or "
+                f"after {self.end}; got [{cmd.start}, {cmd.end})"
+            )
+        if len(cmd.capacity) != 2 * added:
+            raise InvalidRequest(f"a roll adding {added} slots needs {added} capacities")
+        for hold in [h for h in self.holds.values() if h.start < cmd.start]:
+            # A hold on a slot that leaves cannot be confirmed any more: it expires now.
+            self._emit(HoldReleased(hold.hold_id, hold.start, "expired", cmd.now, None))
+        archived = [b for b in self.bookings.values() if b.start < cmd.start]
+        event = CalendarRolled(
+            cmd.start, cmd.end, cmd.capacity, cmd.forget_before, archived, cmd.now
+        )
+        self.outbox.append(event)
+        self._on_calendar_rolled(event)
+
     def _hold_gone(self, hold_id: str) -> Exception:
         expired = self._expired.get(hold_id)
         if expired is not None:
@@ -456,6 +493,25 @@ class Calendar:
         short = np.flatnonzero(taken > wanted)
         self._targets = {int(i): int(wanted[i]) for i in short}
 
+    def _on_calendar_rolled(self, ev: CalendarRolled) -> None:
+        step = self.slot_seconds
+        trimmed = (ev.start - self.start) // step
+        added = np.frombuffer(ev.capacity, dtype=np.uint16)
+        grid = np.zeros((3, self.n_slots + added.size), dtype=np.uint16)
+        grid[:, : self.n_slots] = self._grid
+        grid[0, self.n_slots :] = added
+        self._grid = np.ascontiguousarray(grid[:, trimmed:])
+        self._cap = memoryview(self._grid[0])
+        self._bk = memoryview(self._grid[1])
+        self._hd = memoryview(self._grid[2])
+        self.start, self.n_slots = ev.start, int(self._grid.shape[1])
+        for b in ev.archived:
+            self.bookings.pop(b.booking_id, None)
+        self._targets = {i - trimmed: t for i, t in self._targets.items() if i >= trimmed}
+        forget = ev.forget_before
+        self._idem = {k: e for k, e in self._idem.items() if e.event.at >= forget}
+        self._expired = {h: e for h, e in self._expired.items() if e.at >= forget}
+
     def _give_back(self, i: int) -> None:
         """A place of slot ``i`` was given back: a slot above its target falls toward it."""
         target = self._targets[i]
@@ -515,6 +571,7 @@ _DECIDE: dict[type, Callable[[Calendar, Any], Result | None]] = {
     RescheduleBooking: Calendar._reschedule,
     ExpireHolds: Calendar._expire_cmd,
     SetCapacity: Calendar._set_capacity,
+    RollCalendar: Calendar._roll,
 }
 _EVOLVE: dict[type, Callable[[Calendar, Any], Result | None]] = {
     HoldPlaced: Calendar._on_hold_placed,
@@ -523,4 +580,5 @@ _EVOLVE: dict[type, Callable[[Calendar, Any], Result | None]] = {
     BookingCancelled: Calendar._on_booking_cancelled,
     BookingRescheduled: Calendar._on_booking_rescheduled,
     CapacityChanged: Calendar._on_capacity_changed,
+    CalendarRolled: Calendar._on_calendar_rolled,
 }

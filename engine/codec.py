@@ -113,7 +113,8 @@ def _known_tags() -> set[str]:
     return tags
 
 
-_KNOWN_TAGS = frozenset(_known_tags())
+# CalendarSchedule is only ever inside a snapshot, not one of the unions walked above.
+_KNOWN_TAGS = frozenset(_known_tags() | {"calendar_schedule.v1"})
 
 
 def _versions_of(tag: str) -> set[str]:

@@ -19,10 +19,14 @@ from typing import Literal
 
 import msgspec
 
+from engine.schedule import WeeklyTemplate
+
 __all__ = [
     "Booking",
     "BookingCancelled",
     "BookingRescheduled",
+    "CalendarRolled",
+    "CalendarSchedule",
     "CalendarSnapshot",
     "CancelBooking",
     "CapacityChanged",
@@ -42,6 +46,7 @@ __all__ = [
     "ReleaseHold",
     "RescheduleBooking",
     "Result",
+    "RollCalendar",
     "SetCapacity",
 ]
 
@@ -88,6 +93,18 @@ class ExpiredHold(_Record, frozen=True, tag="expired_hold.v1"):
 
 
 Result = Hold | Booking
+
+
+class CalendarSchedule(_Record, frozen=True, tag="calendar_schedule.v1"):
+    """How a calendar is laid out and kept: its provider's time zone and slot length,
+    and, for a calendar made from a weekly template, the template and how many local
+    days ahead it keeps open (its rolling horizon). An imported calendar has no
+    template: its days come from the imports."""
+
+    timezone: str
+    slot_minutes: int
+    template: WeeklyTemplate | None = None
+    horizon_days: int = 0
 
 
 # --- commands ----------------------------------------------------------------------
@@ -190,6 +207,23 @@ class SetCapacity(_Record, frozen=True, tag="set_capacity.v1"):
         return ("capacity", self.capacity.hex())
 
 
+class RollCalendar(_Record, frozen=True, tag="roll_calendar.v1"):
+    """Move a calendar's window on: slots before ``start`` leave (their bookings go to
+    the archive, a hold left on one is expired), slots from the old end to ``end`` are
+    added with ``capacity`` (``uint16`` bytes, one per new slot), and idempotency
+    records and expired-hold ids older than ``forget_before`` are forgotten. What a
+    template or an import gives the new days is decided before (:mod:`engine.horizon`),
+    so the event replays without them."""
+
+    provider_id: str
+    service: str
+    now: int
+    start: int
+    end: int
+    capacity: bytes
+    forget_before: int
+
+
 Command = (
     PlaceHold
     | ConfirmHold
@@ -198,6 +232,7 @@ Command = (
     | RescheduleBooking
     | ExpireHolds
     | SetCapacity
+    | RollCalendar
 )
 
 
@@ -280,6 +315,19 @@ class CapacityChanged(_Record, frozen=True, tag="capacity_changed.v1"):
         return ("capacity", self.capacity.hex())
 
 
+class CalendarRolled(_Record, frozen=True, tag="calendar_rolled.v1"):
+    """The window moved to [``start``, ``end``), see :class:`RollCalendar`. ``archived``:
+    the bookings of the slots that left, as they were (kept in the archive)."""
+
+    start: int
+    end: int
+    capacity: bytes
+    forget_before: int
+    archived: list[Booking]
+    at: int
+    key: None = None
+
+
 Event = (
     HoldPlaced
     | HoldConfirmed
@@ -287,6 +335,7 @@ Event = (
     | BookingCancelled
     | BookingRescheduled
     | CapacityChanged
+    | CalendarRolled
 )
 
 
@@ -315,6 +364,7 @@ class CalendarSnapshot(_Record, frozen=True, tag="calendar_snapshot.v1"):
     idempotency: list[IdempotencyEntry]
     # Slots whose capacity was set below what was taken: (slot index, target capacity).
     capacity_targets: list[tuple[int, int]] = []
+    schedule: CalendarSchedule | None = None
 
 
 Record = Command | Event | CalendarSnapshot | Hold | Booking

@@ -42,6 +42,7 @@ __all__ = [
     "Window",
     "build_grid",
     "local_midnight",
+    "template_capacity",
     "zone",
     "zone_names",
 ]
@@ -233,15 +234,15 @@ def build_grid(
     return cached._replace(capacity=cached.capacity.copy())
 
 
-@lru_cache(maxsize=1024)
-def _build_grid_cached(
-    tz_name: str, template: WeeklyTemplate, first_day: date, days: int, slot_minutes: int
-) -> Grid:
+def template_capacity(
+    tz_name: str, template: WeeklyTemplate, starts: np.ndarray, slot_seconds: int
+) -> np.ndarray:
+    """The capacity ``template`` gives each slot starting at ``starts`` (UTC seconds, each
+    ``slot_seconds`` long), in the zone ``tz_name``: windows by local weekday and time,
+    closed dates and blocked periods. For a calendar's first days and for every day a
+    rolling horizon adds later alike."""
     tz = zone(tz_name)
-    slot = slot_minutes * 60
-    start = local_midnight(tz_name, first_day)
-    end = local_midnight(tz_name, first_day + timedelta(days=days))
-    starts = np.arange(start, end, slot, dtype=np.int64)
+    slot = slot_seconds
     local = starts + utc_offsets(tz_name, starts)
     local_day = local // 86_400
     weekday = (local_day + 3) % 7  # 1970-01-01 was a Thursday (weekday 3)
@@ -265,5 +266,18 @@ def _build_grid_cached(
         if b_end <= b_start:
             raise InvalidRequest(f"blocked period {b.start} to {b.end} ends before it starts")
         capacity[(starts < b_end) & (starts + slot > b_start)] = 0
+    return capacity
+
+
+@lru_cache(maxsize=1024)
+def _build_grid_cached(
+    tz_name: str, template: WeeklyTemplate, first_day: date, days: int, slot_minutes: int
+) -> Grid:
+    slot = slot_minutes * 60
+    start = local_midnight(tz_name, first_day)
+    end = local_midnight(tz_name, first_day + timedelta(days=days))
+    capacity = template_capacity(
+        tz_name, template, np.arange(start, end, slot, dtype=np.int64), slot
+    )
     capacity.flags.writeable = False
     return Grid(start=start, slot_seconds=slot, capacity=capacity)

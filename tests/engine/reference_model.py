@@ -41,7 +41,8 @@ class CalendarModel:
     holds: dict[str, ModelHold] = field(default_factory=dict)
     expired: dict[str, int] = field(default_factory=dict)
     bookings: dict[str, ModelBooking] = field(default_factory=dict)
-    remembered: dict[str, tuple[Fingerprint, tuple[object, ...]]] = field(default_factory=dict)
+    # key -> (fingerprint, first result, when the command came)
+    remembered: dict[str, tuple[Fingerprint, tuple[object, ...], int]] = field(default_factory=dict)
     targets: dict[int, int] = field(default_factory=dict)  # slots set below what was taken
 
     def __post_init__(self) -> None:
@@ -76,14 +77,16 @@ class CalendarModel:
     def _repeat(self, key: str | None, fp: Fingerprint) -> tuple[object, ...] | None:
         if key is None or key not in self.remembered:
             return None
-        first_fp, result = self.remembered[key]
+        first_fp, result, _ = self.remembered[key]
         if first_fp != fp:
             raise errors.IdempotencyConflict(key)
         return result
 
-    def _remember(self, key: str | None, fp: Fingerprint, result: tuple[object, ...]) -> None:
+    def _remember(
+        self, key: str | None, fp: Fingerprint, result: tuple[object, ...], now: int
+    ) -> None:
         if key is not None:
-            self.remembered[key] = (fp, result)
+            self.remembered[key] = (fp, result, now)
 
     def _give_back(self, i: int) -> None:
         """Places of slot i were given back: a slot set below what was taken falls."""
@@ -131,7 +134,7 @@ class CalendarModel:
         self.holds[hold_id] = h
         self.held[i] += party
         result = self.hold_result(h, start)
-        self._remember(key, fp, result)
+        self._remember(key, fp, result, now)
         return result
 
     def confirm(
@@ -154,7 +157,7 @@ class CalendarModel:
         b = ModelBooking(booking_id, h.slot, h.party, patient_ref, hold_id, now)
         self.bookings[booking_id] = b
         result = self.booking_result(b)
-        self._remember(key, fp, result)
+        self._remember(key, fp, result, now)
         return result
 
     def release(self, key: str | None, now: int, hold_id: str) -> tuple[object, ...]:
@@ -170,7 +173,7 @@ class CalendarModel:
         self.held[h.slot] -= h.party
         self._give_back(h.slot)
         result = self.hold_result(h, self.start + h.slot * self.slot_seconds)
-        self._remember(key, fp, result)
+        self._remember(key, fp, result, now)
         return result
 
     def _active(self, booking_id: str) -> ModelBooking:
@@ -191,7 +194,7 @@ class CalendarModel:
         self.booked[b.slot] -= b.party
         self._give_back(b.slot)
         result = self.booking_result(b)
-        self._remember(key, fp, result)
+        self._remember(key, fp, result, now)
         return result
 
     def reschedule(
@@ -212,8 +215,49 @@ class CalendarModel:
         self._give_back(b.slot)
         b.slot = j
         result = self.booking_result(b)
-        self._remember(key, fp, result)
+        self._remember(key, fp, result, now)
         return result
 
     def sweep(self, now: int) -> None:
         self._expire(now)
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.capacity) * self.slot_seconds
+
+    def roll(self, now: int, start: int, end: int, added: list[int], forget_before: int) -> None:
+        """The window moves to [start, end): earlier slots leave with their bookings (a
+        hold on one expires now), new slots get ``added``, old memories are forgotten."""
+        self._expire(now)
+        step = self.slot_seconds
+        if (
+            (start - self.start) % step
+            or (end - self.end) % step
+            or start < self.start
+            or end < self.end
+            or start > end
+        ):
+            raise errors.InvalidRequest("not a roll of this grid")
+        if len(added) != (end - self.end) // step:
+            raise errors.InvalidRequest("wrong number of new slots")
+        cut = (start - self.start) // step
+        for hold_id, h in list(self.holds.items()):
+            if h.slot < cut:
+                self.held[h.slot] -= h.party
+                self._give_back(h.slot)
+                del self.holds[hold_id]
+                self.expired[hold_id] = now
+        for booking_id, b in list(self.bookings.items()):
+            if b.slot < cut:
+                del self.bookings[booking_id]
+        self.capacity = (self.capacity + added)[cut:]
+        self.booked = (self.booked + [0] * len(added))[cut:]
+        self.held = (self.held + [0] * len(added))[cut:]
+        for h in self.holds.values():
+            h.slot -= cut
+        for b in self.bookings.values():
+            b.slot -= cut
+        self.targets = {i - cut: t for i, t in self.targets.items() if i >= cut}
+        self.start = start
+        self.remembered = {k: v for k, v in self.remembered.items() if v[2] >= forget_before}
+        self.expired = {h: at for h, at in self.expired.items() if at >= forget_before}

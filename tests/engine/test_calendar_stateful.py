@@ -37,6 +37,7 @@ from engine.records import (
     PlaceHold,
     ReleaseHold,
     RescheduleBooking,
+    RollCalendar,
     SetCapacity,
 )
 from tests.engine.reference_model import CalendarModel
@@ -110,8 +111,13 @@ class CalendarMachine(RuleBasedStateMachine):
         return self.keys[-1]
 
     def start_of(self, slot: int) -> int:
-        # slot == -1 gives an unaligned start, slot beyond the grid an out-of-range one.
-        return START + SLOT // 2 if slot == -1 else START + slot * SLOT
+        # Counted from the window's current start (rolls move it); -1 gives an unaligned
+        # start, N_SLOTS the first slot past the end.
+        if slot == -1:
+            return self.model.start + SLOT // 2
+        if slot == N_SLOTS:
+            return self.model.end
+        return self.model.start + slot * SLOT
 
     def run(self, name: str, command: Any, model_call: Any) -> None:
         global steps_run
@@ -207,18 +213,35 @@ class CalendarMachine(RuleBasedStateMachine):
         self.run("reschedule", cmd, lambda: self.model.reschedule(key, now, booking_id, new_start))
 
     @rule(
-        capacity=st.lists(st.integers(0, 3), min_size=N_SLOTS, max_size=N_SLOTS),
+        capacity=st.lists(st.integers(0, 3), min_size=16, max_size=16),
         short=st.booleans(),
     )
     def set_capacity(self, capacity: list[int], short: bool) -> None:
         """A re-import sets every slot's capacity, maybe below what is taken."""
-        wanted = capacity[:-1] if short else capacity
+        n = len(self.model.capacity)
+        wanted = capacity[: max(n - 1, 0)] if short else capacity[:n]
         data = np.array(wanted, dtype=np.uint16).tobytes()
         self.run(
             "set_capacity",
             SetCapacity("p1", "vaccine", None, self.now, data),
             lambda: self.model.set_capacity(self.now, wanted),
         )
+
+    @rule(
+        cut=st.integers(0, 3),
+        add=st.integers(0, 3),
+        added=st.lists(st.integers(0, 3), min_size=3, max_size=3),
+        forget=st.sampled_from([0, 60, 600, 3600, 10**6]),
+        off_grid=st.sampled_from([False] * 9 + [True]),
+    )
+    def roll(self, cut: int, add: int, added: list[int], forget: int, off_grid: bool) -> None:
+        """Days pass: the window moves on (earlier slots leave, new ones come), and
+        memories older than ``forget`` seconds are dropped."""
+        start = self.model.start + cut * SLOT + (SLOT // 2 if off_grid else 0)
+        end, new, now = self.model.end + add * SLOT, added[:add], self.now
+        data = np.array(new, dtype=np.uint16).tobytes()
+        cmd = RollCalendar("p1", "vaccine", now, start, end, data, now - forget)
+        self.run("roll", cmd, lambda: self.model.roll(now, start, end, new, now - forget))
 
     @precondition(lambda self: self.last is not None)
     @rule(later=st.sampled_from([0, 1, 60]))
@@ -227,7 +250,7 @@ class CalendarMachine(RuleBasedStateMachine):
         assert self.last is not None
         name, command, _ = self.last
         self.now += later
-        if name == "sweep" or getattr(command, "key", None) is None:
+        if name in ("sweep", "roll") or getattr(command, "key", None) is None:
             return
         fields = {f: getattr(command, f) for f in command.__struct_fields__}
         fields["now"] = self.now
@@ -283,7 +306,8 @@ class CalendarMachine(RuleBasedStateMachine):
         assert self.cal.booked.tolist() == self.model.booked
         assert self.cal.held.tolist() == self.model.held
         assert {h: (x.start, x.party_size, x.expires_at) for h, x in self.cal.holds.items()} == {
-            h: (START + x.slot * SLOT, x.party, x.expires_at) for h, x in self.model.holds.items()
+            h: (self.model.start + x.slot * SLOT, x.party, x.expires_at)
+            for h, x in self.model.holds.items()
         }
         assert {b: as_tuple(x) for b, x in self.cal.bookings.items()} == {
             b: self.model.booking_result(x) for b, x in self.model.bookings.items()
