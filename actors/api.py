@@ -29,6 +29,7 @@ import ray
 import redis
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
 
+from actors.clock import CLOCK_KEY, Clock, clock_from_redis, stored
 from actors.directory import Directory, default_shards
 from actors.shard import ShardActor, check
 from engine.calendar import Calendar
@@ -37,6 +38,7 @@ from engine.errors import CalendarNotFound, HexbookError, InvalidRequest, Unavai
 from engine.provider import Provider
 from engine.records import (
     Booking,
+    CalendarSchedule,
     CancelBooking,
     Command,
     ConfirmHold,
@@ -52,6 +54,7 @@ from engine.schedule import WeeklyTemplate
 __all__ = ["NAMESPACE", "Hexbook", "calendar_of", "new_secret", "routable_id", "token_digest"]
 
 NAMESPACE = "hexbook"
+DEFAULT_HORIZON_DAYS = 28  # a template's calendar keeps this many local days ahead open
 _RETRYABLE = (RayActorError, ActorDiedError, ActorUnavailableError, Unavailable)
 
 
@@ -139,6 +142,8 @@ class Hexbook:
         self.directory = Directory(self._redis)
         self._handles: dict[str, Any] = {}
         self._placement: dict[str, str] = {}
+        # The stack's time (holds, rolls); set_clock moves it here and on every shard.
+        self.clock = Clock()
 
     @classmethod
     def connect(
@@ -161,6 +166,8 @@ class Hexbook:
                 log_to_driver=False,
             )
         hb = cls(redis_url, **kwargs)
+        if (settings := clock_from_redis(hb._redis.hgetall(CLOCK_KEY))) is not None:
+            hb.clock.set(*settings)  # a clock moved by an earlier process of this stack
         count = default_shards() if shards is None else shards
         hb.directory.configure([f"shard-{i}" for i in range(count)], resolution)
         for name in hb.directory.shards:
@@ -189,7 +196,9 @@ class Hexbook:
             extra = self.actor_options
             options.update(extra(name) if callable(extra) else extra)
             remote = ray.remote(ShardActor).options(**options)
-            handle = remote.remote(name, self.redis_url, **self.shard_options)
+            handle = remote.remote(
+                name, self.redis_url, **{"clock": self.clock, **self.shard_options}
+            )
             self._handles[name] = handle
         return handle
 
@@ -214,6 +223,19 @@ class Hexbook:
                     raise
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
+
+    def set_clock(self, offset: float = 0.0, rate: float = 1.0) -> None:
+        """Move the stack's clock (tests, the soak): ``offset`` seconds ahead, running
+        ``rate`` times as fast, here and on every shard (one anchor, so they agree)."""
+        self.clock.set(offset, rate)
+        args = self.clock.settings()
+        self._redis.hset(CLOCK_KEY, mapping=dict(stored(args)))  # type: ignore[arg-type]
+        for name in self.directory.shards:
+            self._call(name, "set_clock", *args)
+
+    def now(self, now: int | None = None) -> int:
+        """``now`` if given, else the stack's clock in whole UTC seconds."""
+        return self.clock.seconds() if now is None else now
 
     def submit(self, shard: str, commands: list[Command]) -> list[Any]:
         """Send commands to one shard in one call; one outcome (result or error) each."""
@@ -260,14 +282,24 @@ class Hexbook:
         slot_minutes: int = 15,
         *,
         dedicated: bool = False,
+        horizon_days: int = DEFAULT_HORIZON_DAYS,
     ) -> str:
-        """Create or replace a provider's calendars (one per service); returns its shard."""
+        """Create or replace a provider's calendars (one per service); returns its shard.
+        The template keeps ``horizon_days`` local days ahead open as days pass
+        (:mod:`engine.horizon`; 0: only the days given)."""
         if dedicated:
             self.directory.dedicate(provider.provider_id)
         shard = self.directory.place(provider)
         snaps = [
             Calendar.from_template(
-                provider.provider_id, s, provider.timezone, template, first_day, days, slot_minutes
+                provider.provider_id,
+                s,
+                provider.timezone,
+                template,
+                first_day,
+                days,
+                slot_minutes,
+                horizon_days,
             ).snapshot()
             for s in provider.services
         ]
@@ -284,6 +316,7 @@ class Hexbook:
         *,
         chunk: int = 100,
         progress: Callable[[int], None] | None = None,
+        horizon_days: int = DEFAULT_HORIZON_DAYS,
     ) -> int:
         """Provision many providers, ``chunk`` at a time per shard; returns how many.
         ``progress(n)`` is called with the count done so far."""
@@ -298,6 +331,7 @@ class Hexbook:
                     first_day,
                     days,
                     slot_minutes,
+                    horizon_days,
                 ).snapshot()
                 for s in provider.services
             ]
@@ -355,7 +389,7 @@ class Hexbook:
             provider_id,
             service,
             key or new_secret(),
-            _now(now),
+            self.now(now),
             routable_id(provider_id, service),
             start,
             party_size,
@@ -383,7 +417,7 @@ class Hexbook:
             provider_id,
             service,
             key or new_secret(),
-            _now(now),
+            self.now(now),
             hold_id,
             routable_id(provider_id, service),
             digest,
@@ -406,7 +440,7 @@ class Hexbook:
         now: int | None = None,
     ) -> Hold:
         """Release a hold."""
-        cmd = ReleaseHold(provider_id, service, key or new_secret(), _now(now), hold_id)
+        cmd = ReleaseHold(provider_id, service, key or new_secret(), self.now(now), hold_id)
         return self._one(cmd)  # type: ignore[return-value]
 
     def cancel(
@@ -419,7 +453,7 @@ class Hexbook:
         now: int | None = None,
     ) -> Booking:
         """Cancel a booking."""
-        cmd = CancelBooking(provider_id, service, key or new_secret(), _now(now), booking_id)
+        cmd = CancelBooking(provider_id, service, key or new_secret(), self.now(now), booking_id)
         return self._one(cmd)  # type: ignore[return-value]
 
     def reschedule(
@@ -446,7 +480,7 @@ class Hexbook:
         key = key or new_secret()
         to_provider, to_service = new_provider_id or provider_id, new_service or service
         if (to_provider, to_service) == (provider_id, service):
-            cmd = RescheduleBooking(provider_id, service, key, _now(now), booking_id, new_start)
+            cmd = RescheduleBooking(provider_id, service, key, self.now(now), booking_id, new_start)
             return self._one(cmd)  # type: ignore[return-value]
         shard = self.shard_of(provider_id)
         old = check(self._call(shard, "booking", provider_id, service, booking_id))
@@ -488,7 +522,12 @@ class Hexbook:
         shard = self.directory.place(provider)
         snaps = [
             Calendar(
-                provider.provider_id, s, start, step, np.asarray(cap, dtype=np.uint16)
+                provider.provider_id,
+                s,
+                start,
+                step,
+                np.asarray(cap, dtype=np.uint16),
+                CalendarSchedule(provider.timezone, step // 60),  # days come from imports
             ).snapshot()
             for s, (start, step, cap) in grids.items()
         ]
@@ -504,12 +543,18 @@ class Hexbook:
         below what is taken; those slots show no free place and fall to the capacity asked
         as places are given back."""
         data = np.asarray(capacity).clip(0, 65_535).astype(np.uint16).tobytes()
-        self._one(SetCapacity(provider_id, service, None, _now(now), data))
+        self._one(SetCapacity(provider_id, service, None, self.now(now), data))
         grid = self.slots(provider_id, service)
         return [
             (grid["start"] + i * grid["slot_seconds"], grid["booked"][i] + grid["held"][i], t)
             for i, t in grid["targets"]
         ]
+
+    def booking(self, provider_id: str, service: str, booking_id: str) -> Booking:
+        """A booking as its shard holds it (or its archive, once its day has left)."""
+        shard = self.shard_of(provider_id)
+        found: Booking = check(self._call(shard, "booking", provider_id, service, booking_id))
+        return found
 
     def slots(self, provider_id: str, service: str) -> dict[str, Any]:
         """A calendar's grid, read from its shard (authoritative)."""
@@ -521,7 +566,3 @@ class Hexbook:
 
     def close(self) -> None:
         self._redis.close()
-
-
-def _now(now: int | None) -> int:
-    return int(time.time()) if now is None else now

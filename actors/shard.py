@@ -9,6 +9,10 @@ durable: if a commit fails the shard forgets its memory and rebuilds from Redis 
 it serves again (fail stop), and every caller of the failed batch gets
 :class:`~engine.errors.Unavailable` to retry with the same idempotency key.
 
+Every ``roll_seconds`` (30) the writer rolls the calendars whose local day changed
+(:meth:`ShardCore.roll`): the rolling horizon, the archive, retention. The time is the
+actor's :class:`~actors.clock.Clock`, which a test or the soak can move.
+
 Redis calls time out after ``redis_timeout`` seconds (default 2), so with Redis down a
 mutation fails within about that bound instead of hanging.
 """
@@ -19,14 +23,14 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
 from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from actors import journal
+from actors import archive, journal
+from actors.clock import CLOCK_KEY, Clock, clock_from_redis
 from actors.shard_core import Outcome, RecoveryStats, ShardCore
 from engine.codec import decode_commands
 from engine.errors import (
@@ -55,7 +59,9 @@ class ShardActor:
         snapshot_every_events: int = 200_000,
         snapshot_every_seconds: float = 300.0,
         sweep_seconds: float = 1.0,
+        roll_seconds: float = 30.0,
         redis_timeout: float = 2.0,
+        clock: Clock | None = None,
     ) -> None:
         client = aioredis.from_url(
             redis_url,
@@ -71,6 +77,9 @@ class ShardActor:
             snapshot_every_seconds=snapshot_every_seconds,
         )
         self._sweep_seconds = sweep_seconds
+        self._roll_seconds = roll_seconds  # how often calendars are checked for a new day
+        self._redis = client
+        self.clock = clock or Clock()
         self._queue: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         self._wake: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -154,13 +163,34 @@ class ShardActor:
         return ProviderNotFound(provider_id) if found is None else found
 
     async def booking(self, provider_id: str, service: str, booking_id: str) -> Outcome:
-        """One booking as the shard holds it."""
+        """One booking as the shard holds it, or from the archive when its day has left
+        the calendar's window."""
         await self._ready()
         cal = self._core.calendars.get((provider_id, service))
         if cal is None:
             return CalendarNotFound(provider_id, service)
         found = cal.bookings.get(booking_id)
+        if found is None:
+            try:
+                found = await archive.read_booking(self._redis, provider_id, service, booking_id)
+            except RedisError as exc:
+                return Unavailable(f"the archive is unreachable: {exc}")
         return BookingNotFound(booking_id) if found is None else found
+
+    async def roll(self, now: int | None = None) -> int:
+        """Roll every calendar whose day changed (the periodic roll calls this too);
+        returns how many rolled."""
+        at = self.clock.seconds() if now is None else now
+        total = 0
+        while True:
+            rolled: int = await self._enqueue(lambda: self._core.roll(at))
+            total += rolled
+            if rolled < 200:
+                return total
+
+    async def set_clock(self, offset: float, rate: float, anchor: float) -> None:
+        """Move this shard's clock (tests and the soak; see :class:`actors.clock.Clock`)."""
+        self.clock.set(offset, rate, anchor)
 
     async def committed_state(self) -> bytes:
         """The encoded state as of the last commit (a ShardSnapshot), for checks."""
@@ -188,6 +218,7 @@ class ShardActor:
         return {
             "name": self.name,
             "pid": os.getpid(),
+            "clock": self.clock.now(),
             "node_id": ray.get_runtime_context().get_node_id(),
             "calendars": len(self._core.calendars),
             "providers": sorted(self._core.providers),
@@ -205,6 +236,8 @@ class ShardActor:
             self._tasks = [loop.create_task(self._write_loop())]
             if self._sweep_seconds > 0:
                 self._tasks.append(loop.create_task(self._sweep_loop()))
+            if self._roll_seconds > 0:
+                self._tasks.append(loop.create_task(self._roll_loop()))
         return self._wake
 
     async def _ready(self) -> None:
@@ -232,6 +265,8 @@ class ShardActor:
                 continue
             if not core.recovered:
                 try:
+                    if (kept := clock_from_redis(await self._redis.hgetall(CLOCK_KEY))) is not None:
+                        self.clock.set(*kept)  # the stack's clock, if a test or soak moved it
                     self.last_recovery = await core.recover()
                     log.info("shard %s recovered: %s", self.name, self.last_recovery)
                 except (RedisError, OSError) as exc:
@@ -266,7 +301,14 @@ class ShardActor:
             await asyncio.sleep(self._sweep_seconds)
             if self._core.recovered and any(c.holds for c in self._core.calendars.values()):
                 with contextlib.suppress(Unavailable):  # recovering: the next round sweeps
-                    await self.sweep(int(time.time()))
+                    await self.sweep(self.clock.seconds())
+
+    async def _roll_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._roll_seconds)
+            if self._core.recovered:
+                with contextlib.suppress(Unavailable):  # recovering: the next round rolls
+                    await self.roll()
 
 
 def _answer_all(

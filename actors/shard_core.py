@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
-from actors import availability, journal
+from actors import archive, availability, journal
 from actors.journal import (
     CalendarAdded,
     CalendarEvents,
@@ -30,6 +30,7 @@ from actors.journal import (
     ShardSnapshot,
 )
 from engine.calendar import Calendar
+from engine.codec import encode
 from engine.errors import (
     CalendarNotFound,
     HexbookError,
@@ -37,10 +38,13 @@ from engine.errors import (
     ScheduleConflict,
     Unavailable,
 )
+from engine.horizon import next_roll_at, plan_roll
 from engine.provider import Provider
 from engine.records import (
+    Booking,
     BookingCancelled,
     BookingRescheduled,
+    CalendarRolled,
     CalendarSnapshot,
     Command,
     Event,
@@ -73,6 +77,7 @@ class _Pending:
     entries: list[JournalEntry] = field(default_factory=list)
     touched: dict[tuple[str, str, int], None] = field(default_factory=dict)  # slots changed
     whole: dict[tuple[str, str], None] = field(default_factory=dict)  # calendars changed
+    archived: list[tuple[str, str, Booking]] = field(default_factory=list)  # to the archive
     events: int = 0
 
 
@@ -100,6 +105,9 @@ class ShardCore:
         self.events_since_snapshot = 0
         self.last_snapshot_at = time.monotonic()
         self._pending = _Pending()
+        # When each calendar next needs a roll (its next local midnight), so that a check
+        # costs a comparison per calendar, not a plan.
+        self._roll_due: dict[CalendarKey, int] = {}
 
     # --- recovery --------------------------------------------------------------------
 
@@ -117,6 +125,7 @@ class ShardCore:
     async def _recover(self, chunk: int, t0: float) -> RecoveryStats:
         self.calendars, self.providers = {}, {}
         self._pending = _Pending()
+        self._roll_due = {}
         stats = RecoveryStats()
         raw = await self.redis.get(journal.snapshot_key(self.name))
         self.last_id = "0-0"
@@ -168,6 +177,7 @@ class ShardCore:
         self.recovered = False
         self.calendars, self.providers = {}, {}
         self._pending = _Pending()
+        self._roll_due = {}
 
     def require_recovered(self) -> None:
         if not self.recovered:
@@ -240,6 +250,27 @@ class ShardCore:
                 self._collect(cal, cal.drain(), pending)
         return out
 
+    def roll(self, now: int, limit: int = 200) -> int:
+        """Roll up to ``limit`` calendars whose day changed (:func:`engine.horizon.
+        plan_roll`: past days out, the horizon's new days in, old memories forgotten);
+        journaled with the next commit. Returns how many rolled; call again while it
+        returns ``limit`` (a day's first check rolls every calendar of a zone)."""
+        rolled = 0
+        due = self._roll_due
+        for key, cal in self.calendars.items():
+            if due.get(key, 0) > now:
+                continue
+            cmd = plan_roll(cal, now)
+            due[key] = next_roll_at(cal, now)
+            if cmd is None:
+                continue
+            cal.handle(cmd)
+            self._collect(cal, cal.drain(), self._pending)
+            rolled += 1
+            if rolled >= limit:
+                break
+        return rolled
+
     def sweep(self, now: int) -> int:
         """Expire every due hold of every calendar; journaled with the next commit."""
         expired = 0
@@ -273,8 +304,10 @@ class ShardCore:
             elif isinstance(ev, BookingRescheduled):
                 touched[(pid, service, ev.old_start)] = None
                 touched[(pid, service, ev.new_start)] = None
-            else:  # CapacityChanged: every slot may have changed
+            else:  # CapacityChanged, CalendarRolled: every slot may have changed
                 pending.whole[(pid, service)] = None
+                if isinstance(ev, CalendarRolled):
+                    pending.archived.extend((pid, service, b) for b in ev.archived)
 
     @property
     def has_pending(self) -> bool:
@@ -301,6 +334,8 @@ class ShardCore:
         pipe.xadd(
             journal.journal_key(self.name), {"b": journal.encode(JournalBatch(pending.entries))}
         )
+        for pid, service, booking in pending.archived:
+            pipe.hset(archive.archive_key(pid, service), booking.booking_id, encode(booking))
         pipe.xadd(
             availability.AVAILABILITY_STREAM,
             availability.encode_entry(self.name, slots, pending.whole),  # type: ignore[arg-type]

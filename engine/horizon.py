@@ -33,7 +33,7 @@ from engine.calendar import Calendar
 from engine.records import RollCalendar
 from engine.schedule import local_midnight, template_capacity, zone
 
-__all__ = ["KEEP_DAYS", "RETENTION_SECONDS", "plan_roll"]
+__all__ = ["KEEP_DAYS", "RETENTION_SECONDS", "next_roll_at", "plan_roll"]
 
 KEEP_DAYS = 1  # yesterday stays: a patient late for a slot can still be looked up
 RETENTION_SECONDS = 48 * 3600
@@ -71,3 +71,11 @@ def plan_roll(
         capacity,
         now - retention_seconds,
     )
+
+
+def next_roll_at(cal: Calendar, now: int) -> int:
+    """When ``cal`` next needs :func:`plan_roll`: its zone's next midnight after ``now``
+    (days move on only then)."""
+    tz_name = cal.schedule.timezone if cal.schedule is not None else "UTC"
+    today = datetime.fromtimestamp(now, UTC).astimezone(zone(tz_name)).date()
+    return local_midnight(tz_name, today + timedelta(days=1))

@@ -107,6 +107,28 @@ class AvailabilityGrid:
         if lo < hi:
             self._free[row, lo:hi] = np.clip(remaining[lo - offset : hi - offset], 0, 65_535)
 
+    def remove(self, provider_id: str, service: str) -> None:
+        """Take a calendar out (its row stays, empty, and never matches again)."""
+        row = self._rows.pop((provider_id, service), None)
+        if row is not None:
+            self._service[row] = -1
+            self._free[row] = 0
+
+    def move_to(self, start: int) -> None:
+        """Move the window to begin at ``start`` (on the grid): the columns still inside
+        keep their places, the new ones are empty until filled."""
+        shift, rest = divmod(start - self.start, self.slot_seconds)
+        if rest:
+            raise InvalidRequest(f"{start} is not on the grid's {self.slot_seconds} s slots")
+        free = np.zeros_like(self._free)
+        n = self.n_slots
+        if 0 <= shift < n:
+            free[:, : n - shift] = self._free[:, shift:]
+        elif -n < shift < 0:
+            free[:, -shift:] = self._free[:, : n + shift]
+        self._free = free
+        self.start = start
+
     def set_free(self, provider_id: str, service: str, start: int, free: int) -> bool:
         """Apply one availability delta; ``False`` when the calendar or slot is not here."""
         row = self._rows.get((provider_id, service))

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import gc
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -72,14 +72,16 @@ async def _runtime(
         settings.calls_per_shard,
         settings.shard_deadline_seconds,
     )
-    first = settings.index_first_day or (datetime.now(UTC).date() - timedelta(days=1))
+    first = settings.index_first_day
     index = AvailabilityIndex(
         hb,
         hb.redis_url,
-        int(datetime(first.year, first.month, first.day, tzinfo=UTC).timestamp()),
+        None
+        if first is None
+        else int(datetime(first.year, first.month, first.day, tzinfo=UTC).timestamp()),
         settings.index_days,
     )
-    await index.start()
+    await index.load_and_follow()
     stack.push_async_callback(index.stop)
     stream = AvailabilityReader(hb.redis_url, max_block_seconds=settings.feed_keepalive_seconds + 1)
     stack.push_async_callback(stream.close)

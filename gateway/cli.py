@@ -44,8 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--demo",
         action="store_true",
-        help="provision a demo city (about 1,500 sites over Chicago, 14 days of "
-        "15-minute slots) unless the data already holds one",
+        help="provision a demo city (about 1,500 sites over Chicago, 15-minute slots kept "
+        "28 days ahead) unless the data already holds one",
     )
     up.add_argument("--sites", type=int, default=1500, help="demo city size (default 1500)")
     up.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
@@ -300,10 +300,10 @@ def _provision_demo(hb: Any, sites: int) -> None:
     city = demo_city(sites)
     today = datetime.now(ZoneInfo("America/Chicago")).date()
     print(
-        f"hexbook: provisioning {len(city)} demo sites, 14 days of "
-        f"15-minute slots from {today.isoformat()}"
+        f"hexbook: provisioning {len(city)} demo sites, 28 days of 15-minute slots from "
+        f"{today.isoformat()}, kept 28 days ahead as days pass"
     )
-    hb.provision_many(city, today, 14, 15, progress=_progress(len(city)))
+    hb.provision_many(city, today, 28, 15, progress=_progress(len(city)), horizon_days=28)
 
 
 def _banner(base: str, key: str | None) -> str:

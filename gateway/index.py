@@ -7,6 +7,12 @@ during the load is applied again afterwards, which is harmless because a delta *
 a slot's free places. Every answer carries the index's freshness (the time of the last
 entry applied and how long ago that was). Reads are a projection: a hold may still
 answer 409 for a slot the index showed as free a moment ago.
+
+The index covers ``days`` UTC days from yesterday on the stack's clock, and moves with
+it: when a day passes, its window moves on and it reloads from the shards (whose
+calendars roll on by themselves, see :mod:`engine.horizon`). Calendars of every slot
+length are searched: one :class:`~engine.search.AvailabilityGrid` per length, on the
+same window, and a search merges their answers.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Literal
 
 import numpy as np
 
@@ -26,62 +33,98 @@ from engine.search import AvailabilityGrid, Match
 __all__ = ["AvailabilityIndex"]
 
 log = logging.getLogger("hexbook.gateway")
+DAY = 86_400
 
 
 class AvailabilityIndex:
-    """An :class:`~engine.search.AvailabilityGrid` fed by the shards and the stream."""
+    """:class:`~engine.search.AvailabilityGrid` s (one per slot length) fed by the shards
+    and the stream, on a window that follows the clock."""
 
     def __init__(
         self,
         hexbook: Hexbook,
         redis_url: str,
-        start: int,
-        days: int = 16,
-        slot_seconds: int = 900,
+        start: int | None = None,
+        days: int = 31,
         gather_seconds: float = 0.01,
+        roll_check_seconds: float = 5.0,
     ) -> None:
         self.hexbook = hexbook
+        self.clock = hexbook.clock
         self.gather_seconds = gather_seconds  # after a read, wait this long for more
+        self.roll_check_seconds = roll_check_seconds
         self.stream = AvailabilityReader(redis_url)
-        self.grid = AvailabilityGrid(start, slot_seconds, days * 86_400 // slot_seconds)
+        # A fixed start (tests) keeps the window where it is; None: yesterday, moving.
+        self.fixed = start is not None
+        self.start = start if start is not None else self._yesterday()
+        self.days = days
+        self.grids: dict[int, AvailabilityGrid] = {}
+        self._grid_of: dict[tuple[str, str], AvailabilityGrid] = {}
         self.last_id = "0-0"
         self.last_entry_ms = 0
         self.applied = 0
-        self.skipped_calendars = 0
+        self.moves = 0  # times the window moved on
         # Every provider seen, kept current: the gateway formats local times from these
         # without a shard call (a PUT through this gateway also refreshes it).
         self.providers: dict[str, Any] = {}
         # Calendars changed since a reader (the SMART publisher) last drained them.
         self.dirty: set[tuple[str, str]] = set()
         self.version = 0
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
-    async def start(self) -> None:
-        """Load from the shards, then follow the stream in the background."""
+    def _yesterday(self) -> int:
+        now = self.clock.seconds()
+        return now - now % DAY - DAY
+
+    @property
+    def end(self) -> int:
+        return self.start + self.days * DAY
+
+    def _grid(self, slot_seconds: int) -> AvailabilityGrid:
+        grid = self.grids.get(slot_seconds)
+        if grid is None:
+            grid = AvailabilityGrid(self.start, slot_seconds, self.days * DAY // slot_seconds)
+            self.grids[slot_seconds] = grid
+        return grid
+
+    async def load_and_follow(self) -> None:
+        """Load from the shards, then follow the stream (and the clock) in the background."""
         self.last_id = await self.stream.newest() or "0-0"
+        await self._load()
+        self.last_entry_ms = int(time.time() * 1000)
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._follow())]
+        if not self.fixed:
+            self._tasks.append(loop.create_task(self._follow_the_clock()))
+
+    async def _load(self) -> None:
         for shard in self.hexbook.directory.shards:
             for row in await self.hexbook.shard(shard).availability.remote():
                 self._upsert(*row)
-        self.last_entry_ms = int(time.time() * 1000)
-        self._task = asyncio.get_running_loop().create_task(self._follow())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
         await self.stream.close()
 
     def _upsert(
         self, provider: Any, service: str, start: int, slot_seconds: int, remaining: bytes
     ) -> None:
+        key = (provider.provider_id, service)
         self.providers[provider.provider_id] = provider
-        self.dirty.add((provider.provider_id, service))
+        self.dirty.add(key)
         self.version += 1
-        if slot_seconds != self.grid.slot_seconds or (start - self.grid.start) % slot_seconds:
-            self.skipped_calendars += 1  # other slot lengths are not indexed yet
+        if 86_400 % slot_seconds or (start - self.start) % slot_seconds:
+            log.warning("calendar %s/%s is off any grid of its length; not indexed", *key)
             return
-        self.grid.upsert(provider, service, start, np.frombuffer(remaining, dtype="<i4"))
+        grid = self._grid(slot_seconds)
+        old = self._grid_of.get(key)
+        if old is not None and old is not grid:
+            old.remove(*key)  # its slot length changed
+        self._grid_of[key] = grid
+        grid.upsert(provider, service, start, np.frombuffer(remaining, dtype="<i4"))
 
     async def _follow(self) -> None:
         while True:
@@ -101,6 +144,25 @@ class AvailabilityIndex:
                 # cost the gateway's loop 9% of a hold (py-spy). A short wait gathers them.
                 await asyncio.sleep(self.gather_seconds)
 
+    async def _follow_the_clock(self) -> None:
+        while True:
+            await asyncio.sleep(self.roll_check_seconds)
+            if self._yesterday() > self.start:
+                try:
+                    await self.move_to(self._yesterday())
+                except Exception as exc:  # a shard away: the next check tries again
+                    log.warning("index window not moved yet: %s", exc)
+
+    async def move_to(self, start: int) -> None:
+        """Move the window to start at ``start`` (a UTC midnight) and reload every
+        calendar from its shard: the days that came into the window are filled."""
+        self.start = start
+        for grid in self.grids.values():
+            grid.move_to(start)
+        await self._load()
+        self.moves += 1
+        self.version += 1
+
     async def _apply(self, changes: list[Change]) -> None:
         for change in changes:
             pid, service = change.provider_id, change.service
@@ -109,7 +171,9 @@ class AvailabilityIndex:
                 for row in await self.hexbook.shard(shard).availability.remote(pid, service):
                     self._upsert(*row)
             else:
-                self.grid.set_free(pid, service, change.start, change.remaining)
+                grid = self._grid_of.get((pid, service))
+                if grid is not None:
+                    grid.set_free(pid, service, change.start, change.remaining)
                 self.dirty.add((pid, service))
                 self.version += 1
 
@@ -122,5 +186,43 @@ class AvailabilityIndex:
             "entries_applied": self.applied,
         }
 
-    def search(self, *args: Any, **kwargs: Any) -> list[Match]:
-        return self.grid.search(*args, **kwargs)
+    def calendars(self) -> set[tuple[str, str]]:
+        """Every (provider, service) in the index."""
+        return set(self._grid_of)
+
+    def free_of(self, provider_id: str, service: str) -> tuple[int, int, np.ndarray] | None:
+        """A calendar's free places over the window: (start, slot seconds, per slot)."""
+        grid = self._grid_of.get((provider_id, service))
+        if grid is None:
+            return None
+        return grid.start, grid.slot_seconds, grid.free_of(provider_id, service)
+
+    def search(
+        self,
+        lat: float,
+        lng: float,
+        radius_km: float,
+        service: str,
+        t_from: int | None = None,
+        t_to: int | None = None,
+        *,
+        limit: int = 20,
+        party_size: int = 1,
+        languages: Iterable[str] = (),
+        accessibility: Iterable[str] = (),
+        insurance: Iterable[str] = (),
+        order: Literal["distance", "earliest"] = "distance",
+    ) -> list[Match]:
+        """Each grid's answer, merged as one grid would rank them."""
+        found: list[Match] = []
+        for grid in self.grids.values():
+            found += grid.search(
+                lat, lng, radius_km, service, t_from, t_to, limit=limit, party_size=party_size,
+                languages=languages, accessibility=accessibility, insurance=insurance, order=order,
+            )  # fmt: skip
+        if len(self.grids) > 1:
+            if order == "distance":
+                found.sort(key=lambda m: (m.distance_km, m.slots[0][0]))
+            else:
+                found.sort(key=lambda m: (m.slots[0][0], m.distance_km))
+        return found[:limit]

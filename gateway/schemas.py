@@ -259,8 +259,16 @@ class ProviderIn(_Strict):
     insurance: list[Tag] = Field(default_factory=list, max_length=50)
     schedule: ScheduleIn
     first_day: date = Field(ge=FIRST_DAY_MIN, le=FIRST_DAY_MAX, strict=False)
-    days: int = Field(14, ge=1, le=366)
+    days: int = Field(14, ge=1, le=366, description="days laid out from first_day")
     slot_minutes: int = Field(15, ge=5, le=240, description="a divisor of a day's minutes")
+    horizon_days: int = Field(
+        28,
+        ge=0,
+        le=366,
+        description="then kept this many local days ahead of today as days pass (the "
+        "rolling horizon; 0: only the days laid out). Past days leave the calendar; their "
+        "bookings stay readable by id",
+    )
 
 
 class KeyIn(_Strict):

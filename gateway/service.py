@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import time
 from typing import Any
 
 from actors.api import Hexbook, calendar_of, routable_id, token_digest
@@ -71,12 +70,6 @@ class NoSuchBooking(BookingNotFound):
             "no booking with this id for this token; send the booking_id and the "
             "booking_token (as X-Booking-Token) of the answer that created it",
         )
-
-
-def _not_past(start: int) -> int:
-    if start <= int(time.time()):
-        raise SlotStarted()
-    return start
 
 
 def provider_out(p: Provider) -> dict[str, Any]:
@@ -142,6 +135,14 @@ class BookingService:
         self.hold_ttl_seconds = hold_ttl_seconds
         self.providers = index.providers  # provider records, refreshed by PUT and imports
 
+    def _now(self) -> int:
+        return self.hexbook.clock.seconds()  # the stack's clock (a test can move it)
+
+    def _not_past(self, start: int) -> int:
+        if start <= self._now():
+            raise SlotStarted()
+        return start
+
     # --- reading -------------------------------------------------------------------
 
     async def provider(self, provider_id: str) -> Provider:
@@ -160,7 +161,7 @@ class BookingService:
             q.lng,
             q.radius_km,
             q.service,
-            int(time.time()) if q.from_ is None else q.from_,
+            self._now() if q.from_ is None else q.from_,
             q.to,
             limit=q.limit,
             party_size=q.party_size,
@@ -248,7 +249,14 @@ class BookingService:
 
         def provision() -> bool:
             new = not hb.directory.has_provider(provider_id)
-            hb.provision(provider, template, body.first_day, body.days, body.slot_minutes)
+            hb.provision(
+                provider,
+                template,
+                body.first_day,
+                body.days,
+                body.slot_minutes,
+                horizon_days=body.horizon_days,
+            )
             return new
 
         created = await asyncio.to_thread(provision)
@@ -257,7 +265,7 @@ class BookingService:
 
     async def hold(self, caller: Principal, req: HoldRequest, key: str | None) -> dict[str, Any]:
         """Place a hold: the HoldOut of the contract."""
-        at = _not_past(req.start)
+        at = self._not_past(req.start)
         provider = await self.provider(req.provider_id)
         scoped = await self.idempotency.scope(
             caller, key, "hold", req.provider_id, req.service, at, req.party_size
@@ -266,7 +274,7 @@ class BookingService:
             req.provider_id,
             req.service,
             scoped.key,
-            int(time.time()),
+            self._now(),
             routable_id(req.provider_id, req.service),
             at,
             req.party_size,
@@ -289,7 +297,7 @@ class BookingService:
             provider_id,
             service,
             scoped.key,
-            int(time.time()),
+            self._now(),
             req.hold_id,
             routable_id(provider_id, service),
             token_digest(token),
@@ -304,7 +312,7 @@ class BookingService:
         """Release a hold (its capacity goes back)."""
         provider_id, service = calendar_of(hold_id)
         scoped = await self.idempotency.scope(caller, key, "release", hold_id)
-        cmd = ReleaseHold(provider_id, service, scoped.key, int(time.time()), hold_id)
+        cmd = ReleaseHold(provider_id, service, scoped.key, self._now(), hold_id)
         check(await self.router.submit(cmd))
 
     async def cancel(
@@ -313,7 +321,7 @@ class BookingService:
         """Cancel a booking (its token, or an operator)."""
         _, p, service = await self._authorised(caller, booking_id, token)
         scoped = await self.idempotency.scope(caller, key, "cancel", booking_id)
-        cmd = CancelBooking(p.provider_id, service, scoped.key, int(time.time()), booking_id)
+        cmd = CancelBooking(p.provider_id, service, scoped.key, self._now(), booking_id)
         check(await self.router.submit(cmd))
         self.metrics.cancellations.inc()
 
@@ -328,14 +336,14 @@ class BookingService:
         """Move a booking; the old place is freed only when the new one is booked. To
         another calendar the booking gets a new id and keeps its token."""
         _, p, service = await self._authorised(caller, booking_id, token)
-        new_start = _not_past(req.start)
+        new_start = self._not_past(req.start)
         target = await self.provider(req.provider_id)
         scoped = await self.idempotency.scope(
             caller, key, "reschedule", booking_id, req.provider_id, req.service, new_start
         )
         if (req.provider_id, req.service) == (p.provider_id, service):
             cmd = RescheduleBooking(
-                p.provider_id, service, scoped.key, int(time.time()), booking_id, new_start
+                p.provider_id, service, scoped.key, self._now(), booking_id, new_start
             )
             return booking_out(check(await self.router.submit(cmd)), p, service)
         moved = await asyncio.to_thread(

@@ -42,9 +42,17 @@ class Settings(BaseSettings):
         1, ge=1, le=64, description="actor calls out to one shard at a time (then batches grow)"
     )
     index_first_day: date | None = Field(
-        None, description="first UTC day the search index covers (default: yesterday)"
+        None,
+        description="first UTC day the search index covers, fixed (default: yesterday on "
+        "the stack's clock, moving on as days pass)",
     )
-    index_days: int = Field(16, ge=1, le=400, description="days the search index covers")
+    index_days: int = Field(
+        31,
+        ge=1,
+        le=400,
+        description="UTC days the search index covers (yesterday, then the 28-day horizon "
+        "and a day either side)",
+    )
     key_cache_seconds: float = Field(
         5.0, ge=0, le=300, description="how long a gateway trusts a key lookup (revocation delay)"
     )

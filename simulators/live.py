@@ -123,6 +123,7 @@ async def _provision(
             "first_day": s.first_day.isoformat(),
             "days": s.sites.days,
             "slot_minutes": s.sites.slot_minutes,
+            "horizon_days": 0,  # the scenario's days exactly, as the model has them
         }
         async with sem:
             r = await client.put(f"/v1/providers/{live_id}", json=body, headers=auth)

@@ -94,19 +94,13 @@ class SmartPublisher:
         if self._version >= 0 and now - self._rendered_at < self.refresh_seconds:
             return None
         dirty, self.index.dirty = self.index.dirty, set()
-        grid = self.index.grid
         if self._version < 0:
-            dirty = set(grid._rows)
+            dirty = self.index.calendars()
         self._version = self.index.version
         self._rendered_at = now
         providers = dict(self.index.providers)
         items = [
-            (
-                pid,
-                service,
-                providers.get(pid),
-                grid.free_of(pid, service) if (pid, service) in grid._rows else None,
-            )
+            (pid, service, providers.get(pid), self.index.free_of(pid, service))
             for pid, service in dirty
         ]
         return items, providers
@@ -123,22 +117,28 @@ class SmartPublisher:
                 continue
             record = records.get(pid)
             length = record.slot_seconds.get(service) if record else None
+            grid_start, step, places = free
             self._lines[(pid, service)] = self._slot_lines(
-                provider, service, free, ZoneInfo(provider.timezone), length
+                provider, service, grid_start, step, places, ZoneInfo(provider.timezone), length
             )
             self.calendars_rendered += 1
         self.renders += 1
         self._assemble(records, providers)
 
     def _slot_lines(
-        self, provider: Any, service: str, free: np.ndarray, tz: Any, length: int | None
+        self,
+        provider: Any,
+        service: str,
+        grid_start: int,
+        step: int,
+        free: np.ndarray,
+        tz: Any,
+        length: int | None,
     ) -> list[str]:
-        grid = self.index.grid
-        step = grid.slot_seconds
         cols = np.flatnonzero(free > 0)
         if cols.size == 0:
             return []
-        starts = grid.start + cols.astype(np.int64) * step
+        starts = grid_start + cols.astype(np.int64) * step
         # Local days, vectorized: the UTC offset in force at each start (DST-exact).
         local_day = (starts + utc_offsets(provider.timezone, starts)) // 86_400
         bounds = np.flatnonzero(np.diff(local_day)) + 1

@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import date
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ from tests.actors.test_shard_faults import (
     committed,
     providers,
 )
+from tests.dates import ahead
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_shards_survive_the_loss_of_their_node(cluster: Cluster, tmp_path: Path)
         )
         acked = []
         for p in providers():
-            hb.provision(p, TEMPLATE, date(2026, 3, 2), days=1)
+            hb.provision(p, TEMPLATE, ahead(), days=1)
             g = hb.slots(p.provider_id, SERVICE)
             start = next(
                 g["start"] + i * g["slot_seconds"] for i, c in enumerate(g["capacity"]) if c

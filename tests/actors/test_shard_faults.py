@@ -9,7 +9,6 @@ import asyncio
 import random
 import threading
 import time
-from datetime import date
 from typing import Any
 
 import pytest
@@ -26,6 +25,7 @@ from engine.errors import HexbookError, Unavailable
 from engine.provider import Provider
 from engine.records import Booking
 from engine.schedule import WEEKDAYS, WeeklyTemplate
+from tests.dates import ahead
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -66,7 +66,7 @@ def setup_city(url: str, namespace: str, **kw: Any) -> tuple[Hexbook, dict[str, 
     )
     starts = {}
     for p in providers():
-        hb.provision(p, TEMPLATE, date(2026, 3, 2), days=2)
+        hb.provision(p, TEMPLATE, ahead(), days=2)
         grid = hb.slots(p.provider_id, SERVICE)
         starts[p.provider_id] = [
             grid["start"] + i * grid["slot_seconds"] for i, c in enumerate(grid["capacity"]) if c
@@ -300,7 +300,7 @@ def test_directory_places_moves_and_dedicates(module_redis: EmbeddedRedis, names
         timezone="America/Chicago",
         services=(SERVICE,),
     )
-    shard = hb.provision(stadium, TEMPLATE, date(2026, 3, 2), days=1, dedicated=True)
+    shard = hb.provision(stadium, TEMPLATE, ahead(), days=1, dedicated=True)
     assert shard == "dedicated-stadium"
     assert hb.directory.shard_of("stadium") == "dedicated-stadium"
     info = hb._call(shard, "info")

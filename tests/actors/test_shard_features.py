@@ -4,7 +4,6 @@ rescheduling across shards."""
 from __future__ import annotations
 
 import time
-from datetime import date
 
 import pytest
 import redis
@@ -16,6 +15,7 @@ from engine.errors import BookingNotActive, SlotUnavailable
 from engine.provider import Provider
 from engine.schedule import WEEKDAYS, WeeklyTemplate
 from tests.actors.test_shard_faults import SERVICE, committed
+from tests.dates import ahead
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 TEMPLATE = WeeklyTemplate.uniform(WEEKDAYS, "09:00", "10:00", 1)
@@ -46,8 +46,8 @@ def city(module_redis: EmbeddedRedis, namespace: str) -> Hexbook:
         timezone="America/Chicago",
         services=(SERVICE,),
     )
-    hb.provision(a, TEMPLATE, date(2026, 3, 2), days=1)
-    hb.provision(b, TEMPLATE, date(2026, 3, 2), days=1, dedicated=True)
+    hb.provision(a, TEMPLATE, ahead(), days=1)
+    hb.provision(b, TEMPLATE, ahead(), days=1, dedicated=True)
     return hb
 
 
@@ -153,7 +153,7 @@ def test_shard_snapshots_by_itself_every_n_events(
         timezone="America/Chicago",
         services=(SERVICE,),
     )
-    hb.provision(p, WeeklyTemplate.uniform(WEEKDAYS, "08:00", "20:00", 5), date(2026, 3, 2), days=1)
+    hb.provision(p, WeeklyTemplate.uniform(WEEKDAYS, "08:00", "20:00", 5), ahead(), days=1)
     for start in open_starts(hb, "solo")[:12]:
         hb.hold("solo", SERVICE, start)
     from actors import journal

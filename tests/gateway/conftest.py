@@ -20,7 +20,7 @@ from gateway.app import create_app
 from gateway.keys import KeyStore
 from gateway.server import in_thread
 from gateway.settings import Settings
-from tests.gateway.dates import dst_saturday
+from tests.dates import dst_saturday
 
 
 def serving(app: FastAPI) -> contextlib.AbstractContextManager[str]:
@@ -37,13 +37,26 @@ def gateway_settings() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
+def shard_options() -> dict[str, Any]:
+    """ShardActor options a test module wants (override in the module)."""
+    return {}
+
+
+@pytest.fixture(scope="module")
 def stack(
-    tmp_path_factory: pytest.TempPathFactory, gateway_settings: dict[str, Any]
+    tmp_path_factory: pytest.TempPathFactory,
+    gateway_settings: dict[str, Any],
+    shard_options: dict[str, Any],
 ) -> Iterator[tuple[str, Hexbook, FastAPI]]:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="hexbook-gw")
     try:
         with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as server:
-            hb = Hexbook.connect(server.url, shards=2, namespace=f"gw-{uuid.uuid4().hex[:6]}")
+            hb = Hexbook.connect(
+                server.url,
+                shards=2,
+                namespace=f"gw-{uuid.uuid4().hex[:6]}",
+                shard_options=shard_options,
+            )
             defaults: dict[str, Any] = {
                 "max_body_bytes": 8192,
                 "index_first_day": dst_saturday() - timedelta(days=1),

@@ -12,7 +12,7 @@ import pytest
 from fastapi import FastAPI
 
 from actors.api import Hexbook
-from tests.gateway.dates import dst_saturday
+from tests.dates import dst_saturday
 
 PROBLEM = "application/problem+json"
 # The next weekend on which Chicago moves its clocks forward: Saturday is CST, Sunday CDT.

@@ -28,8 +28,8 @@ from actors.embedded_redis import EmbeddedRedis
 from gateway.app import create_app
 from gateway.keys import KeyStore
 from gateway.settings import Settings
+from tests.dates import dst_saturday
 from tests.gateway.conftest import serving
-from tests.gateway.dates import dst_saturday
 from tests.gateway.test_api import SCHEDULE, assert_problem
 
 pytestmark = pytest.mark.integration

@@ -61,7 +61,7 @@ def gateway_settings() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def feed(stack: Any) -> Iterator[tuple[str, Feed]]:
-    state = Feed(stack[2].state.runtime.index.grid.start)
+    state = Feed(stack[2].state.runtime.index.start)
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -239,7 +239,7 @@ def test_csv_imports_good_rows_and_reports_bad_ones_by_line(
     keys: dict[str, str],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    first_day = datetime.fromtimestamp(stack[2].state.runtime.index.grid.start, UTC).date()
+    first_day = datetime.fromtimestamp(stack[2].state.runtime.index.start, UTC).date()
     text = CSV.format(d=first_day.isoformat())
     r = ops.post("/v1/imports", json={"connector": "csv", "content": text, "source": "sites.csv"})
     assert r.status_code == 200, r.text

@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -139,11 +139,11 @@ def second(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tup
     """A second, empty hexbook (its own Redis and shards) over HTTP: (url, operator key)."""
     with EmbeddedRedis(tmp_path_factory.mktemp("redis-b")) as server:
         hb = Hexbook.connect(server.url, shards=2, namespace=f"gw-b-{uuid.uuid4().hex[:6]}")
-        index = stack[2].state.runtime.index.grid
+        index = stack[2].state.runtime.index
         settings = Settings(
             redis_url=server.url,
-            index_first_day=datetime.fromtimestamp(index.start).date(),
-            index_days=index.n_slots * index.slot_seconds // 86_400,
+            index_first_day=datetime.fromtimestamp(index.start, UTC).date(),
+            index_days=index.days,
             smart_refresh_seconds=0,
         )
         app = create_app(settings, hexbook=hb)

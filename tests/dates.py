@@ -1,4 +1,5 @@
-"""Dates for gateway tests: always in the future (holds on started slots are refused)."""
+"""Dates for tests: always in the future (holds on started slots are refused, and a
+shard rolls the past out of its calendars)."""
 
 from __future__ import annotations
 
@@ -15,3 +16,9 @@ def dst_saturday(today: date | None = None) -> date:
         if saturday > today:
             return saturday
     raise AssertionError("unreachable")
+
+
+def ahead(days: int = 7, today: date | None = None) -> date:
+    """A day ``days`` from now: calendars of tests that must not roll while they run
+    (a calendar whose days are past is rolled down to nothing by its shard)."""
+    return (today or date.today()) + timedelta(days=days)
