@@ -35,6 +35,7 @@ from actors.shard import ShardActor, check
 from engine.calendar import Calendar
 from engine.codec import encode_commands
 from engine.errors import CalendarNotFound, HexbookError, InvalidRequest, Unavailable
+from engine.horizon import RETENTION_SECONDS
 from engine.provider import Provider
 from engine.records import (
     Booking,
@@ -47,6 +48,7 @@ from engine.records import (
     ReleaseHold,
     RescheduleBooking,
     Result,
+    RollCalendar,
     SetCapacity,
 )
 from engine.schedule import WeeklyTemplate
@@ -555,6 +557,23 @@ class Hexbook:
         shard = self.shard_of(provider_id)
         found: Booking = check(self._call(shard, "booking", provider_id, service, booking_id))
         return found
+
+    def extend(self, provider_id: str, service: str, end: int, *, now: int | None = None) -> None:
+        """Extend a calendar to ``end`` (UTC, on its grid) with closed slots, e.g. for the
+        new days of a rolling import, whose capacity then comes with
+        :meth:`set_capacity`. Past days leave by the shard's own daily roll."""
+        grid = self.slots(provider_id, service)
+        added = (end - grid["start"]) // grid["slot_seconds"] - len(grid["capacity"])
+        cmd = RollCalendar(
+            provider_id,
+            service,
+            self.now(now),
+            grid["start"],
+            end,
+            bytes(2 * max(added, 0)),
+            self.now(now) - RETENTION_SECONDS,
+        )
+        self._one(cmd)
 
     def slots(self, provider_id: str, service: str) -> dict[str, Any]:
         """A calendar's grid, read from its shard (authoritative)."""

@@ -21,7 +21,7 @@ from datetime import date
 from engine.errors import InvalidRequest
 from engine.provider import Provider
 from engine.schedule import WEEKDAYS, WeeklyTemplate, Window, build_grid
-from gateway.interop.reconcile import STEP, SourceSite, SourceSlot, geocode
+from gateway.interop.reconcile import STEP, SourceSite, SourceSlot, geocode, zone_at
 from gateway.interop.smart import SmartFetch, map_smart
 
 __all__ = ["CSV_COLUMNS", "parse_bundle", "parse_sites_csv"]
@@ -100,6 +100,8 @@ def _site(
         if (lat is None) != (lng is None):
             raise InvalidRequest("give both lat and lng, or neither (and a postal_code)")
         tz = first.get("timezone") or ""
+        if not tz and lat is not None and lng is not None:
+            tz = zone_at(lat, lng) or ""
         if not tz:
             found = geocode(first.get("postal_code"))
             tz = (found[2] if found else None) or default_tz

@@ -117,10 +117,12 @@ class SmartPublisher:
                 continue
             record = records.get(pid)
             length = record.slot_seconds.get(service) if record else None
+            varying = record.slot_lengths.get(service, {}) if record else {}
             grid_start, step, places = free
             self._lines[(pid, service)] = self._slot_lines(
-                provider, service, grid_start, step, places, ZoneInfo(provider.timezone), length
-            )
+                provider, service, grid_start, step, places, ZoneInfo(provider.timezone),
+                length, varying,
+            )  # fmt: skip
             self.calendars_rendered += 1
         self.renders += 1
         self._assemble(records, providers)
@@ -134,6 +136,7 @@ class SmartPublisher:
         free: np.ndarray,
         tz: Any,
         length: int | None,
+        varying: dict[str, int] | None = None,
     ) -> list[str]:
         cols = np.flatnonzero(free > 0)
         if cols.size == 0:
@@ -151,7 +154,9 @@ class SmartPublisher:
         ):
             first, last = int(starts[i]), int(starts[j])
             places = int(free[cols[i : j + 1]].sum())
-            end = first + length if (length and i == j) else last + step
+            # The day ends where its last slot does: its source length when known.
+            last_length = (varying or {}).get(str(last)) or length or step
+            end = last + last_length
             day = date.fromordinal(int(local_day[i]) + _EPOCH_ORDINAL).isoformat()
             link = self.booking_link.format(
                 provider_id=quote(provider.provider_id), service=quote(service), date=day

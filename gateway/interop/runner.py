@@ -60,7 +60,7 @@ def run_import(
                 url=url, fetched=False, note=note, created=0, updated=0,
                 unchanged=0, unplaced=[], conflicts=[], errors=[], providers=[],
             )  # fmt: skip
-        sites, problems = map_smart(fetched)
+        sites, problems = map_smart(fetched, states=set(spec.states) or None)
     else:
         text = spec.content if spec.content is not None else _read(str(spec.url))
         url = spec.source or spec.url or spec.connector

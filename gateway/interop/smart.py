@@ -24,6 +24,7 @@ import httpx
 import redis
 
 from engine.errors import InvalidRequest
+from engine.schedule import CAPACITY_MAX
 from gateway.interop.reconcile import SourceSite, SourceSlot
 
 __all__ = ["SERVICE_CODES", "SmartFetch", "fetch_smart", "map_smart"]
@@ -132,8 +133,8 @@ def fetch_smart(
             if kind not in ("Location", "Schedule", "Slot") or not file_url:
                 continue
             wanted = (entry.get("extension") or {}).get("state")
-            if kind == "Slot" and states and wanted and not states & set(wanted):
-                continue
+            if states and wanted and not states & set(wanted):
+                continue  # Location, Schedule and Slot files alike
             fr = http.get(urljoin(target, file_url))
             if fr.status_code != 200:
                 out.errors.append(f"{file_url}: HTTP {fr.status_code}")
@@ -178,23 +179,33 @@ def _ext(resource: dict[str, Any], name: str) -> Any:
     return None
 
 
-def _instant(text: Any, what: str) -> int:
+def _instant(text: Any, what: str) -> tuple[int, int | None]:
+    """UTC seconds of a FHIR instant, and the offset it was written with (``None`` for
+    UTC, ``Z`` or ``+00:00``: many publishers write every time in UTC, which says
+    nothing about the site's zone)."""
+    raw = str(text)
     try:
-        moment = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError:
         raise InvalidRequest(f"{what}: {text!r} is not a date-time") from None
-    if moment.tzinfo is None:
+    offset = moment.utcoffset()
+    if offset is None:
         raise InvalidRequest(f"{what}: {text!r} has no UTC offset")
-    return int(moment.timestamp())
+    written = int(offset.total_seconds()) or None
+    return int(moment.timestamp()), written
 
 
 def map_smart(
-    fetched: SmartFetch, source_name: str = "smart"
+    fetched: SmartFetch, source_name: str = "smart", states: set[str] | None = None
 ) -> tuple[list[SourceSite], list[str]]:
-    """SourceSites from the fetched resources, and the problems found (per resource)."""
+    """SourceSites from the fetched resources (of ``states`` only, when given), and the
+    problems found (per resource)."""
     errors = list(fetched.errors)
     sites: dict[str, SourceSite] = {}
     for loc in fetched.locations:
+        address_state = str((loc.get("address") or {}).get("state") or "")
+        if states and address_state and address_state not in states:
+            continue  # a file of every state: keep the states asked for
         if loc.get("resourceType") != "Location" or not loc.get("id"):
             errors.append(f"Location without an id: {str(loc)[:80]}")
             continue
@@ -240,15 +251,28 @@ def map_smart(
             errors.append(f"Slot/{slot.get('id')}: refers to unknown {ref or 'nothing'}")
             continue
         try:
-            start = _instant(slot.get("start"), f"Slot/{slot.get('id')} start")
-            end = _instant(slot.get("end"), f"Slot/{slot.get('id')} end")
+            start, offset = _instant(slot.get("start"), f"Slot/{slot.get('id')} start")
+            end, _ = _instant(slot.get("end"), f"Slot/{slot.get('id')} end")
         except InvalidRequest as exc:
             errors.append(str(exc))
             continue
         capacity = _ext(slot, "slot-capacity")
-        places = int(capacity) if isinstance(capacity, int) and capacity >= 0 else 1
+        if capacity is None:
+            places = 1  # the specification's default: one place
+        elif (
+            isinstance(capacity, int)
+            and not isinstance(capacity, bool)
+            and 0 <= capacity <= CAPACITY_MAX
+        ):
+            places = capacity
+        else:
+            errors.append(
+                f"Slot/{slot.get('id')}: slot-capacity {capacity!r} is not a number of places "
+                f"from 0 to {CAPACITY_MAX:,}; not imported"
+            )
+            continue
         if slot.get("status") != "free":
             places = 0
         loc_id, service = schedule_site[sch_id]
-        sites[loc_id].slots[service].append(SourceSlot(start, max(end, start + 1), places))
+        sites[loc_id].slots[service].append(SourceSlot(start, max(end, start + 1), places, offset))
     return list(sites.values()), errors

@@ -25,6 +25,7 @@ from fhir.resources.R4B.slot import Slot
 from actors.api import Hexbook
 from actors.embedded_redis import EmbeddedRedis
 from gateway.app import create_app
+from gateway.interop.reconcile import provider_id_for
 from gateway.keys import KeyStore
 from gateway.settings import Settings
 
@@ -185,6 +186,7 @@ def test_round_trip_into_an_empty_hexbook(
         assert r.status_code == 200, r.text
         out = r.json()
         assert out["created"] == len(mine["Location"]) and not out["unplaced"] and not out["errors"]
+        prefix = provider_id_for(f"smart:{base}/smart/$bulk-publish", "x")[:-1]
         deadline = time.monotonic() + 15
         while True:
             # Until b's index has seen every imported calendar, its files can come from
@@ -192,8 +194,8 @@ def test_round_trip_into_an_empty_hexbook(
             # and a site without a free place (the race's) has no Slot to wait for.
             theirs = read_feed(b)
             try:
-                settled = located(theirs, "smart-") == located(mine) and day_slots(
-                    theirs, "smart-"
+                settled = located(theirs, prefix) == located(mine) and day_slots(
+                    theirs, prefix
                 ) == day_slots(mine)
             except KeyError:
                 settled = False
@@ -201,5 +203,5 @@ def test_round_trip_into_an_empty_hexbook(
                 break
             time.sleep(0.2)
     # The same providers, at the same places, with the same free places per day.
-    assert located(theirs, "smart-") == located(mine)
-    assert day_slots(theirs, "smart-") == day_slots(mine)
+    assert located(theirs, prefix) == located(mine)
+    assert day_slots(theirs, prefix) == day_slots(mine)
