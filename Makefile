@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.hexbook-installed
 LOCK   := requirements/lock.txt
 EXTRAS := dev,sim,load
 
-.PHONY: help install browser test lint types unit bench demo lock clean
+.PHONY: help install browser test lint types unit bench soak demo lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ test: lint types unit ## lint, types and the whole test suite (what CI runs)
 
 bench: $(STAMP) ## benchmarks: print figures and ratios measured in one run
 	$(BIN)/python tests/bench/run.py
+
+soak: $(STAMP) ## 90 days on an accelerated clock: memory, snapshots, recovery, nothing lost (~12 min)
+	$(BIN)/python tests/soak/run.py
 
 demo: $(STAMP) ## start hexbook with a demo city (Ctrl-C stops it; ./data keeps bookings)
 	$(BIN)/hexbook up --demo

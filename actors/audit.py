@@ -4,7 +4,8 @@ the invariants against what clients were told.
 Checks (each counted, each violation listed):
 
 - **capacity**: no slot of any calendar has more booked + held places than capacity;
-- **acknowledged**: every booking a client saw acknowledged is in the journal, in the
+- **acknowledged**: every booking a client saw acknowledged is in the journal or, once
+  its day left the calendar's window, in the archive (:mod:`actors.archive`), in the
   state the client last left it (active, or cancelled by that client or by a move);
 - **expired holds**: no hold was confirmed after it expired (for holds whose placing
   is still in the journal: older ones were compacted into a snapshot, and the count of
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 import redis
 
-from actors import journal
+from actors import archive, journal
 from actors.journal import CalendarAdded, CalendarEvents
 from engine.calendar import Calendar
 from engine.records import HoldConfirmed, HoldPlaced
@@ -45,6 +46,7 @@ class AuditReport:
     journal_entries: int = 0
     events: int = 0
     bookings: int = 0
+    archived: int = 0
     acknowledged: int = 0
     confirms_checked: int = 0
     keys_checked: int = 0
@@ -60,7 +62,7 @@ class AuditReport:
             f"{self.journal_entries:,} journal entries ({self.events:,} events)",
             f"  capacity        {self.slots:>10,} slots checked",
             f"  acknowledged    {self.acknowledged:>10,} client-acknowledged bookings checked "
-            f"(of {self.bookings:,} in the journal)",
+            f"(of {self.bookings:,} in the journal and the archive, {self.archived:,} archived)",
             f"  expired holds   {self.confirms_checked:>10,} confirms checked against their hold",
             f"  idempotency     {self.keys_checked:>10,} keys checked",
             f"  violations      {len(self.violations):>10,}",
@@ -163,6 +165,9 @@ def audit(client: redis.Redis, acks: Iterable[dict[str, Any]] = ()) -> AuditRepo
             )
         for b in cal.bookings.values():
             bookings[b.booking_id] = b.status
+    for _, _, b in archive.export(client):  # days that left their calendars' windows
+        bookings.setdefault(b.booking_id, b.status)
+        report.archived += 1
     report.bookings = len(bookings)
     for what, counts in (("holds", hold_keys), ("bookings", confirm_keys)):
         report.keys_checked += len(counts)

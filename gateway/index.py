@@ -134,11 +134,16 @@ class AvailabilityIndex:
                 log.warning("availability stream unreachable: %s", exc)
                 await asyncio.sleep(1)
                 continue
-            for entry in entries:
-                await self._apply(entry.changes)
-                self.last_id = entry.entry_id
-                self.last_entry_ms = int(self.last_id.split("-")[0])
-                self.applied += 1
+            try:
+                for entry in entries:
+                    await self._apply(entry.changes)
+                    self.last_id = entry.entry_id
+                    self.last_entry_ms = int(self.last_id.split("-")[0])
+                    self.applied += 1
+            except Exception as exc:  # a shard restarting: apply this entry again shortly
+                log.warning("index: a change could not be applied yet: %s", exc)
+                await asyncio.sleep(0.5)
+                continue
             if 0 < len(entries) < 500 and self.gather_seconds:
                 # Under load every shard call adds an entry; reading them one XREAD each
                 # cost the gateway's loop 9% of a hold (py-spy). A short wait gathers them.

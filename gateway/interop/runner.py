@@ -68,7 +68,7 @@ def run_import(
             sites, problems = parse_bundle(text, f"fhir:{url}")
         else:
             sites, problems = parse_sites_csv(text, f"csv:{url}", spec.timezone)
-    summary = reconcile(hb, hb.redis, sites, default_timezone=spec.timezone)
+    summary = reconcile(hb, hb.redis, sites, default_timezone=spec.timezone, now=hb.now())
     placed(summary.placed)
     d = summary.as_dict()
     d["errors"] = problems + d["errors"]
