@@ -406,8 +406,7 @@ def _update(
     _report_over(summary, pid, service, tz, over)
     if outside:
         summary.conflicts.append(
-            f"{pid}/{service}: {outside} slot(s) before the calendar's first day were not "
-            "imported"
+            f"{pid}/{service}: {outside} slot(s) before the calendar's first day were not imported"
         )
     changed = not np.array_equal(asked, wanted)
     if changed:
