@@ -26,12 +26,15 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable
-from datetime import date
+from datetime import date, datetime
+from functools import lru_cache
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import msgspec
 import numpy as np
 
+from engine.eligibility import Attestation, Rule, refusals, rule_name
 from engine.errors import (
     BookingNotActive,
     BookingNotFound,
@@ -39,6 +42,7 @@ from engine.errors import (
     HoldNotFound,
     IdempotencyConflict,
     InvalidRequest,
+    NotEligible,
     SlotUnavailable,
 )
 from engine.records import (
@@ -72,6 +76,11 @@ from engine.schedule import CAPACITY_MAX, WeeklyTemplate, build_grid
 __all__ = ["Calendar"]
 
 _replace = msgspec.structs.replace
+
+
+@lru_cache(maxsize=64)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
 
 
 class Calendar:
@@ -306,7 +315,9 @@ class Calendar:
         free = self._cap[i] - self._bk[i] - self._hd[i]
         if party > free:
             raise SlotUnavailable(self.provider_id, self.service, cmd.start, party, max(free, 0))
-        event = HoldPlaced(hold_id, cmd.start, party, cmd.now, cmd.ttl, cmd.key)
+        if cmd.rule is not None:
+            self._check_rule(cmd.rule, cmd.attested, cmd.start)
+        event = HoldPlaced(hold_id, cmd.start, party, cmd.now, cmd.ttl, cmd.key, cmd.attested)
         self.outbox.append(event)
         return self._on_hold_placed(event)
 
@@ -320,9 +331,26 @@ class Calendar:
             raise self._hold_gone(cmd.hold_id)
         if not cmd.booking_id or cmd.booking_id in self.bookings:
             raise InvalidRequest("booking id is empty or already used; generate a new one")
-        event = HoldConfirmed(
-            cmd.hold_id, cmd.booking_id, cmd.token_digest, cmd.patient_ref, cmd.now, cmd.key
-        )
+        rule = cmd.rule
+        if rule is None:
+            event = HoldConfirmed(
+                cmd.hold_id, cmd.booking_id, cmd.token_digest, cmd.patient_ref, cmd.now, cmd.key
+            )
+        else:
+            hold = self.holds[cmd.hold_id]
+            self._check_rule(rule, hold.attested, hold.start)
+            event = HoldConfirmed(
+                cmd.hold_id,
+                cmd.booking_id,
+                cmd.token_digest,
+                cmd.patient_ref,
+                cmd.now,
+                cmd.key,
+                rule_name(rule),
+                rule.version,
+            )
+        if cmd.series_id is not None:
+            event = _replace(event, series_id=cmd.series_id)
         self.outbox.append(event)
         return self._on_hold_confirmed(event)
 
@@ -404,6 +432,16 @@ class Calendar:
         self.outbox.append(event)
         self._on_calendar_rolled(event)
 
+    def local_day(self, start: int) -> date:
+        """The provider's local day of the slot starting at ``start``."""
+        zone = self.schedule.timezone if self.schedule is not None else "UTC"
+        return datetime.fromtimestamp(start, _zone(zone)).date()
+
+    def _check_rule(self, rule: Rule, attested: Attestation | None, start: int) -> None:
+        reasons = refusals(rule, attested, self.local_day(start))
+        if reasons:
+            raise NotEligible(rule_name(rule), rule.version, reasons)
+
     def _hold_gone(self, hold_id: str) -> Exception:
         expired = self._expired.get(hold_id)
         if expired is not None:
@@ -461,7 +499,7 @@ class Calendar:
     def _place(self, ev: HoldPlaced) -> Hold:
         i = (ev.start - self.start) // self.slot_seconds
         self._hd[i] += ev.party_size
-        hold = Hold(ev.at + ev.ttl, ev.hold_id, ev.start, ev.party_size)
+        hold = Hold(ev.at + ev.ttl, ev.hold_id, ev.start, ev.party_size, ev.attested)
         self.holds[ev.hold_id] = hold
         if ev.key is not None:
             self._idem[ev.key] = IdempotencyEntry(ev.key, ev, hold)
@@ -480,6 +518,11 @@ class Calendar:
             ev.token_digest,
             ev.hold_id,
             ev.at,
+            "active",
+            hold.attested,
+            ev.rule,
+            ev.rule_version,
+            ev.series_id,
         )
         self.bookings[ev.booking_id] = booking
         if ev.key is not None:

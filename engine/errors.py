@@ -15,6 +15,7 @@ HTTP status and a problem+json body) and a message that tells the caller what to
     ├── HoldExpired             hold_expired          the hold ran out before confirm
     ├── ScheduleConflict        schedule_conflict     a schedule change would drop bookings
     ├── BookingNotActive        booking_not_active    cancelled already
+    ├── NotEligible             not_eligible          the service's rule refuses the patient
     ├── Unavailable             unavailable           retry later, same idempotency key
     └── CodecError              codec_error
         └── UnsupportedVersion  unsupported_version   record written by another version
@@ -32,6 +33,7 @@ __all__ = [
     "HoldNotFound",
     "IdempotencyConflict",
     "InvalidRequest",
+    "NotEligible",
     "NotFound",
     "ProviderNotFound",
     "ScheduleConflict",
@@ -164,6 +166,24 @@ class BookingNotActive(HexbookError):
 
     def __init__(self, booking_id: str) -> None:
         super().__init__(f"booking {booking_id!r} is cancelled; make a new booking")
+
+
+class NotEligible(HexbookError):
+    """The eligibility rule in force refuses what the patient attested (at hold, or at
+    confirm when a rule changed in between). ``rule`` names the rule, ``version`` its
+    version, ``reasons`` each part not met."""
+
+    code = "not_eligible"
+
+    def __init__(self, rule: str, version: int, reasons: tuple[str, ...]) -> None:
+        super().__init__(
+            f"eligibility rule {rule!r} version {version} refuses this patient: "
+            + "; ".join(reasons)
+        )
+        self.rule, self.version, self.reasons = rule, version, tuple(reasons)
+
+    def __reduce__(self) -> tuple[type[NotEligible], tuple[str, int, tuple[str, ...]]]:  # type: ignore[override]
+        return (NotEligible, (self.rule, self.version, self.reasons))
 
 
 class CodecError(HexbookError):

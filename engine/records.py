@@ -19,6 +19,7 @@ from typing import Literal
 
 import msgspec
 
+from engine.eligibility import Attestation, Rule
 from engine.schedule import WeeklyTemplate
 
 __all__ = [
@@ -50,7 +51,7 @@ __all__ = [
     "SetCapacity",
 ]
 
-Fingerprint = tuple[str | int, ...]
+Fingerprint = tuple[object, ...]
 
 
 class _Record(msgspec.Struct, frozen=True, array_like=True, tag_field="t", gc=False):
@@ -70,6 +71,7 @@ class Hold(_Record, frozen=True, order=True, tag="hold.v1"):
     hold_id: str
     start: int
     party_size: int
+    attested: Attestation | None = None  # what the patient attested, for the confirm
 
 
 class Booking(_Record, frozen=True, tag="booking.v1"):
@@ -83,6 +85,12 @@ class Booking(_Record, frozen=True, tag="booking.v1"):
     hold_id: str
     created_at: int
     status: Literal["active", "cancelled"] = "active"
+    # What the patient attested and the eligibility rule (name, version) that admitted
+    # the booking at its confirm; the series (of doses) it belongs to.
+    attested: Attestation | None = None
+    rule: str | None = None
+    rule_version: int | None = None
+    series_id: str | None = None
 
 
 class ExpiredHold(_Record, frozen=True, tag="expired_hold.v1"):
@@ -121,9 +129,13 @@ class PlaceHold(_Record, frozen=True, tag="place_hold.v1"):
     start: int
     party_size: int
     ttl: int
+    # What the patient attested, and the eligibility rule in force (checked here; not
+    # journaled, the event keeps its name and version).
+    attested: Attestation | None = None
+    rule: Rule | None = None
 
     def fingerprint(self) -> Fingerprint:
-        return ("hold", self.start, self.party_size, self.ttl)
+        return ("hold", self.start, self.party_size, self.ttl, self.attested)
 
 
 class ConfirmHold(_Record, frozen=True, tag="confirm_hold.v1"):
@@ -137,6 +149,8 @@ class ConfirmHold(_Record, frozen=True, tag="confirm_hold.v1"):
     booking_id: str
     token_digest: bytes
     patient_ref: str
+    rule: Rule | None = None  # the eligibility rule in force now: checked again here
+    series_id: str | None = None
 
     def fingerprint(self) -> Fingerprint:
         return ("confirm", self.hold_id, self.patient_ref)
@@ -248,9 +262,10 @@ class HoldPlaced(_Record, frozen=True, tag="hold_placed.v1"):
     at: int
     ttl: int
     key: str | None
+    attested: Attestation | None = None
 
     def fingerprint(self) -> Fingerprint:
-        return ("hold", self.start, self.party_size, self.ttl)
+        return ("hold", self.start, self.party_size, self.ttl, self.attested)
 
 
 class HoldConfirmed(_Record, frozen=True, tag="hold_confirmed.v1"):
@@ -262,6 +277,9 @@ class HoldConfirmed(_Record, frozen=True, tag="hold_confirmed.v1"):
     patient_ref: str
     at: int
     key: str | None
+    rule: str | None = None  # the eligibility rule (name, version) that admitted it
+    rule_version: int | None = None
+    series_id: str | None = None
 
     def fingerprint(self) -> Fingerprint:
         return ("confirm", self.hold_id, self.patient_ref)

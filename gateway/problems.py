@@ -56,6 +56,7 @@ STATUS: dict[type[errors.HexbookError], int] = {
     errors.BookingNotFound: 404,
     errors.NotFound: 404,
     errors.SlotUnavailable: 409,
+    errors.NotEligible: 403,
     errors.BookingNotActive: 409,
     errors.ScheduleConflict: 409,
     errors.HoldExpired: 410,
@@ -152,6 +153,15 @@ def problem_of(exc: BaseException) -> JSONResponse:
     """The answer to a request that raised ``exc``: the one mapping of errors to HTTP."""
     if isinstance(exc, errors.HexbookError):
         retry_after = exc.retry_after if isinstance(exc, RateLimited) else 1.0
+        if isinstance(exc, errors.NotEligible):
+            return problem(
+                403,
+                exc.code,
+                exc.message,
+                rule=exc.rule,
+                rule_version=exc.version,
+                reasons=list(exc.reasons),
+            )
         return problem(status_of(exc), exc.code, exc.message, retry_after)
     if isinstance(exc, RequestValidationError | ValidationError):
         issues = _issues(list(exc.errors()))
