@@ -1,0 +1,209 @@
+"""Dose series: the second appointment booked with the first, all or nothing.
+
+A :class:`SeriesTemplate` says when the next dose falls (``min_days`` to ``max_days``
+after the one before, at the same provider or any). A series is held as one hold per
+dose; confirming it is a small protocol over calendars that may live on different
+shards, so it is written down as data (:class:`SeriesRecord`, kept durable by the
+caller before each step) and driven by two pure functions:
+
+- :func:`next_step` says what to do now (confirm, cancel or release one dose, under a
+  key derived from the series id, so every step can be repeated safely);
+- :func:`advance` records what a step's outcome was: ``ok``, ``refused`` (a definite
+  answer: the hold expired, the rule refuses) or ``unknown`` (the shard did not
+  answer: the step may or may not have happened, so it is simply tried again).
+
+Whatever fails, a series ends ``confirmed`` (every dose booked) or ``aborted`` (none
+booked, the holds given back): a confirm that fails for one dose turns the series into
+``undoing``, which cancels what was booked and releases the rest. Doses are confirmed
+one after the other and the next only after the one before was booked, so when a dose
+is refused every dose before it is booked and none after it was ever sent. An
+``unknown`` outcome changes nothing: the same step is sent again under the same key,
+and a calendar answers a repeat with its first result (it remembers keys for
+:data:`engine.horizon.RETENTION_SECONDS`), so a confirm that did happen is not done
+twice and one that did not happens now.
+
+>>> t = SeriesTemplate(service="vaccine", min_days=21, max_days=42)
+>>> dose_window(t, 0) == (21 * 86400, 42 * 86400)
+True
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+import numpy as np
+
+from engine.errors import InvalidRequest
+
+__all__ = [
+    "Dose",
+    "SeriesRecord",
+    "SeriesTemplate",
+    "Step",
+    "advance",
+    "dose_window",
+    "next_step",
+    "pick_slot",
+    "request_cancel",
+    "request_confirm",
+    "validate_template",
+]
+
+DAY = 86_400
+SeriesState = Literal[
+    "held", "confirming", "confirmed", "undoing", "aborted", "cancelling", "cancelled"
+]
+DoseState = Literal["held", "booked", "refused", "released", "cancelled"]
+Outcome = Literal["ok", "refused", "unknown"]
+TERMINAL: frozenset[str] = frozenset({"confirmed", "aborted", "cancelled"})
+
+
+class SeriesTemplate(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """Dose 2 between ``min_days`` and ``max_days`` after dose 1 (whole days of 24 h,
+    from the first dose's start); at the same provider, or at any (``same_provider``
+    false: the patient or the search picks the site)."""
+
+    service: str
+    min_days: int
+    max_days: int
+    same_provider: bool = False
+
+
+def validate_template(t: SeriesTemplate) -> None:
+    if not 1 <= t.min_days <= t.max_days <= 365:
+        raise InvalidRequest(
+            f"a series needs 1 <= min_days <= max_days <= 365; got {t.min_days}..{t.max_days}"
+        )
+
+
+def dose_window(t: SeriesTemplate, first_start: int) -> tuple[int, int]:
+    """UTC seconds [lo, hi] in which the next dose may start."""
+    return first_start + t.min_days * DAY, first_start + t.max_days * DAY
+
+
+def pick_slot(
+    starts: np.ndarray,
+    free: np.ndarray,
+    window: tuple[int, int],
+    party: int,
+    prefer: int | None = None,
+) -> int | None:
+    """The slot for the next dose: with ``party`` free places inside ``window``, the
+    nearest to ``prefer`` (default: the earliest); ``None`` if there is none."""
+    lo, hi = window
+    ok = (starts >= lo) & (starts <= hi) & (free >= party)
+    candidates = starts[ok]
+    if candidates.size == 0:
+        return None
+    if prefer is None:
+        return int(candidates[0])
+    return int(candidates[np.argmin(np.abs(candidates - prefer))])
+
+
+class Dose(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """One dose of a series: its calendar, slot, hold and (once confirmed) booking."""
+
+    provider_id: str
+    service: str
+    start: int
+    party_size: int
+    hold_id: str
+    booking_id: str
+    state: DoseState = "held"
+
+
+class SeriesRecord(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """A series and where its protocol stands (stored before every step)."""
+
+    series_id: str
+    state: SeriesState
+    doses: tuple[Dose, ...]
+    patient_ref: str = ""
+    token_digest: bytes = b""
+    created_at: int = 0
+    reason: str = ""
+
+
+class Step(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """One call to a calendar: ``confirm``, ``cancel`` or ``release`` dose ``dose``,
+    under ``key`` (derived from the series id: the same step repeats the same key)."""
+
+    kind: Literal["confirm", "cancel", "release"]
+    dose: int
+    key: str
+
+
+def _key(rec: SeriesRecord, kind: str, i: int) -> str:
+    return f"{rec.series_id}:{kind}:{i}"
+
+
+def request_confirm(rec: SeriesRecord, patient_ref: str, token_digest: bytes) -> SeriesRecord:
+    """Decide to confirm a held series (the caller stores this before any step)."""
+    if rec.state != "held":
+        if rec.state in ("confirming", "confirmed", "undoing", "aborted"):
+            return rec  # a repeat: carry on where it stands
+        raise InvalidRequest(f"series {rec.series_id!r} is {rec.state}; it cannot be confirmed")
+    return msgspec.structs.replace(
+        rec, state="confirming", patient_ref=patient_ref, token_digest=token_digest
+    )
+
+
+def request_cancel(rec: SeriesRecord) -> SeriesRecord:
+    """Decide to cancel a confirmed series (every dose)."""
+    if rec.state in ("cancelling", "cancelled"):
+        return rec
+    if rec.state != "confirmed":
+        raise InvalidRequest(f"series {rec.series_id!r} is {rec.state}; only a booked one cancels")
+    return msgspec.structs.replace(rec, state="cancelling")
+
+
+def next_step(rec: SeriesRecord) -> Step | None:
+    """What to do now; ``None`` when the series is not in a protocol (held or final)."""
+    if rec.state == "confirming":
+        for i, d in enumerate(rec.doses):
+            if d.state == "held":
+                return Step("confirm", i, _key(rec, "confirm", i))
+    elif rec.state == "undoing":
+        for i, d in enumerate(rec.doses):
+            if d.state == "booked":
+                return Step("cancel", i, _key(rec, "cancel", i))
+            if d.state in ("held", "refused"):
+                return Step("release", i, _key(rec, "release", i))
+    elif rec.state == "cancelling":
+        for i, d in enumerate(rec.doses):
+            if d.state == "booked":
+                return Step("cancel", i, _key(rec, "cancel", i))
+    return None
+
+
+_AFTER: dict[tuple[str, str], DoseState] = {
+    ("confirm", "ok"): "booked",
+    ("confirm", "refused"): "refused",
+    ("cancel", "ok"): "cancelled",
+    ("cancel", "refused"): "cancelled",  # already cancelled
+    ("release", "ok"): "released",
+    ("release", "refused"): "released",  # already gone (expired or released)
+}
+
+
+def advance(rec: SeriesRecord, step: Step, outcome: Outcome, reason: str = "") -> SeriesRecord:
+    """The record after ``step`` had ``outcome``; a final state once nothing is left."""
+    if outcome == "unknown":
+        return rec
+    doses = list(rec.doses)
+    doses[step.dose] = msgspec.structs.replace(doses[step.dose], state=_AFTER[(step.kind, outcome)])
+    state: SeriesState = rec.state
+    if state == "confirming" and outcome == "refused":
+        state, reason = "undoing", reason or "a dose could not be confirmed"
+    else:
+        reason = rec.reason
+    out = msgspec.structs.replace(rec, doses=tuple(doses), state=state, reason=reason)
+    if next_step(out) is None:
+        final: dict[str, SeriesState] = {
+            "confirming": "confirmed",
+            "undoing": "aborted",
+            "cancelling": "cancelled",
+        }
+        out = msgspec.structs.replace(out, state=final.get(out.state, out.state))
+    return out

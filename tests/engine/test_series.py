@@ -1,0 +1,238 @@
+"""Dose series (engine/series.py): the protocol run against real calendars with answers
+lost before and after each step, holds expiring and other patients taking places.
+Whatever happens, a series that ends is whole (every dose booked) or absent (none)."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import numpy as np
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from engine.calendar import Calendar
+from engine.errors import HexbookError, InvalidRequest, SlotUnavailable
+from engine.records import CancelBooking, ConfirmHold, PlaceHold, ReleaseHold
+from engine.schedule import WeeklyTemplate
+from engine.series import (
+    TERMINAL,
+    Dose,
+    SeriesRecord,
+    SeriesTemplate,
+    Step,
+    advance,
+    dose_window,
+    next_step,
+    pick_slot,
+    request_cancel,
+    request_confirm,
+    validate_template,
+)
+
+TEMPLATE = WeeklyTemplate.uniform(("mon", "tue", "wed", "thu", "fri"), "09:00", "10:00", 2)
+REFUSED = (HexbookError,)  # any domain refusal is a definite answer
+
+
+def test_the_window_and_the_slot_picked_in_it() -> None:
+    t = SeriesTemplate("vaccine", 21, 42)
+    assert dose_window(t, 1000) == (1000 + 21 * 86400, 1000 + 42 * 86400)
+    starts = np.array([10, 20, 30, 40, 50])
+    free = np.array([1, 0, 2, 1, 3])
+    assert pick_slot(starts, free, (15, 45), 1) == 30
+    assert pick_slot(starts, free, (15, 45), 2) == 30
+    assert pick_slot(starts, free, (15, 45), 1, prefer=41) == 40
+    assert pick_slot(starts, free, (15, 45), 3) is None
+    with pytest.raises(InvalidRequest):
+        validate_template(SeriesTemplate("vaccine", 30, 20))
+
+
+def execute(cals: dict[str, Calendar], rec: SeriesRecord, step: Step, now: int) -> str:
+    """Run one step on its calendar; the outcome the protocol is told."""
+    d = rec.doses[step.dose]
+    cal = cals[d.provider_id]
+    cmd: ConfirmHold | CancelBooking | ReleaseHold
+    if step.kind == "confirm":
+        cmd = ConfirmHold(
+            d.provider_id,
+            d.service,
+            step.key,
+            now,
+            d.hold_id,
+            d.booking_id,
+            rec.token_digest,
+            rec.patient_ref,
+            None,
+            rec.series_id,
+        )
+    elif step.kind == "cancel":
+        cmd = CancelBooking(d.provider_id, d.service, step.key, now, d.booking_id)
+    else:
+        cmd = ReleaseHold(d.provider_id, d.service, step.key, now, d.hold_id)
+    try:
+        cal.handle(cmd)
+    except REFUSED:
+        return "refused"
+    return "ok"
+
+
+class SeriesMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.cals = {
+            p: Calendar.from_template(p, "vaccine", "UTC", TEMPLATE, date(2026, 3, 2), 5)
+            for p in ("a", "b")
+        }
+        self.now = self.cals["a"].start - 3600
+        self.series: list[SeriesRecord] = []
+        self.n = 0
+
+    def _open(self, p: str) -> list[int]:
+        cal = self.cals[p]
+        return [int(s) for s in cal.starts()[cal.capacity > 0]]
+
+    @rule(
+        i=st.integers(0, 7),
+        j=st.integers(0, 7),
+        ttls=st.tuples(st.sampled_from([30, 600]), st.sampled_from([30, 600])),
+    )
+    def hold_a_series(self, i: int, j: int, ttls: tuple[int, int]) -> None:
+        self.n += 1
+        sid = f"s{self.n}"
+        doses = []
+        for k, (p, idx) in enumerate((("a", i), ("b", j))):
+            start = self._open(p)[idx]
+            try:
+                hold = self.cals[p].handle(
+                    PlaceHold(
+                        p, "vaccine", f"{sid}:hold:{k}", self.now, f"{sid}h{k}", start, 1, ttls[k]
+                    )
+                )
+            except SlotUnavailable:
+                for d in doses:  # all or nothing from the start
+                    self.cals[d.provider_id].handle(
+                        ReleaseHold(d.provider_id, "vaccine", None, self.now, d.hold_id)
+                    )
+                return
+            doses.append(Dose(p, "vaccine", start, 1, hold.hold_id, f"{sid}b{k}"))
+        self.series.append(SeriesRecord(sid, "held", tuple(doses), created_at=self.now))
+
+    @rule(p=st.sampled_from(["a", "b"]), i=st.integers(0, 7))
+    def someone_else_books(self, p: str, i: int) -> None:
+        self.n += 1
+        start = self._open(p)[i]
+        try:
+            self.cals[p].handle(PlaceHold(p, "vaccine", None, self.now, f"o{self.n}", start, 1, 60))
+        except SlotUnavailable:
+            return
+        self.cals[p].handle(
+            ConfirmHold(p, "vaccine", None, self.now, f"o{self.n}", f"ob{self.n}", b"", "x")
+        )
+
+    @precondition(lambda self: self.series)
+    @rule(k=st.integers(0, 100))
+    def confirm(self, k: int) -> None:
+        i = k % len(self.series)
+        rec = self.series[i]
+        if rec.state in ("held", "confirming"):
+            self.series[i] = request_confirm(rec, "patient", b"digest")
+
+    @precondition(lambda self: self.series)
+    @rule(k=st.integers(0, 100))
+    def cancel(self, k: int) -> None:
+        i = k % len(self.series)
+        if self.series[i].state == "confirmed":
+            self.series[i] = request_cancel(self.series[i])
+
+    @precondition(lambda self: self.series)
+    @rule(k=st.integers(0, 100), fault=st.sampled_from(["none", "before", "after"]))
+    def step(self, k: int, fault: str) -> None:
+        i = k % len(self.series)
+        rec = self.series[i]
+        step = next_step(rec)
+        if step is None:
+            return
+        if fault == "before":  # the call never reached the calendar
+            outcome = "unknown"
+        else:
+            outcome = execute(self.cals, rec, step, self.now)
+            if fault == "after":  # it happened, the answer was lost
+                outcome = "unknown"
+        self.series[i] = advance(rec, step, outcome)  # type: ignore[arg-type]
+
+    @rule(seconds=st.sampled_from([10, 60, 700]))
+    def time_passes(self, seconds: int) -> None:
+        self.now += seconds
+        for cal in self.cals.values():
+            cal.expire(self.now)
+
+    def _active(self, d: Dose) -> bool:
+        b = self.cals[d.provider_id].bookings.get(d.booking_id)
+        return b is not None and b.status == "active"
+
+    @invariant()
+    def never_over_capacity(self) -> None:
+        for cal in self.cals.values():
+            taken = cal.booked.astype(int) + cal.held
+            assert (taken <= cal.capacity).all()
+
+    @invariant()
+    def an_ended_series_is_whole_or_absent(self) -> None:
+        for rec in self.series:
+            active = [self._active(d) for d in rec.doses]
+            if rec.state == "confirmed":
+                assert all(active), rec
+                for d in rec.doses:
+                    assert (
+                        self.cals[d.provider_id].bookings[d.booking_id].series_id == rec.series_id
+                    )
+            elif rec.state in ("aborted", "cancelled", "held"):
+                assert not any(active), rec
+            if rec.state in TERMINAL:  # nothing of it is left held
+                for d in rec.doses:
+                    assert d.hold_id not in self.cals[d.provider_id].holds, rec
+
+    def teardown(self) -> None:
+        # Every series in a protocol finishes once the calendars answer again.
+        for i, rec in enumerate(self.series):
+            for _ in range(10):
+                step = next_step(rec)
+                if step is None:
+                    break
+                rec = advance(rec, step, execute(self.cals, rec, step, self.now))  # type: ignore[arg-type]
+            assert next_step(rec) is None
+            assert rec.state in TERMINAL | {"held"}
+            self.series[i] = rec
+        self.an_ended_series_is_whole_or_absent()
+
+
+TestSeries = SeriesMachine.TestCase
+TestSeries.settings = settings(max_examples=500, stateful_step_count=30, deadline=None)
+
+
+def test_a_first_dose_refused_gives_the_second_back() -> None:
+    m = SeriesMachine()
+    m.hold_a_series(0, 0, (30, 600))
+    m.time_passes(60)  # dose 1's hold expires, dose 2's lives
+    m.confirm(0)
+    for fault in ("after", "none", "before", "none", "none"):
+        m.step(0, fault)
+    rec = m.series[0]
+    assert (rec.state, [d.state for d in rec.doses]) == ("aborted", ["released", "released"])
+    m.an_ended_series_is_whole_or_absent()
+    assert m.cals["b"].remaining_at(rec.doses[1].start) == 2
+
+
+def test_a_second_dose_refused_cancels_the_first() -> None:
+    m = SeriesMachine()
+    m.hold_a_series(0, 0, (600, 30))
+    m.confirm(0)
+    m.step(0, "after")  # dose 1 booked, the answer lost
+    m.time_passes(60)  # dose 2's hold expires
+    for _ in range(4):
+        m.step(0, "none")
+    rec = m.series[0]
+    assert (rec.state, [d.state for d in rec.doses]) == ("aborted", ["cancelled", "released"])
+    assert m.cals["a"].bookings["s1b0"].status == "cancelled"
+    m.an_ended_series_is_whole_or_absent()
