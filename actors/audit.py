@@ -10,7 +10,13 @@ Checks (each counted, each violation listed):
 - **expired holds**: no hold was confirmed after it expired (for holds whose placing
   is still in the journal: older ones were compacted into a snapshot, and the count of
   confirms checked says how many could be);
-- **idempotency**: no idempotency key produced two holds or two bookings.
+- **idempotency**: no idempotency key produced two holds or two bookings;
+- **series**: no series of doses is half booked: a confirmed series has every dose
+  active, an aborted or cancelled one none (a series still in its protocol is counted,
+  not judged: the sweeper finishes it), and no booking names a series that does not
+  list it;
+- **eligibility**: every booking admitted by a rule satisfies the version recorded with
+  it, for what the patient attested.
 
 It reads Redis only (no Ray): it can run against a stopped stack's data folder.
 Acknowledgements are JSON lines, as the Locust users of :mod:`loadtests` write them:
@@ -32,8 +38,12 @@ import redis
 
 from actors import archive, journal
 from actors.journal import CalendarAdded, CalendarEvents
+from actors.policy import decode_rule, rules_key
+from actors.series import INFLIGHT_KEY, decode_series
 from engine.calendar import Calendar
-from engine.records import HoldConfirmed, HoldPlaced
+from engine.eligibility import refusals
+from engine.records import Booking, HoldConfirmed, HoldPlaced
+from engine.series import TERMINAL
 
 __all__ = ["AuditReport", "audit", "read_acks"]
 
@@ -50,6 +60,9 @@ class AuditReport:
     acknowledged: int = 0
     confirms_checked: int = 0
     keys_checked: int = 0
+    series: int = 0
+    series_in_flight: int = 0
+    eligibility_checked: int = 0
     violations: list[str] = field(default_factory=list)
 
     @property
@@ -65,6 +78,10 @@ class AuditReport:
             f"(of {self.bookings:,} in the journal and the archive, {self.archived:,} archived)",
             f"  expired holds   {self.confirms_checked:>10,} confirms checked against their hold",
             f"  idempotency     {self.keys_checked:>10,} keys checked",
+            f"  series          {self.series:>10,} series checked ({self.series_in_flight:,} "
+            "still in their protocol)",
+            f"  eligibility     {self.eligibility_checked:>10,} bookings checked against "
+            "their rule version",
             f"  violations      {len(self.violations):>10,}",
         ]
         lines += [f"  ! {v}" for v in self.violations[:50]]
@@ -153,6 +170,7 @@ def audit(client: redis.Redis, acks: Iterable[dict[str, Any]] = ()) -> AuditRepo
                                 confirm_keys[f"{entry.provider_id}/{entry.service}/{ev.key}"] += 1
                     cal.replay(list(entry.events), rebuild_expiry=False)
     bookings: dict[str, str] = {}
+    every: dict[str, tuple[Booking, Calendar | None]] = {}
     for (pid, service), cal in calendars.items():
         report.calendars += 1
         report.slots += cal.n_slots
@@ -165,9 +183,13 @@ def audit(client: redis.Redis, acks: Iterable[dict[str, Any]] = ()) -> AuditRepo
             )
         for b in cal.bookings.values():
             bookings[b.booking_id] = b.status
-    for _, _, b in archive.export(client):  # days that left their calendars' windows
+            every[b.booking_id] = (b, cal)
+    for pid, service, b in archive.export(client):  # days that left their windows
         bookings.setdefault(b.booking_id, b.status)
+        every.setdefault(b.booking_id, (b, calendars.get((pid, service))))
         report.archived += 1
+    _check_series(client, report, every)
+    _check_eligibility(client, report, every)
     report.bookings = len(bookings)
     for what, counts in (("holds", hold_keys), ("bookings", confirm_keys)):
         report.keys_checked += len(counts)
@@ -176,6 +198,67 @@ def audit(client: redis.Redis, acks: Iterable[dict[str, Any]] = ()) -> AuditRepo
                 report.violations.append(f"idempotency key {k!r} made {n} {what}")
     _check_acks(report, bookings, acks)
     return report
+
+
+def _check_series(
+    client: redis.Redis, report: AuditReport, every: dict[str, tuple[Booking, Calendar | None]]
+) -> None:
+    listed: set[str] = set()
+    for key in client.scan_iter(match="hexbook:series:*", count=1000):
+        k = key.decode() if isinstance(key, bytes) else key
+        if k == INFLIGHT_KEY:
+            continue
+        raw: Any = client.get(k)
+        if raw is None:
+            continue
+        rec = decode_series(raw)
+        report.series += 1
+        active = []
+        for d in rec.doses:
+            listed.add(d.booking_id)
+            found = every.get(d.booking_id)
+            active.append(found is not None and found[0].status == "active")
+        if rec.state not in TERMINAL and rec.state != "held":
+            report.series_in_flight += 1
+        elif rec.state == "confirmed" and not all(active):
+            report.violations.append(
+                f"series {rec.series_id[:16]}… is confirmed with {sum(active)} of "
+                f"{len(active)} doses active"
+            )
+        elif rec.state != "confirmed" and any(active):
+            report.violations.append(
+                f"series {rec.series_id[:16]}… is {rec.state} with {sum(active)} dose(s) active"
+            )
+    for b, _ in every.values():
+        if b.series_id is not None and b.booking_id not in listed:
+            report.violations.append(
+                f"booking {b.booking_id[:16]}… names series {b.series_id[:16]}…, which does "
+                "not list it"
+            )
+
+
+def _check_eligibility(
+    client: redis.Redis, report: AuditReport, every: dict[str, tuple[Booking, Calendar | None]]
+) -> None:
+    for b, cal in every.values():
+        if b.rule is None or b.rule_version is None or b.status != "active":
+            continue
+        report.eligibility_checked += 1
+        raw: Any = client.hget(rules_key(b.rule), str(b.rule_version))
+        if raw is None:
+            report.violations.append(
+                f"booking {b.booking_id[:16]}… was admitted by rule {b.rule!r} version "
+                f"{b.rule_version}, which is not stored"
+            )
+            continue
+        rule = decode_rule(raw, b.rule_version)
+        day = cal.local_day(b.start) if cal is not None else Calendar.utc_day(b.start)
+        reasons = refusals(rule, b.attested, day)
+        if reasons:
+            report.violations.append(
+                f"booking {b.booking_id[:16]}… does not meet rule {b.rule!r} version "
+                f"{b.rule_version} it was admitted by: {'; '.join(reasons)}"
+            )
 
 
 def _check_acks(

@@ -437,6 +437,10 @@ class Calendar:
         zone = self.schedule.timezone if self.schedule is not None else "UTC"
         return datetime.fromtimestamp(start, _zone(zone)).date()
 
+    @staticmethod
+    def utc_day(start: int) -> date:
+        return datetime.fromtimestamp(start, _zone("UTC")).date()
+
     def _check_rule(self, rule: Rule, attested: Attestation | None, start: int) -> None:
         reasons = refusals(rule, attested, self.local_day(start))
         if reasons:

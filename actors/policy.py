@@ -1,0 +1,132 @@
+"""Eligibility rules and series templates, kept in Redis.
+
+Each rule (``service``, or ``service@provider`` for one provider) has numbered versions:
+``hexbook:rules:{name}`` is a hash of version -> rule, with ``current`` naming the one
+in force and ``seq`` the last number given. A version is never changed or deleted (the
+audit checks every booking against the version recorded with it); publishing is one
+Lua script, so two operators publishing at once get two versions and the later one is
+in force. Series templates are one hash, service -> template.
+
+Reads are a few small HGETs; the gateway keeps them for a second
+(:class:`PolicyCache`), so a new version is in force everywhere within a second of its
+publication, and at once at the gateway that published it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import cachetools
+import msgspec
+import redis.asyncio as aioredis
+
+from engine.eligibility import Rule, rule_name, validate_rule
+from engine.series import SeriesTemplate, validate_template
+
+__all__ = [
+    "PolicyCache",
+    "PolicyStore",
+    "decode_rule",
+    "rules_key",
+]
+
+TEMPLATES_KEY = "hexbook:series-templates"
+_enc = msgspec.msgpack.Encoder()
+_rule_dec = msgspec.msgpack.Decoder(Rule)
+_template_dec = msgspec.msgpack.Decoder(SeriesTemplate)
+
+_PUBLISH = """
+local v = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('HSET', KEYS[1], v, ARGV[1], 'current', v)
+return v
+"""
+
+
+def rules_key(name: str) -> str:
+    return f"hexbook:rules:{name}"
+
+
+def decode_rule(raw: bytes, version: int) -> Rule:
+    """A stored version (stored without its number, which is its field)."""
+    return msgspec.structs.replace(_rule_dec.decode(raw), version=version)
+
+
+class PolicyStore:
+    """Rules and templates in Redis (async)."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.redis = client
+        self._publish = client.register_script(_PUBLISH)
+
+    async def publish(self, rule: Rule, now: int | None = None) -> Rule:
+        """Store ``rule`` as the next version of its name, in force from now."""
+        validate_rule(rule)
+        at = int(time.time()) if now is None else now
+        body = _enc.encode(msgspec.structs.replace(rule, version=0, published_at=at))
+        version = int(await self._publish(keys=[rules_key(rule_name(rule))], args=[body]))
+        return msgspec.structs.replace(rule, version=version, published_at=at)
+
+    async def version(self, name: str, version: int) -> Rule | None:
+        raw: Any = await self.redis.hget(rules_key(name), str(version))
+        if raw is None:
+            return None
+        return decode_rule(raw, version)
+
+    async def history(self, name: str) -> list[Rule]:
+        """Every version of ``name``, oldest first."""
+        raw: Any = await self.redis.hgetall(rules_key(name))
+        out = [decode_rule(v, int(k)) for k, v in raw.items() if k.isdigit()]
+        return sorted(out, key=lambda r: r.version)
+
+    async def current(self, service: str, provider_id: str) -> Rule | None:
+        """The rule in force for ``provider_id``'s ``service``: the provider's own if it
+        has one, else the service's; ``None`` if neither."""
+        for name in (f"{service}@{provider_id}", service):
+            raw = await self.redis.hget(rules_key(name), "current")
+            if raw is not None:
+                rule = await self.version(name, int(raw))
+                if rule is not None:
+                    return rule
+        return None
+
+    async def set_template(self, template: SeriesTemplate) -> None:
+        validate_template(template)
+        await self.redis.hset(TEMPLATES_KEY, template.service, _enc.encode(template))
+
+    async def template(self, service: str) -> SeriesTemplate | None:
+        raw: Any = await self.redis.hget(TEMPLATES_KEY, service)
+        return None if raw is None else _template_dec.decode(raw)
+
+
+class PolicyCache:
+    """The store's answers kept for ``ttl`` seconds (one gateway's view)."""
+
+    def __init__(self, store: PolicyStore, ttl: float = 1.0) -> None:
+        self.store = store
+        self._rules: cachetools.TTLCache[tuple[str, str], Rule | None] = cachetools.TTLCache(
+            maxsize=100_000, ttl=ttl
+        )
+        self._templates: cachetools.TTLCache[str, SeriesTemplate | None] = cachetools.TTLCache(
+            maxsize=1_000, ttl=ttl
+        )
+
+    async def rule(self, service: str, provider_id: str) -> Rule | None:
+        key = (service, provider_id)
+        try:
+            return self._rules[key]
+        except KeyError:
+            rule = self._rules[key] = await self.store.current(service, provider_id)
+            return rule
+
+    async def template(self, service: str) -> SeriesTemplate | None:
+        try:
+            return self._templates[service]
+        except KeyError:
+            t = self._templates[service] = await self.store.template(service)
+            return t
+
+    def forget(self) -> None:
+        """Drop what is kept (after this gateway published something)."""
+        self._rules.clear()
+        self._templates.clear()

@@ -1,0 +1,277 @@
+"""Dose series across calendars and shards: holds, confirm all or none, cancel.
+
+The protocol is :mod:`engine.series`; this module hosts it. The series record lives in
+Redis (``hexbook:series:{id}``) and is written before each step is sent and after its
+outcome, so whoever drives the series next (a retry with the same key, another
+gateway, the sweeper of :meth:`SeriesBook.resume_stale`) carries on where it stood.
+One driver at a time per series (a Redis lock); every step is a calendar command under
+a key derived from the series id, so a step sent twice happens once.
+
+A series in a protocol is also in ``hexbook:series:inflight`` (a sorted set, by when it
+entered): the sweeper finishes those a client left, so none stays half booked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.exceptions import LockError
+
+from engine.eligibility import Attestation, Rule
+from engine.errors import HexbookError, InvalidRequest, NotFound, Unavailable
+from engine.records import (
+    CancelBooking,
+    Command,
+    ConfirmHold,
+    Hold,
+    PlaceHold,
+    ReleaseHold,
+)
+from engine.series import (
+    TERMINAL,
+    Dose,
+    SeriesRecord,
+    Step,
+    advance,
+    next_step,
+    request_cancel,
+    request_confirm,
+)
+
+__all__ = [
+    "INFLIGHT_KEY",
+    "SeriesAborted",
+    "SeriesBook",
+    "SeriesBusy",
+    "SeriesNotFound",
+    "decode_series",
+    "series_key",
+]
+
+INFLIGHT_KEY = "hexbook:series:inflight"
+Submit = Callable[[Command], Awaitable[Any]]  # a command -> its result or its error
+RuleFor = Callable[[str, str], Awaitable[Rule | None]]
+Hook = Callable[[str, Step], Awaitable[None]]
+_enc = msgspec.msgpack.Encoder()
+_dec = msgspec.msgpack.Decoder(SeriesRecord)
+
+
+def series_key(series_id: str) -> str:
+    return f"hexbook:series:{series_id}"
+
+
+def decode_series(raw: bytes) -> SeriesRecord:
+    return _dec.decode(raw)
+
+
+class SeriesNotFound(NotFound):
+    code = "series_not_found"
+
+    def __init__(self, series_id: str) -> None:
+        super().__init__(f"no series {series_id!r}; hold one with POST /v1/series/holds")
+
+
+class SeriesBusy(Unavailable):
+    """Another request is driving this series right now (retry with the same key)."""
+
+
+class SeriesAborted(HexbookError):
+    """The series could not be booked whole, so none of it was (409 series_aborted)."""
+
+    code = "series_aborted"
+
+    def __init__(self, series_id: str, reason: str) -> None:
+        super().__init__(
+            f"series {series_id!r} was not booked (no dose of it is): {reason}; hold a new series"
+        )
+
+
+async def _noop(_: str, __: Step) -> None:
+    return None
+
+
+class SeriesBook:
+    """Hold, confirm and cancel series; ``submit`` sends one command to its shard and
+    returns its result or its domain error (``Unavailable`` when the shard did not
+    answer), as :meth:`gateway.router.ShardRouter.submit` does."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        submit: Submit,
+        clock: Callable[[], int],
+        *,
+        hook: Hook = _noop,
+        lock_seconds: float = 30.0,
+    ) -> None:
+        self.redis = client
+        self.submit = submit
+        self.clock = clock
+        self.hook = hook  # tests act around a step: 'before' it is sent, once 'sent'
+        self.lock_seconds = lock_seconds
+
+    # --- the record ----------------------------------------------------------------
+
+    async def get(self, series_id: str) -> SeriesRecord:
+        raw: Any = await self.redis.get(series_key(series_id))
+        if raw is None:
+            raise SeriesNotFound(series_id)
+        return _dec.decode(raw)
+
+    async def _store(self, rec: SeriesRecord) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(series_key(rec.series_id), _enc.encode(rec))
+        if rec.state in TERMINAL or rec.state == "held":
+            pipe.zrem(INFLIGHT_KEY, rec.series_id)
+        else:
+            pipe.zadd(INFLIGHT_KEY, {rec.series_id: self.clock()}, nx=True)
+        await pipe.execute()
+
+    # --- hold ------------------------------------------------------------------------
+
+    async def hold(
+        self,
+        series_id: str,
+        doses: Sequence[tuple[str, str, int, str, str]],
+        party_size: int,
+        ttl: int,
+        attested: Attestation | None,
+        rule_for: RuleFor,
+    ) -> SeriesRecord:
+        """Hold every dose (provider, service, start, hold id, booking id), or none.
+        A repeat with the same ``series_id`` answers the series it made."""
+        raw: Any = await self.redis.get(series_key(series_id))
+        if raw is not None:
+            return _dec.decode(raw)
+        made: list[Dose] = []
+        now = self.clock()
+        for i, (pid, service, start, hold_id, booking_id) in enumerate(doses):
+            cmd = PlaceHold(
+                pid,
+                service,
+                f"{series_id}:hold:{i}",
+                now,
+                hold_id,
+                start,
+                party_size,
+                ttl,
+                attested,
+                await rule_for(pid, service),
+            )
+            out = await self.submit(cmd)
+            if isinstance(out, Unavailable):
+                raise out  # a retry with the same key places the same holds
+            if isinstance(out, BaseException):
+                for k, d in enumerate(made):  # give back what this series holds
+                    await self.submit(
+                        ReleaseHold(
+                            d.provider_id, d.service, f"{series_id}:release:{k}", now, d.hold_id
+                        )
+                    )
+                raise out
+            assert isinstance(out, Hold)
+            made.append(Dose(pid, service, start, party_size, out.hold_id, booking_id))
+        rec = SeriesRecord(series_id, "held", tuple(made), created_at=now)
+        await self._store(rec)
+        return rec
+
+    # --- confirm and cancel -----------------------------------------------------------
+
+    async def confirm(
+        self, series_id: str, patient_ref: str, token_digest: bytes, rule_for: RuleFor
+    ) -> SeriesRecord:
+        """Book every dose or none; raises :class:`SeriesAborted` if none could be, and
+        ``Unavailable`` if a shard did not answer (call again: it carries on)."""
+        async with self._driving(series_id):
+            rec = request_confirm(await self.get(series_id), patient_ref, token_digest)
+            if rec.patient_ref != patient_ref:
+                raise InvalidRequest(f"series {series_id!r} was confirmed for another patient")
+            rec = await self._drive(rec, rule_for)
+        if rec.state == "aborted":
+            raise SeriesAborted(series_id, rec.reason)
+        return rec
+
+    async def cancel(self, series_id: str) -> SeriesRecord:
+        """Cancel every dose of a booked series."""
+        async with self._driving(series_id):
+            rec = request_cancel(await self.get(series_id))
+            return await self._drive(rec, None)
+
+    async def resume_stale(self, older_than: float, rule_for: RuleFor) -> int:
+        """Finish the series left in a protocol for ``older_than`` seconds (a client
+        that never came back, a gateway that stopped). Returns how many ended."""
+        ended = 0
+        cutoff = self.clock() - older_than
+        for raw in await self.redis.zrangebyscore(INFLIGHT_KEY, "-inf", cutoff):
+            sid = raw.decode() if isinstance(raw, bytes) else str(raw)
+            try:
+                async with self._driving(sid):
+                    rec = await self._drive(await self.get(sid), rule_for)
+            except (Unavailable, SeriesNotFound):
+                continue
+            ended += rec.state in TERMINAL
+        return ended
+
+    def _driving(self, series_id: str) -> Any:
+        return _Driving(self, series_id)
+
+    async def _drive(self, rec: SeriesRecord, rule_for: RuleFor | None) -> SeriesRecord:
+        await self._store(rec)  # the decision first, then the steps
+        while (step := next_step(rec)) is not None:
+            await self.hook("before", step)
+            out = await self.submit(await self._command(rec, step, rule_for))
+            await self.hook("sent", step)
+            if isinstance(out, Unavailable):
+                raise out  # unknown: the record says where to carry on
+            if isinstance(out, BaseException):
+                rec = advance(rec, step, "refused", f"dose {step.dose + 1}: {out}")
+            else:
+                rec = advance(rec, step, "ok")
+            await self._store(rec)
+        return rec
+
+    async def _command(self, rec: SeriesRecord, step: Step, rule_for: RuleFor | None) -> Command:
+        d = rec.doses[step.dose]
+        now = self.clock()
+        if step.kind == "confirm":
+            rule = await rule_for(d.provider_id, d.service) if rule_for is not None else None
+            return ConfirmHold(
+                d.provider_id,
+                d.service,
+                step.key,
+                now,
+                d.hold_id,
+                d.booking_id,
+                rec.token_digest,
+                rec.patient_ref,
+                rule,
+                rec.series_id,
+            )
+        if step.kind == "cancel":
+            return CancelBooking(d.provider_id, d.service, step.key, now, d.booking_id)
+        return ReleaseHold(d.provider_id, d.service, step.key, now, d.hold_id)
+
+
+class _Driving:
+    """One driver per series: a Redis lock, refused at once if held (then retry)."""
+
+    def __init__(self, book: SeriesBook, series_id: str) -> None:
+        self.lock = book.redis.lock(
+            f"hexbook:series-lock:{series_id}", timeout=book.lock_seconds, blocking=False
+        )
+        self.series_id = series_id
+
+    async def __aenter__(self) -> None:
+        if not await self.lock.acquire():
+            raise SeriesBusy(
+                f"series {self.series_id!r} is being booked by another request; retry with "
+                "the same key"
+            )
+
+    async def __aexit__(self, *exc: object) -> None:
+        with contextlib.suppress(LockError):  # expired meanwhile: the record tells the next
+            await self.lock.release()
