@@ -126,6 +126,10 @@ class PolicyCache:
             t = self._templates[service] = await self.store.template(service)
             return t
 
+    async def rule_for(self, service: str, provider_id: str) -> Rule | None:
+        """:meth:`rule`, with the arguments in the order the series book passes them."""
+        return await self.rule(service, provider_id)
+
     def forget(self) -> None:
         """Drop what is kept (after this gateway published something)."""
         self._rules.clear()

@@ -33,6 +33,7 @@ from actors import archive, journal
 from actors.clock import CLOCK_KEY, Clock, clock_from_redis
 from actors.shard_core import Outcome, RecoveryStats, ShardCore
 from engine.codec import decode_commands
+from engine.eligibility import Rule, refusals
 from engine.errors import (
     BookingNotFound,
     CalendarNotFound,
@@ -136,6 +137,21 @@ class ShardActor:
             "held": cal.held.tolist(),
             "targets": sorted(cal.capacity_targets().items()),
         }
+
+    async def refused_by(self, rule: Rule, now: int) -> list[tuple[str, str, tuple[str, ...]]]:
+        """The active bookings from ``now`` on that ``rule`` would refuse (provider,
+        booking id, reasons): what a new rule version asks a person to look at."""
+        await self._ready()
+        out = []
+        for (pid, service), cal in self._core.calendars.items():
+            if service != rule.service or rule.provider_id not in (None, pid):
+                continue
+            for b in cal.bookings.values():
+                if b.status == "active" and b.start >= now:
+                    reasons = refusals(rule, b.attested, cal.local_day(b.start))
+                    if reasons:
+                        out.append((pid, b.booking_id, reasons))
+        return out
 
     async def availability(
         self, provider_id: str | None = None, service: str | None = None

@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import fastapi_offline
+import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
@@ -25,6 +27,8 @@ from fastapi.staticfiles import StaticFiles
 from actors.api import Hexbook
 from actors.availability import AvailabilityReader
 from actors.embedded_redis import EmbeddedRedis, redis_endpoint
+from actors.policy import PolicyCache, PolicyStore
+from actors.series import SeriesBook
 from gateway import openapi, problems
 from gateway.auth import Authenticator
 from gateway.deps import Runtime
@@ -40,6 +44,8 @@ from gateway.router import ShardRouter
 from gateway.routes import ROUTERS
 from gateway.service import BookingService
 from gateway.settings import Settings
+
+log = logging.getLogger("hexbook.gateway")
 
 __all__ = ["TELEMETRY_OFF", "create_app"]
 
@@ -89,7 +95,15 @@ async def _runtime(
     secret = await asyncio.to_thread(token_secret, hb.redis, configured)
     idempotency = Idempotency(hb.redis_url, secret, settings.idempotency_ttl_seconds)
     stack.push_async_callback(idempotency.close)
-    service = BookingService(hb, router, index, idempotency, metrics, settings.hold_ttl_seconds)
+    policy_redis = aioredis.from_url(hb.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+    stack.push_async_callback(policy_redis.aclose)
+    policies = PolicyCache(PolicyStore(policy_redis), settings.policy_cache_seconds)
+    series = SeriesBook(policy_redis, router.submit, hb.clock.seconds)
+    service = BookingService(
+        hb, router, index, idempotency, metrics, settings.hold_ttl_seconds, policies, series
+    )
+    sweeper = asyncio.create_task(_sweep_series(series, policies, settings.series_sweep_seconds))
+    stack.callback(sweeper.cancel)
     smart = SmartPublisher(
         index,
         lambda: source_records(hb.redis),
@@ -119,6 +133,19 @@ async def _runtime(
         imports=imports,
         redis_server=redis_server,
     )
+
+
+async def _sweep_series(series: SeriesBook, policies: PolicyCache, every: float) -> None:
+    """Finish the series a client left half way (none stays half booked)."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            ended = await series.resume_stale(2 * every, policies.rule_for)
+        except Exception as exc:  # Redis away: the next round tries again
+            log.warning("series sweeper: %s: %s", type(exc).__name__, exc)
+        else:
+            if ended:
+                log.info("series sweeper finished %d series left half way", ended)
 
 
 def create_app(

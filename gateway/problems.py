@@ -23,6 +23,7 @@ from ray.exceptions import RayError
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from actors.series import SeriesAborted
 from engine import errors
 from gateway.auth import Forbidden, RateLimited, Unauthorized, retry_after_seconds
 
@@ -57,6 +58,7 @@ STATUS: dict[type[errors.HexbookError], int] = {
     errors.NotFound: 404,
     errors.SlotUnavailable: 409,
     errors.NotEligible: 403,
+    SeriesAborted: 409,
     errors.BookingNotActive: 409,
     errors.ScheduleConflict: 409,
     errors.HoldExpired: 410,

@@ -155,6 +155,10 @@ class ShardRouter:
             out = await self._call(moved, method, *args)
         return out
 
+    async def call_shard(self, shard: str, method: str, *args: Any) -> Any:
+        """Call a read method of one shard by name (fan-outs over every shard)."""
+        return await self._call(shard, method, *args)
+
     async def _call(self, shard: str, method: str, *args: Any) -> Any:
         try:
             ref = getattr(self.hexbook.shard(shard), method).remote(*args)

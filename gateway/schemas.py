@@ -180,17 +180,123 @@ class _Query(BaseModel):
 # --- requests ----------------------------------------------------------------------
 
 
+class Patient(_Strict):
+    reference: str = Field(
+        min_length=1, max_length=128, description="opaque reference chosen by the front-end"
+    )
+
+
+DAY_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
+Group = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class AttestationIn(_Strict):
+    """What the patient attested (minimum data; never logged): checked against the
+    service's eligibility rule at hold and at confirm."""
+
+    birth_date: str | None = Field(None, pattern=DAY_PATTERN, description="YYYY-MM-DD")
+    postal_code: str | None = Field(None, min_length=1, max_length=16)
+    cell: str | None = Field(None, pattern=r"^[0-9a-f]{15}$", description="home H3 cell")
+    groups: list[Group] = Field(default_factory=list, max_length=16)
+
+
 class HoldRequest(_Strict):
     provider_id: Id
     service: Id
     start: Instant
     party_size: int = Field(1, ge=1, le=50)
+    attestation: AttestationIn | None = None
 
 
-class Patient(_Strict):
-    reference: str = Field(
-        min_length=1, max_length=128, description="opaque reference chosen by the front-end"
+class AgeBandIn(_Strict):
+    min_years: int = Field(0, ge=0, le=150)
+    max_years: int | None = Field(None, ge=0, le=150)
+
+
+class ResidenceIn(_Strict):
+    postal_codes: list[Annotated[str, Field(min_length=1, max_length=16)]] = Field(
+        default_factory=list, max_length=20_000
     )
+    cells: list[Annotated[str, Field(pattern=r"^[0-9a-f]{15}$")]] = Field(
+        default_factory=list, max_length=20_000
+    )
+    lat: float | None = Field(None, ge=-90, le=90, allow_inf_nan=False)
+    lng: float | None = Field(None, ge=-180, le=180, allow_inf_nan=False)
+    radius_km: float | None = Field(None, gt=0, le=500, allow_inf_nan=False)
+
+
+class RuleIn(_Strict):
+    """Who may book: every part given must be met; a part left out admits everyone."""
+
+    ages: list[AgeBandIn] = Field(default_factory=list, max_length=16)
+    reference_date: str | None = Field(
+        None, pattern=DAY_PATTERN, description="ages counted on this day (default: the slot's)"
+    )
+    residence: ResidenceIn | None = None
+    groups: list[Group] = Field(default_factory=list, max_length=64)
+
+
+class RefusedBooking(BaseModel):
+    provider_id: str
+    booking_id: str
+    reasons: list[str]
+
+
+class RuleOut(RuleIn):
+    model_config = ConfigDict(extra="forbid", strict=False)
+    rule: str = Field(description="service, or service@provider for one provider's rule")
+    service: str
+    provider_id: str | None = None
+    version: int
+    published_at: int
+    would_refuse: list[RefusedBooking] = Field(
+        default_factory=list,
+        description="active bookings this version would refuse: listed for a person to "
+        "decide, never cancelled by the publication",
+    )
+
+
+class SeriesTemplateIn(_Strict):
+    min_days: int = Field(ge=1, le=365, description="dose 2 at least this many days after dose 1")
+    max_days: int = Field(ge=1, le=365, description="and at most this many")
+    same_provider: bool = False
+
+
+class SecondDoseIn(_Strict):
+    provider_id: Id | None = Field(None, description="default: the first dose's provider")
+    start: Instant | None = Field(None, description="default: the earliest slot in the window")
+
+
+class SeriesHoldRequest(_Strict):
+    provider_id: Id
+    service: Id
+    start: Instant
+    party_size: int = Field(1, ge=1, le=50)
+    second: SecondDoseIn | None = None
+    attestation: AttestationIn | None = None
+
+
+class SeriesBookingRequest(_Strict):
+    series_id: RoutableId
+    patient: Patient
+
+
+class DoseOut(BaseModel):
+    dose: int
+    provider_id: str
+    service: str
+    start: str
+    hold_id: str
+    booking_id: str
+    status: str
+
+
+class SeriesOut(BaseModel):
+    series_id: str
+    state: str
+    reason: str = ""
+    booking_token: str | None = None
+    doses: list[DoseOut]
 
 
 class BookingRequest(_Strict):

@@ -11,11 +11,19 @@ models; failures are the domain errors of :mod:`engine.errors`, which
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import hmac
+from datetime import date
 from typing import Any
 
+import numpy as np
+
 from actors.api import Hexbook, calendar_of, routable_id, token_digest
+from actors.policy import PolicyCache
+from actors.series import SeriesBook, SeriesNotFound
 from actors.shard import check
+from engine.eligibility import AgeBand, Attestation, Residence, Rule, rule_name
 from engine.errors import (
     BookingNotFound,
     HexbookError,
@@ -34,17 +42,24 @@ from engine.records import (
     RescheduleBooking,
 )
 from engine.schedule import Blocked, WeeklyTemplate, Window
+from engine.series import SeriesRecord, SeriesTemplate, dose_window, pick_slot
 from gateway.auth import Forbidden, Principal
 from gateway.idempotency import Idempotency
 from gateway.index import AvailabilityIndex
 from gateway.observe import Metrics
 from gateway.router import ShardRouter
 from gateway.schemas import (
+    AttestationIn,
     BookingRequest,
     HoldRequest,
     ProviderIn,
     RescheduleRequest,
+    RuleIn,
     SearchQuery,
+    SecondDoseIn,
+    SeriesBookingRequest,
+    SeriesHoldRequest,
+    SeriesTemplateIn,
     SlotsQuery,
 )
 from gateway.timefmt import format_local
@@ -70,6 +85,83 @@ class NoSuchBooking(BookingNotFound):
             "no booking with this id for this token; send the booking_id and the "
             "booking_token (as X-Booking-Token) of the answer that created it",
         )
+
+
+def attestation_of(a: AttestationIn | None) -> Attestation | None:
+    """The engine's record of what was attested (dates checked as dates)."""
+    if a is None:
+        return None
+    if a.birth_date is not None:
+        try:
+            date.fromisoformat(a.birth_date)
+        except ValueError:
+            raise InvalidRequest(f"birth_date {a.birth_date!r} is not a date") from None
+    return Attestation(a.birth_date, a.postal_code, a.cell, tuple(a.groups))
+
+
+def rule_of(service: str, provider_id: str | None, r: RuleIn) -> Rule:
+    residence = None
+    if r.residence is not None:
+        x = r.residence
+        residence = Residence(tuple(x.postal_codes), tuple(x.cells), x.lat, x.lng, x.radius_km)
+    return Rule(
+        service=service,
+        provider_id=provider_id,
+        ages=tuple(AgeBand(b.min_years, b.max_years) for b in r.ages),
+        reference_date=r.reference_date,
+        residence=residence,
+        groups=tuple(r.groups),
+    )
+
+
+def rule_out(rule: Rule, refused: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    res = rule.residence
+    return {
+        "rule": rule_name(rule),
+        "service": rule.service,
+        "provider_id": rule.provider_id,
+        "version": rule.version,
+        "published_at": rule.published_at,
+        "ages": [{"min_years": b.min_years, "max_years": b.max_years} for b in rule.ages],
+        "reference_date": rule.reference_date,
+        "residence": None
+        if res is None
+        else {
+            "postal_codes": list(res.postal_codes),
+            "cells": list(res.cells),
+            "lat": res.lat,
+            "lng": res.lng,
+            "radius_km": res.radius_km,
+        },
+        "groups": list(rule.groups),
+        "would_refuse": refused or [],
+    }
+
+
+def series_out(
+    rec: SeriesRecord, providers: dict[str, Provider], token: str | None = None
+) -> dict[str, Any]:
+    doses = []
+    for i, d in enumerate(rec.doses):
+        p = providers.get(d.provider_id)
+        doses.append(
+            {
+                "dose": i + 1,
+                "provider_id": d.provider_id,
+                "service": d.service,
+                "start": format_local(d.start, p.timezone if p else "UTC"),
+                "hold_id": d.hold_id,
+                "booking_id": d.booking_id,
+                "status": d.state,
+            }
+        )
+    return {
+        "series_id": rec.series_id,
+        "state": rec.state,
+        "reason": rec.reason,
+        "booking_token": token,
+        "doses": doses,
+    }
 
 
 def provider_out(p: Provider) -> dict[str, Any]:
@@ -126,7 +218,11 @@ class BookingService:
         idempotency: Idempotency,
         metrics: Metrics,
         hold_ttl_seconds: int,
+        policies: PolicyCache,
+        series: SeriesBook,
     ) -> None:
+        self.policies = policies
+        self.series = series
         self.hexbook = hexbook
         self.router = router
         self.index = index
@@ -279,6 +375,8 @@ class BookingService:
             at,
             req.party_size,
             self.hold_ttl_seconds,
+            attestation_of(req.attestation),
+            await self.policies.rule(req.service, req.provider_id),
         )
         hold = check(await self.router.submit(cmd))
         self.metrics.holds.inc()
@@ -302,6 +400,7 @@ class BookingService:
             routable_id(provider_id, service),
             token_digest(token),
             req.patient.reference,
+            await self.policies.rule(service, provider_id),  # the version in force now
         )
         booking = check(await self.router.submit(cmd))
         self.metrics.bookings.inc()
@@ -357,6 +456,135 @@ class BookingService:
             key=scoped.key,
         )
         return booking_out(moved, target, req.service, token)
+
+    # --- eligibility rules -------------------------------------------------------------
+
+    async def publish_rule(
+        self, service: str, provider_id: str | None, body: RuleIn
+    ) -> dict[str, Any]:
+        """Publish the next version of a rule; list (never cancel) the active bookings
+        it would refuse."""
+        if provider_id is not None:
+            await self.provider(provider_id)
+        rule = await self.policies.store.publish(
+            rule_of(service, provider_id, body), now=self._now()
+        )
+        self.policies.forget()
+        refused = []
+        for shard in self.hexbook.directory.shards:
+            for pid, booking_id, reasons in check(
+                await self.router.call_shard(shard, "refused_by", rule, self._now())
+            ):
+                refused.append({"provider_id": pid, "booking_id": booking_id,
+                                "reasons": list(reasons)})  # fmt: skip
+        return rule_out(rule, refused)
+
+    async def rules(self, service: str, provider_id: str | None) -> list[dict[str, Any]]:
+        name = service if provider_id is None else f"{service}@{provider_id}"
+        return [rule_out(r) for r in await self.policies.store.history(name)]
+
+    # --- dose series ---------------------------------------------------------------------
+
+    async def put_series_template(self, service: str, body: SeriesTemplateIn) -> dict[str, Any]:
+        t = SeriesTemplate(service, body.min_days, body.max_days, body.same_provider)
+        await self.policies.store.set_template(t)
+        self.policies.forget()
+        return {"service": service, **body.model_dump()}
+
+    async def series_hold(
+        self, caller: Principal, req: SeriesHoldRequest, key: str | None
+    ) -> dict[str, Any]:
+        """Hold dose 1 and a dose-2 slot in the template's window, together or not at all."""
+        template = await self.policies.template(req.service)
+        if template is None:
+            raise InvalidRequest(
+                f"service {req.service!r} has no series template; an operator sets one with "
+                f"PUT /v1/series-templates/{req.service}"
+            )
+        at = self._not_past(req.start)
+        first = await self.provider(req.provider_id)
+        second = req.second or SecondDoseIn()
+        second_pid = second.provider_id or req.provider_id
+        if template.same_provider and second_pid != req.provider_id:
+            raise InvalidRequest(f"series of {req.service!r} keep both doses at one provider")
+        await self.provider(second_pid)
+        lo, hi = dose_window(template, at)
+        if second.start is not None:
+            if not lo <= second.start <= hi:
+                raise InvalidRequest(
+                    f"dose 2 must start {template.min_days} to {template.max_days} days after "
+                    "dose 1"
+                )
+            then = second.start
+        else:
+            grid = check(await self.router.call(second_pid, "slots", second_pid, req.service))
+            starts = grid["start"] + np.arange(len(grid["capacity"])) * grid["slot_seconds"]
+            free = (
+                np.asarray(grid["capacity"], dtype=np.int32)
+                - np.asarray(grid["booked"], dtype=np.int32)
+                - np.asarray(grid["held"], dtype=np.int32)
+            )
+            picked = pick_slot(starts, free, (lo, hi), req.party_size)
+            if picked is None:
+                raise SlotUnavailable(second_pid, req.service, lo, req.party_size, 0)
+            then = picked
+        scoped = await self.idempotency.scope(
+            caller,
+            key,
+            "series",
+            req.provider_id,
+            req.service,
+            at,
+            second_pid,
+            second.start or 0,
+            req.party_size,
+        )
+        digest = hashlib.blake2b(scoped.key.encode(), digest_size=16).digest()
+        series_id = "series." + base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+        doses = [
+            (pid, req.service, start, routable_id(pid, req.service), routable_id(pid, req.service))
+            for pid, start in ((req.provider_id, at), (second_pid, then))
+        ]
+        rec = await self.series.hold(
+            series_id,
+            doses,
+            req.party_size,
+            self.hold_ttl_seconds,
+            attestation_of(req.attestation),
+            self.policies.rule_for,
+        )
+        self.metrics.holds.inc(len(rec.doses))
+        return series_out(rec, {first.provider_id: first, **self.providers})
+
+    async def series_book(
+        self, caller: Principal, req: SeriesBookingRequest, key: str | None
+    ) -> dict[str, Any]:
+        """Confirm every dose or none; the bookings share one token."""
+        scoped = await self.idempotency.scope(
+            caller, key, "series-book", req.series_id, req.patient.reference
+        )
+        token = self.idempotency.token(scoped)
+        rec = await self.series.confirm(
+            req.series_id, req.patient.reference, token_digest(token), self.policies.rule_for
+        )
+        shown = token if hmac.compare_digest(rec.token_digest, token_digest(token)) else None
+        self.metrics.bookings.inc(len(rec.doses))
+        return series_out(rec, self.providers, shown)
+
+    async def series_read(
+        self, caller: Principal, series_id: str, token: str | None
+    ) -> SeriesRecord:
+        rec = await self.series.get(series_id)
+        if caller.role == "operator" and token is None:
+            return rec
+        if token is None or not hmac.compare_digest(rec.token_digest, token_digest(token)):
+            raise SeriesNotFound(series_id)
+        return rec
+
+    async def series_cancel(self, caller: Principal, series_id: str, token: str | None) -> None:
+        await self.series_read(caller, series_id, token)
+        await self.series.cancel(series_id)
+        self.metrics.cancellations.inc()
 
     async def _authorised(
         self, caller: Principal, booking_id: str, token: str | None

@@ -25,6 +25,11 @@ class Settings(BaseSettings):
     )
     namespace: str = "hexbook"
     hold_ttl_seconds: int = Field(300, ge=10, le=3600)
+    # Eligibility rules and series templates are read at most this long after a change
+    # made at another gateway (at once at the one that made it).
+    policy_cache_seconds: float = Field(1.0, ge=0.0, le=60.0)
+    # How often series left half way (a client gone mid-confirm) are finished.
+    series_sweep_seconds: float = Field(30.0, gt=0.0, le=3600.0)
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     import_max_bytes: int = Field(
         32 * 1024 * 1024, ge=1024, description="body limit of POST /v1/imports (files)"

@@ -5,7 +5,19 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from gateway.routes import bookings, feed, holds, imports, keys, ops, providers, search, smart
+from gateway.routes import (
+    bookings,
+    feed,
+    holds,
+    imports,
+    keys,
+    ops,
+    providers,
+    rules,
+    search,
+    series,
+    smart,
+)
 
 __all__ = ["ROUTERS"]
 
@@ -15,6 +27,8 @@ ROUTERS: tuple[APIRouter, ...] = (
     providers.router,
     holds.router,
     bookings.router,
+    series.router,
+    rules.router,
     feed.router,
     keys.router,
     imports.router,

@@ -1,0 +1,219 @@
+"""Who may book, and dose series, through the HTTP API (issue 16): a rule refuses at
+hold with a problem naming it and its version, a rule tightened between hold and confirm
+refuses the confirm, a new version lists (never cancels) the bookings it would refuse;
+series are held and booked whole, and 300 clients racing for 10 series of capacity 2 get
+exactly 20 whole series. Real Ray, real Redis, real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import date, timedelta
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from fastapi import FastAPI
+
+from actors.api import Hexbook
+from actors.audit import audit
+from tests.dates import ahead
+from tests.gateway.test_api import SCHEDULE, assert_problem
+
+pytestmark = pytest.mark.integration
+FIRST = ahead(7)
+OLD = {"birth_date": "1950-04-01", "postal_code": "60601"}  # 76
+YOUNG = {"birth_date": "2001-04-01", "postal_code": "60601"}  # 25
+
+
+def site(ops: httpx.Client, pid: str, service: str, lat: float, **over: Any) -> list[str]:
+    body = {**SCHEDULE, "services": [service], "lat": lat, "first_day": f"{FIRST}", **over}
+    r = ops.put(f"/v1/providers/{pid}", json=body)
+    assert r.status_code in (200, 201), r.text
+    slots = ops.get(f"/v1/providers/{pid}/slots", params={"service": service})
+    assert slots.status_code == 200, slots.text
+    return [s["start"] for s in slots.json()["slots"]]
+
+
+def test_a_rule_refuses_at_hold_naming_itself_and_its_version(
+    stack: tuple[str, Hexbook, FastAPI], ops: httpx.Client, api: httpx.Client
+) -> None:
+    starts = site(ops, "elig-1", "flu", 41.86)
+    r = ops.put("/v1/rules/flu", json={"ages": [{"min_years": 65}]})
+    assert r.status_code == 201, r.text
+    rule = r.json()
+    assert (rule["rule"], rule["version"], rule["would_refuse"]) == ("flu", 1, [])
+    hold = {"provider_id": "elig-1", "service": "flu", "start": starts[0]}
+    refused = api.post("/v1/holds", json={**hold, "attestation": YOUNG})
+    assert_problem(refused, 403, "not_eligible")
+    body = refused.json()
+    assert (body["rule"], body["rule_version"]) == ("flu", 1)
+    assert body["reasons"] == [f"age 25 on {FIRST} is outside the bands 65+"]
+    assert_problem(api.post("/v1/holds", json=hold), 403, "not_eligible")  # nothing attested
+    ok = api.post("/v1/holds", json={**hold, "attestation": OLD})
+    assert ok.status_code == 201, ok.text
+    # nothing was taken by the refusals: 2 places, 1 held
+    slots = api.get("/v1/providers/elig-1/slots", params={"service": "flu"}).json()["slots"]
+    assert slots[0]["remaining"] == 1
+    # bad input: a date that is no date, a cell that is no cell
+    bad = {**hold, "attestation": {"birth_date": "1950-02-30"}}
+    assert_problem(api.post("/v1/holds", json=bad), 422, "validation_error")
+    bad = {**hold, "attestation": {"cell": "zz"}}
+    assert_problem(api.post("/v1/holds", json=bad), 422, "validation_error")
+    assert_problem(
+        ops.put("/v1/rules/flu", json={"ages": [{"min_years": 70, "max_years": 60}]}),
+        422,
+        "validation_error",
+    )
+    assert_problem(api.put("/v1/rules/flu", json={}), 403, "forbidden")
+
+
+def test_a_rule_tightened_between_hold_and_confirm_refuses_the_confirm(
+    stack: tuple[str, Hexbook, FastAPI], ops: httpx.Client, api: httpx.Client
+) -> None:
+    starts = site(ops, "elig-2", "mmr", 41.84)
+    assert ops.put("/v1/rules/mmr", json={"ages": [{"min_years": 60}]}).status_code == 201
+    held = []
+    for start in starts[:2]:
+        r = api.post(
+            "/v1/holds",
+            json={"provider_id": "elig-2", "service": "mmr", "start": start, "attestation": OLD},
+        )
+        assert r.status_code == 201, r.text
+        held.append(r.json()["hold_id"])
+    first = api.post("/v1/bookings", json={"hold_id": held[0], "patient": {"reference": "p1"}})
+    assert first.status_code == 201, first.text
+    tighter = ops.put("/v1/rules/mmr", json={"ages": [{"min_years": 80}]})
+    assert tighter.status_code == 201
+    assert tighter.json()["version"] == 2
+    # the booking made under version 1 is listed, not cancelled
+    assert [b["booking_id"] for b in tighter.json()["would_refuse"]] == [first.json()["booking_id"]]
+    token = first.json()["booking_token"]
+    read = api.get(f"/v1/bookings/{first.json()['booking_id']}", headers={"X-Booking-Token": token})
+    assert read.json()["status"] == "active"
+    second = api.post("/v1/bookings", json={"hold_id": held[1], "patient": {"reference": "p2"}})
+    assert_problem(second, 403, "not_eligible")
+    assert second.json()["rule_version"] == 2
+    history = ops.get("/v1/rules/mmr").json()
+    assert [v["version"] for v in history] == [1, 2]
+    report = audit(redis.Redis.from_url(stack[1].redis_url))
+    assert report.ok, report.summary()
+    assert report.eligibility_checked >= 1
+
+
+def test_a_series_is_held_and_booked_whole_and_cancelled_whole(
+    stack: tuple[str, Hexbook, FastAPI], ops: httpx.Client, api: httpx.Client
+) -> None:
+    starts = site(ops, "dose-1", "covid", 41.82, days=10)
+    site(ops, "dose-2", "covid", 41.99, days=10)
+    no_template = api.post(
+        "/v1/series/holds", json={"provider_id": "dose-1", "service": "covid", "start": starts[0]}
+    )
+    assert_problem(no_template, 422, "validation_error")
+    r = ops.put("/v1/series-templates/covid", json={"min_days": 3, "max_days": 5})
+    assert r.status_code == 200, r.text
+    held = api.post(
+        "/v1/series/holds",
+        json={
+            "provider_id": "dose-1",
+            "service": "covid",
+            "start": starts[0],
+            "second": {"provider_id": "dose-2"},
+        },
+        headers={"Idempotency-Key": "series-one"},
+    )
+    assert held.status_code == 201, held.text
+    s = held.json()
+    assert (s["state"], [d["provider_id"] for d in s["doses"]]) == ("held", ["dose-1", "dose-2"])
+    first = date.fromisoformat(s["doses"][0]["start"][:10])
+    assert date.fromisoformat(s["doses"][1]["start"][:10]) == first + timedelta(days=3)
+    again = api.post(
+        "/v1/series/holds",
+        json={
+            "provider_id": "dose-1",
+            "service": "covid",
+            "start": starts[0],
+            "second": {"provider_id": "dose-2"},
+        },
+        headers={"Idempotency-Key": "series-one"},
+    )
+    assert again.json()["series_id"] == s["series_id"]
+    booked = api.post(
+        "/v1/series/bookings",
+        json={"series_id": s["series_id"], "patient": {"reference": "pat-7"}},
+    )
+    assert booked.status_code == 201, booked.text
+    b = booked.json()
+    assert b["state"] == "confirmed" and b["booking_token"]
+    token = {"X-Booking-Token": b["booking_token"]}
+    for d in b["doses"]:  # each dose is a booking, with the series' token
+        one = api.get(f"/v1/bookings/{d['booking_id']}", headers=token)
+        assert one.status_code == 200 and one.json()["status"] == "active"
+    assert api.get(f"/v1/series/{s['series_id']}").status_code == 404  # no token
+    assert api.get(f"/v1/series/{s['series_id']}", headers=token).json()["state"] == "confirmed"
+    assert api.delete(f"/v1/series/{s['series_id']}", headers=token).status_code == 204
+    for d in b["doses"]:
+        one = api.get(f"/v1/bookings/{d['booking_id']}", headers=token)
+        assert one.json()["status"] == "cancelled"
+    outside = api.post(
+        "/v1/series/holds",
+        json={
+            "provider_id": "dose-1",
+            "service": "covid",
+            "start": starts[0],
+            "second": {"start": starts[1]},  # the same day: outside 3-5 days
+        },
+    )
+    assert_problem(outside, 422, "validation_error")
+
+
+def test_300_clients_racing_for_10_series_of_capacity_2_get_20_whole_series(
+    stack: tuple[str, Hexbook, FastAPI], ops: httpx.Client, keys: dict[str, str]
+) -> None:
+    url, hb, _ = stack
+    # 09:00-11:30 with 2 places a slot: 10 slots a day, day 1 and day 2
+    schedule = {
+        "days": {
+            d: [{"opens": "09:00", "closes": "11:30", "capacity": 2}]
+            for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+        }
+    }
+    starts = site(ops, "race-s", "hpv", 41.78, schedule=schedule, days=2)
+    assert len(starts) == 20
+    r = ops.put("/v1/series-templates/hpv", json={"min_days": 1, "max_days": 1})
+    assert r.status_code == 200
+    rng = random.Random(16)
+
+    async def client(i: int, http: httpx.AsyncClient) -> str | None:
+        k = rng.randrange(10)
+        held = await http.post(
+            "/v1/series/holds",
+            json={"provider_id": "race-s", "service": "hpv", "start": starts[k]},
+        )
+        if held.status_code != 201:
+            assert held.status_code in (409, 503), held.text
+            return None
+        sid = held.json()["series_id"]
+        booked = await http.post(
+            "/v1/series/bookings", json={"series_id": sid, "patient": {"reference": f"p{i}"}}
+        )
+        assert booked.status_code in (201, 409, 503), booked.text
+        return sid if booked.status_code == 201 else None
+
+    async def race() -> list[str | None]:
+        limits = httpx.Limits(max_connections=300)
+        headers = {"Authorization": f"Bearer {keys['booking-client']}"}
+        async with httpx.AsyncClient(
+            base_url=url, headers=headers, timeout=120, limits=limits
+        ) as http:
+            return await asyncio.gather(*(client(i, http) for i in range(300)))
+
+    won = [s for s in asyncio.run(race()) if s is not None]
+    assert len(won) == 20
+    grid = hb.slots("race-s", "hpv")
+    booked = [b for b, c in zip(grid["booked"], grid["capacity"], strict=True) if c]
+    assert booked == [2] * 20  # every place taken, by whole series only
+    report = audit(redis.Redis.from_url(hb.redis_url))
+    assert report.ok, report.summary()
+    assert report.series >= 20
