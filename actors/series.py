@@ -13,6 +13,7 @@ entered): the sweeper finishes those a client left, so none stays half booked.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -30,6 +31,7 @@ from engine.records import (
     Hold,
     PlaceHold,
     ReleaseHold,
+    RescheduleBooking,
 )
 from engine.series import (
     TERMINAL,
@@ -40,6 +42,7 @@ from engine.series import (
     next_step,
     request_cancel,
     request_confirm,
+    request_move,
 )
 
 __all__ = [
@@ -56,12 +59,17 @@ INFLIGHT_KEY = "hexbook:series:inflight"
 Submit = Callable[[Command], Awaitable[Any]]  # a command -> its result or its error
 RuleFor = Callable[[str, str], Awaitable[Rule | None]]
 Hook = Callable[[str, Step], Awaitable[None]]
+PlannedDose = tuple[str, str, int, str, str]  # provider, service, start, hold id, booking id
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder(SeriesRecord)
 
 
 def series_key(series_id: str) -> str:
     return f"hexbook:series:{series_id}"
+
+
+def plan_key(series_id: str) -> str:
+    return f"hexbook:series-plan:{series_id}"
 
 
 def decode_series(raw: bytes) -> SeriesRecord:
@@ -136,17 +144,26 @@ class SeriesBook:
     async def hold(
         self,
         series_id: str,
-        doses: Sequence[tuple[str, str, int, str, str]],
+        plan: Callable[[], Awaitable[Sequence[PlannedDose]]],
         party_size: int,
         ttl: int,
         attested: Attestation | None,
         rule_for: RuleFor,
     ) -> SeriesRecord:
         """Hold every dose (provider, service, start, hold id, booking id), or none.
-        A repeat with the same ``series_id`` answers the series it made."""
+        ``plan`` chooses the doses; it is asked once per series: the plan is stored
+        first, so a repeat with the same ``series_id`` (after a 503) holds the same
+        slots (its own earlier holds must not make it choose others), and a repeat
+        after the series was made answers it."""
         raw: Any = await self.redis.get(series_key(series_id))
         if raw is not None:
             return _dec.decode(raw)
+        planned: Any = await self.redis.get(plan_key(series_id))
+        if planned is None:
+            chosen = [tuple(d) for d in await plan()]
+            await self.redis.set(plan_key(series_id), _enc.encode(chosen), nx=True, ex=2 * ttl)
+            planned = await self.redis.get(plan_key(series_id))  # the first plan stored wins
+        doses = msgspec.msgpack.decode(planned, type=list[PlannedDose])
         made: list[Dose] = []
         now = self.clock()
         for i, (pid, service, start, hold_id, booking_id) in enumerate(doses):
@@ -167,10 +184,9 @@ class SeriesBook:
                 raise out  # a retry with the same key places the same holds
             if isinstance(out, BaseException):
                 for k, d in enumerate(made):  # give back what this series holds
-                    await self.submit(
-                        ReleaseHold(
-                            d.provider_id, d.service, f"{series_id}:release:{k}", now, d.hold_id
-                        )
+                    key = f"{series_id}:release:{k}"
+                    await self._until_answered(
+                        ReleaseHold(d.provider_id, d.service, key, now, d.hold_id)
                     )
                 raise out
             assert isinstance(out, Hold)
@@ -178,6 +194,17 @@ class SeriesBook:
         rec = SeriesRecord(series_id, "held", tuple(made), created_at=now)
         await self._store(rec)
         return rec
+
+    async def _until_answered(self, cmd: Command, tries: int = 12) -> object:
+        """Send ``cmd`` until its shard answers (a busy gateway says Unavailable at once);
+        after ``tries`` a hold left behind still expires with its ttl."""
+        out: object = None
+        for attempt in range(tries):
+            out = await self.submit(cmd)
+            if not isinstance(out, Unavailable):
+                break
+            await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
+        return out
 
     # --- confirm and cancel -----------------------------------------------------------
 
@@ -200,6 +227,16 @@ class SeriesBook:
         async with self._driving(series_id):
             rec = request_cancel(await self.get(series_id))
             return await self._drive(rec, None)
+
+    async def move(
+        self, series_id: str, plan: Callable[[SeriesRecord], dict[int, int]]
+    ) -> SeriesRecord:
+        """Move doses of a booked series (``plan``: the record -> dose -> new start, as
+        :func:`engine.series.plan_move` makes it). Every dose stays booked throughout;
+        if a dose cannot move, those that moved go back, and ``reason`` says why."""
+        async with self._driving(series_id):
+            rec = await self.get(series_id)
+            return await self._drive(request_move(rec, plan(rec)), None)
 
     async def resume_stale(self, older_than: float, rule_for: RuleFor) -> int:
         """Finish the series left in a protocol for ``older_than`` seconds (a client
@@ -253,6 +290,10 @@ class SeriesBook:
             )
         if step.kind == "cancel":
             return CancelBooking(d.provider_id, d.service, step.key, now, d.booking_id)
+        if step.kind == "reschedule":
+            return RescheduleBooking(
+                d.provider_id, d.service, step.key, now, d.booking_id, d.target
+            )
         return ReleaseHold(d.provider_id, d.service, step.key, now, d.hold_id)
 
 

@@ -29,6 +29,7 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import msgspec
@@ -45,18 +46,29 @@ __all__ = [
     "dose_window",
     "next_step",
     "pick_slot",
+    "plan_move",
     "request_cancel",
     "request_confirm",
+    "request_move",
     "validate_template",
 ]
 
 DAY = 86_400
 SeriesState = Literal[
-    "held", "confirming", "confirmed", "undoing", "aborted", "cancelling", "cancelled"
+    "held",
+    "confirming",
+    "confirmed",
+    "undoing",
+    "aborted",
+    "cancelling",
+    "cancelled",
+    "moving",
+    "unmoving",
 ]
 DoseState = Literal["held", "booked", "refused", "released", "cancelled"]
 Outcome = Literal["ok", "refused", "unknown"]
 TERMINAL: frozenset[str] = frozenset({"confirmed", "aborted", "cancelled"})
+SlotFinder = Callable[[int, tuple[int, int], int], int | None]
 
 
 class SeriesTemplate(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -111,6 +123,8 @@ class Dose(msgspec.Struct, frozen=True, array_like=True, gc=False):
     hold_id: str
     booking_id: str
     state: DoseState = "held"
+    target: int = 0  # a move under way: where to (0: none)
+    origin: int = 0  # where a moved dose was, to move it back if the move fails
 
 
 class SeriesRecord(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -123,13 +137,14 @@ class SeriesRecord(msgspec.Struct, frozen=True, array_like=True, gc=False):
     token_digest: bytes = b""
     created_at: int = 0
     reason: str = ""
+    moves: int = 0  # moves asked so far (each move's steps have keys of their own)
 
 
 class Step(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """One call to a calendar: ``confirm``, ``cancel`` or ``release`` dose ``dose``,
     under ``key`` (derived from the series id: the same step repeats the same key)."""
 
-    kind: Literal["confirm", "cancel", "release"]
+    kind: Literal["confirm", "cancel", "release", "reschedule"]
     dose: int
     key: str
 
@@ -158,6 +173,53 @@ def request_cancel(rec: SeriesRecord) -> SeriesRecord:
     return msgspec.structs.replace(rec, state="cancelling")
 
 
+def plan_move(
+    rec: SeriesRecord, t: SeriesTemplate, dose: int, new_start: int, free_for: SlotFinder
+) -> dict[int, int]:
+    """Where each dose goes when dose ``dose`` moves to ``new_start``: the doses after it
+    stay if they are still in their window, else move to the slot in the new window
+    nearest to keeping their interval (``free_for(i, window, prefer)``: a slot of dose
+    ``i``'s calendar, or ``None``); a dose before it must leave it in its window.
+    Raises :class:`InvalidRequest` if no plan keeps the series in its windows."""
+    if rec.state != "confirmed":
+        raise InvalidRequest(f"series {rec.series_id!r} is {rec.state}; only a booked one moves")
+    if not 0 <= dose < len(rec.doses):
+        raise InvalidRequest(f"series {rec.series_id!r} has doses 1 to {len(rec.doses)}")
+    starts = [d.start for d in rec.doses]
+    if starts[dose] == new_start:
+        raise InvalidRequest(f"dose {dose + 1} is already at {new_start}")
+    if dose > 0:
+        lo, hi = dose_window(t, starts[dose - 1])
+        if not lo <= new_start <= hi:
+            raise InvalidRequest(
+                f"dose {dose + 1} must start {t.min_days} to {t.max_days} days after dose {dose}"
+            )
+    plan = {dose: new_start}
+    shift = new_start - starts[dose]
+    previous = new_start
+    for i in range(dose + 1, len(starts)):
+        window = dose_window(t, previous)
+        if window[0] <= starts[i] <= window[1]:
+            break  # it stays, and so do the ones after it
+        picked = free_for(i, window, starts[i] + shift)
+        if picked is None:
+            raise InvalidRequest(
+                f"no slot with room for dose {i + 1} {t.min_days} to {t.max_days} days after "
+                "the new date: the series stays as it is"
+            )
+        plan[i] = previous = picked
+    return plan
+
+
+def request_move(rec: SeriesRecord, plan: dict[int, int]) -> SeriesRecord:
+    """Decide a move (the caller stores this before any step)."""
+    doses = tuple(
+        msgspec.structs.replace(d, target=plan[i], origin=d.start) if i in plan else d
+        for i, d in enumerate(rec.doses)
+    )
+    return msgspec.structs.replace(rec, state="moving", doses=doses, moves=rec.moves + 1, reason="")
+
+
 def next_step(rec: SeriesRecord) -> Step | None:
     """What to do now; ``None`` when the series is not in a protocol (held or final)."""
     if rec.state == "confirming":
@@ -174,6 +236,12 @@ def next_step(rec: SeriesRecord) -> Step | None:
         for i, d in enumerate(rec.doses):
             if d.state == "booked":
                 return Step("cancel", i, _key(rec, "cancel", i))
+    elif rec.state in ("moving", "unmoving"):
+        # The later doses first: a dose moving earlier never passes one still to move.
+        for i in reversed(range(len(rec.doses))):
+            if rec.doses[i].target:
+                kind = "move" if rec.state == "moving" else "moveback"
+                return Step("reschedule", i, f"{rec.series_id}:{kind}{rec.moves}:{i}")
     return None
 
 
@@ -191,6 +259,8 @@ def advance(rec: SeriesRecord, step: Step, outcome: Outcome, reason: str = "") -
     """The record after ``step`` had ``outcome``; a final state once nothing is left."""
     if outcome == "unknown":
         return rec
+    if step.kind == "reschedule":
+        return _after_move(rec, step, outcome, reason)
     doses = list(rec.doses)
     doses[step.dose] = msgspec.structs.replace(doses[step.dose], state=_AFTER[(step.kind, outcome)])
     state: SeriesState = rec.state
@@ -206,4 +276,31 @@ def advance(rec: SeriesRecord, step: Step, outcome: Outcome, reason: str = "") -
             "cancelling": "cancelled",
         }
         out = msgspec.structs.replace(out, state=final.get(out.state, out.state))
+    return out
+
+
+def _after_move(rec: SeriesRecord, step: Step, outcome: Outcome, reason: str) -> SeriesRecord:
+    doses = list(rec.doses)
+    d = doses[step.dose]
+    state: SeriesState = rec.state
+    if outcome == "ok":
+        doses[step.dose] = msgspec.structs.replace(d, start=d.target, target=0)
+    elif rec.state == "moving":  # move back what moved, leave the rest
+        state, reason = "unmoving", f"the move was refused: dose {step.dose + 1}: {reason}"
+        doses = [
+            msgspec.structs.replace(x, target=x.origin if x.start != x.origin else 0)
+            if x.origin
+            else x
+            for x in doses
+        ]
+    else:  # a dose that cannot go back stays where it moved (the series stays whole)
+        doses[step.dose] = msgspec.structs.replace(d, target=0)
+        reason = f"{rec.reason}; dose {step.dose + 1} could not move back: {reason}"
+    out = msgspec.structs.replace(rec, doses=tuple(doses), state=state, reason=reason or rec.reason)
+    if next_step(out) is None:
+        out = msgspec.structs.replace(
+            out,
+            state="confirmed",
+            doses=tuple(msgspec.structs.replace(x, origin=0) for x in out.doses),
+        )
     return out

@@ -281,6 +281,11 @@ class SeriesBookingRequest(_Strict):
     patient: Patient
 
 
+class SeriesRescheduleRequest(_Strict):
+    dose: int = Field(ge=1, le=10, description="which dose moves (1 is the first)")
+    start: Instant
+
+
 class DoseOut(BaseModel):
     dose: int
     provider_id: str

@@ -42,7 +42,7 @@ from engine.records import (
     RescheduleBooking,
 )
 from engine.schedule import Blocked, WeeklyTemplate, Window
-from engine.series import SeriesRecord, SeriesTemplate, dose_window, pick_slot
+from engine.series import SeriesRecord, SeriesTemplate, dose_window, pick_slot, plan_move
 from gateway.auth import Forbidden, Principal
 from gateway.idempotency import Idempotency
 from gateway.index import AvailabilityIndex
@@ -59,6 +59,7 @@ from gateway.schemas import (
     SecondDoseIn,
     SeriesBookingRequest,
     SeriesHoldRequest,
+    SeriesRescheduleRequest,
     SeriesTemplateIn,
     SlotsQuery,
 )
@@ -417,8 +418,13 @@ class BookingService:
     async def cancel(
         self, caller: Principal, booking_id: str, token: str | None, key: str | None
     ) -> None:
-        """Cancel a booking (its token, or an operator)."""
-        _, p, service = await self._authorised(caller, booking_id, token)
+        """Cancel a booking (its token, or an operator); a dose of a series cancels the
+        series (every dose)."""
+        booking, p, service = await self._authorised(caller, booking_id, token)
+        if booking.series_id is not None:
+            await self.series.cancel(booking.series_id)
+            self.metrics.cancellations.inc()
+            return
         scoped = await self.idempotency.scope(caller, key, "cancel", booking_id)
         cmd = CancelBooking(p.provider_id, service, scoped.key, self._now(), booking_id)
         check(await self.router.submit(cmd))
@@ -434,7 +440,9 @@ class BookingService:
     ) -> dict[str, Any]:
         """Move a booking; the old place is freed only when the new one is booked. To
         another calendar the booking gets a new id and keeps its token."""
-        _, p, service = await self._authorised(caller, booking_id, token)
+        booking, p, service = await self._authorised(caller, booking_id, token)
+        if booking.series_id is not None:
+            return await self._reschedule_dose(caller, booking, p.provider_id, service, req)
         new_start = self._not_past(req.start)
         target = await self.provider(req.provider_id)
         scoped = await self.idempotency.scope(
@@ -509,25 +517,10 @@ class BookingService:
             raise InvalidRequest(f"series of {req.service!r} keep both doses at one provider")
         await self.provider(second_pid)
         lo, hi = dose_window(template, at)
-        if second.start is not None:
-            if not lo <= second.start <= hi:
-                raise InvalidRequest(
-                    f"dose 2 must start {template.min_days} to {template.max_days} days after "
-                    "dose 1"
-                )
-            then = second.start
-        else:
-            grid = check(await self.router.call(second_pid, "slots", second_pid, req.service))
-            starts = grid["start"] + np.arange(len(grid["capacity"])) * grid["slot_seconds"]
-            free = (
-                np.asarray(grid["capacity"], dtype=np.int32)
-                - np.asarray(grid["booked"], dtype=np.int32)
-                - np.asarray(grid["held"], dtype=np.int32)
+        if second.start is not None and not lo <= second.start <= hi:
+            raise InvalidRequest(
+                f"dose 2 must start {template.min_days} to {template.max_days} days after dose 1"
             )
-            picked = pick_slot(starts, free, (lo, hi), req.party_size)
-            if picked is None:
-                raise SlotUnavailable(second_pid, req.service, lo, req.party_size, 0)
-            then = picked
         scoped = await self.idempotency.scope(
             caller,
             key,
@@ -541,13 +534,29 @@ class BookingService:
         )
         digest = hashlib.blake2b(scoped.key.encode(), digest_size=16).digest()
         series_id = "series." + base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
-        doses = [
-            (pid, req.service, start, routable_id(pid, req.service), routable_id(pid, req.service))
-            for pid, start in ((req.provider_id, at), (second_pid, then))
-        ]
+
+        async def plan() -> list[tuple[str, str, int, str, str]]:
+            then = second.start
+            if then is None:
+                grid = check(await self.router.call(second_pid, "slots", second_pid, req.service))
+                starts = grid["start"] + np.arange(len(grid["capacity"])) * grid["slot_seconds"]
+                free = (
+                    np.asarray(grid["capacity"], dtype=np.int32)
+                    - np.asarray(grid["booked"], dtype=np.int32)
+                    - np.asarray(grid["held"], dtype=np.int32)
+                )
+                then = pick_slot(starts, free, (lo, hi), req.party_size)
+                if then is None:
+                    raise SlotUnavailable(second_pid, req.service, lo, req.party_size, 0)
+            return [
+                (pid, req.service, start, routable_id(pid, req.service),
+                 routable_id(pid, req.service))
+                for pid, start in ((req.provider_id, at), (second_pid, then))
+            ]  # fmt: skip
+
         rec = await self.series.hold(
             series_id,
-            doses,
+            plan,
             req.party_size,
             self.hold_ttl_seconds,
             attestation_of(req.attestation),
@@ -581,10 +590,70 @@ class BookingService:
             raise SeriesNotFound(series_id)
         return rec
 
+    async def series_reschedule(
+        self, caller: Principal, series_id: str, token: str | None, req: SeriesRescheduleRequest
+    ) -> dict[str, Any]:
+        """Move dose ``req.dose`` within its calendar; the doses after it stay if they are
+        still in their window, else move to the nearest slot that keeps their interval.
+        Every dose stays booked; a move that cannot be done whole is undone."""
+        rec = await self.series_read(caller, series_id, token)
+        return await self._move_series(rec, req.dose - 1, req.start)
+
+    async def _move_series(self, rec: SeriesRecord, k: int, start: int) -> dict[str, Any]:
+        if k >= len(rec.doses):
+            raise InvalidRequest(f"series {rec.series_id!r} has {len(rec.doses)} doses")
+        new_start = self._not_past(start)
+        template = await self.policies.template(rec.doses[0].service)
+        if template is None:
+            raise InvalidRequest(f"service {rec.doses[0].service!r} has no series template")
+        grids = {}
+        for d in rec.doses[k + 1 :]:
+            grid = check(await self.router.call(d.provider_id, "slots", d.provider_id, d.service))
+            starts = grid["start"] + np.arange(len(grid["capacity"])) * grid["slot_seconds"]
+            free = (
+                np.asarray(grid["capacity"], dtype=np.int32)
+                - np.asarray(grid["booked"], dtype=np.int32)
+                - np.asarray(grid["held"], dtype=np.int32)
+            )
+            grids[d.provider_id, d.service] = (starts, free)
+
+        def free_for(i: int, window: tuple[int, int], prefer: int) -> int | None:
+            d = rec.doses[i]
+            starts, free = grids[d.provider_id, d.service]
+            return pick_slot(starts, free, window, d.party_size, prefer)
+
+        moved = await self.series.move(
+            rec.series_id, lambda now: plan_move(now, template, k, new_start, free_for)
+        )
+        return series_out(moved, self.providers)
+
     async def series_cancel(self, caller: Principal, series_id: str, token: str | None) -> None:
         await self.series_read(caller, series_id, token)
         await self.series.cancel(series_id)
         self.metrics.cancellations.inc()
+
+    async def _reschedule_dose(
+        self,
+        caller: Principal,
+        booking: Booking,
+        provider_id: str,
+        service: str,
+        req: RescheduleRequest,
+    ) -> dict[str, Any]:
+        """A dose of a series moves as part of its series, within its calendar."""
+        if (req.provider_id, req.service) != (provider_id, service):
+            raise InvalidRequest(
+                "a dose of a series moves within its site and service; to change sites, "
+                "cancel the series and hold a new one"
+            )
+        assert booking.series_id is not None
+        rec = await self.series.get(booking.series_id)
+        dose = next(i for i, d in enumerate(rec.doses) if d.booking_id == booking.booking_id)
+        await self._move_series(rec, dose, req.start)
+        moved = check(
+            await self.router.call(provider_id, "booking", provider_id, service, booking.booking_id)
+        )
+        return booking_out(moved, await self.provider(provider_id), service)
 
     async def _authorised(
         self, caller: Principal, booking_id: str, token: str | None

@@ -13,6 +13,7 @@ from gateway.schemas import (
     SeriesBookingRequest,
     SeriesHoldRequest,
     SeriesOut,
+    SeriesRescheduleRequest,
     SeriesTemplateIn,
 )
 from gateway.service import series_out
@@ -74,6 +75,25 @@ async def get_series(
     """Read a series (its booking token in X-Booking-Token, or an operator key)."""
     rec = await service.series_read(caller, series_id, token)
     return json_answer(series_out(rec, service.providers))
+
+
+@router.post(
+    "/v1/series/{series_id}/reschedule",
+    response_model=SeriesOut,
+    dependencies=[Depends(json_body)],
+    responses=errors(403, 404, 409),
+)
+async def reschedule_series(
+    body: SeriesRescheduleRequest,
+    caller: Booker,
+    service: Service,
+    token: BookingToken = None,
+    series_id: str = SeriesId,
+) -> Response:
+    """Move one dose within its site; the doses after it stay if still in their window,
+    else move too (to the slot nearest their old interval). Every dose stays booked: a
+    move that cannot be made whole is undone (``reason`` says why)."""
+    return json_answer(await service.series_reschedule(caller, series_id, token, body))
 
 
 @router.delete("/v1/series/{series_id}", status_code=204, responses=errors(403, 404, 409))

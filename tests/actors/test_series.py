@@ -102,7 +102,14 @@ def hold_series(hb: Hexbook, url: str, sid: str, a: str, b: str, ttl: int = 600)
         (a, "vaccine", first, routable_id(a, "vaccine"), routable_id(a, "vaccine")),
         (b, "vaccine", second, routable_id(b, "vaccine"), routable_id(b, "vaccine")),
     ]
-    return with_book(hb, url, lambda book: book.hold(sid, doses, 1, ttl, None, no_rule))
+    return with_book(hb, url, lambda book: book.hold(sid, planned(doses), 1, ttl, None, no_rule))
+
+
+def planned(doses: list[Any]) -> Any:
+    async def plan() -> list[Any]:
+        return doses
+
+    return plan
 
 
 def active(hb: Hexbook, pid: str, booking_id: str) -> bool:
@@ -208,7 +215,7 @@ def test_the_audit_catches_a_half_series_and_a_booking_its_rule_refuses(
     start = open_starts(hb, a)[1]
     old = Attestation(birth_date="1940-01-01")
     doses = [(a, "vaccine", start, routable_id(a, "vaccine"), routable_id(a, "vaccine"))]
-    with_book(hb, url, lambda bk: bk.hold("one", doses, 1, 600, old, seniors))
+    with_book(hb, url, lambda bk: bk.hold("one", planned(doses), 1, 600, old, seniors))
     done = with_book(hb, url, lambda bk: bk.confirm("one", "pat", b"d", seniors))
     assert hb.booking(a, "vaccine", done.doses[0].booking_id).rule_version == rule.version
     report = audit(redis.Redis.from_url(url))

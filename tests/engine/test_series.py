@@ -14,7 +14,13 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from engine.calendar import Calendar
 from engine.errors import HexbookError, InvalidRequest, SlotUnavailable
-from engine.records import CancelBooking, ConfirmHold, PlaceHold, ReleaseHold
+from engine.records import (
+    CancelBooking,
+    ConfirmHold,
+    PlaceHold,
+    ReleaseHold,
+    RescheduleBooking,
+)
 from engine.schedule import WeeklyTemplate
 from engine.series import (
     TERMINAL,
@@ -26,8 +32,10 @@ from engine.series import (
     dose_window,
     next_step,
     pick_slot,
+    plan_move,
     request_cancel,
     request_confirm,
+    request_move,
     validate_template,
 )
 
@@ -52,8 +60,10 @@ def execute(cals: dict[str, Calendar], rec: SeriesRecord, step: Step, now: int) 
     """Run one step on its calendar; the outcome the protocol is told."""
     d = rec.doses[step.dose]
     cal = cals[d.provider_id]
-    cmd: ConfirmHold | CancelBooking | ReleaseHold
-    if step.kind == "confirm":
+    cmd: ConfirmHold | CancelBooking | ReleaseHold | RescheduleBooking
+    if step.kind == "reschedule":
+        cmd = RescheduleBooking(d.provider_id, d.service, step.key, now, d.booking_id, d.target)
+    elif step.kind == "confirm":
         cmd = ConfirmHold(
             d.provider_id,
             d.service,
@@ -161,6 +171,23 @@ class SeriesMachine(RuleBasedStateMachine):
                 outcome = "unknown"
         self.series[i] = advance(rec, step, outcome)  # type: ignore[arg-type]
 
+    @precondition(lambda self: self.series)
+    @rule(
+        k=st.integers(0, 100),
+        first=st.none() | st.integers(0, 7),
+        second=st.none() | st.integers(0, 7),
+    )
+    def move(self, k: int, first: int | None, second: int | None) -> None:
+        i = k % len(self.series)
+        rec = self.series[i]
+        plan = {
+            n: self._open(d.provider_id)[idx]
+            for n, (d, idx) in enumerate(zip(rec.doses, (first, second), strict=True))
+            if idx is not None and self._open(d.provider_id)[idx] != d.start
+        }
+        if rec.state == "confirmed" and plan:
+            self.series[i] = request_move(rec, plan)
+
     @rule(seconds=st.sampled_from([10, 60, 700]))
     def time_passes(self, seconds: int) -> None:
         self.now += seconds
@@ -235,4 +262,64 @@ def test_a_second_dose_refused_cancels_the_first() -> None:
     rec = m.series[0]
     assert (rec.state, [d.state for d in rec.doses]) == ("aborted", ["cancelled", "released"])
     assert m.cals["a"].bookings["s1b0"].status == "cancelled"
+    m.an_ended_series_is_whole_or_absent()
+
+
+def test_a_move_plans_the_second_dose_into_its_window() -> None:
+    t = SeriesTemplate("vaccine", 21, 42)
+    day = 86_400
+    doses = (
+        Dose("a", "vaccine", 0, 1, "h0", "b0", "booked"),
+        Dose("b", "vaccine", 28 * day, 1, "h1", "b1", "booked"),
+    )
+    rec = SeriesRecord("s", "confirmed", doses)
+
+    def nowhere(i: int, window: tuple[int, int], prefer: int) -> int | None:
+        return None
+
+    def keep_gap(i: int, window: tuple[int, int], prefer: int) -> int | None:
+        return prefer
+
+    assert plan_move(rec, t, 0, 3 * day, nowhere) == {0: 3 * day}  # dose 2 still fits
+    assert plan_move(rec, t, 0, 10 * day, keep_gap) == {0: 10 * day, 1: 38 * day}
+    with pytest.raises(InvalidRequest, match="no slot with room for dose 2"):
+        plan_move(rec, t, 0, 10 * day, nowhere)
+    with pytest.raises(InvalidRequest, match="21 to 42 days after dose 1"):
+        plan_move(rec, t, 1, 50 * day, nowhere)
+    assert plan_move(rec, t, 1, 40 * day, nowhere) == {1: 40 * day}
+
+
+def confirmed_machine() -> SeriesMachine:
+    m = SeriesMachine()
+    m.hold_a_series(0, 0, (600, 600))
+    m.confirm(0)
+    m.step(0, "after")  # dose 1 booked, the answer lost: sent again
+    for _ in range(2):
+        m.step(0, "none")
+    assert m.series[0].state == "confirmed"
+    return m
+
+
+def test_a_move_changes_the_bookings_and_the_record_together() -> None:
+    m = confirmed_machine()
+    m.move(0, 3, 5)
+    for fault in ("before", "none", "after", "none"):
+        m.step(0, fault)
+    rec = m.series[0]
+    assert rec.state == "confirmed" and rec.moves == 1
+    assert [d.start for d in rec.doses] == [m._open("a")[3], m._open("b")[5]]
+    m.an_ended_series_is_whole_or_absent()
+
+
+def test_a_move_refused_half_way_moves_back() -> None:
+    m = confirmed_machine()
+    m.someone_else_books("a", 3)
+    m.someone_else_books("a", 3)  # dose 1's new slot is full
+    m.move(0, 3, 5)
+    for _ in range(4):
+        m.step(0, "none")
+    rec = m.series[0]
+    assert rec.state == "confirmed"
+    assert "the move was refused: dose 1" in rec.reason
+    assert [d.start for d in rec.doses] == [m._open("a")[0], m._open("b")[0]]  # as before
     m.an_ended_series_is_whole_or_absent()

@@ -168,6 +168,57 @@ def test_a_series_is_held_and_booked_whole_and_cancelled_whole(
     assert_problem(outside, 422, "validation_error")
 
 
+def test_moving_dose_1_moves_dose_2_into_its_window_and_a_dose_cancels_its_series(
+    stack: tuple[str, Hexbook, FastAPI], ops: httpx.Client, api: httpx.Client
+) -> None:
+    starts = site(ops, "move-1", "tdap", 41.76, days=12)
+    assert (
+        ops.put("/v1/series-templates/tdap", json={"min_days": 3, "max_days": 4}).status_code == 200
+    )
+    held = api.post(
+        "/v1/series/holds",
+        json={"provider_id": "move-1", "service": "tdap", "start": starts[0]},
+    ).json()
+    s = api.post(
+        "/v1/series/bookings",
+        json={"series_id": held["series_id"], "patient": {"reference": "mover"}},
+    ).json()
+    token = {"X-Booking-Token": s["booking_token"]}
+    day = lambda d: date.fromisoformat(d["start"][:10])  # noqa: E731
+    assert [day(d) for d in s["doses"]] == [FIRST, FIRST + timedelta(days=3)]
+    # dose 1 a day later: dose 2 (3 days after the old date) is still 2..3 days after...
+    two_days_later = next(x for x in starts if x.startswith(f"{FIRST + timedelta(days=2)}"))
+    moved = api.post(
+        f"/v1/series/{s['series_id']}/reschedule",
+        json={"dose": 1, "start": two_days_later},
+        headers=token,
+    )
+    assert moved.status_code == 200, moved.text
+    m = moved.json()
+    assert m["state"] == "confirmed", m
+    # ... no: 1 day after the new date, out of 3-4 days: dose 2 moved to 3 days after
+    assert [day(d) for d in m["doses"]] == [
+        FIRST + timedelta(days=2),
+        FIRST + timedelta(days=5),
+    ]
+    for d in m["doses"]:
+        b = api.get(f"/v1/bookings/{d['booking_id']}", headers=token).json()
+        assert (b["status"], b["start"]) == ("active", d["start"])
+    # dose 2 outside its window is refused, nothing moves
+    far = next(x for x in starts if x.startswith(f"{FIRST + timedelta(days=11)}"))
+    refused = api.post(
+        f"/v1/series/{s['series_id']}/reschedule", json={"dose": 2, "start": far}, headers=token
+    )
+    assert_problem(refused, 422, "validation_error")
+    # cancelling one dose through /v1/bookings cancels the series
+    dose2 = m["doses"][1]["booking_id"]
+    assert api.delete(f"/v1/bookings/{dose2}", headers=token).status_code == 204
+    for d in m["doses"]:
+        b = api.get(f"/v1/bookings/{d['booking_id']}", headers=token).json()
+        assert b["status"] == "cancelled"
+    assert api.get(f"/v1/series/{s['series_id']}", headers=token).json()["state"] == "cancelled"
+
+
 def test_300_clients_racing_for_10_series_of_capacity_2_get_20_whole_series(
     stack: tuple[str, Hexbook, FastAPI], ops: httpx.Client, keys: dict[str, str]
 ) -> None:
@@ -184,21 +235,29 @@ def test_300_clients_racing_for_10_series_of_capacity_2_get_20_whole_series(
     r = ops.put("/v1/series-templates/hpv", json={"min_days": 1, "max_days": 1})
     assert r.status_code == 200
     rng = random.Random(16)
+    statuses: dict[str, int] = {}
+
+    async def post(http: httpx.AsyncClient, path: str, body: Any, key: str) -> httpx.Response:
+        """As a client should: a 503 is repeated with the same Idempotency-Key."""
+        for _ in range(50):
+            r = await http.post(path, json=body, headers={"Idempotency-Key": key})
+            if r.status_code != 503:
+                return r
+            statuses["503"] = statuses.get("503", 0) + 1
+            await asyncio.sleep(float(r.headers.get("Retry-After", "1")) / 4)
+        raise AssertionError(f"{path} still unavailable")
 
     async def client(i: int, http: httpx.AsyncClient) -> str | None:
         k = rng.randrange(10)
-        held = await http.post(
-            "/v1/series/holds",
-            json={"provider_id": "race-s", "service": "hpv", "start": starts[k]},
-        )
+        hold = {"provider_id": "race-s", "service": "hpv", "start": starts[k]}
+        held = await post(http, "/v1/series/holds", hold, f"race-hold-{i}")
         if held.status_code != 201:
-            assert held.status_code in (409, 503), held.text
+            assert held.status_code == 409, held.text
             return None
         sid = held.json()["series_id"]
-        booked = await http.post(
-            "/v1/series/bookings", json={"series_id": sid, "patient": {"reference": f"p{i}"}}
-        )
-        assert booked.status_code in (201, 409, 503), booked.text
+        body = {"series_id": sid, "patient": {"reference": f"p{i}"}}
+        booked = await post(http, "/v1/series/bookings", body, f"race-book-{i}")
+        assert booked.status_code in (201, 409), booked.text
         return sid if booked.status_code == 201 else None
 
     async def race() -> list[str | None]:
