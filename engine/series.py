@@ -44,6 +44,7 @@ __all__ = [
     "Step",
     "advance",
     "dose_window",
+    "first_doses",
     "next_step",
     "pick_slot",
     "plan_move",
@@ -303,4 +304,39 @@ def _after_move(rec: SeriesRecord, step: Step, outcome: Outcome, reason: str) ->
             state="confirmed",
             doses=tuple(msgspec.structs.replace(x, origin=0) for x in out.doses),
         )
+    return out
+
+
+def first_doses(
+    first: tuple[int, int, np.ndarray],
+    seconds: list[tuple[str, tuple[int, int, np.ndarray]]],
+    t: SeriesTemplate,
+    party: int,
+    t_from: int,
+    t_to: int | None = None,
+    limit: int = 3,
+) -> list[tuple[int, str, int]]:
+    """The first ``limit`` slots of a calendar (``first``: start, slot seconds, free
+    places per slot) that can start a series: (first start, provider of dose 2, the
+    earliest dose-2 start in its window), dose 2 taken from the first of ``seconds``
+    (provider, grid; nearest first) that has room in the window."""
+    start, step, free = first
+    starts = start + np.arange(free.size, dtype=np.int64) * step
+    ok = (free >= party) & (starts >= t_from)
+    if t_to is not None:
+        ok &= starts < t_to
+    out: list[tuple[int, str, int]] = []
+    prepared = []
+    for pid, (s2, step2, free2) in seconds:
+        starts2 = s2 + np.arange(free2.size, dtype=np.int64) * step2
+        prepared.append((pid, starts2[free2 >= party]))
+    for s in starts[ok].tolist():
+        lo, hi = dose_window(t, s)
+        for pid, room in prepared:
+            i = int(np.searchsorted(room, lo))
+            if i < room.size and room[i] <= hi:
+                out.append((s, pid, int(room[i])))
+                break
+        if len(out) >= limit:
+            break
     return out

@@ -183,6 +183,8 @@ class FastPath:
             q = SearchQuery.model_validate(query_values(SearchQuery, params))
         except ValidationError:
             raise _Pass from None
+        if q.series:
+            raise _Pass  # a series search reads its template: the route answers it
         await self._caller(scope, _read(headers)[_AUTHORIZATION], None)
         return json_answer(self._rt(scope).service.search(q))
 

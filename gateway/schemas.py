@@ -328,6 +328,11 @@ class SearchQuery(_Query):
     accessibility: list[Tag] = Field(default_factory=list, max_length=20)
     insurance: list[Tag] = Field(default_factory=list, max_length=20)
     order: Literal["distance", "earliest"] = "distance"
+    series: bool = Field(
+        False,
+        description="only first slots with a dose-2 slot in the service's series window "
+        "(at the same site, or at another one nearby unless the template keeps one site)",
+    )
 
 
 class SlotsQuery(_Query):
@@ -510,9 +515,17 @@ class SlotsOut(BaseModel):
     slots: list[SlotOut]
 
 
+class SecondDoseOut(BaseModel):
+    provider_id: str
+    start: str
+
+
 class NextSlot(BaseModel):
     start: str
     remaining: int
+    second_dose: SecondDoseOut | None = Field(
+        None, description="with series=true: the earliest dose 2 in this slot's window"
+    )
 
 
 class SearchResult(BaseModel):

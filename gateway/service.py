@@ -42,7 +42,14 @@ from engine.records import (
     RescheduleBooking,
 )
 from engine.schedule import Blocked, WeeklyTemplate, Window
-from engine.series import SeriesRecord, SeriesTemplate, dose_window, pick_slot, plan_move
+from engine.series import (
+    SeriesRecord,
+    SeriesTemplate,
+    dose_window,
+    first_doses,
+    pick_slot,
+    plan_move,
+)
 from gateway.auth import Forbidden, Principal
 from gateway.idempotency import Idempotency
 from gateway.index import AvailabilityIndex
@@ -285,6 +292,65 @@ class BookingService:
             ],
             "index": self.index.freshness(),
         }
+
+    async def search_series(self, q: SearchQuery) -> dict[str, Any]:
+        """Sites whose slots can start a series: each first slot with the earliest dose 2
+        in its window, at the same site or (templates that allow it) the nearest other."""
+        template = await self.policies.template(q.service)
+        if template is None:
+            raise InvalidRequest(f"service {q.service!r} has no series template")
+        t_from = self._now() if q.from_ is None else q.from_
+        near = self.index.search(
+            q.lat, q.lng, q.radius_km, q.service, t_from, None, limit=100,
+            party_size=q.party_size, languages=q.language, accessibility=q.accessibility,
+            insurance=q.insurance, order=q.order,
+        )  # fmt: skip
+        grids = {}
+        for m in near:
+            grid = self.index.free_of(m.provider.provider_id, q.service)
+            if grid is not None:
+                grids[m.provider.provider_id] = grid
+        results = []
+        for m in near:
+            pid = m.provider.provider_id
+            if pid not in grids:
+                continue
+            seconds = [(pid, grids[pid])]
+            if not template.same_provider:
+                seconds += [(o, g) for o, g in grids.items() if o != pid]
+            found = first_doses(grids[pid], seconds, template, q.party_size, t_from, q.to)
+            if not found:
+                continue
+            start, step, free = grids[pid]
+            results.append(
+                {
+                    "provider_id": pid,
+                    "name": m.provider.name,
+                    "lat": m.provider.lat,
+                    "lng": m.provider.lng,
+                    "distance_km": round(m.distance_km, 3),
+                    "service": q.service,
+                    "next_slots": [
+                        {
+                            "start": format_local(first, m.provider.timezone),
+                            "remaining": int(free[(first - start) // step]),
+                            "second_dose": {
+                                "provider_id": other,
+                                "start": format_local(
+                                    then,
+                                    self.providers[other].timezone
+                                    if other in self.providers
+                                    else m.provider.timezone,
+                                ),
+                            },
+                        }
+                        for first, other, then in found
+                    ],
+                }
+            )
+            if len(results) >= q.limit:
+                break
+        return {"results": results, "index": self.index.freshness()}
 
     async def slots(self, provider_id: str, q: SlotsQuery) -> dict[str, Any]:
         """The slot grid with remaining places (authoritative, from the shard)."""

@@ -18,4 +18,6 @@ router = APIRouter(prefix="/v1", tags=["search"])
 async def search(q: Annotated[SearchQuery, Query()], _: Caller, service: Service) -> Response:
     """Providers with free places near a point, nearest (or earliest) first, each with
     its next free slots, from the gateway's index; ``index`` says how fresh it is."""
+    if q.series:
+        return json_answer(await service.search_series(q))
     return json_answer(service.search(q))

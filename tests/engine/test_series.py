@@ -30,6 +30,7 @@ from engine.series import (
     Step,
     advance,
     dose_window,
+    first_doses,
     next_step,
     pick_slot,
     plan_move,
@@ -323,3 +324,17 @@ def test_a_move_refused_half_way_moves_back() -> None:
     assert "the move was refused: dose 1" in rec.reason
     assert [d.start for d in rec.doses] == [m._open("a")[0], m._open("b")[0]]  # as before
     m.an_ended_series_is_whole_or_absent()
+
+
+def test_first_doses_are_those_with_a_second_dose_in_their_window() -> None:
+    t = SeriesTemplate("vaccine", 2, 3)
+    day = 86_400
+    # one slot a day for 8 days; free on days 0, 1, 5 at the first site
+    first = (0, day, np.array([1, 1, 0, 0, 0, 1, 0, 0]))
+    own = ("a", (0, day, np.array([1, 1, 0, 0, 0, 1, 0, 0])))
+    other = ("b", (0, day, np.array([0, 0, 0, 1, 0, 0, 0, 0])))
+    # day 0: own days 2..3 full, other day 3 free; day 1: other day 3; day 5: nothing
+    assert first_doses(first, [own, other], t, 1, 0) == [(0, "b", 3 * day), (day, "b", 3 * day)]
+    assert first_doses(first, [own], t, 1, 0) == []
+    assert first_doses(first, [own, other], t, 1, day) == [(day, "b", 3 * day)]
+    assert first_doses(first, [own, other], t, 2, 0) == []  # a party of 2 fits nowhere

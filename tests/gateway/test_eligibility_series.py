@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from datetime import date, timedelta
 from typing import Any
 
@@ -22,6 +23,13 @@ from tests.dates import ahead
 from tests.gateway.test_api import SCHEDULE, assert_problem
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def gateway_settings() -> dict[str, Any]:
+    return {"index_first_day": None, "index_days": 20}  # the window follows the clock
+
+
 FIRST = ahead(7)
 OLD = {"birth_date": "1950-04-01", "postal_code": "60601"}  # 76
 YOUNG = {"birth_date": "2001-04-01", "postal_code": "60601"}  # 25
@@ -276,3 +284,41 @@ def test_300_clients_racing_for_10_series_of_capacity_2_get_20_whole_series(
     report = audit(redis.Redis.from_url(hb.redis_url))
     assert report.ok, report.summary()
     assert report.series >= 20
+
+
+def test_search_finds_the_sites_where_a_series_can_start(
+    stack: tuple[str, Hexbook, FastAPI], ops: httpx.Client, api: httpx.Client
+) -> None:
+    site(ops, "pair-a", "zoster", 40.70, days=1)
+    site(ops, "pair-b", "zoster", 40.72, days=2, first_day=f"{FIRST + timedelta(days=2)}")
+    assert (
+        ops.put("/v1/series-templates/zoster", json={"min_days": 2, "max_days": 3}).status_code
+        == 200
+    )
+    params: dict[str, Any] = {"lat": 40.70, "lng": -87.63, "service": "zoster", "radius_km": 5}
+
+    def found(**extra: Any) -> dict[str, Any]:
+        r = api.get("/v1/search", params={**params, **extra})
+        assert r.status_code == 200, r.text
+        return {x["provider_id"]: x for x in r.json()["results"]}
+
+    deadline = time.monotonic() + 30
+    while set(found()) != {"pair-a", "pair-b"}:  # the index follows the stream
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    series = found(series="true")
+    assert set(series) == {"pair-a"}  # pair-b's slots have no dose 2 two or three days on
+    first = series["pair-a"]["next_slots"][0]
+    assert first["start"].startswith(f"{FIRST}")
+    assert first["second_dose"]["provider_id"] == "pair-b"
+    assert first["second_dose"]["start"].startswith(f"{FIRST + timedelta(days=2)}")
+    one_site = ops.put(
+        "/v1/series-templates/zoster", json={"min_days": 2, "max_days": 3, "same_provider": True}
+    )
+    assert one_site.status_code == 200
+    assert found(series="true") == {}
+    assert_problem(
+        api.get("/v1/search", params={**params, "service": "none", "series": "true"}),
+        422,
+        "validation_error",
+    )
