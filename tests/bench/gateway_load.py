@@ -197,15 +197,18 @@ def _noop_app() -> Any:
     return app
 
 
-def _hold_bodies(city: list[Any], today: Any, rng: random.Random, n: int) -> list[str]:
-    """``n`` hold bodies for open places of the demo city, tomorrow and later, in random
-    order; a slot of capacity k appears at most k times, so none of them can be a 409."""
+def _hold_bodies(
+    city: list[Any], today: Any, rng: random.Random, n: int, days: tuple[int, int] = (1, 14)
+) -> list[str]:
+    """``n`` hold bodies for open places of the demo city, on ``days`` from today (first
+    included, last not), in random order; a slot of capacity k appears at most k times,
+    so none of them can be a 409."""
     tz = ZoneInfo("America/Chicago")
     seen: set[tuple[str, datetime]] = set()
     bodies: list[str] = []
     while len(bodies) < n:
         provider, template = rng.choice(city)
-        d = today + timedelta(days=rng.randrange(1, 14))
+        d = today + timedelta(days=rng.randrange(*days))
         windows = dict(template.days).get(WEEK[d.weekday()])
         if not windows:
             continue
@@ -233,6 +236,60 @@ def _line(name: str, r: dict[str, Any], extra: str = "") -> None:
 
 CONNECTIONS = (32, 256)  # a steady front end, and a launch: many patients at once
 SEARCH_LOAD = 0.6  # search latency is measured at this share of its flat-out rate
+
+
+def script_series(key: str, bodies: list[str]) -> str:
+    """Hold a series (dose 2 picked in the window), then book it (any connection may)."""
+    return (
+        COMMON
+        + _bodies_lua("bodies", bodies)
+        + f"""
+local i = 0
+local held = {{}}
+local auth = "Bearer {key}"
+function init(args) counts = {{}}; math.randomseed(os.time()); i = math.random(#bodies) end
+function request()
+  local s = table.remove(held)
+  if s then
+    return wrk.format("POST", "/v1/series/bookings", {{["Content-Type"] = "application/json",
+      ["Authorization"] = auth}}, '{{"series_id": "' .. s .. '", "patient": {{"reference": "b"}}}}')
+  end
+  i = i % #bodies + 1
+  return wrk.format("POST", "/v1/series/holds", {{["Content-Type"] = "application/json",
+    ["Authorization"] = auth}}, bodies[i])
+end
+function response(status, headers, body)
+  local s = string.match(body, '"series_id":"([^"]+)"')
+  if string.find(body, '"state":"confirmed"', 1, true) then
+    count(status, "series")
+  elseif s and status == 201 then
+    count(status, "held")
+    table.insert(held, s)
+  else
+    count(status, "other")
+  end
+end
+"""
+    )
+
+
+def _series_template(url: str) -> None:
+    """Dose 2 of the demo's service 3 to 7 days after dose 1 (kept in the calendars)."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from actors.policy import PolicyStore
+    from engine.series import SeriesTemplate
+
+    async def put() -> None:
+        client = aioredis.from_url(url)
+        try:
+            await PolicyStore(client).set_template(SeriesTemplate("covid-vaccine", 3, 7))
+        finally:
+            await client.aclose()
+
+    asyncio.run(put())
 
 
 def part_gateway(rounds: int, seconds: float = 6.0) -> dict[str, float]:
@@ -274,6 +331,15 @@ def part_gateway(rounds: int, seconds: float = 6.0) -> dict[str, float]:
             runs = rounds * len(CONNECTIONS) * 2
             pool = _hold_bodies(city, today, rng, per_run * runs)
             fresh = iter(pool[i : i + per_run] for i in range(0, len(pool), per_run))
+            # Series start in the first week, so that dose 2 (3-7 days on) is in the
+            # 14 days provisioned; each run gets its own first places.
+            series_pool = _hold_bodies(
+                city, today, rng, per_run * rounds * len(CONNECTIONS), (1, 7)
+            )
+            series_fresh = iter(
+                series_pool[i : i + per_run] for i in range(0, len(series_pool), per_run)
+            )
+            _series_template(server.url)
             south, north, west, east = 41.70, 41.98, -87.85, -87.55
             searches = [
                 f"/v1/search?lat={rng.uniform(south, north):.4f}&lng={rng.uniform(west, east):.4f}"
@@ -303,6 +369,9 @@ def part_gateway(rounds: int, seconds: float = 6.0) -> dict[str, float]:
                         results.setdefault(f"flow@{c}", []).append(
                             wrk(url, script_flow(key, next(fresh)), c, seconds)
                         )
+                        results.setdefault(f"series@{c}", []).append(
+                            wrk(url, script_series(key, next(series_fresh)), c, seconds)
+                        )
                     r = wrk(url, script_get(key, searches), 8, seconds)
                     results.setdefault("search", []).append(r)
                     # Then at 60% of the rate this round served flat out, from 32
@@ -320,6 +389,9 @@ def part_gateway(rounds: int, seconds: float = 6.0) -> dict[str, float]:
     def booked(r: dict[str, Any]) -> float:
         return float(r["counts"].get("booking:201", 0) / r["seconds"] * 60)
 
+    def whole(r: dict[str, Any]) -> float:
+        return float(r["counts"].get("series:201", 0) / r["seconds"] * 60)
+
     ratios: dict[int, tuple[float, float]] = {}
     for c in CONNECTIONS:
         print(f"-- {c} connections (best of {rounds} rounds)")
@@ -332,6 +404,8 @@ def part_gateway(rounds: int, seconds: float = 6.0) -> dict[str, float]:
             f"({placed:,.0f} holds/s placed; {holds['batch']:.1f} per shard call)",
         )
         _line("hold then book", flow, f"({booked(flow):,.0f} bookings/min)")
+        series = best(f"series@{c}")
+        _line("series: hold both, book both", series, f"({whole(series):,.0f} series/min)")
         per_round = sorted(
             h["rps"] / f["rps"]
             for h, f in zip(results[f"holds@{c}"], results[f"ceiling@{c}"], strict=True)
@@ -354,6 +428,12 @@ def part_gateway(rounds: int, seconds: float = 6.0) -> dict[str, float]:
             f"{ratios[c][1]:.2f}; target >= 0.75)   confirmed bookings/min {b:,.0f} "
             f"({b / 75_000:.2f}x of 75,000)"
         )
+    for c in CONNECTIONS:
+        single, series = booked(best(f"flow@{c}")), whole(best(f"series@{c}"))
+        print(
+            f"{c:>4} connections: series booked/min {series:,.0f} (= {2 * series:,.0f} doses) "
+            f"against single bookings/min {single:,.0f}: {series / single:.2f}x"
+        )
     launch = CONNECTIONS[-1]
     top = max(best(f"ceiling@{c}")["rps"] for c in CONNECTIONS)
     print(
@@ -368,6 +448,7 @@ def part_gateway(rounds: int, seconds: float = 6.0) -> dict[str, float]:
     statuses = {k: best(k)["counts"] for k in results}
     print(f"socket errors: {errs}\nstatuses of the best rounds: {statuses}")
     return {
+        "gateway_series_per_minute": whole(best(f"series@{launch}")),
         "gateway_requests_per_second": float(best(f"holds@{launch}")["rps"]),
         "gateway_search_per_second": float(search["rps"]),
     }
