@@ -160,14 +160,15 @@ class SeriesBook:
             return _dec.decode(raw)
         planned: Any = await self.redis.get(plan_key(series_id))
         if planned is None:
-            chosen = [tuple(d) for d in await plan()]
-            await self.redis.set(plan_key(series_id), _enc.encode(chosen), nx=True, ex=2 * ttl)
-            planned = await self.redis.get(plan_key(series_id))  # the first plan stored wins
+            chosen = _enc.encode([tuple(d) for d in await plan()])
+            if await self.redis.set(plan_key(series_id), chosen, nx=True, ex=2 * ttl):
+                planned = chosen
+            else:  # another request for this series stored its plan first: that one
+                planned = await self.redis.get(plan_key(series_id))
         doses = msgspec.msgpack.decode(planned, type=list[PlannedDose])
-        made: list[Dose] = []
         now = self.clock()
-        for i, (pid, service, start, hold_id, booking_id) in enumerate(doses):
-            cmd = PlaceHold(
+        cmds = [
+            PlaceHold(
                 pid,
                 service,
                 f"{series_id}:hold:{i}",
@@ -179,16 +180,28 @@ class SeriesBook:
                 attested,
                 await rule_for(pid, service),
             )
-            out = await self.submit(cmd)
-            if isinstance(out, Unavailable):
-                raise out  # a retry with the same key places the same holds
-            if isinstance(out, BaseException):
-                for k, d in enumerate(made):  # give back what this series holds
+            for i, (pid, service, start, hold_id, _) in enumerate(doses)
+        ]
+        # Every dose at once (their shards work in parallel); then all or nothing.
+        outs = await asyncio.gather(*(self.submit(c) for c in cmds))
+        refused = next(
+            (o for o in outs if isinstance(o, BaseException) and not isinstance(o, Unavailable)),
+            None,
+        )
+        if refused is not None:
+            for k, (cmd, out) in enumerate(zip(cmds, outs, strict=True)):
+                # Give back what this series holds, or may hold (no answer came).
+                if not isinstance(out, HexbookError) or isinstance(out, Unavailable):
                     key = f"{series_id}:release:{k}"
                     await self._until_answered(
-                        ReleaseHold(d.provider_id, d.service, key, now, d.hold_id)
+                        ReleaseHold(cmd.provider_id, cmd.service, key, now, cmd.hold_id)
                     )
-                raise out
+            raise refused
+        for out in outs:
+            if isinstance(out, Unavailable):
+                raise out  # a retry with the same key places the same holds
+        made = []
+        for (pid, service, start, _, booking_id), out in zip(doses, outs, strict=True):
             assert isinstance(out, Hold)
             made.append(Dose(pid, service, start, party_size, out.hold_id, booking_id))
         rec = SeriesRecord(series_id, "held", tuple(made), created_at=now)
@@ -264,11 +277,15 @@ class SeriesBook:
             await self.hook("sent", step)
             if isinstance(out, Unavailable):
                 raise out  # unknown: the record says where to carry on
+            before = rec.state
             if isinstance(out, BaseException):
                 rec = advance(rec, step, "refused", f"dose {step.dose + 1}: {out}")
             else:
                 rec = advance(rec, step, "ok")
-            await self._store(rec)
+            if rec.state != before:
+                # Stored when the state changes (undoing, unmoving, the end). The steps
+                # between need no record: repeated under their keys, they answer again.
+                await self._store(rec)
         return rec
 
     async def _command(self, rec: SeriesRecord, step: Step, rule_for: RuleFor | None) -> Command:

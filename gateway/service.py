@@ -604,13 +604,7 @@ class BookingService:
         async def plan() -> list[tuple[str, str, int, str, str]]:
             then = second.start
             if then is None:
-                grid = check(await self.router.call(second_pid, "slots", second_pid, req.service))
-                starts = grid["start"] + np.arange(len(grid["capacity"])) * grid["slot_seconds"]
-                free = (
-                    np.asarray(grid["capacity"], dtype=np.int32)
-                    - np.asarray(grid["booked"], dtype=np.int32)
-                    - np.asarray(grid["held"], dtype=np.int32)
-                )
+                starts, free = await self._free_places(second_pid, req.service)
                 then = pick_slot(starts, free, (lo, hi), req.party_size)
                 if then is None:
                     raise SlotUnavailable(second_pid, req.service, lo, req.party_size, 0)
@@ -630,6 +624,23 @@ class BookingService:
         )
         self.metrics.holds.inc(len(rec.doses))
         return series_out(rec, {first.provider_id: first, **self.providers})
+
+    async def _free_places(self, provider_id: str, service: str) -> tuple[np.ndarray, np.ndarray]:
+        """Slot starts and free places of a calendar to pick a dose 2 from: the search
+        index's (what a patient is shown; the hold then decides), or the shard's for a
+        calendar the index does not cover."""
+        known = self.index.free_of(provider_id, service)
+        if known is not None:
+            start, step, free = known
+            return start + np.arange(free.size, dtype=np.int64) * step, free
+        grid = check(await self.router.call(provider_id, "slots", provider_id, service))
+        starts = (
+            grid["start"] + np.arange(len(grid["capacity"]), dtype=np.int64) * grid["slot_seconds"]
+        )
+        taken = np.asarray(grid["booked"], dtype=np.int32) + np.asarray(
+            grid["held"], dtype=np.int32
+        )
+        return starts, np.asarray(grid["capacity"], dtype=np.int32) - taken
 
     async def series_book(
         self, caller: Principal, req: SeriesBookingRequest, key: str | None
