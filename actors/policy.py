@@ -14,6 +14,7 @@ publication, and at once at the gateway that published it.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -39,8 +40,10 @@ _template_dec = msgspec.msgpack.Decoder(SeriesTemplate)
 _PUBLISH = """
 local v = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('HSET', KEYS[1], v, ARGV[1], 'current', v)
+redis.call('SADD', KEYS[2], ARGV[2])
 return v
 """
+NAMES_KEY = "hexbook:rule-names"  # every rule that has a version: one read says "none here"
 
 
 def rules_key(name: str) -> str:
@@ -64,7 +67,8 @@ class PolicyStore:
         validate_rule(rule)
         at = int(time.time()) if now is None else now
         body = _enc.encode(msgspec.structs.replace(rule, version=0, published_at=at))
-        version = int(await self._publish(keys=[rules_key(rule_name(rule))], args=[body]))
+        name = rule_name(rule)
+        version = int(await self._publish(keys=[rules_key(name), NAMES_KEY], args=[body, name]))
         return msgspec.structs.replace(rule, version=version, published_at=at)
 
     async def version(self, name: str, version: int) -> Rule | None:
@@ -78,6 +82,16 @@ class PolicyStore:
         raw: Any = await self.redis.hgetall(rules_key(name))
         out = [decode_rule(v, int(k)) for k, v in raw.items() if k.isdigit()]
         return sorted(out, key=lambda r: r.version)
+
+    async def names(self) -> set[str]:
+        """The names of every rule published."""
+        raw: Any = await self.redis.smembers(NAMES_KEY)
+        return {n.decode() if isinstance(n, bytes) else str(n) for n in raw}
+
+    async def in_force(self, name: str) -> Rule | None:
+        """The version of ``name`` in force, if it has one."""
+        raw: Any = await self.redis.hget(rules_key(name), "current")
+        return None if raw is None else await self.version(name, int(raw))
 
     async def current(self, service: str, provider_id: str) -> Rule | None:
         """The rule in force for ``provider_id``'s ``service``: the provider's own if it
@@ -100,24 +114,48 @@ class PolicyStore:
 
 
 class PolicyCache:
-    """The store's answers kept for ``ttl`` seconds (one gateway's view)."""
+    """The store's answers kept for ``ttl`` seconds (one gateway's view). Which rules
+    exist is one read per ``ttl``, so a service without rules costs no Redis call per
+    hold; a rule in force, one read per name per ``ttl``."""
 
     def __init__(self, store: PolicyStore, ttl: float = 1.0) -> None:
         self.store = store
-        self._rules: cachetools.TTLCache[tuple[str, str], Rule | None] = cachetools.TTLCache(
+        self.ttl = ttl
+        self._names: set[str] = set()
+        self._names_at = -float("inf")
+        self._names_lock = asyncio.Lock()
+        self._rules: cachetools.TTLCache[str, Rule | None] = cachetools.TTLCache(
             maxsize=100_000, ttl=ttl
         )
         self._templates: cachetools.TTLCache[str, SeriesTemplate | None] = cachetools.TTLCache(
             maxsize=1_000, ttl=ttl
         )
 
-    async def rule(self, service: str, provider_id: str) -> Rule | None:
-        key = (service, provider_id)
+    async def _known(self) -> set[str]:
+        if time.monotonic() - self._names_at >= self.ttl:
+            async with self._names_lock:  # one read for everyone waiting
+                if time.monotonic() - self._names_at >= self.ttl:
+                    self._names = await self.store.names()
+                    self._names_at = time.monotonic()
+        return self._names
+
+    async def _named(self, name: str) -> Rule | None:
         try:
-            return self._rules[key]
+            return self._rules[name]
         except KeyError:
-            rule = self._rules[key] = await self.store.current(service, provider_id)
+            rule = self._rules[name] = await self.store.in_force(name)
             return rule
+
+    async def rule(self, service: str, provider_id: str) -> Rule | None:
+        """The rule in force for ``provider_id``'s ``service`` (its own, else the
+        service's), or ``None``."""
+        names = await self._known()
+        if not names:
+            return None
+        own = f"{service}@{provider_id}"
+        if own in names and (rule := await self._named(own)) is not None:
+            return rule
+        return await self._named(service) if service in names else None
 
     async def template(self, service: str) -> SeriesTemplate | None:
         try:
@@ -126,11 +164,13 @@ class PolicyCache:
             t = self._templates[service] = await self.store.template(service)
             return t
 
-    async def rule_for(self, service: str, provider_id: str) -> Rule | None:
-        """:meth:`rule`, with the arguments in the order the series book passes them."""
+    async def rule_for(self, provider_id: str, service: str) -> Rule | None:
+        """:meth:`rule` with the arguments as :class:`actors.series.SeriesBook` passes
+        them (``RuleFor``: provider, then service)."""
         return await self.rule(service, provider_id)
 
     def forget(self) -> None:
         """Drop what is kept (after this gateway published something)."""
+        self._names_at = -float("inf")
         self._rules.clear()
         self._templates.clear()

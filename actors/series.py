@@ -57,7 +57,7 @@ __all__ = [
 
 INFLIGHT_KEY = "hexbook:series:inflight"
 Submit = Callable[[Command], Awaitable[Any]]  # a command -> its result or its error
-RuleFor = Callable[[str, str], Awaitable[Rule | None]]
+RuleFor = Callable[[str, str], Awaitable[Rule | None]]  # (provider, service) -> rule
 Hook = Callable[[str, Step], Awaitable[None]]
 PlannedDose = tuple[str, str, int, str, str]  # provider, service, start, hold id, booking id
 _enc = msgspec.msgpack.Encoder()

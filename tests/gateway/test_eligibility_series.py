@@ -7,6 +7,7 @@ exactly 20 whole series. Real Ray, real Redis, real HTTP."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from datetime import date, timedelta
@@ -45,8 +46,12 @@ def site(ops: httpx.Client, pid: str, service: str, lat: float, **over: Any) -> 
 
 
 def test_a_rule_refuses_at_hold_naming_itself_and_its_version(
-    stack: tuple[str, Hexbook, FastAPI], ops: httpx.Client, api: httpx.Client
+    stack: tuple[str, Hexbook, FastAPI],
+    ops: httpx.Client,
+    api: httpx.Client,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     starts = site(ops, "elig-1", "flu", 41.86)
     r = ops.put("/v1/rules/flu", json={"ages": [{"min_years": 65}]})
     assert r.status_code == 201, r.text
@@ -75,6 +80,9 @@ def test_a_rule_refuses_at_hold_naming_itself_and_its_version(
         "validation_error",
     )
     assert_problem(api.put("/v1/rules/flu", json={}), 403, "forbidden")
+    # what a patient attests is never logged (the requests above were logged)
+    assert "/v1/holds" in caplog.text
+    assert "1950-04-01" not in caplog.text and "2001-04-01" not in caplog.text
 
 
 def test_a_rule_tightened_between_hold_and_confirm_refuses_the_confirm(
@@ -164,6 +172,32 @@ def test_a_series_is_held_and_booked_whole_and_cancelled_whole(
     for d in b["doses"]:
         one = api.get(f"/v1/bookings/{d['booking_id']}", headers=token)
         assert one.json()["status"] == "cancelled"
+    # the service's rule applies to a series too: checked at its holds
+    assert ops.put("/v1/rules/covid", json={"ages": [{"min_years": 60}]}).status_code == 201
+    young = api.post(
+        "/v1/series/holds",
+        json={
+            "provider_id": "dose-1",
+            "service": "covid",
+            "start": starts[2],
+            "attestation": YOUNG,
+        },
+    )
+    assert_problem(young, 403, "not_eligible")
+    assert young.json()["rule"] == "covid"
+    old = api.post(
+        "/v1/series/holds",
+        json={"provider_id": "dose-1", "service": "covid", "start": starts[2], "attestation": OLD},
+    )
+    assert old.status_code == 201, old.text
+    assert ops.put("/v1/rules/covid", json={"ages": [{"min_years": 90}]}).status_code == 201
+    late = api.post(
+        "/v1/series/bookings",
+        json={"series_id": old.json()["series_id"], "patient": {"reference": "late"}},
+    )
+    assert_problem(late, 409, "series_aborted")  # refused at confirm: no dose booked
+    assert "not_eligible" in late.json()["detail"] or "version 2" in late.json()["detail"]
+    assert ops.put("/v1/rules/covid", json={}).status_code == 201  # everyone again
     outside = api.post(
         "/v1/series/holds",
         json={
