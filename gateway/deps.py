@@ -71,7 +71,7 @@ class Runtime:
         self.trusted_proxies = frozenset(self.settings.trusted_proxies)
 
 
-def runtime(request: Request) -> Runtime:
+async def runtime(request: Request) -> Runtime:
     """The gateway's parts (set up by the lifespan)."""
     rt: Runtime = request.app.state.runtime
     return rt
@@ -80,7 +80,7 @@ def runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(runtime)]
 
 
-def _service(rt: RuntimeDep) -> BookingService:
+async def _service(rt: RuntimeDep) -> BookingService:
     return rt.service
 
 
@@ -139,7 +139,7 @@ async def json_body(request: Request) -> None:
         raise UnsupportedMediaType("send the body as JSON with Content-Type: application/json")
 
 
-def _idempotency_key(
+async def _idempotency_key(
     request: Request,
     key: Annotated[
         str | None,
