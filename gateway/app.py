@@ -95,7 +95,17 @@ async def _runtime(
     secret = await asyncio.to_thread(token_secret, hb.redis, configured)
     idempotency = Idempotency(hb.redis_url, secret, settings.idempotency_ttl_seconds)
     stack.push_async_callback(idempotency.close)
-    policy_redis = aioredis.from_url(hb.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+    # Rules, templates and series records: a bounded pool that makes a request wait for
+    # a connection (up to 2 s) rather than fail when a launch sends hundreds at once.
+    policy_pool = aioredis.BlockingConnectionPool.from_url(
+        hb.redis_url,
+        max_connections=settings.policy_redis_connections,
+        timeout=2.0,
+        socket_timeout=2.0,
+        socket_connect_timeout=2.0,
+    )
+    policy_redis = aioredis.Redis(connection_pool=policy_pool)
+    stack.push_async_callback(policy_pool.disconnect)
     stack.push_async_callback(policy_redis.aclose)
     policies = PolicyCache(PolicyStore(policy_redis), settings.policy_cache_seconds)
     series = SeriesBook(policy_redis, router.submit, hb.clock.seconds)

@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     policy_cache_seconds: float = Field(1.0, ge=0.0, le=60.0)
     # How often series left half way (a client gone mid-confirm) are finished.
     series_sweep_seconds: float = Field(30.0, gt=0.0, le=3600.0)
+    # Connections to Redis for rules and series (requests beyond wait for one).
+    policy_redis_connections: int = Field(64, ge=2, le=10_000)
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     import_max_bytes: int = Field(
         32 * 1024 * 1024, ge=1024, description="body limit of POST /v1/imports (files)"
