@@ -14,12 +14,15 @@ from datetime import date, timedelta
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 import redis
 from fastapi import FastAPI
 
 from actors.api import Hexbook
 from actors.audit import audit
+from actors.series import INFLIGHT_KEY, decode_series, series_key
+from engine.series import request_confirm
 from tests.dates import ahead
 from tests.gateway.test_api import SCHEDULE, assert_problem
 
@@ -28,7 +31,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def gateway_settings() -> dict[str, Any]:
-    return {"index_first_day": None, "index_days": 20}  # the window follows the clock
+    # the index window follows the clock; the sweeper looks every half second
+    return {"index_first_day": None, "index_days": 20, "series_sweep_seconds": 0.5}
 
 
 FIRST = ahead(7)
@@ -356,3 +360,33 @@ def test_search_finds_the_sites_where_a_series_can_start(
         422,
         "validation_error",
     )
+
+
+def test_the_gateway_finishes_a_series_a_client_left_half_way(
+    stack: tuple[str, Hexbook, FastAPI], ops: httpx.Client, api: httpx.Client
+) -> None:
+    hb = stack[1]
+    starts = site(ops, "left-1", "polio", 41.74, days=6)
+    assert (
+        ops.put("/v1/series-templates/polio", json={"min_days": 2, "max_days": 3}).status_code
+        == 200
+    )
+    held = api.post(
+        "/v1/series/holds", json={"provider_id": "left-1", "service": "polio", "start": starts[0]}
+    ).json()
+    # The client's gateway decided to confirm and died before any step: the record says
+    # "confirming" and sits in the in-flight set, as SeriesBook leaves it.
+    client = redis.Redis.from_url(hb.redis_url)
+    rec = decode_series(client.get(series_key(held["series_id"])))  # type: ignore[arg-type]
+    client.set(
+        series_key(rec.series_id),
+        msgspec.msgpack.encode(request_confirm(rec, "gone", b"digest")),
+    )
+    client.zadd(INFLIGHT_KEY, {rec.series_id: hb.clock.seconds() - 60})
+    deadline = time.monotonic() + 30
+    while (state := ops.get(f"/v1/series/{rec.series_id}").json()["state"]) != "confirmed":
+        assert state == "confirming" and time.monotonic() < deadline, state
+        time.sleep(0.2)
+    for d in rec.doses:
+        assert hb.booking(d.provider_id, "polio", d.booking_id).status == "active"
+    assert client.zscore(INFLIGHT_KEY, rec.series_id) is None
