@@ -36,10 +36,11 @@ from engine.records import (
 from engine.series import (
     TERMINAL,
     Dose,
+    Outcome,
     SeriesRecord,
     Step,
-    advance,
-    next_step,
+    advance_all,
+    next_steps,
     request_cancel,
     request_confirm,
     request_move,
@@ -271,21 +272,30 @@ class SeriesBook:
 
     async def _drive(self, rec: SeriesRecord, rule_for: RuleFor | None) -> SeriesRecord:
         await self._store(rec)  # the decision first, then the steps
-        while (step := next_step(rec)) is not None:
-            await self.hook("before", step)
-            out = await self.submit(await self._command(rec, step, rule_for))
-            await self.hook("sent", step)
-            if isinstance(out, Unavailable):
-                raise out  # unknown: the record says where to carry on
+        while steps := next_steps(rec):
+            for step in steps:
+                await self.hook("before", step)
+            cmds = [await self._command(rec, step, rule_for) for step in steps]
+            outs = await asyncio.gather(*(self.submit(c) for c in cmds))  # shards in parallel
+            for step in steps:
+                await self.hook("sent", step)
+            results: list[tuple[Step, Outcome, str]] = []
+            for step, out in zip(steps, outs, strict=True):
+                if isinstance(out, Unavailable):
+                    results.append((step, "unknown", ""))
+                elif isinstance(out, BaseException):
+                    results.append((step, "refused", f"dose {step.dose + 1}: {out}"))
+                else:
+                    results.append((step, "ok", ""))
             before = rec.state
-            if isinstance(out, BaseException):
-                rec = advance(rec, step, "refused", f"dose {step.dose + 1}: {out}")
-            else:
-                rec = advance(rec, step, "ok")
+            rec = advance_all(rec, results)
             if rec.state != before:
                 # Stored when the state changes (undoing, unmoving, the end). The steps
                 # between need no record: repeated under their keys, they answer again.
                 await self._store(rec)
+            unknown = next((o for o in outs if isinstance(o, Unavailable)), None)
+            if unknown is not None:
+                raise unknown  # the record says where to carry on
         return rec
 
     async def _command(self, rec: SeriesRecord, step: Step, rule_for: RuleFor | None) -> Command:

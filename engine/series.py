@@ -10,17 +10,20 @@ caller before each step) and driven by two pure functions:
   key derived from the series id, so every step can be repeated safely);
 - :func:`advance` records what a step's outcome was: ``ok``, ``refused`` (a definite
   answer: the hold expired, the rule refuses) or ``unknown`` (the shard did not
-  answer: the step may or may not have happened, so it is simply tried again).
+  answer: the step may or may not have happened, so it is simply tried again);
+- :func:`next_steps` and :func:`advance_all` do the same for the doses' confirms sent
+  together (their calendars may be on different shards).
 
 Whatever fails, a series ends ``confirmed`` (every dose booked) or ``aborted`` (none
 booked, the holds given back): a confirm that fails for one dose turns the series into
-``undoing``, which cancels what was booked and releases the rest. Doses are confirmed
-one after the other and the next only after the one before was booked, so when a dose
-is refused every dose before it is booked and none after it was ever sent. An
-``unknown`` outcome changes nothing: the same step is sent again under the same key,
-and a calendar answers a repeat with its first result (it remembers keys for
-:data:`engine.horizon.RETENTION_SECONDS`), so a confirm that did happen is not done
-twice and one that did not happens now.
+``undoing``, which cancels what was booked and releases the rest. An ``unknown``
+outcome changes nothing: the same step is sent again under the same key, and a calendar
+answers a repeat with its first result (it remembers keys for
+:data:`engine.horizon.RETENTION_SECONDS`, so a series must end within that: the
+sweeper sees to it), so a confirm that did happen is not done twice and one that did
+not happens now. That is also how ``undoing`` learns whether a dose it has no answer
+for was booked: it sends the same confirm again, then cancels what that booked, or
+releases the hold if it was refused.
 
 >>> t = SeriesTemplate(service="vaccine", min_days=21, max_days=42)
 >>> dose_window(t, 0) == (21 * 86400, 42 * 86400)
@@ -43,9 +46,11 @@ __all__ = [
     "SeriesTemplate",
     "Step",
     "advance",
+    "advance_all",
     "dose_window",
     "first_doses",
     "next_step",
+    "next_steps",
     "pick_slot",
     "plan_move",
     "request_cancel",
@@ -221,6 +226,31 @@ def request_move(rec: SeriesRecord, plan: dict[int, int]) -> SeriesRecord:
     return msgspec.structs.replace(rec, state="moving", doses=doses, moves=rec.moves + 1, reason="")
 
 
+def next_steps(rec: SeriesRecord) -> list[Step]:
+    """The steps that may be sent together now: every dose's confirm while confirming
+    (their calendars answer in parallel), else the one :func:`next_step`."""
+    if rec.state == "confirming":
+        return [
+            Step("confirm", i, _key(rec, "confirm", i))
+            for i, d in enumerate(rec.doses)
+            if d.state == "held"
+        ]
+    step = next_step(rec)
+    return [] if step is None else [step]
+
+
+def advance_all(rec: SeriesRecord, results: list[tuple[Step, Outcome, str]]) -> SeriesRecord:
+    """The record after steps sent together had these outcomes. Refusals count only once
+    every step of the batch has answered: a dose whose confirm is unknown might be
+    booked, and undoing must not start before it is known (it is sent again)."""
+    if any(outcome == "unknown" for _, outcome, _ in results):
+        results = [r for r in results if r[1] == "ok"]
+    ordered = [r for r in results if r[1] == "ok"] + [r for r in results if r[1] != "ok"]
+    for step, outcome, reason in ordered:
+        rec = advance(rec, step, outcome, reason)
+    return rec
+
+
 def next_step(rec: SeriesRecord) -> Step | None:
     """What to do now; ``None`` when the series is not in a protocol (held or final)."""
     if rec.state == "confirming":
@@ -231,7 +261,9 @@ def next_step(rec: SeriesRecord) -> Step | None:
         for i, d in enumerate(rec.doses):
             if d.state == "booked":
                 return Step("cancel", i, _key(rec, "cancel", i))
-            if d.state in ("held", "refused"):
+            if d.state == "held":  # its confirm may have been sent: the same confirm tells
+                return Step("confirm", i, _key(rec, "confirm", i))
+            if d.state == "refused":
                 return Step("release", i, _key(rec, "release", i))
     elif rec.state == "cancelling":
         for i, d in enumerate(rec.doses):

@@ -29,9 +29,11 @@ from engine.series import (
     SeriesTemplate,
     Step,
     advance,
+    advance_all,
     dose_window,
     first_doses,
     next_step,
+    next_steps,
     pick_slot,
     plan_move,
     request_cancel,
@@ -189,6 +191,23 @@ class SeriesMachine(RuleBasedStateMachine):
         if rec.state == "confirmed" and plan:
             self.series[i] = request_move(rec, plan)
 
+    @precondition(lambda self: self.series)
+    @rule(
+        k=st.integers(0, 100),
+        faults=st.lists(st.sampled_from(["none", "before", "after"]), min_size=2, max_size=2),
+    )
+    def steps_together(self, k: int, faults: list[str]) -> None:
+        """The doses' confirms sent at once, each with its own fault."""
+        i = k % len(self.series)
+        rec = self.series[i]
+        results = []
+        for step, fault in zip(next_steps(rec), faults, strict=False):
+            outcome = "unknown" if fault == "before" else execute(self.cals, rec, step, self.now)
+            if fault == "after":
+                outcome = "unknown"
+            results.append((step, outcome, ""))
+        self.series[i] = advance_all(rec, results)  # type: ignore[arg-type]
+
     @rule(seconds=st.sampled_from([10, 60, 700]))
     def time_passes(self, seconds: int) -> None:
         self.now += seconds
@@ -244,10 +263,11 @@ def test_a_first_dose_refused_gives_the_second_back() -> None:
     m.hold_a_series(0, 0, (30, 600))
     m.time_passes(60)  # dose 1's hold expires, dose 2's lives
     m.confirm(0)
-    for fault in ("after", "none", "before", "none", "none"):
+    for fault in ("after", "none", "before", "none", "none", "none"):
         m.step(0, fault)
     rec = m.series[0]
-    assert (rec.state, [d.state for d in rec.doses]) == ("aborted", ["released", "released"])
+    # dose 2's confirm may have been sent: undoing asks again (it books), then cancels
+    assert (rec.state, [d.state for d in rec.doses]) == ("aborted", ["released", "cancelled"])
     m.an_ended_series_is_whole_or_absent()
     assert m.cals["b"].remaining_at(rec.doses[1].start) == 2
 
@@ -338,3 +358,19 @@ def test_first_doses_are_those_with_a_second_dose_in_their_window() -> None:
     assert first_doses(first, [own], t, 1, 0) == []
     assert first_doses(first, [own, other], t, 1, day) == [(day, "b", 3 * day)]
     assert first_doses(first, [own, other], t, 2, 0) == []  # a party of 2 fits nowhere
+
+
+def test_a_refusal_next_to_an_unanswered_confirm_waits_for_it() -> None:
+    m = SeriesMachine()
+    m.hold_a_series(0, 0, (30, 600))
+    m.time_passes(60)  # dose 1's hold expires: its confirm is refused
+    m.confirm(0)
+    m.steps_together(0, ["none", "after"])  # dose 2 booked, its answer lost
+    assert m.series[0].state == "confirming"  # not undoing yet: dose 2 is unknown
+    m.steps_together(0, ["none", "none"])
+    rec = m.series[0]
+    assert rec.state == "undoing" and [d.state for d in rec.doses] == ["refused", "booked"]
+    for _ in range(2):
+        m.step(0, "none")
+    assert m.series[0].state == "aborted"
+    m.an_ended_series_is_whole_or_absent()
