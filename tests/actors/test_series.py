@@ -43,7 +43,9 @@ def stack(module_redis: EmbeddedRedis, namespace: str) -> Iterator[tuple[Hexbook
     client = redis.Redis.from_url(module_redis.url)
     client.flushdb()
     client.close()
-    hb = Hexbook.connect(module_redis.url, shards=2, namespace=namespace)
+    # A fresh namespace per test starts two shard actors: on a loaded 2-core machine the
+    # first call may wait on a worker process longer than the 10 s default.
+    hb = Hexbook.connect(module_redis.url, shards=2, namespace=namespace, call_timeout=60)
     sites: dict[str, str] = {}
     for i, (lat, lng) in enumerate(POSITIONS):
         p = Provider(
