@@ -6,6 +6,8 @@ series finishes it whole, and the audit agrees."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -38,14 +40,13 @@ class Crash(Exception):
     """The gateway driving the series stops here."""
 
 
-@pytest.fixture
-def stack(module_redis: EmbeddedRedis, namespace: str) -> Iterator[tuple[Hexbook, list[str]]]:
-    client = redis.Redis.from_url(module_redis.url)
+def _city(url: str, namespace: str) -> tuple[Hexbook, list[str]]:
+    client = redis.Redis.from_url(url)
     client.flushdb()
     client.close()
-    # A fresh namespace per test starts two shard actors: on a loaded 2-core machine the
-    # first call may wait on a worker process longer than the 10 s default.
-    hb = Hexbook.connect(module_redis.url, shards=2, namespace=namespace, call_timeout=60)
+    # A new namespace starts two shard actors: on a loaded 2-core machine the first call
+    # may wait on a worker process longer than the 10 s default.
+    hb = Hexbook.connect(url, shards=2, namespace=namespace, call_timeout=60)
     sites: dict[str, str] = {}
     for i, (lat, lng) in enumerate(POSITIONS):
         p = Provider(
@@ -59,8 +60,26 @@ def stack(module_redis: EmbeddedRedis, namespace: str) -> Iterator[tuple[Hexbook
         hb.provision(p, TEMPLATE, ahead(), days=7)
         sites.setdefault(hb.shard_of(p.provider_id), p.provider_id)
     assert len(sites) == 2, "the city must spread over both shards"
-    yield hb, list(sites.values())
+    return hb, list(sites.values())
+
+
+@pytest.fixture(scope="module")
+def city(module_redis: EmbeddedRedis) -> Iterator[tuple[Hexbook, list[str]]]:
+    """One stack for the tests that keep it sound (each its own slots and series)."""
+    hb, sites = _city(module_redis.url, f"hexbook-series-{uuid.uuid4().hex[:6]}")
+    yield hb, sites
     hb.close()
+
+
+@pytest.fixture
+def stack(module_redis: EmbeddedRedis, namespace: str) -> Iterator[tuple[Hexbook, list[str]]]:
+    """A stack of its own, for a test that breaks an invariant on purpose."""
+    hb, sites = _city(module_redis.url, namespace)
+    yield hb, sites
+    hb.close()
+
+
+SLOTS = itertools.count()  # each series its own slots: the module's tests share calendars
 
 
 def open_starts(hb: Hexbook, pid: str) -> list[int]:
@@ -99,7 +118,8 @@ async def no_rule(_: str, __: str) -> None:
 
 
 def hold_series(hb: Hexbook, url: str, sid: str, a: str, b: str, ttl: int = 600) -> Any:
-    first, second = open_starts(hb, a)[0], open_starts(hb, b)[-1]
+    k = next(SLOTS)
+    first, second = open_starts(hb, a)[k], open_starts(hb, b)[-1 - k]
     doses = [
         (a, "vaccine", first, routable_id(a, "vaccine"), routable_id(a, "vaccine")),
         (b, "vaccine", second, routable_id(b, "vaccine"), routable_id(b, "vaccine")),
@@ -122,13 +142,13 @@ def active(hb: Hexbook, pid: str, booking_id: str) -> bool:
 @pytest.mark.parametrize("dose", [0, 1])
 @pytest.mark.parametrize("victim", [0, 1])
 def test_a_shard_killed_at_any_step_leaves_the_series_whole_after_a_retry(
-    stack: tuple[Hexbook, list[str]],
+    city: tuple[Hexbook, list[str]],
     module_redis: EmbeddedRedis,
     point: str,
     dose: int,
     victim: int,
 ) -> None:
-    hb, (a, b) = stack
+    hb, (a, b) = city
     url = module_redis.url
     sid = f"series-{point}-{dose}-{victim}"
     rec = hold_series(hb, url, sid, a, b)
@@ -152,13 +172,13 @@ def test_a_shard_killed_at_any_step_leaves_the_series_whole_after_a_retry(
         assert hb.booking(d.provider_id, "vaccine", d.booking_id).series_id == sid
     report = audit(redis.Redis.from_url(url))
     assert report.ok, report.summary()
-    assert report.series == 1
+    assert report.series >= 1 and report.series_in_flight == 0
 
 
 def test_a_dose_that_cannot_be_confirmed_undoes_the_other(
-    stack: tuple[Hexbook, list[str]], module_redis: EmbeddedRedis
+    city: tuple[Hexbook, list[str]], module_redis: EmbeddedRedis
 ) -> None:
-    hb, (a, b) = stack
+    hb, (a, b) = city
     url = module_redis.url
     rec = hold_series(hb, url, "short", a, b)
     hb.release(rec.doses[1].hold_id, b, "vaccine")  # dose 2's hold is gone
@@ -170,13 +190,13 @@ def test_a_dose_that_cannot_be_confirmed_undoes_the_other(
     assert with_book(hb, url, lambda bk: bk.resume_stale(0, no_rule)) == 0
     report = audit(redis.Redis.from_url(url))
     assert report.ok, report.summary()
-    assert (report.series, report.series_in_flight) == (1, 0)
+    assert report.series_in_flight == 0
 
 
 def test_a_series_left_half_way_is_finished_by_the_sweeper_and_cancelled_whole(
-    stack: tuple[Hexbook, list[str]], module_redis: EmbeddedRedis
+    city: tuple[Hexbook, list[str]], module_redis: EmbeddedRedis
 ) -> None:
-    hb, (a, b) = stack
+    hb, (a, b) = city
     url = module_redis.url
     rec = hold_series(hb, url, "left", a, b)
 
@@ -194,7 +214,7 @@ def test_a_series_left_half_way_is_finished_by_the_sweeper_and_cancelled_whole(
     assert cancelled.state == "cancelled"
     assert [active(hb, d.provider_id, d.booking_id) for d in rec.doses] == [False, False]
     report = audit(redis.Redis.from_url(url))
-    assert report.ok and report.series == 1, report.summary()
+    assert report.ok and report.series_in_flight == 0, report.summary()
 
 
 def test_the_audit_catches_a_half_series_and_a_booking_its_rule_refuses(
