@@ -379,6 +379,9 @@ def _update(
         if needed > end:  # a rolling feed reached new days: the calendar takes them
             hb.extend(pid, service, needed, now=now)
             g = hb.slots(pid, service)
+            # The grid as it is now: the shard's daily roll may have moved its start
+            # since the first read (the feed's slots are placed against this one).
+            step, start = g["slot_seconds"], g["start"]
     n = len(g["capacity"])
     current = np.asarray(g["capacity"], dtype=np.int64)
     targets = {int(i): int(t) for i, t in g["targets"]}
