@@ -19,19 +19,12 @@ from actors.embedded_redis import EmbeddedRedis
 from engine.provider import Provider
 from engine.schedule import WEEKDAYS, WeeklyTemplate, local_midnight
 from tests.actors.test_shard_faults import SERVICE
+from tests.polling import until
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 TZ = "America/Los_Angeles"
 TEMPLATE = WeeklyTemplate.uniform(WEEKDAYS, "09:00", "11:00", 2)
 DAY = 86_400
-
-
-def until(check: Any, seconds: float = 60) -> Any:
-    deadline = time.monotonic() + seconds
-    while not (out := check()):
-        assert time.monotonic() < deadline, "gave up waiting"
-        time.sleep(0.1)
-    return out
 
 
 @pytest.fixture

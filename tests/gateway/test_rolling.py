@@ -4,7 +4,6 @@ slot length are searched. Real Ray, real Redis, real HTTP."""
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -15,6 +14,7 @@ from fastapi import FastAPI
 
 from actors.api import Hexbook
 from tests.gateway.test_api import SCHEDULE, assert_problem
+from tests.polling import until
 
 pytestmark = pytest.mark.integration
 TZ = "America/Chicago"
@@ -29,14 +29,6 @@ def gateway_settings() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def shard_options() -> dict[str, Any]:
     return {"roll_seconds": 0.2}
-
-
-def until(check: Any, seconds: float = 60) -> Any:
-    deadline = time.monotonic() + seconds
-    while not (out := check()):
-        assert time.monotonic() < deadline, "gave up waiting"
-        time.sleep(0.2)
-    return out
 
 
 def local_today(hb: Hexbook) -> date:
