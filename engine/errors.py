@@ -10,12 +10,18 @@ HTTP status and a problem+json body) and a message that tells the caller what to
     │   ├── ProviderNotFound    provider_not_found
     │   ├── CalendarNotFound    calendar_not_found
     │   ├── HoldNotFound        hold_not_found
+    │   ├── RoomNotFound        room_not_found
     │   └── BookingNotFound     booking_not_found
     ├── SlotUnavailable         slot_unavailable      no free capacity (try another slot)
     ├── HoldExpired             hold_expired          the hold ran out before confirm
     ├── ScheduleConflict        schedule_conflict     a schedule change would drop bookings
     ├── BookingNotActive        booking_not_active    cancelled already
     ├── NotEligible             not_eligible          the service's rule refuses the patient
+    ├── AdmissionRequired       admission_required    a waiting room is active: join it first
+    ├── AdmissionSpent          admission_spent       this admission holds a place already
+    ├── AlreadyQueued           already_queued        one place in a room's queue per visitor
+    ├── RoomClosed              room_closed           the room is closed
+    ├── RoomExists              room_exists           a room of that id exists already
     ├── Unavailable             unavailable           retry later, same idempotency key
     └── CodecError              codec_error
         └── UnsupportedVersion  unsupported_version   record written by another version
@@ -24,6 +30,9 @@ HTTP status and a problem+json body) and a message that tells the caller what to
 from __future__ import annotations
 
 __all__ = [
+    "AdmissionRequired",
+    "AdmissionSpent",
+    "AlreadyQueued",
     "BookingNotActive",
     "BookingNotFound",
     "CalendarNotFound",
@@ -36,6 +45,9 @@ __all__ = [
     "NotEligible",
     "NotFound",
     "ProviderNotFound",
+    "RoomClosed",
+    "RoomExists",
+    "RoomNotFound",
     "ScheduleConflict",
     "SlotUnavailable",
     "Unavailable",
@@ -184,6 +196,53 @@ class NotEligible(HexbookError):
 
     def __reduce__(self) -> tuple[type[NotEligible], tuple[str, int, tuple[str, ...]]]:  # type: ignore[override]
         return (NotEligible, (self.rule, self.version, self.reasons))
+
+
+class AdmissionRequired(HexbookError):
+    """A hold in the area of an active waiting room without a valid admission of that
+    room (missing, expired, or given to another caller). ``room`` names the room."""
+
+    code = "admission_required"
+
+    def __init__(self, room: str, why: str) -> None:
+        super().__init__(
+            f"waiting room {room!r} is active here: {why}; join it with "
+            f"POST /v1/rooms/{room}/visitors and hold with the admission it gives"
+        )
+        self.room, self.why = room, why
+
+    def __reduce__(self) -> tuple[type[AdmissionRequired], tuple[str, str]]:  # type: ignore[override]
+        return (AdmissionRequired, (self.room, self.why))
+
+
+class AdmissionSpent(HexbookError):
+    """An admission buys one hold: this one holds a place already, or is placing one."""
+
+    code = "admission_spent"
+
+
+class AlreadyQueued(HexbookError):
+    """The room has a place for this visitor id, API key or address already."""
+
+    code = "already_queued"
+
+
+class RoomClosed(HexbookError):
+    """The waiting room is closed: it queues nobody any more."""
+
+    code = "room_closed"
+
+
+class RoomExists(HexbookError):
+    """A waiting room of that id exists already (close it, or choose another id)."""
+
+    code = "room_exists"
+
+
+class RoomNotFound(NotFound):
+    """No waiting room of that id (or no such visitor in it)."""
+
+    code = "room_not_found"
 
 
 class CodecError(HexbookError):

@@ -138,6 +138,19 @@ class AvailabilityGrid:
         self._free[row, col] = max(0, min(free, 65_535))
         return True
 
+    def places_by_row(self, service: str, t_from: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every calendar of ``service``: (lats, lngs, free places in the slots starting at
+        or after ``t_from``), one entry per calendar: what a waiting room weighs areas by."""
+        n = len(self._providers)
+        code = self._service_codes.get(service)
+        if code is None or n == 0:
+            empty = np.zeros(0)
+            return empty, empty, np.zeros(0, dtype=np.int64)
+        rows = np.flatnonzero(self._service[:n] == code)
+        a = max(0, -(-(t_from - self.start) // self.slot_seconds))
+        free = self._free[rows, a:].sum(axis=1, dtype=np.int64)
+        return self._lat[rows], self._lng[rows], free
+
     def free_of(self, provider_id: str, service: str) -> np.ndarray:
         """The free places of one calendar over the grid (a copy)."""
         row = self._rows.get((provider_id, service))

@@ -40,6 +40,7 @@ from gateway.interop.reconcile import source_records
 from gateway.interop.schedules import ImportScheduler
 from gateway.keys import KeyStore
 from gateway.observe import Metrics, Observe
+from gateway.room import WaitingRooms
 from gateway.router import ShardRouter
 from gateway.routes import ROUTERS
 from gateway.service import BookingService
@@ -109,8 +110,20 @@ async def _runtime(
     stack.push_async_callback(policy_redis.aclose)
     policies = PolicyCache(PolicyStore(policy_redis), settings.policy_cache_seconds)
     series = SeriesBook(policy_redis, router.submit, hb.clock.seconds)
+    rooms = WaitingRooms(
+        policy_redis,
+        index,
+        hb.clock.now,
+        secret,
+        metrics.registry,
+        lambda: metrics.answered(503),
+        settings.room_tick_seconds,
+    )
+    await rooms.tick()  # know the rooms (the hold gate) before the first request
+    ticker = asyncio.create_task(rooms.run())
+    stack.callback(ticker.cancel)
     service = BookingService(
-        hb, router, index, idempotency, metrics, settings.hold_ttl_seconds, policies, series
+        hb, router, index, idempotency, metrics, settings.hold_ttl_seconds, policies, series, rooms
     )
     sweeper = asyncio.create_task(_sweep_series(series, policies, settings.series_sweep_seconds))
     stack.callback(sweeper.cancel)

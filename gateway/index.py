@@ -28,6 +28,7 @@ import numpy as np
 
 from actors.api import Hexbook
 from actors.availability import AvailabilityReader, CalendarChanged, Change
+from engine.geo import haversine_km
 from engine.search import AvailabilityGrid, Match
 
 __all__ = ["AvailabilityIndex"]
@@ -201,6 +202,21 @@ class AvailabilityIndex:
         if grid is None:
             return None
         return grid.start, grid.slot_seconds, grid.free_of(provider_id, service)
+
+    def places_near(
+        self, points: list[tuple[float, float]], radius_km: float, service: str, t_from: int
+    ) -> list[int]:
+        """Free places of ``service`` in slots from ``t_from`` on, within ``radius_km`` of
+        each point (one sum over the window per calendar, then one distance per point)."""
+        parts = [grid.places_by_row(service, t_from) for grid in self.grids.values()]
+        lats = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0)
+        lngs = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0)
+        free = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, dtype=np.int64)
+        if free.size == 0:
+            return [0] * len(points)
+        return [
+            int(free[haversine_km(lat, lng, lats, lngs) <= radius_km].sum()) for lat, lng in points
+        ]
 
     def search(
         self,

@@ -80,6 +80,16 @@ class Metrics:
             "hexbook_embedded_redis_restarts", "restarts of the embedded redis-server", registry=r
         )
 
+    def answered(self, status: int) -> float:
+        """HTTP answers of ``status`` so far (every route)."""
+        code = str(status)
+        return sum(
+            sample.value
+            for metric in self.requests.collect()
+            for sample in metric.samples
+            if sample.name.endswith("_total") and sample.labels.get("status") == code
+        )
+
     def bind(self, inflight: Callable[[], float], index_age: Callable[[], float],
              index_entries: Callable[[], float]) -> None:  # fmt: skip
         """Read gauges from live objects at scrape time."""

@@ -58,6 +58,11 @@ STATUS: dict[type[errors.HexbookError], int] = {
     errors.NotFound: 404,
     errors.SlotUnavailable: 409,
     errors.NotEligible: 403,
+    errors.AdmissionRequired: 403,
+    errors.AdmissionSpent: 409,
+    errors.AlreadyQueued: 409,
+    errors.RoomClosed: 409,
+    errors.RoomExists: 409,
     SeriesAborted: 409,
     errors.BookingNotActive: 409,
     errors.ScheduleConflict: 409,
@@ -164,6 +169,8 @@ def problem_of(exc: BaseException) -> JSONResponse:
                 rule_version=exc.version,
                 reasons=list(exc.reasons),
             )
+        if isinstance(exc, errors.AdmissionRequired):
+            return problem(403, exc.code, exc.message, room=exc.room)
         return problem(status_of(exc), exc.code, exc.message, retry_after)
     if isinstance(exc, RequestValidationError | ValidationError):
         issues = _issues(list(exc.errors()))

@@ -37,6 +37,7 @@ from gateway.timefmt import RFC3339, rfc3339_seconds
 
 __all__ = [
     "IDEMPOTENCY_KEY",
+    "Admission",
     "BookingOut",
     "BookingRequest",
     "FeedQuery",
@@ -50,8 +51,10 @@ __all__ = [
     "ImportScheduleOut",
     "IndexFreshness",
     "Instant",
+    "JoinIn",
     "KeyIn",
     "KeyOut",
+    "LotteryOut",
     "Patient",
     "Problem",
     "ProblemIssue",
@@ -59,6 +62,9 @@ __all__ = [
     "ProviderOut",
     "Ready",
     "RescheduleRequest",
+    "RoomIn",
+    "RoomOut",
+    "RoomPatch",
     "RoutableId",
     "SearchOut",
     "SearchQuery",
@@ -68,6 +74,7 @@ __all__ = [
     "SlotsQuery",
     "SmartManifest",
     "TimeZone",
+    "VisitorOut",
     "idempotency_key_ok",
 ]
 
@@ -200,12 +207,26 @@ class AttestationIn(_Strict):
     groups: list[Group] = Field(default_factory=list, max_length=16)
 
 
+# A waiting room's admission token (see ``RoomIn``): needed for holds in a room's area
+# while the room is active.
+Admission = Annotated[
+    str,
+    Field(
+        min_length=20,
+        max_length=400,
+        pattern=r"^[A-Za-z0-9_.:-]+$",
+        description="the admission token the waiting room gave this visitor",
+    ),
+]
+
+
 class HoldRequest(_Strict):
     provider_id: Id
     service: Id
     start: Instant
     party_size: int = Field(1, ge=1, le=50)
     attestation: AttestationIn | None = None
+    admission: Admission | None = None
 
 
 class AgeBandIn(_Strict):
@@ -274,6 +295,7 @@ class SeriesHoldRequest(_Strict):
     party_size: int = Field(1, ge=1, le=50)
     second: SecondDoseIn | None = None
     attestation: AttestationIn | None = None
+    admission: Admission | None = None
 
 
 class SeriesBookingRequest(_Strict):
@@ -302,6 +324,105 @@ class SeriesOut(BaseModel):
     reason: str = ""
     booking_token: str | None = None
     doses: list[DoseOut]
+
+
+VISITOR_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+OneBy = Literal["visitor", "key", "address"]
+ONE_PER: tuple[OneBy, ...] = ("visitor", "key", "address")
+
+
+class _Room(_Strict):
+    room_id: Id
+    service: Id
+    lat: float = Field(ge=-90, le=90, allow_inf_nan=False)
+    lng: float = Field(ge=-180, le=180, allow_inf_nan=False)
+    radius_km: float = Field(gt=0, le=500, allow_inf_nan=False, description="the launch's area")
+    per_minute: int = Field(
+        ge=1, le=1_000_000, description="admissions a minute at most (less while shedding)"
+    )
+    session_seconds: int = Field(600, ge=30, le=86_400, description="how long an admission lasts")
+    margin: int = Field(
+        0, ge=0, le=100_000, description="admitted visitors an area takes beyond its places"
+    )
+    near_km: float = Field(
+        10.0, gt=0, le=500, allow_inf_nan=False, description="places count this near a visitor"
+    )
+    resolution: int = Field(7, ge=0, le=15, description="H3 resolution of visitors' areas")
+    one_per: list[OneBy] = Field(
+        default_factory=lambda: list(ONE_PER),
+        min_length=1,
+        max_length=3,
+        description="one place in the queue per visitor id, per API key, per address",
+    )
+    seed: int | None = Field(
+        None, ge=0, lt=2**63, description="the pre-queue lottery's seed (default: drawn at random)"
+    )
+
+
+class RoomIn(_Room):
+    """A waiting room for a launch: who it queues (a service in an area), when it opens,
+    and how it admits. While it is not closed, holds of its service at providers in its
+    area need an admission."""
+
+    opens_at: Instant
+
+
+class RoomPatch(_Strict):
+    """An operator's change to a running room."""
+
+    per_minute: int | None = Field(None, ge=1, le=1_000_000)
+    state: Literal["open", "paused", "closed"] | None = None
+
+
+class JoinIn(_Strict):
+    """A visitor joining a room's queue, for the places near where they are."""
+
+    visitor_id: str | None = Field(
+        None, pattern=VISITOR_PATTERN, description="the visitor's own id (default: made one)"
+    )
+    lat: float = Field(ge=-90, le=90, allow_inf_nan=False)
+    lng: float = Field(ge=-180, le=180, allow_inf_nan=False)
+
+
+class VisitorOut(BaseModel):
+    """Where a visitor stands: small, so the largest crowd of the day can poll it."""
+
+    room_id: str
+    visitor_id: str
+    status: Literal["pre-queue", "waiting", "admitted", "holding", "sold_out", "expired"]
+    position: int | None = Field(None, description="1 at the head; none outside the queue")
+    ahead: int | None = None
+    estimated_wait_seconds: int | None = None
+    places_near: int = Field(description="holdable places within near_km of the visitor")
+    near_km: float
+    admission: str | None = Field(None, description="the token for holds, once admitted")
+    admission_expires_at: str | None = None
+    message: str
+
+
+class RoomOut(_Room):
+    """A room with its state and counts (the seed shows once the lottery is drawn)."""
+
+    opens_at: str
+    state: Literal["scheduled", "open", "paused", "closed"]
+    drawn: bool = Field(description="the pre-queue's lottery was drawn")
+    rate_per_minute: float = Field(description="the admission rate now (backs off on 503s)")
+    waiting: int
+    pre_queue: int
+    joined: int
+    admitted: int
+    holding: int
+    expired: int
+    sold_out: int
+    sold_out_areas: list[str]
+
+
+class LotteryOut(BaseModel):
+    """The pre-queue's draw: enough to draw it again (``engine.room.lottery``)."""
+
+    room_id: str
+    seed: int
+    order: list[str]
 
 
 class BookingRequest(_Strict):

@@ -54,6 +54,7 @@ from gateway.auth import Forbidden, Principal
 from gateway.idempotency import Idempotency
 from gateway.index import AvailabilityIndex
 from gateway.observe import Metrics
+from gateway.room import WaitingRooms
 from gateway.router import ShardRouter
 from gateway.schemas import (
     AttestationIn,
@@ -228,7 +229,9 @@ class BookingService:
         hold_ttl_seconds: int,
         policies: PolicyCache,
         series: SeriesBook,
+        rooms: WaitingRooms,
     ) -> None:
+        self.rooms = rooms
         self.policies = policies
         self.series = series
         self.hexbook = hexbook
@@ -445,7 +448,8 @@ class BookingService:
             attestation_of(req.attestation),
             await self.policies.rule(req.service, req.provider_id),
         )
-        hold = check(await self.router.submit(cmd))
+        async with self.rooms.admission(caller, provider, req.service, req.admission, scoped.key):
+            hold = check(await self.router.submit(cmd))
         self.metrics.holds.inc()
         return hold_out(hold, provider, req.service)
 
@@ -614,14 +618,15 @@ class BookingService:
                 for pid, start in ((req.provider_id, at), (second_pid, then))
             ]  # fmt: skip
 
-        rec = await self.series.hold(
-            series_id,
-            plan,
-            req.party_size,
-            self.hold_ttl_seconds,
-            attestation_of(req.attestation),
-            self.policies.rule_for,
-        )
+        async with self.rooms.admission(caller, first, req.service, req.admission, scoped.key):
+            rec = await self.series.hold(
+                series_id,
+                plan,
+                req.party_size,
+                self.hold_ttl_seconds,
+                attestation_of(req.attestation),
+                self.policies.rule_for,
+            )
         self.metrics.holds.inc(len(rec.doses))
         return series_out(rec, {first.provider_id: first, **self.providers})
 

@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     series_sweep_seconds: float = Field(30.0, gt=0.0, le=3600.0)
     # Connections to Redis for rules and series (requests beyond wait for one).
     policy_redis_connections: int = Field(64, ge=2, le=10_000)
+    # How often each gateway reads the waiting rooms and one of them admits.
+    room_tick_seconds: float = Field(0.5, gt=0.0, le=60.0)
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     import_max_bytes: int = Field(
         32 * 1024 * 1024, ge=1024, description="body limit of POST /v1/imports (files)"
