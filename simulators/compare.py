@@ -15,7 +15,7 @@ import numpy as np
 from simulators.report import STYLE, _fmt, _per_minute, _save, plan_capacity, summary
 from simulators.sim import Outcome, SimResult
 
-__all__ = ["comparison_rows", "write_comparison"]
+__all__ = ["booked_by_arrival", "comparison_rows", "room_figures", "write_comparison"]
 
 ROWS = (
     "sites",
@@ -36,10 +36,45 @@ ROWS = (
 )
 
 
+def booked_by_arrival(r: SimResult, parts: int = 10) -> np.ndarray:
+    """The share booked of each tenth of the arrivals, in arrival order (a fair launch
+    does not favour the first tenth beyond the places near them)."""
+    booked = r.outcome == Outcome.BOOKED
+    chunks = np.array_split(booked, parts) if booked.size else [np.zeros(0, bool)] * parts
+    return np.array([c.mean() if c.size else 0.0 for c in chunks])
+
+
+def room_figures(r: SimResult) -> dict[str, object]:
+    """What the waiting room changes: load on the gateway, wasted 409s, who is told what."""
+    load = [r.searches, r.hold_times, r.confirm_times]
+    if r.joins is not None:
+        load.append(r.joins)
+    per_minute = _per_minute(np.concatenate(load), r.scenario.hours) if r.arrivals else [0]
+    told = r.told_sold_out_at
+    told_wait = (told - r.arrival)[np.isfinite(told)] if told is not None else np.zeros(0)
+    first, *_, last = booked_by_arrival(r)
+    return {
+        "waiting room": "yes" if r.scenario.room is not None else "no",
+        "peak gateway requests per minute (searches, holds, confirms, joins)": int(
+            np.max(per_minute)
+        ),
+        "409s per booking": f"{r.conflicts.size / max(r.count(Outcome.BOOKED), 1):.3f}",
+        "told sold out (sent to the waitlist)": int(told_wait.size),
+        "median seconds from arrival to told sold out": (
+            float(np.median(told_wait)) if told_wait.size else None
+        ),
+        "visitor-view polls (small, cacheable)": r.polls,
+        "share booked of the first tenth of arrivals": float(first),
+        "share booked of the last tenth of arrivals": float(last),
+    }
+
+
 def comparison_rows(a: SimResult, b: SimResult) -> list[tuple[str, str, str]]:
     """(figure, A, B) for the figures a what-if is judged by, plus the plan."""
     fa, fb = summary(a), summary(b)
     rows = [(k, _fmt(k, fa[k]), _fmt(k, fb[k])) for k in ROWS]
+    ra, rb = room_figures(a), room_figures(b)
+    rows += [(k, _fmt(k, ra[k]), _fmt(k, rb[k])) for k in ra]
     pa, pb = plan_capacity(a), plan_capacity(b)
     for label, va, vb in (
         ("peak gateway requests/s", pa.peak_gateway_rps, pb.peak_gateway_rps),
@@ -98,6 +133,18 @@ def write_comparison(
     ax.legend()
     _save(fig, out / "time_to_book.png")
 
+    fig, ax = plt.subplots(figsize=(9, 4))
+    x = np.arange(10)
+    for r, label, color, dx in ((a, "A", "tab:blue", -0.2), (b, "B", "tab:orange", 0.2)):
+        ax.bar(x + dx, booked_by_arrival(r), 0.4, label=f"{label}: {r.scenario.name}", color=color)
+    ax.set_xticks(x, [f"{10 * i}-{10 * i + 10}%" for i in x])
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("arrivals in order (tenths)")
+    ax.set_ylabel("share booked")
+    ax.set_title("Share booked by arrival order")
+    ax.legend()
+    _save(fig, out / "booked_by_arrival.png")
+
     table = "\n".join(
         f"<tr><th>{html.escape(k)}</th><td>{html.escape(va)}</td><td>{html.escape(vb)}</td></tr>"
         for k, va, vb in rows
@@ -115,6 +162,9 @@ def write_comparison(
 <h2>Share booked by hour</h2><img src="share_booked.png" alt="share booked">
 <h2>Time to book</h2><p>Each curve rises to the share of arrivals who booked at all.</p>
 <img src="time_to_book.png" alt="time to book">
+<h2>Share booked by arrival order</h2><p>Each bar: the share of one tenth of the arrivals
+(in the order they came) that booked.</p>
+<img src="booked_by_arrival.png" alt="share booked by arrival order">
 <p>Full reports: <a href="a/index.html">A</a>, <a href="b/index.html">B</a>.</p>
 </body></html>
 """)

@@ -24,6 +24,7 @@ import msgspec
 
 from engine.errors import InvalidRequest
 from engine.provider import Provider
+from engine.room import RoomPolicy
 from engine.schedule import WEEKDAYS, WeeklyTemplate, Window, zone
 from simulators.city import read_cells_csv, synthetic_city
 
@@ -33,6 +34,7 @@ __all__ = [
     "City",
     "Demand",
     "Holds",
+    "Room",
     "Scenario",
     "ScenarioError",
     "Site",
@@ -41,6 +43,7 @@ __all__ = [
     "build_sites",
     "load_scenario",
     "parse_scenario",
+    "validate",
 ]
 
 
@@ -141,6 +144,19 @@ class Capacity(_Table):
     headroom: float = 0.7
 
 
+class Room(_Table):
+    """The launch's waiting room (``hexbook-sim room`` runs with and without it): the
+    policy of ``POST /v1/rooms``, decided by the same :mod:`engine.room`."""
+
+    per_minute: int = 3000
+    session_minutes: float = 10.0
+    margin: int = 0
+    near_km: float = 10.0
+    resolution: int = 7
+    poll_seconds: float = 5.0  # how often a waiting visitor asks where they stand
+    tick_seconds: float = 1.0
+
+
 class Scenario(_Table):
     name: str
     description: str = ""
@@ -154,6 +170,7 @@ class Scenario(_Table):
     demand: Demand = msgspec.field(default_factory=Demand)
     holds: Holds = msgspec.field(default_factory=Holds)
     capacity: Capacity = msgspec.field(default_factory=Capacity)
+    room: Room | None = None  # a waiting room in front of the booking
     base_dir: str = "."  # where relative file names resolve (set when loading a file)
 
     @property
@@ -175,6 +192,11 @@ class Scenario(_Table):
 def _check(ok: bool, field: str, why: str) -> None:
     if not ok:
         raise ScenarioError(f"{field}: {why}")
+
+
+def validate(s: Scenario) -> Scenario:
+    """``s`` if every field is in range, else a :class:`ScenarioError` naming the field."""
+    return _validate(s)
 
 
 def _validate(s: Scenario) -> Scenario:
@@ -261,6 +283,13 @@ def _validate(s: Scenario) -> Scenario:
     )
     _check(k.cores_per_node >= 1, "capacity.cores_per_node", "must be at least 1")
     _check(0 < k.headroom <= 1, "capacity.headroom", "must be more than 0, at most 1")
+    if (r := s.room) is not None:
+        try:
+            RoomPolicy(round(r.per_minute), round(r.session_minutes * 60), r.margin, r.near_km,
+                       r.resolution)  # fmt: skip
+        except InvalidRequest as exc:
+            raise ScenarioError(f"room: {exc}") from None
+        _check(r.poll_seconds > 0 and r.tick_seconds > 0, "room", "seconds must be positive")
     return s
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import heapq
 import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -32,6 +33,8 @@ from engine.errors import HoldExpired, SlotUnavailable
 from engine.geo import haversine_km
 from engine.provider import Provider
 from engine.records import ConfirmHold, HoldPlaced, HoldReleased, PlaceHold
+from engine.room import Waiting, refill
+from engine.room import decide as admit_tick
 from simulators.scenario import Scenario, build_city, build_sites
 
 __all__ = ["Outcome", "SimResult", "simulate"]
@@ -80,6 +83,11 @@ class SimResult:
     late_confirms: int  # confirms that came after the hold had expired
     skipped_sites: list[str] = field(default_factory=list)
     seconds: float = 0.0  # wall time of the run
+    # the waiting room (scenario.room): per resident, NaN where it did not happen
+    admitted_at: np.ndarray | None = None
+    told_sold_out_at: np.ndarray | None = None
+    polls: int = 0  # visitor-view requests of those waiting (small, cacheable)
+    joins: np.ndarray | None = None  # times of queue joins
 
     @property
     def arrivals(self) -> int:
@@ -89,7 +97,7 @@ class SimResult:
         return int(np.count_nonzero(self.outcome == outcome))
 
 
-_TRY, _HOLD, _CONFIRM, _WALK, _EXPIRE = range(5)
+_TRY, _HOLD, _CONFIRM, _WALK, _EXPIRE, _TICK, _SESSION = range(7)
 
 
 def _arrival_times(s: Scenario, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -199,6 +207,105 @@ def simulate(
     seq = 0
     draws = 0  # index into the pre-drawn per-try randoms
 
+    # The waiting room: the same rules as the gateway's (engine.room), on the mirror.
+    room = s.room
+    admitted_at = np.full(n, np.nan)
+    told_at = np.full(n, np.nan)
+    joined_at = np.full(n, np.nan)
+    session_end = np.full(n, -np.inf)
+    active_flag = np.zeros(n, dtype=bool)
+    in_queue = np.zeros(n, dtype=bool)
+    queue: list[int] = []
+    qhead = 0
+    members: dict[str, list[int]] = {}
+    waiting_in: Counter[str] = Counter()
+    active: Counter[str] = Counter()
+    joins: list[float] = []
+    polls = 0.0
+    bucket, last_tick, tick_due = 0.0, 0.0, False
+    area_of: list[str] = []
+    area_sites: dict[str, np.ndarray] = {}
+    if room is not None:
+        res = room.resolution
+        area_of = [
+            h3.cell_to_parent(c, res) if h3.get_resolution(c) > res else c for c in cell_names
+        ]
+        for a in set(area_of):
+            alat, alng = h3.cell_to_latlng(a)
+            d = haversine_km(alat, alng, site_lat, site_lng)
+            area_sites[a] = np.flatnonzero(d <= room.near_km)
+        bucket = refill(0.0, room.per_minute, 1e9)  # the opening starts with a full bucket
+
+    def enqueue(r: int, now: float) -> None:
+        nonlocal seq, tick_due
+        a = area_of[home[r]]
+        joins.append(now)
+        joined_at[r] = now
+        in_queue[r] = True
+        queue.append(r)
+        members.setdefault(a, []).append(r)
+        waiting_in[a] += 1
+        if not tick_due:
+            tick_due = True
+            seq += 1
+            assert room is not None
+            at = math.ceil(now / room.tick_seconds) * room.tick_seconds
+            heapq.heappush(heap, (at, seq, _TICK, -1, 0, ""))
+
+    def leave(r: int, now: float) -> None:
+        nonlocal polls
+        assert room is not None
+        in_queue[r] = False
+        waiting_in[area_of[home[r]]] -= 1
+        polls += (now - joined_at[r]) / room.poll_seconds
+
+    def tick(now: float) -> None:
+        nonlocal bucket, last_tick, qhead, seq, tick_due
+        assert room is not None
+        bucket = refill(bucket, room.per_minute, now - last_tick)
+        last_tick = now
+        free_now = free[:, col_now:].sum(axis=1)
+        want = [a for a, k in waiting_in.items() if k > 0]
+        places = {a: int(free_now[area_sites[a]].sum()) for a in want}
+        while qhead < len(queue) and not in_queue[queue[qhead]]:
+            qhead += 1
+        budget = int(bucket)
+        head: list[Waiting] = []
+        j = qhead
+        while j < len(queue) and len(head) < budget * 4 + 100:
+            if in_queue[queue[j]]:
+                head.append(Waiting(str(queue[j]), area_of[home[queue[j]]]))
+            j += 1
+        d = admit_tick(head, want, places, active, budget, room.margin)
+        for a in d.sold_out:
+            for r in members.pop(a, []):
+                if in_queue[r]:
+                    leave(r, now)
+                    told_at[r] = now
+                    outcome[r] = Outcome.GAVE_UP
+        for w in d.admitted:
+            r = int(w.visitor)
+            leave(r, now)
+            if np.isnan(admitted_at[r]):
+                admitted_at[r] = now
+            active[w.area] += 1
+            active_flag[r] = True
+            session_end[r] = now + room.session_minutes * 60
+            seq += 1
+            heapq.heappush(heap, (now, seq, _TRY, r, 0, ""))
+            seq += 1
+            heapq.heappush(heap, (session_end[r], seq, _SESSION, r, 0, ""))
+        bucket -= len(d.admitted)
+        tick_due = any(in_queue[queue[k]] for k in range(qhead, len(queue)))
+        if tick_due:
+            seq += 1
+            heapq.heappush(heap, (now + room.tick_seconds, seq, _TICK, -1, 0, ""))
+
+    def end_session(r: int) -> None:
+        if active_flag[r]:
+            active_flag[r] = False
+            active[area_of[home[r]]] -= 1
+
     def after_events(site: int, cal: Calendar, now: float) -> None:
         # The sim places one place per hold, so a released hold frees one place.
         for ev in cal.drain():
@@ -221,6 +328,7 @@ def simulate(
         tries[r] += 1
         if tries[r] >= max_tries:
             outcome[r] = Outcome.GAVE_UP
+            end_session(r)
             return
         seq += 1
         heapq.heappush(heap, (now + rng.exponential(retry_mean), seq, _TRY, r, 0, ""))
@@ -232,6 +340,10 @@ def simulate(
         if i_arr < n and (not heap or times[i_arr] <= heap[0][0]):
             now, kind, r, site, hold_id = float(times[i_arr]), _TRY, i_arr, 0, ""
             i_arr += 1
+            if room is not None:
+                if now < span:
+                    enqueue(r, now)
+                continue
         elif heap:
             now, _, kind, r, site, hold_id = heapq.heappop(heap)
         else:
@@ -248,6 +360,15 @@ def simulate(
             recompute_next()
         utc = opening + int(now)
 
+        if kind == _TICK:
+            tick(now)
+            continue
+        if kind == _SESSION:
+            end_session(r)
+            continue
+        if kind == _TRY and room is not None and now >= session_end[r]:
+            enqueue(r, now)  # the admission ran out: back to the queue
+            continue
         if kind == _TRY:
             searches.append(now)
             cand = near[home[r]][: reach[r]]
@@ -290,6 +411,7 @@ def simulate(
                 continue
             after_events(site, cal, now)
             assert held is not None
+            end_session(r)  # holding now: no longer one of the area's admitted
             seq += 1
             heapq.heappush(heap, (now + ttl, seq, _EXPIRE, -1, site, ""))
             j = draws % confirms.size
@@ -329,6 +451,9 @@ def simulate(
             after_events(site, cal, now)
     if progress is not None:
         progress(1.0)
+    if room is not None:
+        still = np.flatnonzero(in_queue)
+        polls += float((span - joined_at[still]).sum()) / room.poll_seconds
 
     booked_grid = np.stack([c.booked for c in cals])
     booked_places = booked_grid.sum(axis=1, dtype=np.int64)
@@ -362,4 +487,8 @@ def simulate(
         late_confirms=late,
         skipped_sites=skipped,
         seconds=time.perf_counter() - wall,
+        admitted_at=admitted_at if room is not None else None,
+        told_sold_out_at=told_at if room is not None else None,
+        polls=round(polls),
+        joins=np.asarray(joins) if room is not None else None,
     )

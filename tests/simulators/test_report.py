@@ -136,3 +136,21 @@ def test_help_explains_every_command() -> None:
     ).stdout
     for option in ("--url", "--stack", "--key", "--speed", "--concurrency", "--out", "--seed"):
         assert option in live
+
+
+def test_room_puts_the_launch_with_and_without_its_waiting_room_side_by_side(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scenario = tmp_path / "town.toml"
+    scenario.write_text(TOWN)
+    out = tmp_path / "room"
+    assert main(["room", str(scenario), "--out", str(out), "--quiet", "--per-minute", "30"]) == 0
+    table = capsys.readouterr().out
+    told = next(line for line in table.splitlines() if line.startswith("told sold out"))
+    no_room, with_room = (int(v.replace(",", "")) for v in told.split()[-2:])
+    assert no_room == 0 and with_room > 0
+    for name in ("booked_by_arrival.png", "time_to_book.png"):
+        valid_png(out / name)
+    page = (out / "index.html").read_text()
+    assert "no waiting room" in page and "waiting room at 30/min" in page
+    assert main(["room", str(scenario), "--out", str(out), "--quiet", "--per-minute", "0"]) == 2

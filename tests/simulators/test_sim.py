@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from simulators.report import plan_capacity
-from simulators.scenario import ScenarioError, build_city, build_sites, parse_scenario
+from simulators.scenario import Room, ScenarioError, build_city, build_sites, parse_scenario
 from simulators.sim import Outcome, SimResult, simulate
 
 TOWN = """
@@ -221,3 +221,34 @@ def test_the_shipped_examples_load() -> None:
     chicago = load_scenario(root / "chicago.toml")
     assert chicago.city.population == 2_700_000 and chicago.sites.count == 300
     assert chicago.sites.days == 7
+
+
+def test_the_waiting_room_tells_the_sold_out_at_once_and_spares_the_gateway() -> None:
+    """The town has fewer places than arrivals: with the room (the gateway's own rules,
+    engine.room), those who come after the places are gone are told so on arrival
+    instead of trying, nobody is admitted beyond the places, and the calendars stay
+    within capacity."""
+    s = parse_scenario(TOWN)
+    room = Room(per_minute=30, near_km=5)
+    without = simulate(s)
+    r = simulate(msgspec.structs.replace(s, room=room))
+    assert r.places.sum() < r.arrivals
+    booked = r.count(Outcome.BOOKED)
+    assert booked + r.count(Outcome.GAVE_UP) + r.count(Outcome.WAITING) == r.arrivals
+    assert (r.booked_grid <= r.capacity_grid).all()
+    assert r.told_sold_out_at is not None and r.admitted_at is not None and r.joins is not None
+    told = np.isfinite(r.told_sold_out_at)
+    assert told.sum() > r.arrivals // 2
+    assert (r.outcome[told] == Outcome.GAVE_UP).all()
+    never_admitted = told & np.isnan(r.admitted_at)
+    assert (r.tries[never_admitted] == 0).all()  # told, never tried in vain
+    assert (r.told_sold_out_at[told] >= r.arrival[told]).all()
+    # admitted at most 30 a minute (the first tick starts with 2 s of it, at least 1)
+    admitted = np.sort(r.admitted_at[np.isfinite(r.admitted_at)])
+    per_minute = np.bincount((admitted // 60).astype(int))
+    assert per_minute.max() <= 30 + 1
+    assert r.joins.size >= r.arrivals and r.polls > 0
+    # the gateway sees fewer holds and fewer wasted 409s for the same bookings
+    assert r.hold_times.size < without.hold_times.size
+    assert r.conflicts.size < without.conflicts.size
+    assert abs(booked - without.count(Outcome.BOOKED)) <= 0.1 * booked
