@@ -110,6 +110,8 @@ async def _runtime(
     stack.push_async_callback(policy_redis.aclose)
     policies = PolicyCache(PolicyStore(policy_redis), settings.policy_cache_seconds)
     series = SeriesBook(policy_redis, router.submit, hb.clock.seconds)
+    ticker = aioredis.Redis.from_url(hb.redis_url, socket_timeout=5.0, socket_connect_timeout=5.0)
+    stack.push_async_callback(ticker.aclose)
     rooms = WaitingRooms(
         policy_redis,
         index,
@@ -118,10 +120,11 @@ async def _runtime(
         metrics.registry,
         lambda: metrics.answered(503),
         settings.room_tick_seconds,
+        ticker,
     )
     await rooms.tick()  # know the rooms (the hold gate) before the first request
-    ticker = asyncio.create_task(rooms.run())
-    stack.callback(ticker.cancel)
+    admitting = asyncio.create_task(rooms.run())
+    stack.callback(admitting.cancel)
     service = BookingService(
         hb, router, index, idempotency, metrics, settings.hold_ttl_seconds, policies, series, rooms
     )

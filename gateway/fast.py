@@ -3,8 +3,9 @@
 A hold on the gateway spent most of its event-loop time in FastAPI's routing, dependency
 solving and validation, not in hexbook (py-spy, ADR 0010). This ASGI middleware sits
 inside :class:`gateway.observe.Observe` (so body limits, metrics and the access log
-apply) and serves ``POST /v1/holds``, ``POST /v1/bookings`` and ``GET /v1/search``
-itself when the request is one it fully understands. It validates with the models of
+apply) and serves ``POST /v1/holds``, ``POST /v1/bookings``, ``GET /v1/search`` and
+a waiting room's joins and visitor views (the largest crowd of a launch day) itself when
+the request is one it fully understands. It validates with the models of
 :mod:`gateway.schemas` (the one contract), asks the same
 :class:`~gateway.auth.Authenticator`, calls the same
 :class:`~gateway.service.BookingService` and answers errors with the same
@@ -17,6 +18,7 @@ place and both ways answer alike.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, get_origin
@@ -30,7 +32,16 @@ from gateway.answers import json_answer
 from gateway.auth import Principal, authorize, client_address
 from gateway.deps import BOOKERS, Runtime, is_json
 from gateway.problems import problem_of
-from gateway.schemas import BookingRequest, HoldRequest, SearchQuery, idempotency_key_ok
+from gateway.room import visitor_answer
+from gateway.schemas import (
+    ID_PATTERN,
+    VISITOR_PATTERN,
+    BookingRequest,
+    HoldRequest,
+    JoinIn,
+    SearchQuery,
+    idempotency_key_ok,
+)
 from gateway.service import BookingService
 
 __all__ = ["FastPath", "query_values"]
@@ -49,6 +60,12 @@ class _Route:
 
 
 _HOLDS, _BOOKINGS, _SEARCH = _Route("/v1/holds"), _Route("/v1/bookings"), _Route("/v1/search")
+_JOIN = _Route("/v1/rooms/{room_id}/visitors")
+_VIEW = _Route("/v1/rooms/{room_id}/visitors/{visitor_id}")
+# /v1/rooms/<room>/visitors[/<visitor>], each part as the routes' patterns allow
+_ROOM_PATH = re.compile(
+    rf"/v1/rooms/({ID_PATTERN.strip('^$')})/visitors(?:/({VISITOR_PATTERN.strip('^$')}))?"
+)
 
 
 def query_values(model: type[BaseModel], params: QueryParams) -> dict[str, Any]:
@@ -104,6 +121,9 @@ class FastPath:
         handler = (
             self.handlers.get((scope["method"], scope["path"])) if scope["type"] == "http" else None
         )
+        route = None
+        if handler is None and scope["type"] == "http" and scope["path"].startswith("/v1/rooms/"):
+            handler, route = self._room_handler(scope)
         if handler is None:
             await self.app(scope, receive, send)
             return
@@ -123,9 +143,38 @@ class FastPath:
             return
         except Exception as exc:
             response = problem_of(exc)
-        scope["route"] = self.routes[scope["path"]]
+        scope["route"] = route or self.routes[scope["path"]]
         self.served += 1
         await response(scope, receive, send)
+
+    def _room_handler(
+        self, scope: Scope
+    ) -> tuple[Callable[[Scope, Headers, bytes], Awaitable[Response]] | None, _Route | None]:
+        m = _ROOM_PATH.fullmatch(scope["path"])
+        if m is None:
+            return None, None
+        if scope["method"] == "POST" and m.group(2) is None:
+            return self._join, _JOIN
+        if scope["method"] == "GET" and m.group(2) is not None and not scope["query_string"]:
+            return self._view, _VIEW
+        return None, None
+
+    async def _join(self, scope: Scope, headers: Headers, body: bytes) -> Response:
+        content_type, _, authorization = _read(headers)
+        req = self._body(content_type, body, JoinIn)
+        caller = await self._caller(scope, authorization, None)
+        m = _ROOM_PATH.fullmatch(scope["path"])
+        assert m is not None
+        rooms = self._rt(scope).service.rooms
+        new, visitor = await rooms.join(m.group(1), caller, req)
+        return visitor_answer(await rooms.visitor(m.group(1), visitor, caller), 201 if new else 200)
+
+    async def _view(self, scope: Scope, headers: Headers, body: bytes) -> Response:
+        caller = await self._caller(scope, _read(headers)[_AUTHORIZATION], None)
+        m = _ROOM_PATH.fullmatch(scope["path"])
+        assert m is not None
+        rooms = self._rt(scope).service.rooms
+        return visitor_answer(await rooms.visitor(m.group(1), m.group(2), caller))
 
     def _rt(self, scope: Scope) -> Runtime:
         """The app's parts (the lifespan built them; looked up once)."""

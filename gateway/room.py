@@ -49,6 +49,7 @@ import h3
 import numpy as np
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Gauge
+from starlette.responses import Response
 
 from engine.errors import (
     AdmissionRequired,
@@ -63,13 +64,14 @@ from engine.geo import haversine_km
 from engine.provider import Provider
 from engine.room import RoomPolicy, Waiting, decide, estimated_wait_seconds, lottery, next_rate
 from engine.room import refill as refill_bucket
+from gateway.answers import json_answer
 
 if TYPE_CHECKING:
     from gateway.auth import Principal
     from gateway.index import AvailabilityIndex
     from gateway.schemas import JoinIn, RoomIn, RoomPatch
 
-__all__ = ["ROOMS_KEY", "RoomState", "WaitingRooms"]
+__all__ = ["ROOMS_KEY", "RoomState", "WaitingRooms", "poll_after", "visitor_answer"]
 
 log = logging.getLogger("hexbook.gateway")
 ROOMS_KEY = "hexbook:rooms"
@@ -269,6 +271,26 @@ def _policy(spec: dict[str, Any]) -> RoomPolicy:
     )
 
 
+POLL_SECONDS = 2  # what the visitor view's Cache-Control lets a client (or proxy) reuse
+
+
+def visitor_answer(out: dict[str, Any], status: int = 200) -> Response:
+    """The visitor view as an answer, the same from the route and the fast path."""
+    response = json_answer(out, status)
+    response.raw_headers.append(
+        (b"cache-control", f"private, max-age={POLL_SECONDS}".encode("latin-1"))
+    )
+    return response
+
+
+def poll_after(wait: float | None) -> int:
+    """When a waiting visitor should ask again: a third of the wait left, 2 to 30 s (the
+    crowd at the back asks rarely, the head often; paused: 30 s)."""
+    if wait is None:
+        return 30
+    return int(min(30, max(2, wait / 3)))
+
+
 def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
@@ -309,8 +331,12 @@ class WaitingRooms:
         registry: CollectorRegistry,
         shed: Any,
         tick_seconds: float = 0.5,
+        ticker: aioredis.Redis | None = None,
     ) -> None:
         self.redis: Any = redis_client  # redis-py types its answers loosely
+        # The tick's own connection: a crowd that takes every pooled connection must not
+        # stop the room from admitting (nor from telling who is sold out).
+        self.ticker: Any = ticker or redis_client
         self.index = index
         self.now = now  # the stack's clock: () -> float UTC seconds
         self.secret = hmac.new(secret, b"hexbook admission", hashlib.sha256).digest()
@@ -366,10 +392,10 @@ class WaitingRooms:
                 await self.redis.hset(k, "state", patch.state)
         return await self.read(room_id)
 
-    async def read(self, room_id: str) -> RoomState:
+    async def read(self, room_id: str, client: Any = None) -> RoomState:
         """A room as it is in Redis now, its counts included."""
         k = room_key(room_id)
-        async with self.redis.pipeline(transaction=False) as p:
+        async with (client or self.redis).pipeline(transaction=False) as p:
             p.hgetall(k)
             p.zcard(f"{k}:q")
             p.zcard(f"{k}:pre")
@@ -470,12 +496,14 @@ class WaitingRooms:
             "near_km": room.policy.near_km,
             "admission": None,
             "admission_expires_at": None,
+            "poll_after_seconds": None,
         }
         near = f"within {room.policy.near_km:g} km"
         if status == "waiting" and rank is not None:
             rate = room.rate if room.state == "open" else 0.0
-            out |= {"position": rank + 1, "ahead": rank,
-                    "estimated_wait_seconds": estimated_wait_seconds(rank, rate)}  # fmt: skip
+            wait = estimated_wait_seconds(rank, rate)
+            out |= {"position": rank + 1, "ahead": rank, "estimated_wait_seconds": wait,
+                    "poll_after_seconds": poll_after(wait)}  # fmt: skip
             out["message"] = (
                 f"{rank} people ahead of you; {places} places left {near}"
                 if room.state == "open"
@@ -483,6 +511,7 @@ class WaitingRooms:
             )
         elif status == "pre-queue":
             opens = datetime.fromtimestamp(room.spec["opens_at"], UTC).isoformat()
+            out["poll_after_seconds"] = poll_after(room.spec["opens_at"] - self.now())
             out["message"] = f"you are in the pre-queue; a lottery orders it at {opens}"
         elif status == "admitted":
             expires = int(rec["e"])
@@ -591,35 +620,35 @@ class WaitingRooms:
     async def tick(self) -> None:
         shed_now = float(self.shed())
         if shed_now > self._shed_seen:
-            await self.redis.incrbyfloat(SHED_KEY, shed_now - self._shed_seen)
+            await self.ticker.incrbyfloat(SHED_KEY, shed_now - self._shed_seen)
         self._shed_seen = shed_now
-        ids = {v.decode() for v in await self.redis.smembers(ROOMS_KEY)}
+        ids = {v.decode() for v in await self.ticker.smembers(ROOMS_KEY)}
         for gone in set(self.rooms) - ids:
             del self.rooms[gone]
         shed = None
         for rid in sorted(ids):
-            room = await self.read(rid)
+            room = await self.read(rid, self.ticker)
             if room.state == "closed":
                 self._publish(room)
                 continue
             k = room_key(rid)
-            waiting = {a.decode() for a in await self.redis.hkeys(f"{k}:areas")}
+            waiting = {a.decode() for a in await self.ticker.hkeys(f"{k}:areas")}
             room.places = self._places(room, sorted(waiting | set(room.sold_out_areas)))
             if await self._lead(k):
                 if shed is None:
-                    shed = float(await self.redis.getdel(SHED_KEY) or 0)
+                    shed = float(await self.ticker.getdel(SHED_KEY) or 0)
                 await self._lead_tick(room, waiting, shed)
-                room = await self.read(rid)
+                room = await self.read(rid, self.ticker)
             self._publish(room)
 
     async def _lead(self, k: str) -> bool:
         """Whether this gateway ticks the room now (it holds, or took, its lock)."""
         lock = f"{k}:lock"
         ms = int(max(self.tick_seconds * 6, 2) * 1000)
-        if await self.redis.set(lock, self.me, nx=True, px=ms):
+        if await self.ticker.set(lock, self.me, nx=True, px=ms):
             return True
-        if (await self.redis.get(lock) or b"").decode() == self.me:
-            await self.redis.pexpire(lock, ms)
+        if (await self.ticker.get(lock) or b"").decode() == self.me:
+            await self.ticker.pexpire(lock, ms)
             return True
         return False
 
@@ -628,34 +657,36 @@ class WaitingRooms:
         now = self.now()
         if not room.drawn and now >= room.spec["opens_at"]:
             await self._open(room)
-            room = await self.read(room.room_id)
+            room = await self.read(room.room_id, self.ticker)
         if not room.drawn:
             return
-        await self._expire([k, f"{k}:v", f"{k}:sessions", f"{k}:active"], [now])
-        h = {a.decode(): b.decode() for a, b in (await self.redis.hgetall(k)).items()}
+        await self._expire([k, f"{k}:v", f"{k}:sessions", f"{k}:active"], [now], client=self.ticker)
+        h = {a.decode(): b.decode() for a, b in (await self.ticker.hgetall(k)).items()}
         last = float(h.get("last", now))
         target = room.policy.per_minute
         rate = next_rate(float(h.get("rate", target)), target, int(shed))
         bucket = refill_bucket(float(h.get("bucket", 0)), rate, now - last)
-        await self.redis.hset(k, mapping={"last": repr(now), "rate": repr(rate)})
+        await self.ticker.hset(k, mapping={"last": repr(now), "rate": repr(rate)})
         if room.state != "open":
-            await self.redis.hset(k, "bucket", "0")
+            await self.ticker.hset(k, "bucket", "0")
             return
         for area, n in room.places.items():  # places came back: no longer sold out
             if n > 0 and area in room.sold_out_areas:
-                await self.redis.srem(f"{k}:soldout", area)
+                await self.ticker.srem(f"{k}:soldout", area)
         budget = int(bucket)
         depth = budget * 4 + 100
-        head_ids = [v.decode() for v in await self.redis.zrange(f"{k}:q", 0, depth - 1)]
-        recs = await self.redis.hmget(f"{k}:v", head_ids) if head_ids else []
+        head_ids = [v.decode() for v in await self.ticker.zrange(f"{k}:q", 0, depth - 1)]
+        recs = await self.ticker.hmget(f"{k}:v", head_ids) if head_ids else []
         head = [Waiting(v, json.loads(r)["a"]) for v, r in zip(head_ids, recs, strict=True) if r]
         missing = {w.area for w in head} - room.places.keys()
         if missing:  # joined since the areas were read
             room.places |= self._places(room, sorted(missing))
-        active = {a.decode(): int(n) for a, n in (await self.redis.hgetall(f"{k}:active")).items()}
+        active = {a.decode(): int(n) for a, n in (await self.ticker.hgetall(f"{k}:active")).items()}
         decision = decide(head, waiting, room.places, active, budget, room.policy.margin)
         for area in decision.sold_out:
-            await self._sold_out([k, f"{k}:q", f"{k}:v", f"{k}:soldout", f"{k}:areas"], [area])
+            await self._sold_out(
+                [k, f"{k}:q", f"{k}:v", f"{k}:soldout", f"{k}:areas"], [area], client=self.ticker
+            )
         admitted = 0
         if decision.admitted:
             expires = int(now) + room.policy.session_seconds
@@ -663,9 +694,10 @@ class WaitingRooms:
                 await self._admit(
                     [k, f"{k}:q", f"{k}:v", f"{k}:sessions", f"{k}:active", f"{k}:areas"],
                     [expires, *(w.visitor for w in decision.admitted)],
+                    client=self.ticker,
                 )
             )
-        await self.redis.hset(k, "bucket", repr(bucket - admitted))
+        await self.ticker.hset(k, "bucket", repr(bucket - admitted))
 
     async def _open(self, room: RoomState) -> None:
         """Draw the pre-queue's lottery and open (once: the script refuses a second draw)."""
@@ -674,18 +706,18 @@ class WaitingRooms:
         if seed is None:
             seed = secrets.randbits(63)
         for _ in range(20):
-            entrants = [v.decode() for v in await self.redis.zrange(f"{k}:pre", 0, -1)]
+            entrants = [v.decode() for v in await self.ticker.zrange(f"{k}:pre", 0, -1)]
             order = lottery(seed, entrants)
             keys = [k, f"{k}:pre", f"{k}:q", f"{k}:v", f"{k}:lottery", f"{k}:areas"]
-            n = int(await self._draw(keys, [seed, *order]))
+            n = int(await self._draw(keys, [seed, *order], client=self.ticker))
             if n != -2:  # -2: someone joined while we drew; draw again
                 break
         # the opening starts with a full bucket: the first admissions go out at once
         full = refill_bucket(0.0, room.policy.per_minute, 1e9)
-        await self.redis.hset(k, mapping={"bucket": repr(full), "last": repr(self.now())})
-        hold = await self.redis.hget(k, "hold")
+        await self.ticker.hset(k, mapping={"bucket": repr(full), "last": repr(self.now())})
+        hold = await self.ticker.hget(k, "hold")
         if hold == b"1":
-            await self.redis.hset(k, "state", "paused")
+            await self.ticker.hset(k, "state", "paused")
         log.info("room %s opened: lottery of %d drawn with seed %d", room.room_id, n, seed)
 
     def _publish(self, room: RoomState) -> None:

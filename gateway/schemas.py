@@ -397,6 +397,9 @@ class VisitorOut(BaseModel):
     near_km: float
     admission: str | None = Field(None, description="the token for holds, once admitted")
     admission_expires_at: str | None = None
+    poll_after_seconds: int | None = Field(
+        None, description="ask again after this long (none: nothing more to wait for)"
+    )
     message: str
 
 

@@ -21,7 +21,7 @@ import re
 import subprocess
 import sys
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -174,7 +174,70 @@ def _parser() -> argparse.ArgumentParser:
         "--data-dir", type=Path, help="--url: a local stack's data folder, for the audit"
     )
     p.add_argument("--no-audit", action="store_true", help="skip the audit")
+    room = p.add_argument_group(
+        "waiting room",
+        "a launch through a waiting room: bookers and changers join it, wait for their "
+        "admission and hold with it (docs/api.md, 'A launch through the waiting room')",
+    )
+    room.add_argument("--room", metavar="ROOM_ID", help="go through this waiting room")
+    room.add_argument(
+        "--room-rate",
+        type=int,
+        default=600,
+        help="admissions a minute of a room this tool opens (600)",
+    )
+    room.add_argument(
+        "--operator-key",
+        default=os.environ.get("HEXBOOK_OPERATOR_KEY"),
+        help="--url: an operator key to open the room when it does not exist and to read "
+        "its figures (default $HEXBOOK_OPERATOR_KEY); --stack makes one",
+    )
     return p
+
+
+def open_room(url: str, operator_key: str, room_id: str, service: str, rate: int) -> None:
+    """Open ``room_id`` for ``service`` over the whole city (opening in 10 s), unless it
+    exists; one place per visitor id (every simulated user shares a key and address)."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {operator_key}"}
+    if httpx.get(f"{url}/v1/rooms/{room_id}", headers=headers, timeout=30).status_code == 200:
+        return
+    opens = datetime.now(UTC) + timedelta(seconds=10)
+    body = {"room_id": room_id, "service": service, "lat": 41.85, "lng": -87.68,
+            "radius_km": 60, "opens_at": opens.isoformat(timespec="seconds"),
+            "per_minute": rate, "near_km": 10, "one_per": ["visitor"]}  # fmt: skip
+    r = httpx.post(f"{url}/v1/rooms", json=body, headers=headers, timeout=30)
+    if r.status_code != 201:
+        raise RuntimeError(f"could not open room {room_id!r}: {r.status_code} {r.text[:300]}")
+    print(f"hexbook-load: room {room_id!r} opens at {body['opens_at']}, {rate:,}/min")
+
+
+def room_figures(url: str, operator_key: str, room_id: str) -> str:
+    import httpx
+
+    r = httpx.get(f"{url}/v1/rooms/{room_id}", headers={"Authorization": f"Bearer {operator_key}"})
+    if r.status_code != 200:
+        return f"room {room_id}: {r.status_code} {r.text[:200]}"
+    f = r.json()
+    return (
+        f"room {room_id}: {f['joined']:,} joined, {f['admitted']:,} admitted, "
+        f"{f['holding']:,} holding, {f['expired']:,} admissions unused, "
+        f"{f['sold_out']:,} told sold out, {f['waiting']:,} still waiting"
+    )
+
+
+def _operator_key(folder: Path) -> str:
+    """A fresh operator key for the stack this tool started (its data folder)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "keys", "create", "--role", "operator",
+         "--name", "hexbook-load", "--data-dir", str(folder / "data")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    found = re.search(r"hbk_[A-Za-z0-9_-]+", done.stdout)
+    if done.returncode != 0 or found is None:
+        raise RuntimeError(f"could not make an operator key: {done.stderr[-300:]}")
+    return found.group(0)
 
 
 def _start_stack(folder: Path, sites: int) -> tuple[subprocess.Popen[str], str, str]:
@@ -247,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     if args.users < 1:
         parser.error("--users must be at least 1")
+    if not 1 <= args.room_rate <= 1_000_000:
+        parser.error("--room-rate must be 1 to 1,000,000 admissions a minute")
     if args.url and not args.key:
         parser.error("--url needs a booking-client key: --key or $HEXBOOK_KEY")
     folder = args.out or Path("runs") / f"load-{datetime.now():%Y%m%d-%H%M%S}"
@@ -259,6 +324,12 @@ def main(argv: list[str] | None = None) -> int:
             stack, url, key = _start_stack(folder, args.sites)
         else:
             url, key = args.url, args.key
+        operator = args.operator_key
+        if args.room:
+            if args.stack:
+                operator = _operator_key(folder)
+            if operator:
+                open_room(url, operator, args.room, args.service, args.room_rate)
         env = {
             **os.environ,
             "HEXBOOK_LOAD_KEY": key,
@@ -268,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
             "HEXBOOK_LOAD_WEIGHTS": json.dumps(weights),
             "HEXBOOK_LOAD_ACKS": str(folder / "acks"),
             "HEXBOOK_LOAD_SERVICE": args.service,
+            "HEXBOOK_LOAD_ROOM": args.room or "",
         }
         if args.city:
             env["HEXBOOK_LOAD_CITY"] = str(args.city.resolve())
@@ -292,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
             f"bookings acknowledged: {booked:,}   peak per minute: {peak_per_minute(acks):,}   "
             f"report: {folder / 'report.html'}"
         )
+        if args.room and operator:
+            print(room_figures(url, operator, args.room))
         broken = check_thresholds(rows, thresholds)
         for b in broken:
             print(f"THRESHOLD BROKEN: {b}")

@@ -10,6 +10,11 @@ load lands on cells and shards as it would. Behaviours, weighted as data
 - ``changer``: books, then cancels or reschedules to a later slot;
 - ``feed``: an operator's screen on the live feed, reconnecting with Last-Event-ID.
 
+With ``HEXBOOK_LOAD_ROOM`` (``hexbook-load --room``) bookers and changers go through
+that waiting room first: they join it, ask where they stand when the answer says to,
+and hold with the admission they get; those told their area is sold out stop there
+(an expected outcome, on its own row).
+
 Every booking a user is told about (and every cancel or move) is written as a JSON line
 to ``HEXBOOK_LOAD_ACKS`` (a folder; one file per process), which the audit checks
 against the journals. 409 answers are expected: they count as successes of their
@@ -38,6 +43,7 @@ WEIGHTS = {**DEFAULT_WEIGHTS, **json.loads(os.environ.get("HEXBOOK_LOAD_WEIGHTS"
 KEY = os.environ.get("HEXBOOK_LOAD_KEY", "")
 SERVICE = os.environ.get("HEXBOOK_LOAD_SERVICE", "covid-vaccine")
 RADIUS_KM = float(os.environ.get("HEXBOOK_LOAD_RADIUS_KM", "8"))
+ROOM = os.environ.get("HEXBOOK_LOAD_ROOM", "")
 _cells_csv = os.environ.get("HEXBOOK_LOAD_CITY")
 CITY = read_cells_csv(_cells_csv) if _cells_csv else synthetic_city()
 _rng = random.Random(int(os.environ.get("HEXBOOK_LOAD_SEED", "2021")) + os.getpid())
@@ -101,11 +107,51 @@ class Resident(FastHttpUser):
             results = r.json()["results"]
         return [(p["provider_id"], s["start"]) for p in results for s in p["next_slots"][:2]]
 
+    def admitted(self) -> str | None:
+        """Through the waiting room: join, wait, and the admission (None: sold out, the
+        room closed, or still waiting after 10 minutes)."""
+        started = time.perf_counter()
+        lat, lng = self.home
+        body = {"visitor_id": uuid.uuid4().hex, "lat": lat, "lng": lng}
+        with self.client.post(
+            f"/v1/rooms/{ROOM}/visitors", json=body, name="POST /v1/rooms/{id}/visitors",
+            headers=self.auth, catch_response=True,
+        ) as r:  # fmt: skip
+            if r.status_code not in (200, 201):
+                r.failure(f"{r.status_code}: {r.text[:200]}")
+                return None
+            view = r.json()
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if view["status"] == "admitted":
+                _expected("admitted by the room", started)
+                return str(view["admission"])
+            if view["status"] not in ("pre-queue", "waiting"):
+                _expected(f"room: {view['status']}", started)
+                return None
+            time.sleep(view["poll_after_seconds"] or 2)  # gevent: yields to other users
+            with self.client.get(
+                f"/v1/rooms/{ROOM}/visitors/{body['visitor_id']}",
+                name="GET /v1/rooms/{id}/visitors/{visitor}", headers=self.auth,
+                catch_response=True,
+            ) as r:  # fmt: skip
+                if r.status_code != 200:
+                    r.failure(f"{r.status_code}: {r.text[:200]}")
+                    return None
+                view = r.json()
+        _expected("room: still waiting after 10 minutes", started)
+        return None
+
     def book(self, tries: int = 5) -> dict[str, Any] | None:
         """Search, hold, book; on 409 the next slot. The booking, or None (gave up)."""
         started = time.perf_counter()
+        admission = self.admitted() if ROOM else None
+        if ROOM and admission is None:
+            return None
         for provider_id, start in self.search()[:tries]:
             body = {"provider_id": provider_id, "service": SERVICE, "start": start}
+            if admission is not None:
+                body["admission"] = admission
             with self.client.post(
                 "/v1/holds", json=body, name="POST /v1/holds", headers=self.auth,
                 catch_response=True,

@@ -19,7 +19,7 @@ from gateway.answers import json_answer
 from gateway.auth import Principal
 from gateway.deps import Caller, Operator, RuntimeDep, Service, json_body
 from gateway.openapi import ANONYMOUS, errors
-from gateway.room import RoomState, WaitingRooms
+from gateway.room import POLL_SECONDS, RoomState, WaitingRooms, visitor_answer
 from gateway.schemas import (
     ID_PATTERN,
     VISITOR_PATTERN,
@@ -34,7 +34,6 @@ from gateway.schemas import (
 router = APIRouter(prefix="/v1/rooms", tags=["waiting room"])
 RoomId = Path(pattern=ID_PATTERN, max_length=128)
 VisitorId = Path(pattern=VISITOR_PATTERN, max_length=128)
-POLL_SECONDS = 2  # what the visitor view's Cache-Control lets a client (or proxy) reuse
 _STREAM: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}
 }
@@ -114,12 +113,6 @@ async def get_lottery(caller: Operator, service: Service, room_id: str = RoomId)
     return json_answer({"room_id": room_id, "seed": seed, "order": order})
 
 
-def _visitor_answer(out: dict[str, Any], status: int = 200) -> Response:
-    response = json_answer(out, status)
-    response.headers["Cache-Control"] = f"private, max-age={POLL_SECONDS}"
-    return response
-
-
 @router.post(
     "/{room_id}/visitors",
     status_code=201,
@@ -134,7 +127,7 @@ async def join(body: JoinIn, caller: Caller, service: Service, room_id: str = Ro
     key and address (as the room's ``one_per`` says); a second is 409 ``already_queued``."""
     rooms = _rooms(service)
     new, visitor = await rooms.join(room_id, caller, body)
-    return _visitor_answer(await rooms.visitor(room_id, visitor, caller), 201 if new else 200)
+    return visitor_answer(await rooms.visitor(room_id, visitor, caller), 201 if new else 200)
 
 
 @router.get(
@@ -150,7 +143,7 @@ async def visitor(
     once admitted, the ``admission`` for holds (shown to the caller that joined only).
     Poll every few seconds (the answer may be reused for ``max-age``) or follow
     ``.../events``."""
-    return _visitor_answer(await _rooms(service).visitor(room_id, visitor_id, caller))
+    return visitor_answer(await _rooms(service).visitor(room_id, visitor_id, caller))
 
 
 async def _events(

@@ -459,7 +459,18 @@ def part_gateway(rounds: int) -> None:
     FIGURES.update(run(rounds))
 
 
-PARTS = {"engine": part_engine, "actors": part_actors, "gateway": part_gateway}
+def part_launch(rounds: int) -> None:
+    from tests.bench.launch import part_launch as run
+
+    FIGURES.update(run())
+
+
+PARTS = {
+    "engine": part_engine,
+    "actors": part_actors,
+    "gateway": part_gateway,
+    "launch": part_launch,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -100,3 +100,29 @@ def test_help_and_bad_usage() -> None:
     bad = subprocess.run([*run, "--url", "http://x", "--key", "k", "--duration", "1s"],
                          capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 2 and "at least 5 s" in bad.stderr
+
+
+def test_a_launch_through_the_waiting_room(tmp_path: Path) -> None:
+    """hexbook-load --room: the tool opens the room on the stack it starts; bookers join,
+    wait in the pre-queue until it opens, and hold with their admission; the audit holds."""
+    out = tmp_path / "room"
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "loadtests.cli", "--stack", "--spike", "--duration", "40s",
+            "--users", "30", "--sites", "200", "--weights", "searcher=1,booker=5,changer=0",
+            "--room", "launch", "--room-rate", "600", "--out", str(out),
+        ],
+        capture_output=True, text=True, timeout=280,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    rows = {r["name"]: r for r in read_stats(out / "locust_stats.csv")}
+    assert rows["POST /v1/rooms/{id}/visitors"]["requests"] >= 30
+    assert rows["GET /v1/rooms/{id}/visitors/{visitor}"]["requests"] > 0  # the pre-queue
+    assert rows["admitted by the room"]["requests"] > 0
+    assert rows["POST /v1/holds"]["requests"] > 0 and rows["POST /v1/holds"]["failures"] == 0
+    assert "opens at" in done.stdout
+    figures = next(line for line in done.stdout.splitlines() if line.startswith("room launch:"))
+    admitted = int(figures.split(" admitted")[0].rsplit(", ", 1)[1].replace(",", ""))
+    assert admitted > 0
+    verdict = json.loads((out / "verdict.json").read_text())
+    assert verdict["audit_ok"] and verdict["bookings"] > 0
