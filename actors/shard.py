@@ -154,12 +154,20 @@ class ShardActor:
         return out
 
     async def availability(
-        self, provider_id: str | None = None, service: str | None = None
+        self,
+        provider_id: str | None = None,
+        service: str | None = None,
+        calendars: list[tuple[str, str]] | None = None,
     ) -> list[tuple[Provider, str, int, int, bytes]]:
-        """Free places of every calendar here (or of one): (provider, service, start,
-        slot seconds, remaining as int32 bytes). Loads a search index."""
+        """Free places of every calendar here (or of one, or of ``calendars``): (provider,
+        service, start, slot seconds, remaining as int32 bytes). Loads a search index; a
+        calendar asked for that is not here is left out."""
         await self._ready()
         core = self._core
+        if calendars is None:
+            keys = [k for k in core.calendars if provider_id is None or k == (provider_id, service)]
+        else:
+            keys = [(p, s) for p, s in calendars]
         return [
             (
                 core.providers[pid],
@@ -168,8 +176,8 @@ class ShardActor:
                 cal.slot_seconds,
                 cal.remaining().astype("<i4").tobytes(),
             )
-            for (pid, svc), cal in core.calendars.items()
-            if provider_id is None or (pid, svc) == (provider_id, service)
+            for pid, svc in keys
+            if (cal := core.calendars.get((pid, svc))) is not None
         ]
 
     async def provider(self, provider_id: str) -> Provider | HexbookError:

@@ -47,6 +47,11 @@ from gateway.service import BookingService
 from gateway.settings import Settings
 
 log = logging.getLogger("hexbook.gateway")
+# Where a waiting room's admissions become load: their 503s slow the room down (a crowd
+# polling the room itself is not helped by admitting fewer).
+BOOKING_ROUTES = frozenset(
+    {"/v1/holds", "/v1/bookings", "/v1/series/holds", "/v1/series/bookings", "/v1/search"}
+)
 
 __all__ = ["TELEMETRY_OFF", "create_app"]
 
@@ -118,7 +123,7 @@ async def _runtime(
         hb.clock.now,
         secret,
         metrics.registry,
-        lambda: metrics.answered(503),
+        lambda: metrics.answered(503, BOOKING_ROUTES),
         settings.room_tick_seconds,
         ticker,
     )

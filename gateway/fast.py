@@ -166,8 +166,8 @@ class FastPath:
         m = _ROOM_PATH.fullmatch(scope["path"])
         assert m is not None
         rooms = self._rt(scope).service.rooms
-        new, visitor = await rooms.join(m.group(1), caller, req)
-        return visitor_answer(await rooms.visitor(m.group(1), visitor, caller), 201 if new else 200)
+        new, view = await rooms.join(m.group(1), caller, req)
+        return visitor_answer(view, 201 if new else 200)
 
     async def _view(self, scope: Scope, headers: Headers, body: bytes) -> Response:
         caller = await self._caller(scope, _read(headers)[_AUTHORIZATION], None)

@@ -72,6 +72,11 @@ class AvailabilityIndex:
         self.dirty: set[tuple[str, str]] = set()
         self.version = 0
         self._tasks: list[asyncio.Task[None]] = []
+        # Calendars to read whole again (added, replaced, rolled): read by a task of their
+        # own, one shard call per shard, so slot changes keep flowing meanwhile.
+        self._stale: set[tuple[str, str]] = set()
+        self._stale_added = asyncio.Event()
+        self.reload_seconds = 5.0  # one round of calendar reads at most, then again
 
     def _yesterday(self) -> int:
         now = self.clock.seconds()
@@ -94,7 +99,7 @@ class AvailabilityIndex:
         await self._load()
         self.last_entry_ms = int(time.time() * 1000)
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._follow())]
+        self._tasks = [loop.create_task(self._follow()), loop.create_task(self._reload_stale())]
         if not self.fixed:
             self._tasks.append(loop.create_task(self._follow_the_clock()))
 
@@ -173,15 +178,50 @@ class AvailabilityIndex:
         for change in changes:
             pid, service = change.provider_id, change.service
             if isinstance(change, CalendarChanged):  # added, replaced or moved: read it whole
-                shard = await asyncio.to_thread(self.hexbook.shard_of, pid, refresh=True)
-                for row in await self.hexbook.shard(shard).availability.remote(pid, service):
-                    self._upsert(*row)
+                self._stale.add((pid, service))
+                self._stale_added.set()
             else:
                 grid = self._grid_of.get((pid, service))
                 if grid is not None:
                     grid.set_free(pid, service, change.start, change.remaining)
                 self.dirty.add((pid, service))
                 self.version += 1
+
+    async def _reload_stale(self) -> None:
+        """Read the calendars that changed whole, from their shards, as they come: every
+        calendar waiting, in one call per shard. A slow or stalled shard delays its own
+        calendars only; the slot changes of the stream are applied meanwhile (a day's roll
+        changes every calendar at once: read one by one under a launch's load, they held
+        the index back for minutes)."""
+        while True:
+            await self._stale_added.wait()
+            self._stale_added.clear()
+            batch, self._stale = self._stale, set()
+            try:
+                await asyncio.wait_for(self._reload(batch), self.reload_seconds)
+            except Exception as exc:  # a shard away or slow: those calendars again soon
+                log.warning("index: %d calendars not read yet: %s", len(batch), exc)
+                self._stale |= batch
+                await asyncio.sleep(0.5)
+                self._stale_added.set()
+
+    async def _reload(self, calendars: set[tuple[str, str]]) -> None:
+        def placement() -> dict[str, str]:  # from Redis: a provider may have moved
+            return {p: self.hexbook.shard_of(p, refresh=True) for p in {p for p, _ in calendars}}
+
+        shard_of = await asyncio.to_thread(placement)
+        by_shard: dict[str, list[tuple[str, str]]] = {}
+        for pid, service in calendars:
+            by_shard.setdefault(shard_of[pid], []).append((pid, service))
+        answers = await asyncio.gather(
+            *(
+                self.hexbook.shard(shard).availability.remote(calendars=wanted)
+                for shard, wanted in by_shard.items()
+            )
+        )
+        for rows in answers:
+            for row in rows:
+                self._upsert(*row)
 
     def freshness(self) -> dict[str, Any]:
         """When the last applied change happened, and how long ago."""
@@ -203,15 +243,27 @@ class AvailabilityIndex:
             return None
         return grid.start, grid.slot_seconds, grid.free_of(provider_id, service)
 
-    def places_near(
-        self, points: list[tuple[float, float]], radius_km: float, service: str, t_from: int
-    ) -> list[int]:
-        """Free places of ``service`` in slots from ``t_from`` on, within ``radius_km`` of
-        each point (one sum over the window per calendar, then one distance per point)."""
+    def places_rows(self, service: str, t_from: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every calendar of ``service``: (lats, lngs, free places in slots from ``t_from``
+        on), over every grid: what :func:`places_near` sums."""
         parts = [grid.places_by_row(service, t_from) for grid in self.grids.values()]
-        lats = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0)
-        lngs = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0)
-        free = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, dtype=np.int64)
+        if not parts:
+            return np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64)
+        return (
+            np.concatenate([p[0] for p in parts]),
+            np.concatenate([p[1] for p in parts]),
+            np.concatenate([p[2] for p in parts]),
+        )
+
+    @staticmethod
+    def places_near(
+        rows: tuple[np.ndarray, np.ndarray, np.ndarray],
+        points: list[tuple[float, float]],
+        radius_km: float,
+    ) -> list[int]:
+        """Free places of ``rows`` (from :meth:`places_rows`) within ``radius_km`` of each
+        point: one distance per calendar and point."""
+        lats, lngs, free = rows
         if free.size == 0:
             return [0] * len(points)
         return [

@@ -80,14 +80,16 @@ class Metrics:
             "hexbook_embedded_redis_restarts", "restarts of the embedded redis-server", registry=r
         )
 
-    def answered(self, status: int) -> float:
-        """HTTP answers of ``status`` so far (every route)."""
+    def answered(self, status: int, routes: frozenset[str] | None = None) -> float:
+        """HTTP answers of ``status`` so far, on ``routes`` (templates; ``None``: all)."""
         code = str(status)
         return sum(
             sample.value
             for metric in self.requests.collect()
             for sample in metric.samples
-            if sample.name.endswith("_total") and sample.labels.get("status") == code
+            if sample.name.endswith("_total")
+            and sample.labels.get("status") == code
+            and (routes is None or sample.labels.get("route") in routes)
         )
 
     def bind(self, inflight: Callable[[], float], index_age: Callable[[], float],

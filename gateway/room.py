@@ -82,7 +82,8 @@ def room_key(room_id: str) -> str:
     return f"hexbook:room:{{{room_id}}}"
 
 
-# KEYS: room, v, by, pre, q, areas, soldout. ARGV: visitor, area, record, now, dedup keys...
+# KEYS: room, v, by, pre, q, areas, soldout.
+# ARGV: visitor, area, record, now, opens_at, dedup keys...
 _JOIN = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {'missing'} end
@@ -91,21 +92,22 @@ local old = redis.call('HGET', KEYS[2], ARGV[1])
 if old then
   local rec = cjson.decode(old)
   if rec.c ~= cjson.decode(ARGV[3]).c then return {'taken', 'visitor'} end
-  return {'again', old}
+  return {'again', old, redis.call('ZRANK', KEYS[5], ARGV[1])}
 end
-for i = 5, #ARGV do
+for i = 6, #ARGV do
   local owner = redis.call('HGET', KEYS[3], ARGV[i])
   if owner and owner ~= ARGV[1] then return {'taken', ARGV[i]} end
 end
-for i = 5, #ARGV do redis.call('HSET', KEYS[3], ARGV[i], ARGV[1]) end
+for i = 6, #ARGV do redis.call('HSET', KEYS[3], ARGV[i], ARGV[1]) end
 local rec = cjson.decode(ARGV[3])
 redis.call('HINCRBY', KEYS[1], 'joined', 1)
 if redis.call('SISMEMBER', KEYS[7], ARGV[2]) == 1 then
   rec.s = 'sold_out'
   redis.call('HINCRBY', KEYS[1], 'sold_out', 1)
-elseif redis.call('HGET', KEYS[1], 'drawn') == '1' then
+elseif tonumber(ARGV[4]) >= tonumber(ARGV[5]) or redis.call('HGET', KEYS[1], 'drawn') == '1' then
+  -- after the opening: behind the whole pre-queue, whenever its lottery is drawn
   local t = redis.call('HINCRBY', KEYS[1], 'tickets', 1)
-  redis.call('ZADD', KEYS[5], t, ARGV[1])
+  redis.call('ZADD', KEYS[5], 1e12 + t, ARGV[1])
   redis.call('HINCRBY', KEYS[6], ARGV[2], 1)
   redis.call('SADD', KEYS[1] .. ':area:' .. ARGV[2], ARGV[1])
   rec.s = 'waiting'
@@ -116,7 +118,7 @@ else
 end
 local out = cjson.encode(rec)
 redis.call('HSET', KEYS[2], ARGV[1], out)
-return {'new', out}
+return {'new', out, redis.call('ZRANK', KEYS[5], ARGV[1])}
 """
 
 # KEYS: room, pre, q, v, lottery, areas. ARGV: seed, order...
@@ -134,7 +136,7 @@ for i = 2, #ARGV do
   redis.call('RPUSH', KEYS[5], v)
 end
 redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[1], 'drawn', '1', 'seed', ARGV[1], 'tickets', #ARGV - 1)
+redis.call('HSET', KEYS[1], 'drawn', '1', 'seed', ARGV[1])
 if redis.call('HGET', KEYS[1], 'state') == 'scheduled' then
   redis.call('HSET', KEYS[1], 'state', 'open')
 end
@@ -284,11 +286,11 @@ def visitor_answer(out: dict[str, Any], status: int = 200) -> Response:
 
 
 def poll_after(wait: float | None) -> int:
-    """When a waiting visitor should ask again: a third of the wait left, 2 to 30 s (the
-    crowd at the back asks rarely, the head often; paused: 30 s)."""
+    """When a waiting visitor should ask again: a third of the wait left, 2 to 60 s (the
+    crowd at the back asks rarely, the head often; paused: 60 s)."""
     if wait is None:
-        return 30
-    return int(min(30, max(2, wait / 3)))
+        return 60
+    return int(min(60, max(2, wait / 3)))
 
 
 def _b64(raw: bytes) -> str:
@@ -347,6 +349,7 @@ class WaitingRooms:
         self.me = uuid.uuid4().hex
         self._shed_seen = 0.0
         self._admits: dict[str, deque[tuple[float, int]]] = {}
+        self._rows: dict[str, tuple[float, tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
         self._join = redis_client.register_script(_JOIN)
         self._draw = redis_client.register_script(_DRAW)
         self._admit = redis_client.register_script(_ADMIT)
@@ -443,9 +446,11 @@ class WaitingRooms:
     def area_of(self, room: RoomState, lat: float, lng: float) -> str:
         return str(h3.latlng_to_cell(lat, lng, room.policy.resolution))
 
-    async def join(self, room_id: str, caller: Principal, body: JoinIn) -> tuple[bool, str]:
-        """Queue a visitor (a pre-queue place before the opening); ``(new, visitor id)``.
-        The same visitor joining again from the same caller keeps its place."""
+    async def join(
+        self, room_id: str, caller: Principal, body: JoinIn
+    ) -> tuple[bool, dict[str, Any]]:
+        """Queue a visitor (a pre-queue place before the opening): ``(new, the visitor
+        view)``. The same visitor joining again from the same caller keeps its place."""
         room = self.rooms.get(room_id) or await self.read(room_id)
         visitor = body.visitor_id or uuid.uuid4().hex
         area = self.area_of(room, body.lat, body.lng)
@@ -458,7 +463,8 @@ class WaitingRooms:
             dedup.append(f"addr:{caller.address}")
         k = room_key(room_id)
         keys = [k, f"{k}:v", f"{k}:by", f"{k}:pre", f"{k}:q", f"{k}:areas", f"{k}:soldout"]
-        out = await self._join(keys, [visitor, area, json.dumps(record), self.now(), *dedup])
+        args = [visitor, area, json.dumps(record), self.now(), room.spec["opens_at"], *dedup]
+        out = await self._join(keys, args)
         what = out[0].decode()
         if what == "missing":
             raise RoomNotFound(f"no waiting room {room_id!r}")
@@ -468,7 +474,8 @@ class WaitingRooms:
             by = out[1].decode().split(":", 1)[0]
             which = {"visitor": "visitor id", "key": "API key", "addr": "address"}[by]
             raise AlreadyQueued(f"this {which} has a place in room {room_id!r} already")
-        return what == "new", visitor
+        rank = out[2] if len(out) > 2 else None
+        return what == "new", self._view(room, visitor, json.loads(out[1]), rank, caller)
 
     async def visitor(self, room_id: str, visitor: str, caller: Principal) -> dict[str, Any]:
         """What a visitor sees: the VisitorOut of the contract."""
@@ -480,11 +487,21 @@ class WaitingRooms:
             raw, rank = await p.execute()
         if raw is None:
             raise RoomNotFound(f"no visitor {visitor!r} in room {room_id!r}")
-        rec = json.loads(raw)
+        return self._view(room, visitor, json.loads(raw), rank, caller)
+
+    def _view(
+        self,
+        room: RoomState,
+        visitor: str,
+        rec: dict[str, Any],
+        rank: int | None,
+        caller: Principal,
+    ) -> dict[str, Any]:
+        room_id = room.room_id
         status = rec["s"]
         places = room.places.get(rec["a"])
-        if places is None:
-            places = self._places(room, [rec["a"]])[rec["a"]]
+        if places is None:  # an area nobody waited for at the last tick (a pre-queue's)
+            places = room.places[rec["a"]] = self._places(room, [rec["a"]])[rec["a"]]
         out: dict[str, Any] = {
             "room_id": room_id,
             "visitor_id": visitor,
@@ -602,10 +619,16 @@ class WaitingRooms:
     # --- the tick ------------------------------------------------------------------
 
     def _places(self, room: RoomState, areas: list[str]) -> dict[str, int]:
+        """Places near each area, from the index's free places per calendar: summed over
+        the window once a tick per service (a sum over every slot of every calendar)."""
+        service, now = room.spec["service"], time.monotonic()
+        cached = self._rows.get(service)
+        if cached is None or cached[0] < now:
+            rows = self.index.places_rows(service, int(self.now()))
+            cached = (now + self.tick_seconds, rows)
+            self._rows[service] = cached
         centers = [h3.cell_to_latlng(a) for a in areas]
-        counts = self.index.places_near(
-            centers, room.policy.near_km, room.spec["service"], int(self.now())
-        )
+        counts = self.index.places_near(cached[1], centers, room.policy.near_km)
         return dict(zip(areas, counts, strict=True))
 
     async def run(self) -> None:
@@ -705,12 +728,15 @@ class WaitingRooms:
         seed = room.spec.get("seed")
         if seed is None:
             seed = secrets.randbits(63)
-        for _ in range(20):
+        # Joins stamped at or after the opening queue behind the pre-queue already, so
+        # the pre-queue no longer grows: one draw (again only if a gateway's clock lagged
+        # and a join slipped in meanwhile).
+        for _ in range(5):
             entrants = [v.decode() for v in await self.ticker.zrange(f"{k}:pre", 0, -1)]
             order = lottery(seed, entrants)
             keys = [k, f"{k}:pre", f"{k}:q", f"{k}:v", f"{k}:lottery", f"{k}:areas"]
             n = int(await self._draw(keys, [seed, *order], client=self.ticker))
-            if n != -2:  # -2: someone joined while we drew; draw again
+            if n != -2:
                 break
         # the opening starts with a full bucket: the first admissions go out at once
         full = refill_bucket(0.0, room.policy.per_minute, 1e9)

@@ -126,8 +126,8 @@ async def join(body: JoinIn, caller: Caller, service: Service, room_id: str = Ro
     visitor from the same caller keeps the place (200). One place per visitor id, API
     key and address (as the room's ``one_per`` says); a second is 409 ``already_queued``."""
     rooms = _rooms(service)
-    new, visitor = await rooms.join(room_id, caller, body)
-    return visitor_answer(await rooms.visitor(room_id, visitor, caller), 201 if new else 200)
+    new, view = await rooms.join(room_id, caller, body)
+    return visitor_answer(view, 201 if new else 200)
 
 
 @router.get(

@@ -22,8 +22,10 @@ from typing import Any
 import httpx
 import pytest
 import ray
+from fastapi import FastAPI
 
 from actors.api import Hexbook
+from actors.availability import AVAILABILITY_STREAM, encode_entry
 from actors.embedded_redis import EmbeddedRedis
 from gateway.app import create_app
 from gateway.keys import KeyStore
@@ -37,8 +39,11 @@ DEADLINE = 2.0  # seconds a shard may take before its callers hear 503
 
 
 class Stack:
-    def __init__(self, url: str, hb: Hexbook, server: EmbeddedRedis, key: str) -> None:
-        self.url, self.hb, self.server = url, hb, server
+    def __init__(
+        self, url: str, hb: Hexbook, server: EmbeddedRedis, key: str, app: FastAPI, op: str
+    ) -> None:
+        self.url, self.hb, self.server, self.app = url, hb, server, app
+        self.operator = {"Authorization": f"Bearer {op}"}
         self.headers = {"Authorization": f"Bearer {key}"}
 
     def slots(self, pid: str) -> list[dict[str, Any]]:
@@ -73,7 +78,7 @@ def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 timeout=60,
             )
             assert r.status_code == 201, r.text
-        yield Stack(url, hb, server, client)
+        yield Stack(url, hb, server, client, app, operator)
     hb.close()
     server.stop()
     ray.shutdown()
@@ -171,6 +176,49 @@ def test_redis_killed_under_load_gives_201_409_or_503_and_comes_back_by_itself(
     metrics = httpx.get(f"{faulty.url}/metrics").text
     assert "hexbook_embedded_redis_up 1.0" in metrics
     assert 'status="503"' in metrics  # the 503s were counted
+
+
+def test_a_stalled_shard_holds_back_its_own_calendars_only_in_the_index(faulty: Stack) -> None:
+    """A calendar change (a day's roll, a replaced schedule) is read whole from its shard.
+    With that shard stalled, the index still applies every other shard's slot changes:
+    read in the stream's order, one stalled read held the whole index back (a launch's
+    load made each read seconds long, and search showed taken places for minutes)."""
+    south = faulty.hb.shard_of("south")
+    for i in range(40):  # a provider on the other shard (placed by a hash of its cell)
+        lat = 41.80 + i * 0.004
+        body = {**SCHEDULE, "lat": lat, "lng": -87.40, "schedule": _day(capacity=200)}
+        r = httpx.put(f"{faulty.url}/v1/providers/elsewhere", json=body,
+                      headers=faulty.operator, timeout=60)  # fmt: skip
+        assert r.status_code in (200, 201), r.text
+        if faulty.hb.shard_of("elsewhere", refresh=True) != south:
+            break
+    assert faulty.hb.shard_of("elsewhere") != south
+
+    def first_slot() -> tuple[str, int] | None:
+        r = httpx.get(f"{faulty.url}/v1/search", params={
+            "lat": lat, "lng": -87.40, "service": "vaccine", "radius_km": 1})  # fmt: skip
+        found = r.json()["results"]
+        if not found or found[0]["provider_id"] != "elsewhere":
+            return None
+        slot = found[0]["next_slots"][0]
+        return slot["start"], slot["remaining"]
+
+    start, before = _until(first_slot)
+    pid = _shard_pid(faulty, "south")
+    client = faulty.hb.redis
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        # what the stalled shard's daily roll writes: read the calendar whole
+        client.xadd(AVAILABILITY_STREAM, encode_entry(south, [], [("south", "vaccine")]))
+        body = {"provider_id": "elsewhere", "service": "vaccine", "start": start}
+        r = httpx.post(f"{faulty.url}/v1/holds", json=body, headers=faulty.headers, timeout=30)
+        assert r.status_code == 201, r.text
+        _until(lambda: first_slot() == (start, before - 1), 20)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    # and the stalled shard's calendar is read once it answers again
+    index = faulty.app.state.runtime.index
+    _until(lambda: ("south", "vaccine") not in index._stale, 30)
 
 
 def test_a_stalled_shard_gets_503_within_the_deadline_and_a_retry_books_once(
