@@ -9,7 +9,9 @@ tick of the room (:func:`decide`) walks the queue from its head and
   out, at once (not when they reach the head): they can go to the waitlist instead;
 - admits, up to the tick's budget, the visitors whose area has room: an area takes
   admitted visitors while those admitted and not yet holding are fewer than its holdable
-  places plus the room's ``margin`` (admitted people who will not book, stated in places);
+  places plus the room's ``margin`` (admitted people who will not book, stated in places),
+  and the room as a whole while all its admitted not yet holding are fewer than all its
+  places plus the margin (areas overlap);
 - leaves the others waiting, in order.
 
 Arrivals before the opening wait in a pre-queue; at the opening :func:`lottery` draws
@@ -101,15 +103,21 @@ def decide(
     active: Mapping[str, int],
     budget: int,
     margin: int,
+    room_places: int | None = None,
 ) -> Decision:
     """One tick. ``head``: the queue's first visitors, in order; ``waiting_areas``: every
     area someone waits for (the whole queue, not only its head); ``places``: holdable
     places near each area now (missing: none); ``active``: visitors admitted to each area
-    who hold nothing yet and whose admission still runs; ``budget``: admissions this tick."""
+    who hold nothing yet and whose admission still runs; ``budget``: admissions this tick.
+    ``room_places``: the holdable places of the whole room, which bound the admitted who
+    hold nothing yet over every area together (areas overlap: each alone would admit
+    against the same places)."""
     sold = sorted(a for a in set(waiting_areas) | {w.area for w in head} if places.get(a, 0) <= 0)
     out = Decision(sold_out=sold)
     gone = set(sold)
     taken = dict(active)
+    if room_places is not None:
+        budget = min(budget, max(0, room_places + margin - sum(active.values())))
     for w in head:
         if len(out.admitted) >= budget:
             break

@@ -631,6 +631,14 @@ class WaitingRooms:
         counts = self.index.places_near(cached[1], centers, room.policy.near_km)
         return dict(zip(areas, counts, strict=True))
 
+    def _room_places(self, room: RoomState) -> int:
+        """The holdable places of the room's whole area (its centre and radius)."""
+        self._places(room, [])  # the index's rows of this tick
+        rows = self._rows[room.spec["service"]][1]
+        return self.index.places_near(
+            rows, [(room.spec["lat"], room.spec["lng"])], room.spec["radius_km"]
+        )[0]
+
     async def run(self) -> None:
         """Tick forever (every gateway): a Redis outage is logged and waited out."""
         while True:
@@ -705,7 +713,8 @@ class WaitingRooms:
         if missing:  # joined since the areas were read
             room.places |= self._places(room, sorted(missing))
         active = {a.decode(): int(n) for a, n in (await self.ticker.hgetall(f"{k}:active")).items()}
-        decision = decide(head, waiting, room.places, active, budget, room.policy.margin)
+        whole = self._room_places(room)
+        decision = decide(head, waiting, room.places, active, budget, room.policy.margin, whole)
         for area in decision.sold_out:
             await self._sold_out(
                 [k, f"{k}:q", f"{k}:v", f"{k}:soldout", f"{k}:areas"], [area], client=self.ticker

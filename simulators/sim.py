@@ -235,6 +235,8 @@ def simulate(
             d = haversine_km(alat, alng, site_lat, site_lng)
             area_sites[a] = np.flatnonzero(d <= room.near_km)
         bucket = refill(0.0, room.per_minute, 1e9)  # the opening starts with a full bucket
+    # the room's places: every site near one of its areas
+    room_sites = np.unique(np.concatenate([*area_sites.values(), np.zeros(0, dtype=np.int64)]))
 
     def enqueue(r: int, now: float) -> None:
         nonlocal seq, tick_due
@@ -276,7 +278,8 @@ def simulate(
             if in_queue[queue[j]]:
                 head.append(Waiting(str(queue[j]), area_of[home[queue[j]]]))
             j += 1
-        d = admit_tick(head, want, places, active, budget, room.margin)
+        whole = int(free_now[room_sites].sum())
+        d = admit_tick(head, want, places, active, budget, room.margin, whole)
         for a in d.sold_out:
             for r in members.pop(a, []):
                 if in_queue[r]:

@@ -65,7 +65,12 @@ class Launch(RuleBasedStateMachine):
     def tick(self, budget: int, depth: int) -> None:
         head = self.queue[:depth]
         active = {a: len(v) for a, v in self.active.items()}
-        d = decide(head, {w.area for w in self.queue}, self.places, active, budget, self.margin)
+        room_places = sum(self.places.values()) // 2  # areas overlap: the room has fewer
+        d = decide(head, {w.area for w in self.queue}, self.places, active, budget, self.margin,
+                   room_places)  # fmt: skip
+        if d.admitted:
+            after = sum(len(v) for v in self.active.values()) + len(d.admitted)
+            assert after <= room_places + self.margin, "the room admitted beyond its places"
         assert len(d.admitted) <= budget
         for w in d.admitted:
             assert self.places[w.area] > 0, "admitted to an area with nothing left"
