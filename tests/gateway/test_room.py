@@ -7,7 +7,6 @@ Real Ray, real Redis, real HTTP."""
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +18,7 @@ from actors.api import Hexbook
 from engine.room import lottery
 from gateway.app import create_app
 from gateway.keys import KeyStore
+from gateway.room import room_key
 from gateway.settings import Settings
 from tests.dates import ahead
 from tests.gateway.conftest import serving
@@ -66,6 +66,18 @@ def room(ops: httpx.Client, hb: Hexbook, rid: str, service: str, **over: Any) ->
     r = ops.post("/v1/rooms", json=body)
     assert r.status_code == 201, r.text
     return dict(r.json())
+
+
+def ticks(hb: Hexbook, rid: str, seconds: float = 1.0) -> None:
+    """Wait until the room's admitting gateway has ticked on for ``seconds`` of the
+    stack's clock (each tick stamps the room), however slow the machine is."""
+
+    def last() -> float:
+        raw = hb.redis.hget(room_key(rid), "last")
+        return float(raw) if raw else 0.0
+
+    first = until(last)
+    until(lambda: last() >= first + seconds)
 
 
 def view(client: httpx.Client, rid: str, vid: str) -> dict[str, Any]:
@@ -134,7 +146,7 @@ def test_nobody_is_admitted_where_nothing_is_left_and_they_are_told_at_once(
     waiting = [v for v in views if v["status"] == "waiting"]
     assert [v["position"] for v in sorted(waiting, key=lambda v: v["position"])] == [1, 2]
     assert all(v["places_near"] == 2 for v in waiting)
-    time.sleep(1.0)  # several ticks: still nobody more (each admitted holds nothing yet)
+    ticks(hb, "sell")  # several ticks: still nobody more (each admitted holds nothing yet)
     assert ops.get("/v1/rooms/sell").json()["admitted"] == 3
     # the admitted hold the two places: the area is sold out, the rest are told
     held = 0
@@ -268,7 +280,7 @@ def test_a_second_or_restarted_gateway_sees_every_position(
     paused = ops.patch("/v1/rooms/two", json={"state": "paused"}).json()
     assert paused["state"] == "paused" and paused["rate_per_minute"] == 0
     n = ops.get("/v1/rooms/two").json()["admitted"]
-    time.sleep(1.0)  # several ticks of a paused room: nobody admitted
+    ticks(hb, "two")  # several ticks of a paused room: nobody admitted
     assert ops.get("/v1/rooms/two").json()["admitted"] == n
     assert ops.patch("/v1/rooms/two", json={"state": "open"}).json()["state"] == "open"
     until(lambda: ops.get("/v1/rooms/two").json()["admitted"] > n, 30)
