@@ -239,6 +239,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_rows(rows: list[tuple[str, str, str]], a: str, b: str, page: Path) -> None:
+    width = max(len(k) for k, _, _ in rows)
+    print(f"{'':{width}}  {a:>14}  {b:>14}")
+    for key, va, vb in rows:
+        print(f"{key:{width}}  {va:>14}  {vb:>14}")
+    print(f"report: {page}")
+
+
 def compare(args: argparse.Namespace) -> int:
     from simulators.compare import write_comparison
 
@@ -247,11 +255,7 @@ def compare(args: argparse.Namespace) -> int:
     ra, _ = _run_one(a, args.out / "a", args.quiet, f"A: {a.name}")
     rb, _ = _run_one(b, args.out / "b", args.quiet, f"B: {b.name}")
     page, rows = write_comparison(ra, rb, args.out)
-    width = max(len(k) for k, _, _ in rows)
-    print(f"{'':{width}}  {'A':>14}  {'B':>14}")
-    for key, va, vb in rows:
-        print(f"{key:{width}}  {va:>14}  {vb:>14}")
-    print(f"report: {page}")
+    _print_rows(rows, "A", "B", page)
     return 0
 
 
@@ -275,11 +279,7 @@ def room(args: argparse.Namespace) -> int:
     ra, _ = _run_one(without, args.out / "a", args.quiet, "A: no waiting room")
     rb, _ = _run_one(with_room, args.out / "b", args.quiet, "B: waiting room")
     page, rows = write_comparison(ra, rb, args.out)
-    width = max(len(k) for k, _, _ in rows)
-    print(f"{'':{width}}  {'no room':>14}  {'room':>14}")
-    for key, va, vb in rows:
-        print(f"{key:{width}}  {va:>14}  {vb:>14}")
-    print(f"report: {page}")
+    _print_rows(rows, "no room", "room", page)
     return 0
 
 
