@@ -562,18 +562,26 @@ class Hexbook:
         """Extend a calendar to ``end`` (UTC, on its grid) with closed slots, e.g. for the
         new days of a rolling import, whose capacity then comes with
         :meth:`set_capacity`. Past days leave by the shard's own daily roll."""
-        grid = self.slots(provider_id, service)
-        added = (end - grid["start"]) // grid["slot_seconds"] - len(grid["capacity"])
-        cmd = RollCalendar(
-            provider_id,
-            service,
-            self.now(now),
-            grid["start"],
-            end,
-            bytes(2 * max(added, 0)),
-            self.now(now) - RETENTION_SECONDS,
-        )
-        self._one(cmd)
+        for attempt in range(3):
+            grid = self.slots(provider_id, service)
+            added = (end - grid["start"]) // grid["slot_seconds"] - len(grid["capacity"])
+            cmd = RollCalendar(
+                provider_id,
+                service,
+                self.now(now),
+                grid["start"],
+                end,
+                bytes(2 * max(added, 0)),
+                self.now(now) - RETENTION_SECONDS,
+            )
+            try:
+                self._one(cmd)
+                return
+            except InvalidRequest:
+                # The shard's daily roll moved the start between the read and the
+                # extend (a fresh-clone run saw it): read the grid again.
+                if attempt == 2:
+                    raise
 
     def slots(self, provider_id: str, service: str) -> dict[str, Any]:
         """A calendar's grid, read from its shard (authoritative)."""
