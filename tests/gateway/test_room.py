@@ -112,7 +112,9 @@ def test_the_pre_queue_is_ordered_by_a_lottery_kept_with_its_seed(
     assert sorted(draw["order"]) == people  # a permutation of the entrants
     assert draw["order"] == lottery(1234, people)  # drawn again from the seed
     assert draw["order"] != people
-    # positions follow the draw (the first admitted at once at 1 a minute)
+    # positions follow the draw (the first admitted at once at 1 a minute: the tick
+    # that drew admits right after, so the test waits for that tick's end)
+    until(lambda: ops.get("/v1/rooms/lot").json()["admitted"] == 1, 30)
     first = view(api, "lot", draw["order"][0])
     assert first["status"] == "admitted"
     positions = [view(api, "lot", v)["position"] for v in draw["order"][1:]]
