@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from simulators.toolkit import duration_type, progress
+
 __all__ = ["main"]
 
 DEMO_KEY_NAME = "demo booking client (hexbook up --demo)"
@@ -189,7 +191,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     imp.add_argument(
         "--every",
-        type=_duration,
+        type=duration_type(1, 7 * 86400),
         default=None,
         metavar="DURATION",
         help="do not run once: make the gateway run it on a schedule, at once and then "
@@ -215,20 +217,6 @@ def _parser() -> argparse.ArgumentParser:
     revoke = actions.add_parser("revoke", parents=[where], help="revoke a key by its id")
     revoke.add_argument("key_id", help="the 8-character id (hbk_<id>_...)")
     return parser
-
-
-def _progress(total: int) -> object:
-    def show(done: int) -> None:
-        width = 30
-        filled = width * done // max(total, 1)
-        end = "\n" if done >= total else ""
-        print(
-            f"\r  provisioning [{'#' * filled}{'.' * (width - filled)}] {done}/{total}",
-            end=end,
-            flush=True,
-        )
-
-    return show
 
 
 def up(args: argparse.Namespace) -> int:
@@ -303,7 +291,8 @@ def _provision_demo(hb: Any, sites: int) -> None:
         f"hexbook: provisioning {len(city)} demo sites, 28 days of 15-minute slots from "
         f"{today.isoformat()}, kept 28 days ahead as days pass"
     )
-    hb.provision_many(city, today, 28, 15, progress=_progress(len(city)), horizon_days=28)
+    with progress(len(city), "  provisioning") as done:
+        hb.provision_many(city, today, 28, 15, progress=done, horizon_days=28)
 
 
 def _banner(base: str, key: str | None) -> str:
@@ -481,12 +470,15 @@ def import_(args: argparse.Namespace) -> int:
             return 2
         schedule = {k: body[k] for k in ("connector", "url", "states", "timezone")}
         r = _gateway(
-            args, "POST", "/v1/imports/schedules", json={**schedule, "every_seconds": args.every}
+            args,
+            "POST",
+            "/v1/imports/schedules",
+            json={**schedule, "every_seconds": int(args.every)},
         )
         if r is None or r.status_code != 201:
             return _refused(r, "schedule")
         sid = r.json()["schedule_id"]
-        print(f"schedule {sid}: {args.connector} {args.source} every {args.every} s")
+        print(f"schedule {sid}: {args.connector} {args.source} every {int(args.every)} s")
         return 0
     r = _gateway(args, "POST", "/v1/imports", json=body)
     if r is None or r.status_code != 200:
@@ -504,21 +496,6 @@ def import_(args: argparse.Namespace) -> int:
         for line in d[what]:
             print(f"  {what}: {line}")
     return 1 if d["unplaced"] or d["conflicts"] or d["errors"] else 0
-
-
-def _duration(text: str) -> int:
-    """Seconds from ``300``, ``90s``, ``15m``, ``1h`` or ``1d`` (argparse type)."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    text = text.strip().lower()
-    try:
-        seconds = int(text[:-1]) * units[text[-1]] if text[-1:] in units else int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"not a duration: {text!r} (e.g. 300, 90s, 15m, 1h)"
-        ) from None
-    if not 1 <= seconds <= 7 * 86400:
-        raise argparse.ArgumentTypeError(f"{text!r}: from 1 second to 7 days")
-    return seconds
 
 
 def _gateway(args: argparse.Namespace, method: str, path: str, **kw: Any) -> Any:

@@ -6,9 +6,12 @@
 Runs Locust headless (the users of ``loadtests/locustfile.py``) against a gateway, or
 against a stack it starts itself (``--stack``: ``hexbook up --demo`` in the run folder),
 writes Locust's CSV and HTML report to the run folder, prints a table per endpoint,
-checks the thresholds, then runs the audit (``hexbook audit``) over the journals with
+shows the figures while it runs (in place on a terminal, a line every 5 s otherwise),
+checks the URL and key before it starts, names failures by reason (status and problem
+code), checks the thresholds, then runs the audit (``hexbook audit``) over the journals with
 the bookings the users saw acknowledged. Exit status: 0 healthy, 1 a threshold broken
-or an audit violation, 2 bad usage.
+or an audit violation, 2 bad usage (an unreachable URL, a refused key). ``verdict.json``
+in the run folder carries every threshold with its measured value.
 """
 
 from __future__ import annotations
@@ -18,30 +21,30 @@ import csv
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from gateway.stack import free_port, stop_stack, wait_ready
+from loadtests.reasons import clean
+from simulators.toolkit import LocalStack, duration_type, free_port, start_stack
 
-__all__ = ["Thresholds", "check_thresholds", "main", "parse_duration", "read_stats"]
+__all__ = [
+    "Thresholds",
+    "check_thresholds",
+    "main",
+    "preflight",
+    "read_failures",
+    "read_stats",
+    "threshold_checks",
+]
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
-
-
-def parse_duration(text: str) -> float:
-    """``90``, ``90s``, ``3m``, ``1h30m`` -> seconds."""
-    m = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?", text.strip())
-    if not text.strip() or m is None or not any(m.groups()):
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (try 30s, 3m, 1h)")
-    h, mi, s = (int(g) if g else 0 for g in m.groups())
-    seconds = h * 3600 + mi * 60 + s
-    if seconds < 5:
-        raise argparse.ArgumentTypeError("a run lasts at least 5 s")
-    return float(seconds)
+HEAD = f"{'endpoint':42} {'requests':>9} {'fail':>6} {'req/s':>8} {'p50':>6} {'p95':>6} {'p99':>6}"
 
 
 @dataclass
@@ -50,6 +53,26 @@ class Thresholds:
     p95_ms: float = 1000.0
     p99_ms: float = 2000.0
     per_endpoint: dict[str, dict[str, float]] | None = None
+
+
+def _number(text: str | None) -> float:
+    """A figure of Locust's CSV: ``N/A`` (no answer to time) and blanks are 0."""
+    try:
+        return float(text or 0)
+    except ValueError:
+        return 0.0
+
+
+def read_failures(path: Path) -> list[dict[str, Any]]:
+    """Rows of Locust's ``*_failures.csv``: endpoint, reason, count (most first)."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        rows = [
+            {"name": r["Name"], "reason": clean(r["Error"]), "count": int(r["Occurrences"])}
+            for r in csv.DictReader(f)
+        ]
+    return sorted(rows, key=lambda r: -int(r["count"]))
 
 
 def read_stats(path: Path) -> list[dict[str, Any]]:
@@ -63,40 +86,54 @@ def read_stats(path: Path) -> list[dict[str, Any]]:
                     "name": row["Name"],
                     "requests": int(row["Request Count"]),
                     "failures": int(row["Failure Count"]),
-                    "rps": float(row["Requests/s"]),
-                    "p50": float(row["50%"] or 0),
-                    "p95": float(row["95%"] or 0),
-                    "p99": float(row["99%"] or 0),
+                    "rps": _number(row["Requests/s"]),
+                    "p50": _number(row["50%"]),
+                    "p95": _number(row["95%"]),
+                    "p99": _number(row["99%"]),
                 }
             )
     return rows
 
 
-def check_thresholds(rows: list[dict[str, Any]], t: Thresholds) -> list[str]:
-    """What broke: the error ratio over real requests (expected 409s and give-ups are
-    on ``EXPECTED`` rows, not counted), and p95 / p99 per endpoint."""
-    broken = []
+def threshold_checks(rows: list[dict[str, Any]], t: Thresholds) -> list[dict[str, Any]]:
+    """Every threshold with its limit and what was measured: the error ratio over real
+    requests (expected 409s and give-ups are on ``EXPECTED`` rows, not counted), and p95
+    and p99 per endpoint. Each check has ``name``, ``limit``, ``measured``, ``unit``, ``ok``."""
     real = [r for r in rows if r["type"] not in ("EXPECTED", "") and r["name"] != "Aggregated"]
     total = sum(r["requests"] for r in real)
     failures = sum(r["failures"] for r in real)
     ratio = failures / total if total else 0.0
-    if total == 0:
-        broken.append("no requests were made")
-    if ratio > t.max_error_ratio:
-        broken.append(f"error ratio {ratio:.2%} > {t.max_error_ratio:.2%}")
+    checks = [
+        {"name": "requests made", "limit": 1, "measured": total, "unit": "requests",
+         "ok": total > 0},
+        {"name": "error ratio", "limit": t.max_error_ratio, "measured": round(ratio, 6),
+         "unit": "ratio", "ok": ratio <= t.max_error_ratio},
+    ]  # fmt: skip
     for r in real:
         limits = {"p95": t.p95_ms, "p99": t.p99_ms, **(t.per_endpoint or {}).get(r["name"], {})}
         for q in ("p95", "p99"):
-            if r[q] > limits[q]:
-                broken.append(f"{r['name']}: {q} {r[q]:.0f} ms > {limits[q]:.0f} ms")
+            checks.append({"name": f"{r['name']}: {q}", "limit": limits[q], "measured": r[q],
+                           "unit": "ms", "ok": r[q] <= limits[q]})  # fmt: skip
+    return checks
+
+
+def check_thresholds(rows: list[dict[str, Any]], t: Thresholds) -> list[str]:
+    """What broke, one line each (the failed :func:`threshold_checks`)."""
+    broken = []
+    for c in threshold_checks(rows, t):
+        if c["ok"]:
+            continue
+        if c["name"] == "requests made":
+            broken.append("no requests were made")
+        elif c["unit"] == "ratio":
+            broken.append(f"error ratio {c['measured']:.2%} > {c['limit']:.2%}")
+        else:
+            broken.append(f"{c['name']} {c['measured']:.0f} ms > {c['limit']:.0f} ms")
     return broken
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    head = (
-        f"{'endpoint':42} {'requests':>9} {'fail':>6} {'req/s':>8} {'p50':>6} {'p95':>6} {'p99':>6}"
-    )
-    lines = [head, "-" * len(head)]
+    lines = [HEAD, "-" * len(HEAD)]
     for r in rows:
         name = r["name"] if r["type"] != "EXPECTED" else f"({r['name']})"
         lines.append(
@@ -145,7 +182,9 @@ def _parser() -> argparse.ArgumentParser:
         help="a launch: ramp to the peak in a minute, hold, decay (the default)",
     )
     shape.add_argument("--shape", choices=["spike", "steady", "step"], help="the load shape")
-    p.add_argument("--duration", type=parse_duration, default=60.0, help="e.g. 30s, 3m (60s)")
+    p.add_argument(
+        "--duration", type=duration_type(5), default=60.0, help="e.g. 30s, 3m (60s, at least 5s)"
+    )
     p.add_argument("--users", type=int, default=100, help="peak simultaneous users (100)")
     p.add_argument(
         "--weights",
@@ -174,6 +213,11 @@ def _parser() -> argparse.ArgumentParser:
         "--data-dir", type=Path, help="--url: a local stack's data folder, for the audit"
     )
     p.add_argument("--no-audit", action="store_true", help="skip the audit")
+    p.add_argument(
+        "--ui",
+        action="store_true",
+        help="run with Locust's web UI (its address is printed; the run starts at once)",
+    )
     room = p.add_argument_group(
         "waiting room",
         "a launch through a waiting room: bookers and changers join it, wait for their "
@@ -227,39 +271,93 @@ def room_figures(url: str, operator_key: str, room_id: str) -> str:
     )
 
 
-def _operator_key(folder: Path) -> str:
-    """A fresh operator key for the stack this tool started (its data folder)."""
-    done = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "keys", "create", "--role", "operator",
-         "--name", "hexbook-load", "--data-dir", str(folder / "data")],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    found = re.search(r"hbk_[A-Za-z0-9_-]+", done.stdout)
-    if done.returncode != 0 or found is None:
-        raise RuntimeError(f"could not make an operator key: {done.stderr[-300:]}")
-    return found.group(0)
+def preflight(url: str, key: str, timeout: float = 10.0) -> str | None:
+    """Why a run against ``url`` with ``key`` cannot work, in one line (None: it can).
+    The gateway must answer ``/readyz`` and take the key as a booking client."""
+    import httpx
+
+    try:
+        ready = httpx.get(f"{url}/readyz", timeout=timeout)
+    except httpx.InvalidURL as exc:
+        return f"{url!r} is not a URL: {exc}"
+    except httpx.HTTPError as exc:
+        return f"cannot reach {url}: {type(exc).__name__} ({exc or 'no answer'})"
+    if ready.status_code == 404:
+        return f"{url} answers, but is not a hexbook gateway (no /readyz)"
+    if ready.status_code != 200:
+        return f"{url} is not ready: /readyz answered {ready.status_code} {ready.text[:200]}"
+    try:  # a booking nobody has: a good key gets 404, a bad one 401, a wrong role 403
+        r = httpx.get(
+            f"{url}/v1/bookings/bk_preflight",
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=timeout,
+        )
+    except httpx.HTTPError as exc:
+        return f"cannot reach {url}: {type(exc).__name__} ({exc or 'no answer'})"
+    if r.status_code in (401, 403):
+        try:
+            detail = str(r.json().get("detail", ""))
+        except ValueError:
+            detail = r.text[:200]
+        what = "refused" if r.status_code == 401 else "not a booking-client key"
+        return f"the key was {what} by {url} ({r.status_code}: {detail})"
+    return None
 
 
-def _start_stack(folder: Path, sites: int) -> tuple[subprocess.Popen[str], str, str]:
-    port = free_port()
-    log = open(folder / "stack.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "up", "--demo", "--sites", str(sites),
-         "--data-dir", str(folder / "data"), "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=log, text=True,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    key = ""
-    for line in proc.stdout:
-        print(f"  stack: {line.rstrip()}", flush=True)
-        if "booking-client key" in line:
-            key = line.split(": ", 1)[1].strip()
-            break
-    if not key:
-        raise RuntimeError(f"the stack did not start; see {folder / 'stack.log'}")
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(url, proc, folder / "stack.log")
-    return proc, url, key
+class Console:
+    """The run as it goes, from the snapshot the users write every second
+    (``live.json``): in place on a terminal, a line every ``every`` seconds otherwise."""
+
+    def __init__(self, path: Path, tty: bool, every: float = 5.0) -> None:
+        self.path, self.tty, self.every = path, tty, every
+        self.started = time.monotonic()
+        self.last_line = -every
+        self.drawn = 0
+
+    def read(self) -> dict[str, Any] | None:
+        try:
+            return dict(json.loads(self.path.read_text()))
+        except (OSError, ValueError):
+            return None
+
+    def tick(self) -> None:
+        snap = self.read()
+        if snap is None:
+            return
+        elapsed = time.monotonic() - self.started
+        if self.tty:
+            lines = self.screen(snap, elapsed)
+            up = f"\x1b[{self.drawn}F" if self.drawn else ""
+            sys.stdout.write(up + "".join(f"\x1b[2K{line}\n" for line in lines))
+            sys.stdout.flush()
+            self.drawn = len(lines)
+        elif elapsed - self.last_line >= self.every:
+            self.last_line = elapsed
+            print(self.line(snap, elapsed), flush=True)
+
+    @staticmethod
+    def line(snap: dict[str, Any], elapsed: float) -> str:
+        t = snap["total"]
+        top = snap["failures"][0] if snap["failures"] else None
+        why = f" (most: {top['reason']} on {top['name']}, {top['count']:,})" if top else ""
+        return (
+            f"  {elapsed:4.0f} s  {snap['users']:>5} users  {t['rps']:>8.1f} req/s  "
+            f"p50 {t['p50']:.0f} ms  p95 {t['p95']:.0f} ms  p99 {t['p99']:.0f} ms  "
+            f"{t['requests']:,} requests  {t['failures']:,} failed{why}"
+        )
+
+    @staticmethod
+    def screen(snap: dict[str, Any], elapsed: float) -> list[str]:
+        lines = [Console.line(snap, elapsed), HEAD]
+        for r in snap["rows"]:
+            name = r["name"] if r["type"] != "EXPECTED" else f"({r['name']})"
+            lines.append(
+                f"{name[:42]:42} {r['requests']:>9,} {r['failures']:>6,} {r['rps']:>8.1f} "
+                f"{r['p50']:>6.0f} {r['p95']:>6.0f} {r['p99']:>6.0f}"
+            )
+        for f in snap["failures"][:5]:
+            lines.append(f"  failed: {f['count']:>7,}  {f['reason']}  ({f['name']})")
+        return lines
 
 
 def _per_endpoint(specs: list[str]) -> dict[str, dict[str, float]]:
@@ -295,6 +393,47 @@ def _missing_extra() -> str | None:
     )
 
 
+def _failure_table(failures: list[dict[str, Any]]) -> str:
+    lines = ["failures by reason (status and problem code):"]
+    for f in failures[:15]:
+        lines.append(f"  {f['count']:>8,}  {f['reason'][:60]:60}  {f['name']}")
+    if len(failures) > 15:
+        lines.append(f"  ... {len(failures) - 15} more reasons in locust_failures.csv")
+    return "\n".join(lines)
+
+
+def _locust(
+    args: argparse.Namespace, folder: Path, url: str, env: dict[str, str]
+) -> subprocess.CompletedProcess[bytes] | int:
+    """Run Locust (headless, or with its web UI for --ui) while the console shows the
+    figures; its exit code."""
+    cmd = [
+        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--host", url,
+        "--csv", str(folder / "locust"), "--html", str(folder / "report.html"),
+        "--stop-timeout", "10", "--exit-code-on-error", "0", "--loglevel", "WARNING",
+    ]  # fmt: skip
+    if args.ui:
+        port = free_port()
+        cmd += ["--autostart", "--autoquit", "5", "--web-host", "127.0.0.1",
+                "--web-port", str(port)]  # fmt: skip
+        print(f"hexbook-load: Locust's web UI at http://127.0.0.1:{port} (the run starts now)")
+    else:
+        cmd += ["--headless", "--only-summary"]
+    console = Console(folder / "live.json", sys.stdout.isatty())
+    with open(folder / "locust.log", "w") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            while proc.poll() is None:
+                console.tick()
+                time.sleep(1)
+        except KeyboardInterrupt:
+            proc.send_signal(signal.SIGINT)  # Locust writes its report and stops
+            proc.wait(timeout=60)
+            raise
+    console.tick()
+    return proc.returncode
+
+
 def main(argv: list[str] | None = None) -> int:
     if (missing := _missing_extra()) is not None:
         print(f"hexbook-load: {missing}", file=sys.stderr)
@@ -314,20 +453,28 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--room-rate must be 1 to 1,000,000 admissions a minute")
     if args.url and not args.key:
         parser.error("--url needs a booking-client key: --key or $HEXBOOK_KEY")
+    if args.url:
+        args.url = args.url.rstrip("/")
+        if (why := preflight(args.url, args.key)) is not None:
+            print(f"hexbook-load: {why}", file=sys.stderr)
+            return 2
     folder = args.out or Path("runs") / f"load-{datetime.now():%Y%m%d-%H%M%S}"
     folder.mkdir(parents=True, exist_ok=True)
     shape = args.shape or "spike"
     print(f"hexbook-load: {shape}, peak {args.users} users, {args.duration:.0f} s -> {folder}")
-    stack = None
+    stack: LocalStack | None = None
     try:
         if args.stack:
-            stack, url, key = _start_stack(folder, args.sites)
+            stack = start_stack(
+                folder, demo_sites=args.sites, echo=lambda line: print(f"  stack: {line}")
+            )
+            url, key = stack.url, stack.keys["booking-client"]
         else:
             url, key = args.url, args.key
         operator = args.operator_key
         if args.room:
-            if args.stack:
-                operator = _operator_key(folder)
+            if stack is not None:
+                operator = stack.key("operator", "hexbook-load")
             if operator:
                 open_room(url, operator, args.room, args.service, args.room_rate)
         env = {
@@ -340,22 +487,18 @@ def main(argv: list[str] | None = None) -> int:
             "HEXBOOK_LOAD_ACKS": str(folder / "acks"),
             "HEXBOOK_LOAD_SERVICE": args.service,
             "HEXBOOK_LOAD_ROOM": args.room or "",
+            "HEXBOOK_LOAD_LIVE": str(folder / "live.json"),
         }
         if args.city:
             env["HEXBOOK_LOAD_CITY"] = str(args.city.resolve())
-        cmd = [
-            sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
-            "--host", url, "--csv", str(folder / "locust"), "--html", str(folder / "report.html"),
-            "--only-summary", "--stop-timeout", "10", "--exit-code-on-error", "0",
-            "--loglevel", "WARNING",
-        ]  # fmt: skip
-        with open(folder / "locust.log", "w") as log:
-            done = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
-        if done.returncode != 0:
+        if _locust(args, folder, url, env) != 0:
             print(f"hexbook-load: locust failed; see {folder / 'locust.log'}", file=sys.stderr)
             return 1
         rows = read_stats(folder / "locust_stats.csv")
         print(_table(rows))
+        failures = read_failures(folder / "locust_failures.csv")
+        if failures:
+            print(_failure_table(failures))
         from actors.audit import read_acks
 
         acks = read_acks(sorted((folder / "acks").glob("*.jsonl")))
@@ -366,6 +509,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.room and operator:
             print(room_figures(url, operator, args.room))
+        checks = threshold_checks(rows, thresholds)
         broken = check_thresholds(rows, thresholds)
         for b in broken:
             print(f"THRESHOLD BROKEN: {b}")
@@ -373,17 +517,27 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_audit:
             audit_ok = _audit(args, folder, acks)
         verdict = not broken and audit_ok
-        summary = {"thresholds_broken": broken, "audit_ok": audit_ok, "bookings": booked,
-                   "peak_per_minute": peak_per_minute(acks)}  # fmt: skip
+        summary = {
+            "pass": verdict,
+            "thresholds": checks,
+            "thresholds_broken": broken,
+            "failures": failures,
+            "audit_ok": audit_ok,
+            "bookings": booked,
+            "peak_per_minute": peak_per_minute(acks),
+        }
         (folder / "verdict.json").write_text(json.dumps(summary, indent=2))
         print("hexbook-load: PASS" if verdict else "hexbook-load: FAIL")
         return 0 if verdict else 1
     except RuntimeError as exc:
         print(f"hexbook-load: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("hexbook-load: interrupted", file=sys.stderr)
+        return 130
     finally:
         if stack is not None:
-            stop_stack(stack)
+            stack.stop()
 
 
 def _audit(args: argparse.Namespace, folder: Path, acks: list[dict[str, Any]]) -> bool:

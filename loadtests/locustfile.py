@@ -15,6 +15,11 @@ that waiting room first: they join it, ask where they stand when the answer says
 and hold with the admission they get; those told their area is sold out stop there
 (an expected outcome, on its own row).
 
+Failures are named by their reason (``401 unauthorized``, ``503 overloaded``: the
+status and the problem's code), so a run's failures add up by cause. With
+``HEXBOOK_LOAD_LIVE`` (a file) the figures so far are written there every second
+(:func:`live_snapshot`), for ``hexbook-load``'s live console.
+
 Every booking a user is told about (and every cancel or move) is written as a JSON line
 to ``HEXBOOK_LOAD_ACKS`` (a folder; one file per process), which the audit checks
 against the journals. 409 answers are expected: they count as successes of their
@@ -35,6 +40,7 @@ from typing import Any
 
 from locust import FastHttpUser, HttpUser, between, events, task
 
+from loadtests.reasons import clean, reason
 from loadtests.shapes import SHAPES
 from simulators.city import homes, read_cells_csv, synthetic_city
 
@@ -71,6 +77,58 @@ class _Acks:
 ACKS = _Acks()
 
 
+def live_snapshot(environment: Any) -> dict[str, Any]:
+    """The run so far: users, and per endpoint requests, failures, the current rate and
+    percentiles (ms), and failures by endpoint and reason."""
+    stats = environment.runner.stats
+    rows = []
+    for entry in sorted(stats.entries.values(), key=lambda e: (e.method == "EXPECTED", e.name)):
+        n = entry.num_requests
+        rows.append({
+            "type": entry.method, "name": entry.name, "requests": n,
+            "failures": entry.num_failures, "rps": round(entry.current_rps, 2),
+            **{f"p{q}": entry.get_response_time_percentile(q / 100) if n else 0
+               for q in (50, 95, 99)},
+        })  # fmt: skip
+    failures = [
+        {"name": e.name, "reason": clean(e.error), "count": e.occurrences}
+        for e in stats.errors.values()
+    ]
+    failures.sort(key=lambda f: -f["count"])
+    total = stats.total
+    return {
+        "t": time.time(),
+        "users": environment.runner.user_count,
+        "total": {"requests": total.num_requests, "failures": total.num_failures,
+                  "rps": round(total.current_rps, 2),
+                  **{f"p{q}": total.get_response_time_percentile(q / 100)
+                     if total.num_requests else 0 for q in (50, 95, 99)}},
+        "rows": rows,
+        "failures": failures,
+    }  # fmt: skip
+
+
+def _live_figures(environment: Any, **_: Any) -> None:
+    """Every second, the figures so far into ``HEXBOOK_LOAD_LIVE`` (replaced whole)."""
+    path = os.environ.get("HEXBOOK_LOAD_LIVE")
+    if not path or environment.runner is None:
+        return
+    import gevent  # type: ignore[import-untyped]
+
+    def loop() -> None:
+        target = Path(path)
+        part = target.with_suffix(".part")
+        while True:
+            part.write_text(json.dumps(live_snapshot(environment)))
+            part.replace(target)
+            gevent.sleep(1)
+
+    gevent.spawn(loop)
+
+
+events.test_start.add_listener(_live_figures)  # type: ignore[no-untyped-call]
+
+
 def _expected(name: str, started: float) -> None:
     """Count an expected outcome (a 409, a give-up) on a row of its own."""
     events.request.fire(  # type: ignore[no-untyped-call]
@@ -102,7 +160,7 @@ class Resident(FastHttpUser):
             catch_response=True,
         ) as r:
             if r.status_code != 200:
-                r.failure(f"{r.status_code}: {r.text[:200]}")
+                r.failure(reason(r))
                 return []
             results = r.json()["results"]
         return [(p["provider_id"], s["start"]) for p in results for s in p["next_slots"][:2]]
@@ -118,7 +176,7 @@ class Resident(FastHttpUser):
             headers=self.auth, catch_response=True,
         ) as r:  # fmt: skip
             if r.status_code not in (200, 201):
-                r.failure(f"{r.status_code}: {r.text[:200]}")
+                r.failure(reason(r))
                 return None
             view = r.json()
         deadline = time.monotonic() + 600
@@ -136,7 +194,7 @@ class Resident(FastHttpUser):
                 catch_response=True,
             ) as r:  # fmt: skip
                 if r.status_code != 200:
-                    r.failure(f"{r.status_code}: {r.text[:200]}")
+                    r.failure(reason(r))
                     return None
                 view = r.json()
         _expected("room: still waiting after 10 minutes", started)
@@ -161,7 +219,7 @@ class Resident(FastHttpUser):
                     _expected("409 hold taken", started)
                     continue
                 if r.status_code != 201:
-                    r.failure(f"{r.status_code}: {r.text[:200]}")
+                    r.failure(reason(r))
                     return None
                 hold = r.json()
             key = uuid.uuid4().hex
@@ -175,7 +233,7 @@ class Resident(FastHttpUser):
                     _expected("410 hold expired", started)
                     continue
                 if r.status_code != 201:
-                    r.failure(f"{r.status_code}: {r.text[:200]}")
+                    r.failure(reason(r))
                     return None
                 booking: dict[str, Any] = r.json()
             ACKS.write(op="booked", booking_id=booking["booking_id"], key=key)
@@ -219,7 +277,7 @@ class Changer(Resident):
                 if r.status_code == 204:
                     ACKS.write(op="cancelled", booking_id=bid)
                 else:
-                    r.failure(f"{r.status_code}: {r.text[:200]}")
+                    r.failure(reason(r))
             return
         current = (booking["provider_id"], datetime.fromisoformat(booking["start"]))
         others = [
@@ -243,7 +301,7 @@ class Changer(Resident):
                         op="rescheduled", booking_id=bid, new_booking_id=r.json()["booking_id"]
                     )
                 else:
-                    r.failure(f"{r.status_code}: {r.text[:200]}")
+                    r.failure(reason(r))
                 return
 
 
@@ -265,7 +323,7 @@ class FeedReader(HttpUser):
             catch_response=True, timeout=30,
         ) as r:  # fmt: skip
             if r.status_code != 200:
-                r.failure(f"{r.status_code}")
+                r.failure(reason(r))
                 return
             for line in r.iter_lines(decode_unicode=True):
                 if line and line.startswith("id: "):

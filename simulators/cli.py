@@ -1,8 +1,9 @@
 """``hexbook-sim``: rehearse a launch before it happens.
 
     hexbook-sim run simulators/scenarios/chicago.toml --out build/chicago
-    hexbook-sim compare chicago.toml chicago-more-sites.toml --out build/what-if
-    hexbook-sim live small.toml --stack --speed 30 --out build/live
+    hexbook-sim compare simulators/scenarios/chicago.toml \
+        simulators/scenarios/chicago-mass-sites.toml --out build/what-if
+    hexbook-sim live simulators/scenarios/small.toml --stack --speed 30 --out build/live
 
 Exit status: 0 done, 2 bad usage or a scenario that cannot be run.
 """
@@ -11,12 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from simulators.scenario import Scenario, ScenarioError, load_scenario, validate
+from simulators.toolkit import progress
 
 __all__ = ["main"]
 
@@ -125,6 +127,12 @@ def _parser() -> argparse.ArgumentParser:
         help="time compression: model seconds per real second (default 30)",
     )
     live.add_argument(
+        "--keep",
+        action="store_true",
+        help="--url: leave the run's sites, bookings and key on the gateway (by default "
+        "its holds are released, bookings cancelled, sites closed and key revoked at the end)",
+    )
+    live.add_argument(
         "--concurrency",
         type=int,
         default=200,
@@ -132,27 +140,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     common(live, "build/live")
     return p
-
-
-def _progress(
-    enabled: bool, label: str
-) -> tuple[Callable[[float], None] | None, Callable[[], None]]:
-    if not enabled:
-        return None, lambda: None
-    from tqdm import tqdm
-
-    bar = tqdm(
-        total=1000,
-        desc=label,
-        unit="‰",
-        bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}",
-        file=sys.stderr,
-    )
-
-    def update(share: float) -> None:
-        bar.update(max(0, round(share * 1000) - bar.n))
-
-    return update, bar.close
 
 
 def _load(path: Path, args: argparse.Namespace) -> Scenario:
@@ -193,11 +180,8 @@ def _run_one(s: Scenario, out: Path, quiet: bool, label: str) -> Any:
     from simulators.report import write_report
     from simulators.sim import simulate
 
-    update, close = _progress(not quiet, label)
-    try:
-        result = simulate(s, update)
-    finally:
-        close()
+    with progress(1000, label, not quiet) as done:
+        result = simulate(s, lambda share: done(round(share * 1000)))
     page = write_report(result, out)
     return result, page
 
@@ -232,11 +216,17 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"  {key}: {shown}")
     print(
-        f"  needs: {plan.shards or 'more than 256'} shards, {plan.gateways} gateway processes, "
-        f"{plan.nodes} nodes (peak {plan.peak_gateway_rps:,.0f} requests/s)"
+        f"  needs: {_count(plan.shards, 'shard') if plan.shards else 'more than 256 shards'}, "
+        f"{_count(plan.gateways, 'gateway process', 'gateway processes')}, "
+        f"{_count(plan.nodes, 'node')} (peak {plan.peak_gateway_rps:,.0f} requests/s)"
     )
     print(f"report: {page}")
     return 0
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    """``1 shard``, ``2 shards``."""
+    return f"{n:,} {one if n == 1 else many or one + 's'}"
 
 
 def _print_rows(rows: list[tuple[str, str, str]], a: str, b: str, page: Path) -> None:
@@ -287,10 +277,26 @@ def live(args: argparse.Namespace) -> int:
     from simulators.live import run_live
 
     s = _load(args.scenario, args)
-    if args.speed <= 0 or args.concurrency < 1:
-        print("hexbook-sim: --speed must be positive and --concurrency at least 1", file=sys.stderr)
-        return 2
-    return run_live(s, args)
+    key = args.key or os.environ.get("HEXBOOK_KEY") if args.url else None
+    done = run_live(
+        s,
+        args.out,
+        url=args.url,
+        key=key,
+        speed=args.speed,
+        concurrency=args.concurrency,
+        quiet=args.quiet,
+        keep=args.keep,
+    )
+    for note in done.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"{'':26}{'model':>12}{'live':>12}{'diff':>9}")
+    for k, m, v, d in done.rows:
+        print(f"{k:26}{m:12,.3g}{v:12,.3g}{d:+9.1%}")
+    if done.live.errors:
+        print(f"{len(done.live.errors)} errors, first: {done.live.errors[0]}")
+    print(f"report: {done.page}")
+    return 0
 
 
 def _missing_extra() -> str | None:
@@ -317,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     except ScenarioError as exc:
         print(f"hexbook-sim: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:  # a stack that did not start, a gateway that refused
+        print(f"hexbook-sim: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("hexbook-sim: interrupted", file=sys.stderr)
         return 130

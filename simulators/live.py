@@ -13,17 +13,15 @@ the expiries, the index's staleness are the real ones.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import csv
 import html
 import math
-import os
 import random
 import secrets
-import subprocess
-import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -37,12 +35,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from engine.schedule import WeeklyTemplate, zone
-from gateway.stack import free_port, stop_stack, wait_ready
 from simulators.report import STYLE, _per_minute, _save
 from simulators.scenario import Scenario, ScenarioError, build_sites
 from simulators.sim import Outcome, SimResult, simulate
+from simulators.toolkit import progress, start_stack
 
-__all__ = ["LiveResult", "compare_live", "run_live"]
+__all__ = ["LiveResult", "LiveRun", "compare_live", "run_live"]
 
 
 class LiveResult(msgspec.Struct):
@@ -71,37 +69,57 @@ def _schedule(template: WeeklyTemplate) -> dict[str, Any]:
     }
 
 
-def _start_stack(folder: Path, ttl: int) -> tuple[subprocess.Popen[str], str, str]:
-    """``hexbook up`` in ``folder`` with hold time ``ttl``; (process, url, operator key)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    data = folder / "data"
-    port = free_port()
-    env = {**os.environ, "HEXBOOK_HOLD_TTL_SECONDS": str(ttl)}
-    with open(folder / "stack.log", "w") as log:  # the child keeps its own copy
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "up", "--data-dir", str(data),
-             "--port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT, text=True, env=env,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, proc, folder / "stack.log", seconds=180)
-    except RuntimeError:
-        stop_stack(proc)
-        raise
-    made = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "keys", "create", "--role", "operator",
-         "--name", "hexbook-sim live", "--data-dir", str(data)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if made.returncode != 0:
-        stop_stack(proc)
-        raise RuntimeError(f"could not make an operator key: {made.stderr.strip()}")
-    return proc, url, made.stdout.split()[0]
+@dataclass
+class _Made:
+    """What a live run created on the gateway, to take it away again."""
+
+    sites: dict[str, dict[str, Any]] = field(default_factory=dict)  # live id -> PUT body
+    holds: set[str] = field(default_factory=set)  # held, not (yet) booked
+    bookings: list[str] = field(default_factory=list)
+    key_id: str | None = None
+
+
+async def _take_away(client: httpx.AsyncClient, s: Scenario, operator: str, made: _Made) -> None:
+    """Release the run's open holds, cancel its bookings, close its sites (no slots
+    left: the gateway keeps no provider it cannot list, so the names stay, empty) and
+    revoke its key. What cannot be taken away is said."""
+    auth = {"Authorization": f"Bearer {operator}"}
+    sem = asyncio.Semaphore(8)
+    left: list[str] = []
+
+    async def call(method: str, path: str, ok: tuple[int, ...], **kw: Any) -> None:
+        async with sem:
+            try:
+                r = await client.request(method, path, headers=auth, **kw)
+            except httpx.HTTPError as exc:
+                left.append(f"{method} {path}: {type(exc).__name__}")
+                return
+        if r.status_code not in ok:
+            left.append(f"{method} {path}: {r.status_code} {r.text[:120]}")
+
+    await asyncio.gather(*(call("DELETE", f"/v1/holds/{h}", (204, 404, 410)) for h in made.holds))
+    await asyncio.gather(
+        *(call("DELETE", f"/v1/bookings/{b}", (204, 404, 409)) for b in made.bookings)
+    )
+    closed: dict[str, Any] = {"days": {}, "closed_dates": [], "blocked": []}
+    await asyncio.gather(
+        *(
+            call("PUT", f"/v1/providers/{pid}", (200,), json={**body, "schedule": closed})
+            for pid, body in made.sites.items()
+        )
+    )
+    if made.key_id is not None:
+        await call("DELETE", f"/v1/keys/{made.key_id}", (200, 404))
+    print(
+        f"took away what the run made: {len(made.bookings):,} bookings cancelled, "
+        f"{len(made.sites)} sites closed, its key revoked"
+        + (f"; {len(left)} calls failed, first: {left[0]}" if left else ""),
+        flush=True,
+    )
 
 
 async def _provision(
-    client: httpx.AsyncClient, s: Scenario, service: str, tag: str, operator: str
+    client: httpx.AsyncClient, s: Scenario, service: str, tag: str, operator: str, made: _Made
 ) -> tuple[dict[str, str], str]:
     """Put the sites on the gateway; (model id -> live id, booking-client key)."""
     auth = {"Authorization": f"Bearer {operator}"}
@@ -125,6 +143,7 @@ async def _provision(
             "slot_minutes": s.sites.slot_minutes,
             "horizon_days": 0,  # the scenario's days exactly, as the model has them
         }
+        made.sites[live_id] = body
         async with sem:
             r = await client.put(f"/v1/providers/{live_id}", json=body, headers=auth)
         if r.status_code not in (200, 201):
@@ -139,6 +158,7 @@ async def _provision(
     )
     if r.status_code != 201:
         raise RuntimeError(f"POST /v1/keys: {r.status_code} {r.text[:300]}")
+    made.key_id = str(r.json()["key_id"])
     return ids, str(r.json()["key"])
 
 
@@ -165,7 +185,8 @@ async def _residents(
     key: str,
     speed: float,
     concurrency: int,
-    progress: Any,
+    progress: Callable[[int], None],
+    made: _Made,
 ) -> LiveResult:
     s = model.scenario
     h = s.holds
@@ -223,6 +244,7 @@ async def _residents(
                 counts["holds"] += 1
                 if held is not None and held.status_code == 201:
                     hold = held.json()
+                    made.holds.add(hold["hold_id"])
                     granted.append(
                         datetime.fromisoformat(hold["expires_at"]).timestamp() - time.time()
                     )
@@ -234,6 +256,8 @@ async def _residents(
                             json={"hold_id": hold["hold_id"], "patient": {"reference": f"r{r}"}},
                         )  # fmt: skip
                         if done is not None and done.status_code == 201:
+                            made.holds.discard(hold["hold_id"])
+                            made.bookings.append(done.json()["booking_id"])
                             booked_at[r] = model_now()
                             pid = site["provider_id"]
                             booked_sites[pid] = booked_sites.get(pid, 0) + 1
@@ -253,7 +277,7 @@ async def _residents(
     tasks = [asyncio.create_task(one(r)) for r in range(n)]
     for done, fut in enumerate(asyncio.as_completed(tasks), 1):
         await fut
-        progress(done / max(n, 1))
+        progress(done)
     return LiveResult(
         arrivals=n,
         booked_at=booked_at,
@@ -358,32 +382,56 @@ the model's full report: <a href="model/index.html">model/</a>.</p>
     return page
 
 
-def run_live(s: Scenario, args: argparse.Namespace) -> int:
-    from simulators.cli import _progress
+@dataclass
+class LiveRun:
+    """What ``run_live`` did: the model, the live outcome, the rows comparing them, the
+    report page, and whether a gateway's holds outlasted the compressed hold time."""
+
+    model: SimResult
+    live: LiveResult
+    rows: list[tuple[str, float, float, float]]
+    page: Path
+    notes: list[str]
+
+
+def run_live(
+    s: Scenario,
+    out: Path,
+    url: str | None = None,
+    key: str | None = None,
+    speed: float = 30.0,
+    concurrency: int = 200,
+    quiet: bool = False,
+    keep: bool = False,
+) -> LiveRun:
+    """Model ``s``, replay its residents on the gateway at ``url`` (with the operator
+    ``key``), or on a stack of its own in ``out/stack`` when ``url`` is None, and write
+    the report in ``out``. On a gateway of someone else's, what the run made (its sites,
+    bookings, holds and key) is taken away again unless ``keep``."""
     from simulators.report import write_report
 
-    out: Path = args.out
+    if speed <= 0 or concurrency < 1:
+        raise ScenarioError("--speed must be positive and --concurrency at least 1")
+    if url is not None and not key:
+        raise ScenarioError("--url needs an operator key: --key or $HEXBOOK_KEY")
     out.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
     # Slots are laid out from today, so the live calendars can take them.
     opened = datetime.now(zone(s.timezone)).replace(microsecond=0)
     s = msgspec.structs.replace(s, opens_at=opened.isoformat())
     ttl_model = s.holds.ttl_minutes * 60
-    ttl_real = max(10, round(ttl_model / args.speed))
-    if ttl_real * args.speed > ttl_model * 1.05:
+    ttl_real = max(10, round(ttl_model / speed))
+    if ttl_real * speed > ttl_model * 1.05:
         # The gateway grants at least 10 s: compress the model's hold time the same way.
-        print(
-            f"hexbook-sim: holds of {ttl_model:g} s at --speed {args.speed:g} would be under 10 s; "
-            f"using {ttl_real} s (= {ttl_real * args.speed / 60:g} model minutes) in both",
-            file=sys.stderr,
+        notes.append(
+            f"holds of {ttl_model:g} s at --speed {speed:g} would be under 10 s; using "
+            f"{ttl_real} s (= {ttl_real * speed / 60:g} model minutes) in both"
         )
         s = msgspec.structs.replace(
-            s, holds=msgspec.structs.replace(s.holds, ttl_minutes=ttl_real * args.speed / 60)
+            s, holds=msgspec.structs.replace(s.holds, ttl_minutes=ttl_real * speed / 60)
         )
-    update, close = _progress(not args.quiet, "model")
-    try:
-        model = simulate(s, update)
-    finally:
-        close()
+    with progress(1000, "model", not quiet) as done:
+        model = simulate(s, lambda share: done(round(share * 1000)))
     write_report(model, out / "model")
     if model.arrivals > 20_000:
         raise ScenarioError(
@@ -393,64 +441,75 @@ def run_live(s: Scenario, args: argparse.Namespace) -> int:
     service = f"{s.service}.{tag}"
     stack = None
     try:
-        if args.stack:
+        if url is None:
             print(f"starting a stack in {out / 'stack'} (holds of {ttl_real} s)", flush=True)
-            stack, url, operator = _start_stack(out / "stack", ttl_real)
-        else:
-            url, operator = args.url, args.key or os.environ.get("HEXBOOK_KEY", "")
-            if not operator:
-                raise ScenarioError("--url needs an operator key: --key or $HEXBOOK_KEY")
-        live = asyncio.run(_drive(model, url, operator, service, tag, args))
+            stack = start_stack(out / "stack", env={"HEXBOOK_HOLD_TTL_SECONDS": str(ttl_real)})
+            url, key = stack.url, stack.key("operator", "hexbook-sim live")
+            keep = True  # the stack is this run's own: its folder keeps everything
+        assert key is not None
+        drive = _Drive(model, url, key, service, tag, speed, concurrency, quiet)
+        live = asyncio.run(drive.run(keep))
     finally:
         if stack is not None:
-            stop_stack(stack)
+            stack.stop()
     rows = compare_live(model, live)
     page = _write(model, live, out, rows)
-    print(f"{'':26}{'model':>12}{'live':>12}{'diff':>9}")
-    for k, m, v, d in rows:
-        print(f"{k:26}{m:12,.3g}{v:12,.3g}{d:+9.1%}")
-    if live.errors:
-        print(f"{len(live.errors)} errors, first: {live.errors[0]}")
     if (
         not math.isnan(live.hold_ttl_seconds)
-        and live.hold_ttl_seconds * args.speed > s.holds.ttl_minutes * 60 * 1.5
+        and live.hold_ttl_seconds * speed > s.holds.ttl_minutes * 60 * 1.5
     ):
-        print(
-            f"note: the gateway granted holds of {live.hold_ttl_seconds:.0f} s, longer than the "
+        notes.append(
+            f"the gateway granted holds of {live.hold_ttl_seconds:.0f} s, longer than the "
             "compressed hold time; start it with HEXBOOK_HOLD_TTL_SECONDS or use --stack"
         )
-    print(f"report: {page}")
-    return 0
+    return LiveRun(model, live, rows, page, notes)
 
 
-async def _drive(
-    model: SimResult, url: str, operator: str, service: str, tag: str, args: argparse.Namespace
-) -> LiveResult:
-    from simulators.cli import _progress
+class _Drive:
+    """One replay on one gateway: provision, replay, then take away what it made."""
 
-    limits = httpx.Limits(
-        max_connections=args.concurrency, max_keepalive_connections=args.concurrency
-    )
-    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
-        print(
-            f"provisioning {len(model.providers)} sites on {url} as service {service}", flush=True
+    def __init__(
+        self,
+        model: SimResult,
+        url: str,
+        operator: str,
+        service: str,
+        tag: str,
+        speed: float,
+        concurrency: int,
+        quiet: bool,
+    ) -> None:
+        self.model, self.url, self.operator, self.service, self.tag = (
+            model, url, operator, service, tag
+        )  # fmt: skip
+        self.speed, self.concurrency, self.quiet = speed, concurrency, quiet
+
+    async def run(self, keep: bool) -> LiveResult:
+        model = self.model
+        limits = httpx.Limits(
+            max_connections=self.concurrency, max_keepalive_connections=self.concurrency
         )
-        _, key = await _provision(client, model.scenario, service, tag, operator)
-        await _wait_for_index(client, model.scenario, service, key)
-        minutes = model.scenario.hours * 60 / args.speed
-        print(
-            f"replaying {model.arrivals:,} residents over about {minutes:.1f} minutes", flush=True
-        )
-        update, close = _progress(not args.quiet, "live")
-        try:
-            return await _residents(
-                client,
-                model,
-                service,
-                key,
-                args.speed,
-                args.concurrency,
-                update or (lambda _: None),
-            )
-        finally:
-            close()
+        made = _Made()
+        async with httpx.AsyncClient(base_url=self.url, timeout=30, limits=limits) as client:
+            try:
+                print(
+                    f"provisioning {len(model.providers)} sites on {self.url} as service "
+                    f"{self.service}",
+                    flush=True,
+                )
+                _, key = await _provision(
+                    client, model.scenario, self.service, self.tag, self.operator, made
+                )
+                await _wait_for_index(client, model.scenario, self.service, key)
+                minutes = model.scenario.hours * 60 / self.speed
+                print(
+                    f"replaying {model.arrivals:,} residents over about {minutes:.1f} minutes",
+                    flush=True,
+                )
+                with progress(max(model.arrivals, 1), "live", not self.quiet) as done:
+                    return await _residents(
+                        client, model, self.service, key, self.speed, self.concurrency, done, made
+                    )
+            finally:
+                if not keep:
+                    await _take_away(client, model.scenario, self.operator, made)

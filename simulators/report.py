@@ -67,7 +67,7 @@ def _rate(times: np.ndarray, span: float, weight: float = 1.0) -> np.ndarray:
 
 def plan_capacity(r: SimResult, resolution: int = 8) -> Plan:
     """Peak request rates and the shard, gateway and node counts that carry them with
-    the scenario's headroom."""
+    the scenario's utilization (the share of capacity planned for)."""
     s = r.scenario
     k = s.capacity
     span = s.hours * 3600
@@ -90,7 +90,7 @@ def plan_capacity(r: SimResult, resolution: int = 8) -> Plan:
         )
     per_cell /= BIN
     hottest_cell = float(per_cell.max()) if per_cell.size else 0.0
-    limit = k.shard_ops_per_second * k.headroom
+    limit = k.shard_ops_per_second * k.utilization
     by_shards: list[tuple[int, float]] = []
     chosen, chosen_peak = 0, 0.0
     n = 1
@@ -105,7 +105,8 @@ def plan_capacity(r: SimResult, resolution: int = 8) -> Plan:
             chosen, chosen_peak = n, peak
         n = n + 1 if n < 16 else n * 2
     gateways = max(
-        1, math.ceil(float(gateway.max(initial=0)) / (k.gateway_requests_per_second * k.headroom))
+        1,
+        math.ceil(float(gateway.max(initial=0)) / (k.gateway_requests_per_second * k.utilization)),
     )
     nodes = math.ceil((max(chosen, 1) + gateways) / k.cores_per_node)
     return Plan(
@@ -408,14 +409,19 @@ def write_report(r: SimResult, out: Path, plan: Plan | None = None) -> Path:
     ns = [n for n, _ in plan.by_shards]
     ax2.plot(ns, [p for _, p in plan.by_shards], marker="o", label="hottest shard's peak ops/s")
     ax2.axhline(
-        k.shard_ops_per_second * k.headroom,
+        k.shard_ops_per_second * k.utilization,
         color="tab:red",
         ls="--",
-        label=f"capacity x headroom ({k.shard_ops_per_second * k.headroom:,.0f}/s)",
+        label=f"{k.utilization:.0%} of capacity ({k.shard_ops_per_second * k.utilization:,.0f}/s)",
     )
     ax2.set_xlabel("shards")
     ax2.set_ylabel("holds + bookings per s")
-    ax2.set_title(f"Per-shard load: {plan.shards or 'more than ' + str(MAX_SHARDS)} shards needed")
+    needed = (
+        f"{plan.shards} shard{'' if plan.shards == 1 else 's'}"
+        if plan.shards
+        else f"more than {MAX_SHARDS} shards"
+    )
+    ax2.set_title(f"Per-shard load: {needed} needed")
     ax2.legend()
     _save(fig, out / "load.png")
 
@@ -431,7 +437,8 @@ def _html(r: SimResult, figures: dict[str, Any], plan: Plan, k: Any) -> str:
         for key, v in figures.items()
     )
     shards = (
-        f"<b>{plan.shards}</b> shards (the hottest peaks at {plan.hottest_shard_rps:,.0f} ops/s)"
+        f"<b>{plan.shards}</b> shard{'' if plan.shards == 1 else 's'} (the hottest peaks at "
+        f"{plan.hottest_shard_rps:,.0f} ops/s)"
         if plan.shards
         else f"more than {MAX_SHARDS} shards: one cell alone peaks at "
         f"{plan.hottest_cell_rps:,.0f} ops/s; give its sites dedicated shards"
@@ -503,8 +510,9 @@ Seed {s.seed}: the same scenario gives the same figures.</p>
 {plan.peak_holds_rps:,.0f} holds, {plan.peak_bookings_rps:,.0f} bookings per second).
 With {k.shard_ops_per_second:,.0f} ops/s per shard,
 {k.gateway_requests_per_second:,.0f} requests/s per
-gateway process and {k.headroom:.0%} headroom: {shards}, <b>{plan.gateways}</b> gateway processes,
-<b>{plan.nodes}</b> nodes of {k.cores_per_node} cores.</p></div>
+gateway process, run at {k.utilization:.0%} of capacity ({1 - k.utilization:.0%} headroom):
+{shards}, <b>{plan.gateways}</b> gateway process{"" if plan.gateways == 1 else "es"},
+<b>{plan.nodes}</b> node{"" if plan.nodes == 1 else "s"} of {k.cores_per_node} cores.</p></div>
 <h2>Key figures</h2><table>{rows}</table>
 {body}
 {skipped}

@@ -141,7 +141,8 @@ class Capacity(_Table):
     shard_ops_per_second: float = 1000.0
     gateway_requests_per_second: float = 900.0
     cores_per_node: int = 2
-    headroom: float = 0.7
+    # plan to run at most this share of what a shard or a gateway takes (0.7: 30% headroom)
+    utilization: float = 0.7
 
 
 class Room(_Table):
@@ -282,7 +283,7 @@ def _validate(s: Scenario) -> Scenario:
         "per-shard and per-gateway rates must be positive",
     )
     _check(k.cores_per_node >= 1, "capacity.cores_per_node", "must be at least 1")
-    _check(0 < k.headroom <= 1, "capacity.headroom", "must be more than 0, at most 1")
+    _check(0 < k.utilization <= 1, "capacity.utilization", "must be more than 0, at most 1")
     if (r := s.room) is not None:
         try:
             RoomPolicy(round(r.per_minute), round(r.session_minutes * 60), r.margin, r.near_km,
@@ -300,6 +301,11 @@ def parse_scenario(text: str, base_dir: str | Path = ".") -> Scenario:
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"not valid TOML: {exc}") from None
     raw["base_dir"] = str(base_dir)
+    if "headroom" in raw.get("capacity", {}):
+        raise ScenarioError(
+            "capacity.headroom is now capacity.utilization, the share of capacity to run at "
+            "(utilization = 0.7 leaves 30% headroom)"
+        )
     try:
         scenario = msgspec.convert(raw, Scenario)
     except msgspec.ValidationError as exc:

@@ -12,6 +12,7 @@ import redis
 from hypothesis import HealthCheck, settings
 
 from actors.embedded_redis import EmbeddedRedis
+from simulators.toolkit import LocalStack, start_stack
 
 settings.register_profile("default", deadline=None, max_examples=200)
 settings.register_profile(
@@ -39,3 +40,14 @@ def redis_client(redis_server: EmbeddedRedis) -> Iterator[redis.Redis]:
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
+
+
+@pytest.fixture(scope="session")
+def child_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """``hexbook up --demo`` in a child process (its own Ray and redis-server), as the
+    tools' users run it; holds last 10 s (what ``hexbook-sim live --speed 60`` compresses
+    the model's 5-minute holds to). Shared by the tools' tests that need a gateway of
+    someone else's (``--url``)."""
+    folder = tmp_path_factory.mktemp("child-stack")
+    with start_stack(folder, demo_sites=60, env={"HEXBOOK_HOLD_TTL_SECONDS": "10"}) as stack:
+        yield stack

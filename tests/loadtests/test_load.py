@@ -4,14 +4,16 @@ and its parts: shapes, thresholds, durations; and no Ray in the load generator."
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from loadtests.cli import Thresholds, check_thresholds, parse_duration, peak_per_minute, read_stats
+from loadtests.cli import Thresholds, check_thresholds, peak_per_minute, read_stats
 from loadtests.curves import users_at
+from simulators.toolkit import LocalStack, free_port, parse_duration
 
 
 def test_a_short_spike_passes_thresholds_and_audit(tmp_path: Path) -> None:
@@ -34,6 +36,20 @@ def test_a_short_spike_passes_thresholds_and_audit(tmp_path: Path) -> None:
     for name in ("GET /v1/search", "POST /v1/holds", "POST /v1/bookings", "GET /v1/feed (10 s)"):
         assert rows[name]["requests"] > 0, name
     assert "hexbook-load: PASS" in done.stdout
+    # While it ran, the console showed the figures so far (a line every 5 s: no terminal)
+    live = [
+        re.match(r"\s+(\d+) s\s+(\d+) users\s+([\d.]+) req/s\s+p50 \d+ ms.*?([\d,]+) requests", ln)
+        for ln in done.stdout.splitlines()
+    ]
+    seen = [(int(m[1]), int(m[2]), int(m[4].replace(",", ""))) for m in live if m]
+    assert len(seen) >= 3, done.stdout[-3000:]
+    assert any(0 < t < 30 and users > 0 and n > 0 for t, users, n in seen), seen
+    assert [n for _, _, n in seen] == sorted(n for _, _, n in seen)  # requests only grow
+    # The verdict carries every threshold with what was measured.
+    checks = {c["name"]: c for c in verdict["thresholds"]}
+    assert checks["error ratio"]["ok"] and checks["error ratio"]["limit"] == 0.01
+    p99 = checks["POST /v1/holds: p99"]
+    assert p99["limit"] == 2000 and p99["measured"] == rows["POST /v1/holds"]["p99"]
     # The same run judged by limits it cannot meet is a failure, by name.
     broken = check_thresholds(list(rows.values()), Thresholds(p99_ms=0.01))
     assert any(b.startswith("POST /v1/holds: p99") for b in broken)
@@ -67,17 +83,17 @@ def test_spike_ramps_holds_and_decays() -> None:
     assert steps == {20, 40, 60, 80, 100}
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("30s", 30), ("3m", 180), ("90", 90), ("1h", 3600)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("30s", 30), ("3m", 180), ("90", 90), ("1h", 3600), ("1h30m", 5400)]
+)
 def test_durations(text: str, seconds: float) -> None:
-    assert parse_duration(text) == seconds
+    assert parse_duration(text, minimum=5) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "3x", "2s", "m"])
+@pytest.mark.parametrize("text", ["", "3x", "2s", "m", "1.5h"])
 def test_bad_durations(text: str) -> None:
-    import argparse
-
-    with pytest.raises(argparse.ArgumentTypeError):
-        parse_duration(text)
+    with pytest.raises(ValueError, match=r"duration|at least 5 seconds"):
+        parse_duration(text, minimum=5)
 
 
 def test_peak_per_minute_is_the_busiest_window() -> None:
@@ -126,3 +142,53 @@ def test_a_launch_through_the_waiting_room(tmp_path: Path) -> None:
     assert admitted > 0
     verdict = json.loads((out / "verdict.json").read_text())
     assert verdict["audit_ok"] and verdict["bookings"] > 0
+
+
+def _load(*args: str, timeout: float = 200) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "loadtests.cli", *args],
+        capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def test_an_unreachable_url_or_a_refused_key_is_one_clear_line(child_stack: LocalStack) -> None:
+    nobody = f"http://127.0.0.1:{free_port()}"
+    for url, key, said in (
+        (nobody, "hbk_whatever", f"cannot reach {nobody}: ConnectError"),
+        (child_stack.url, "hbk_not_a_key", f"the key was refused by {child_stack.url} (401"),
+    ):
+        done = _load("--url", url, "--key", key, "--duration", "10s", "--no-audit")
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert done.stderr.count("\n") == 1 and said in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr and done.stdout == ""
+
+
+def test_failures_are_counted_by_reason_in_the_console_and_the_verdict(
+    child_stack: LocalStack, tmp_path: Path
+) -> None:
+    """A key limited to 2 requests a second: most requests fail with 429 rate_limited,
+    and the console and verdict.json say so by reason, not just as a count."""
+    import httpx
+
+    operator = child_stack.key("operator", "tests")
+    made = httpx.post(
+        f"{child_stack.url}/v1/keys",
+        json={"role": "booking-client", "name": "slow", "rate_per_second": 2},
+        headers={"Authorization": f"Bearer {operator}"},
+    )
+    assert made.status_code == 201, made.text
+    out = tmp_path / "limited"
+    done = _load(
+        "--url", child_stack.url, "--key", made.json()["key"], "--shape", "steady",
+        "--duration", "8s", "--users", "20", "--no-audit", "--out", str(out),
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "THRESHOLD BROKEN: error ratio" in done.stdout
+    reasons = done.stdout.split("failures by reason (status and problem code):")[1]
+    first = reasons.strip().splitlines()[0].split()
+    assert first[1:3] == ["429", "rate_limited"], reasons[:500]
+    verdict = json.loads((out / "verdict.json").read_text())
+    assert verdict["pass"] is False
+    top = verdict["failures"][0]
+    assert top["reason"] == "429 rate_limited" and top["count"] == int(first[0].replace(",", ""))
+    assert not next(c for c in verdict["thresholds"] if c["name"] == "error ratio")["ok"]

@@ -149,7 +149,7 @@ def test_shard_plan_spreads_load_until_it_fits() -> None:
     tight = msgspec.structs.replace(
         r.scenario,
         capacity=msgspec.structs.replace(
-            r.scenario.capacity, shard_ops_per_second=plan.hottest_cell_rps * 1.01, headroom=1.0
+            r.scenario.capacity, shard_ops_per_second=plan.hottest_cell_rps * 1.01, utilization=1.0
         ),
     )
     r.scenario = tight
