@@ -13,12 +13,22 @@ import csv
 import math
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import h3
 import numpy as np
 
-__all__ = ["CHICAGO_CENTRES", "homes", "read_cells_csv", "synthetic_city", "write_cells_csv"]
+__all__ = [
+    "CHICAGO_CENTRES",
+    "Area",
+    "homes",
+    "read_areas_csv",
+    "read_cells_csv",
+    "spread_areas",
+    "synthetic_city",
+    "write_cells_csv",
+]
 
 # Dense neighbourhoods of a Chicago-like city: (lat, lng, weight, spread in km).
 CHICAGO_CENTRES: tuple[tuple[float, float, float, float], ...] = (
@@ -116,6 +126,98 @@ def read_cells_csv(path: str | Path) -> dict[str, int]:
     if not out:
         raise ValueError(f"{path}: no cells")
     return out
+
+
+@dataclass(frozen=True)
+class Area:
+    """A row of a population table: a postal code or a census tract, where it is, how
+    many live there, and how far around its centre they live."""
+
+    area: str
+    name: str
+    lat: float
+    lng: float
+    population: int
+    radius_km: float
+
+
+def _postal_centroid(code: str) -> tuple[float, float] | None:
+    import zipcodes
+
+    try:
+        found = zipcodes.matching(code.zfill(5))  # type: ignore[no-untyped-call]
+    except (TypeError, ValueError):
+        return None
+    return (float(found[0]["lat"]), float(found[0]["long"])) if found else None
+
+
+def read_areas_csv(path: str | Path, radius_km: float = 1.5) -> list[Area]:
+    """A population table by area (a header row): ``area,population`` and, optionally,
+    ``lat,lng`` (the area's centre: needed for census tracts; a US postal code without
+    them is placed at its centroid from the offline ``zipcodes`` table), ``name`` (a
+    neighbourhood, for map labels) and ``radius_km`` (how far around the centre people
+    live; ``radius_km`` by default). Bad rows raise ``ValueError`` naming the line."""
+    out: list[Area] = []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields = set(reader.fieldnames or ())
+        if not {"area", "population"} <= fields:
+            raise ValueError(f"{path}: the header must name at least the columns area,population")
+        for row in reader:
+            line = reader.line_num
+            area = (row.get("area") or "").strip()
+            if not area:
+                raise ValueError(f"{path}:{line}: no area")
+            try:
+                population = int(row["population"])
+                radius = float(row.get("radius_km") or radius_km)
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"{path}:{line}: population must be a whole number, radius_km a number"
+                ) from None
+            if population < 0 or not 0 < radius <= 50:
+                raise ValueError(f"{path}:{line}: population >= 0, radius_km in (0, 50]")
+            if row.get("lat") and row.get("lng"):
+                try:
+                    lat, lng = float(row["lat"]), float(row["lng"])
+                except ValueError:
+                    raise ValueError(f"{path}:{line}: lat and lng must be numbers") from None
+                if not (-90 <= lat <= 90 and -180 <= lng <= 180):
+                    raise ValueError(f"{path}:{line}: lat or lng out of range")
+            else:
+                where = _postal_centroid(area) if area.isdigit() else None
+                if where is None:
+                    raise ValueError(
+                        f"{path}:{line}: {area!r} is not a US postal code the offline table "
+                        "knows; give its lat,lng"
+                    )
+                lat, lng = where
+            name = (row.get("name") or "").strip()
+            out.append(Area(area, name, lat, lng, population, radius))
+    if not out:
+        raise ValueError(f"{path}: no areas")
+    return out
+
+
+def spread_areas(areas: Sequence[Area], resolution: int = 8) -> dict[str, int]:
+    """Population per H3 cell: each area's people spread evenly over the cells within
+    its radius of its centre (largest remainders, so the counts add up exactly)."""
+    cells: dict[str, int] = {}
+    edge_km = h3.average_hexagon_edge_length(resolution, unit="km")
+    for a in areas:
+        origin = h3.latlng_to_cell(a.lat, a.lng, resolution)
+        k = max(0, math.ceil(a.radius_km / (edge_km * 1.5)))
+        disk = [
+            c for c in h3.grid_disk(origin, k)
+            if _km((a.lat, a.lng), h3.cell_to_latlng(c)) <= a.radius_km
+        ] or [origin]  # fmt: skip
+        disk.sort()
+        share, rest = divmod(a.population, len(disk))
+        for i, c in enumerate(disk):
+            n = share + (1 if i < rest else 0)
+            if n:
+                cells[c] = cells.get(c, 0) + n
+    return cells
 
 
 def write_cells_csv(cells: dict[str, int], path: str | Path) -> None:

@@ -23,12 +23,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.collections import PolyCollection
 
 from actors.directory import home_shard
+from simulators.maps import Landmark, Projection, draw_hex_map, landmarks_near, write_html_map
+from simulators.scenario import build_areas
 from simulators.sim import Outcome, SimResult
 
-__all__ = ["STYLE", "Plan", "plan_capacity", "summary", "write_report"]
+__all__ = ["STYLE", "Plan", "map_setup", "plan_capacity", "summary", "write_report"]
 
 STYLE = """<style>
 body { font-family: system-ui, sans-serif; max-width: 1000px; margin: 2em auto; color: #222; }
@@ -183,15 +184,12 @@ def _fmt(key: str, v: Any) -> str:
     return str(v)
 
 
-def _hex_map(ax: Any, cells: list[str], values: np.ndarray, cmap: str, label: str) -> None:
-    polys = [[(lng, lat) for lat, lng in h3.cell_to_boundary(c)] for c in cells]
-    coll = PolyCollection(polys, array=values, cmap=cmap, edgecolors="none")
-    ax.add_collection(coll)
-    ax.autoscale_view()
-    ax.set_aspect(1 / math.cos(math.radians(float(np.mean([p[0][1] for p in polys])))))
-    ax.set_xticks([])
-    ax.set_yticks([])
-    plt.colorbar(coll, ax=ax, label=label, shrink=0.8)
+def map_setup(r: SimResult) -> tuple[Projection, list[tuple[float, float]], list[Landmark]]:
+    """The projection, site positions and landmarks every map of ``r`` shares."""
+    proj = Projection.around(r.cell_names)
+    sites = [(p.lat, p.lng) for p in r.providers]
+    areas = [Landmark(f"{a.area} {a.name}".strip(), a.lat, a.lng) for a in build_areas(r.scenario)]
+    return proj, sites, landmarks_near(r.cell_names, areas)
 
 
 def _save(fig: Any, path: Path) -> None:
@@ -344,27 +342,22 @@ def write_report(r: SimResult, out: Path, plan: Plan | None = None) -> Path:
     ax.legend()
     _save(fig, out / "share_booked.png")
 
-    site_lng = [p.lng for p in r.providers]
-    site_lat = [p.lat for p in r.providers]
-    fig, ax = plt.subplots(figsize=(7, 7))
-    _hex_map(
-        ax, r.cell_names, cells["unserved"].astype(float), "Reds", "residents without a booking"
-    )
-    ax.scatter(site_lng, site_lat, s=6, c="black", marker="^", label="sites")
-    ax.legend(loc="lower left")
+    proj, site_pos, marks = map_setup(r)
+    fig, ax = plt.subplots(figsize=(8, 7.5))
+    draw_hex_map(
+        ax, r.cell_names, cells["unserved"].astype(float), "Reds", "residents without a booking",
+        proj, site_pos, marks,
+    )  # fmt: skip
     ax.set_title("Unserved demand by H3 cell")
     _save(fig, out / "unserved_map.png")
 
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 5.5), gridspec_kw={"width_ratios": [3, 2]})
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 6), gridspec_kw={"width_ratios": [3, 2]})
     km = cells["mean_km"]
     has = ~np.isnan(km)
-    _hex_map(
-        ax,
-        [c for c, ok in zip(r.cell_names, has, strict=True) if ok],
-        km[has],
-        "viridis",
-        "mean km to the booked site",
-    )
+    draw_hex_map(
+        ax, [c for c, ok in zip(r.cell_names, has, strict=True) if ok], km[has], "viridis",
+        "mean km to the booked site", proj, site_pos, marks,
+    )  # fmt: skip
     ax.set_title("Travel distance by area")
     dist = r.distance_km[r.outcome == Outcome.BOOKED]
     ax2.hist(dist, bins=40, color="tab:purple")
@@ -374,21 +367,16 @@ def write_report(r: SimResult, out: Path, plan: Plan | None = None) -> Path:
     _save(fig, out / "travel_distance.png")
 
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 5.5), gridspec_kw={"width_ratios": [3, 2]})
+    sx, sy = proj.km(np.array([p.lat for p in r.providers]), np.array([p.lng for p in r.providers]))
     sc = ax.scatter(
-        site_lng,
-        site_lat,
-        c=fill,
-        cmap="RdYlGn_r",
-        vmin=0,
-        vmax=1,
-        s=18,
-        edgecolors="black",
+        sx, sy, c=fill, cmap="RdYlGn_r", vmin=0, vmax=1, s=18, edgecolors="black",
         linewidths=0.3,
-    )
+    )  # fmt: skip
     plt.colorbar(sc, ax=ax, label="fill rate", shrink=0.8)
-    ax.set_aspect(1 / math.cos(math.radians(float(np.mean(site_lat)))))
-    ax.set_xticks([])
-    ax.set_yticks([])
+    ax.set_aspect("equal")
+    ax.grid(True, color="#bbb", lw=0.4, alpha=0.6)
+    ax.set_xlabel(f"km east of {proj.describe()}")
+    ax.set_ylabel("km north")
     ax.set_title("Fill rate per site")
     ax2.hist(fill, bins=20, range=(0, 1), color="tab:orange")
     ax2.set_xlabel("share of the site's places booked")
@@ -425,6 +413,15 @@ def write_report(r: SimResult, out: Path, plan: Plan | None = None) -> Path:
     ax2.legend()
     _save(fig, out / "load.png")
 
+    write_html_map(
+        out / "map.html",
+        f"{s.name}: residents by H3 cell",
+        r.cell_names,
+        {"population": np.array([r.cells[c] for c in r.cell_names]), **cells},
+        [(p.name, p.lat, p.lng) for p in r.providers],
+        colour_by="unserved",
+        landmarks=marks,
+    )
     page = out / "index.html"
     page.write_text(_html(r, figures, plan, s.capacity))
     return page
@@ -469,7 +466,8 @@ def _html(r: SimResult, figures: dict[str, Any], plan: Plan, k: Any) -> str:
             "unserved_map.png",
             "Who is left out, and where",
             "Residents without a booking at the end (gave up or still trying), per H3 cell; "
-            "triangles are sites.",
+            "triangles are sites, labels postal codes. The interactive map (map.html) shows "
+            "each cell's demand, bookings, unserved residents and nearest sites.",
         ),
         (
             "travel_distance.png",
@@ -516,7 +514,8 @@ gateway process, run at {k.utilization:.0%} of capacity ({1 - k.utilization:.0%}
 <h2>Key figures</h2><table>{rows}</table>
 {body}
 {skipped}
-<h2>Data</h2><p>The figures behind the plots: <a href="summary.csv">summary.csv</a>,
+<h2>Data</h2><p><a href="map.html">map.html</a>: every cell's numbers on a map (hover or
+tab to a cell). The figures behind the plots: <a href="summary.csv">summary.csv</a>,
 <a href="minutes.csv">minutes.csv</a> (per minute),
 <a href="cells.csv">cells.csv</a> (per H3 cell),
 <a href="sites.csv">sites.csv</a> (per site, with its shard),

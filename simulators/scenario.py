@@ -26,7 +26,7 @@ from engine.errors import InvalidRequest
 from engine.provider import Provider
 from engine.room import RoomPolicy
 from engine.schedule import WEEKDAYS, WeeklyTemplate, Window, zone
-from simulators.city import read_cells_csv, synthetic_city
+from simulators.city import Area, read_areas_csv, read_cells_csv, spread_areas, synthetic_city
 
 __all__ = [
     "Arrivals",
@@ -56,8 +56,10 @@ class _Table(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class City(_Table):
-    """Population per H3 cell: synthetic (dense neighbourhoods over a thin background)
-    or read from ``cells_csv`` (columns ``cell,population``)."""
+    """Population per H3 cell: synthetic (dense neighbourhoods over a thin background),
+    read from ``cells_csv`` (columns ``cell,population``), or spread from a population
+    table by postal code or census tract, ``areas_csv`` (columns ``area,population`` and
+    optionally ``lat,lng,name,radius_km``; :func:`simulators.city.read_areas_csv`)."""
 
     population: int = 2_700_000
     center: tuple[float, float] = (41.85, -87.68)
@@ -65,6 +67,7 @@ class City(_Table):
     resolution: int = 8
     seed: int = 2021
     cells_csv: str | None = None
+    areas_csv: str | None = None
 
 
 class Site(_Table):
@@ -221,6 +224,11 @@ def _validate(s: Scenario) -> Scenario:
     _check(c.population >= 1, "city.population", "must be at least 1")
     _check(0 < c.radius_km <= 200, "city.radius_km", "must be more than 0 and at most 200")
     _check(5 <= c.resolution <= 10, "city.resolution", "must be 5 to 10")
+    _check(
+        c.cells_csv is None or c.areas_csv is None,
+        "city.areas_csv",
+        "give cells_csv or areas_csv, not both",
+    )
     lat, lng = c.center
     _check(-90 <= lat <= 90 and -180 <= lng <= 180, "city.center", "must be [lat, lng]")
     t = s.sites
@@ -326,6 +334,16 @@ def load_scenario(path: str | Path) -> Scenario:
         raise ScenarioError(f"{p}: {exc}") from None
 
 
+def build_areas(s: Scenario) -> list[Area]:
+    """The rows of the scenario's population table (none without ``city.areas_csv``)."""
+    if s.city.areas_csv is None:
+        return []
+    try:
+        return read_areas_csv(s.path(s.city.areas_csv))
+    except (OSError, ValueError) as exc:
+        raise ScenarioError(f"city.areas_csv: {exc}") from None
+
+
 def build_city(s: Scenario) -> dict[str, int]:
     """Population per H3 cell of the scenario's city."""
     c = s.city
@@ -334,6 +352,8 @@ def build_city(s: Scenario) -> dict[str, int]:
             return read_cells_csv(s.path(c.cells_csv))
         except (OSError, ValueError) as exc:
             raise ScenarioError(f"city.cells_csv: {exc}") from None
+    if c.areas_csv is not None:
+        return spread_areas(build_areas(s), c.resolution)
     return synthetic_city(
         center=c.center,
         radius_km=c.radius_km,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +70,20 @@ def test_run_writes_the_report(tmp_path: Path, capsys: pytest.CaptureFixture[str
         summary["still trying at the end"]
     )
     assert int(summary["plan shards"]) >= 1
+    # The interactive map: self-contained, and every cell's numbers are in it.
+    page = (out / "map.html").read_text()
+    assert re.search(r"(https?:)?//[a-z]", page) is None  # nothing fetched from anywhere
+    assert "<link" not in page and " src=" not in page
+    payload = re.search(r'<script id="cells" type="application/json">(.*?)</script>', page, re.S)
+    assert payload is not None
+    shown = {c["cell"]: c for c in json.loads(payload[1])}
+    assert set(shown) == {r["cell"] for r in cells}
+    for r in cells:
+        c = shown[r["cell"]]
+        for k in ("population", "arrivals", "booked", "unserved", "gave_up", "waiting"):
+            assert c[k] == int(r[k]), (r["cell"], k)
+        assert len(c["nearest"]) == 3 and c["nearest"][0][1] <= c["nearest"][1][1]
+    assert page.count("<polygon") == len(cells)
 
 
 def test_compare_puts_two_scenarios_side_by_side(
