@@ -90,7 +90,7 @@ class Sites(_Table):
 
     count: int = 300
     seed: int = 7
-    spread: float = 0.25  # share placed uniformly over the city instead of by population
+    spread: float = 0.25  # share placed in any of the city's cells alike, not by population
     hours: tuple[tuple[str, str], ...] = (
         ("08:00", "16:00"),
         ("09:00", "17:00"),
@@ -380,16 +380,15 @@ def build_sites(
     names = list(cells)
     # Sites follow people, but less than one for one: weight by the square root.
     weights = [math.sqrt(cells[c]) for c in names]
-    lats = [h3.cell_to_latlng(c)[0] for c in names]
-    lngs = [h3.cell_to_latlng(c)[1] for c in names]
-    south, north, west, east = min(lats), max(lats), min(lngs), max(lngs)
     for i in range(t.count):
+        # ``spread``: anywhere in the city (any of its cells alike, never off its map,
+        # in a lake or beyond a table's areas); otherwise where people live
         if rng.random() < t.spread:
-            lat, lng = rng.uniform(south, north), rng.uniform(west, east)
+            cell = rng.choice(names)
         else:
             cell = rng.choices(names, weights=weights)[0]
-            clat, clng = h3.cell_to_latlng(cell)
-            lat, lng = clat + rng.gauss(0, 0.003), clng + rng.gauss(0, 0.004)
+        clat, clng = h3.cell_to_latlng(cell)
+        lat, lng = clat + rng.gauss(0, 0.003), clng + rng.gauss(0, 0.004)
         opens, closes = rng.choice(t.hours)
         capacity = rng.choice(t.capacity)
         days = WEEKDAYS if rng.random() < t.weekend_share else WEEKDAYS[:5]

@@ -3,6 +3,8 @@ book more people sooner); scenarios that cannot run say why."""
 
 from __future__ import annotations
 
+import csv
+import re
 from pathlib import Path
 
 import msgspec
@@ -252,3 +254,60 @@ def test_the_waiting_room_tells_the_sold_out_at_once_and_spares_the_gateway() ->
     assert r.hold_times.size < without.hold_times.size
     assert r.conflicts.size < without.conflicts.size
     assert abs(booked - without.count(Outcome.BOOKED)) <= 0.1 * booked
+
+
+def test_a_population_table_by_postal_code_or_census_tract(tmp_path: Path) -> None:
+    """areas_csv: postal codes are placed at their centroid from the offline table,
+    census tracts at the lat,lng they give; each area's people are spread over the
+    cells within its radius and add up exactly; bad rows name their line."""
+    import h3
+
+    from engine.geo import haversine_km
+    from simulators.city import read_areas_csv, spread_areas
+    from simulators.scenario import build_city, load_scenario
+
+    table = tmp_path / "areas.csv"
+    table.write_text(
+        "area,population,lat,lng,name,radius_km\n"
+        "60614,70001,,,Lincoln Park,2\n"  # a ZIP code: its centroid from the table
+        "17031839100,3999,41.8781,-87.6298,tract 8391,0.5\n"  # a census tract
+    )
+    areas = read_areas_csv(table)
+    assert [a.area for a in areas] == ["60614", "17031839100"]
+    assert abs(areas[0].lat - 41.9229) < 1e-3 and abs(areas[0].lng + 87.6483) < 1e-3
+    cells = spread_areas(areas, 8)
+    assert sum(cells.values()) == 74_000
+    for c, n in cells.items():
+        lat, lng = h3.cell_to_latlng(c)
+        near = min(haversine_km(lat, lng, a.lat, a.lng) - a.radius_km for a in areas)
+        assert near <= 0 and n > 0  # every cell within an area's radius
+    tract_cells = [c for c in cells if haversine_km(*h3.cell_to_latlng(c), 41.8781, -87.6298) < 1]
+    assert 1 <= len(tract_cells) <= 7
+    # A scenario takes the table, and its sites stand on the table's cells only.
+    scenario = tmp_path / "zips.toml"
+    scenario.write_text(
+        'name = "zips"\n[city]\nareas_csv = "areas.csv"\n[sites]\ncount = 20\nspread = 1.0\n'
+    )
+    s = load_scenario(scenario)
+    assert build_city(s) == cells
+    sites, _ = build_sites(s, cells)
+    assert all(
+        min(haversine_km(p.lat, p.lng, *h3.cell_to_latlng(c)) for c in cells) < 1.5
+        for p, _ in sites
+    )
+    # The shipped example adds up to its table.
+    root = Path(__file__).resolve().parents[2] / "simulators" / "scenarios"
+    shipped = load_scenario(root / "chicago-zips.toml")
+    with open(root / "chicago-zips.csv", newline="") as f:
+        total = sum(int(r["population"]) for r in csv.DictReader(f))
+    assert sum(build_city(shipped).values()) == total > 2_000_000
+    # Bad rows say where and what.
+    bad = tmp_path / "bad.csv"
+    for text, said in (
+        ("area,population\n99999x,10\n", "bad.csv:2: '99999x' is not a US postal code"),
+        ("area,population\n60614,-1\n", "bad.csv:2: population >= 0"),
+        ("zip,people\n60614,1\n", "the header must name"),
+    ):
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=re.escape(said)):
+            read_areas_csv(bad)
