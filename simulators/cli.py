@@ -229,11 +229,11 @@ def _count(n: int, one: str, many: str | None = None) -> str:
     return f"{n:,} {one if n == 1 else many or one + 's'}"
 
 
-def _print_rows(rows: list[tuple[str, str, str]], a: str, b: str, page: Path) -> None:
-    width = max(len(k) for k, _, _ in rows)
-    print(f"{'':{width}}  {a:>14}  {b:>14}")
-    for key, va, vb in rows:
-        print(f"{key:{width}}  {va:>14}  {vb:>14}")
+def _print_rows(rows: list[tuple[str, str, str, str, str]], a: str, b: str, page: Path) -> None:
+    width = max(len(r[0]) for r in rows)
+    print(f"{'':{width}}  {a:>14}  {b:>14}  {a + ' - ' + b:>14}  {'relative to ' + b:>14}")
+    for key, va, vb, d, rel in rows:
+        print(f"{key:{width}}  {va:>14}  {vb:>14}  {d:>14}  {rel:>14}")
     print(f"report: {page}")
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import html
 import math
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -12,10 +14,27 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from simulators.report import STYLE, _fmt, _per_minute, _save, plan_capacity, summary
+from simulators.maps import Projection, draw_hex_map
+from simulators.report import (
+    STYLE,
+    _fmt,
+    _per_minute,
+    _save,
+    map_setup,
+    plan_capacity,
+    summary,
+)
 from simulators.sim import Outcome, SimResult
 
-__all__ = ["booked_by_arrival", "comparison_rows", "room_figures", "write_comparison"]
+__all__ = [
+    "booked_by_arrival",
+    "comparison_rows",
+    "comparison_values",
+    "difference",
+    "room_figures",
+    "served_by_cell",
+    "write_comparison",
+]
 
 ROWS = (
     "sites",
@@ -58,7 +77,7 @@ def room_figures(r: SimResult) -> dict[str, object]:
         "peak gateway requests per minute (searches, holds, confirms, joins)": int(
             np.max(per_minute)
         ),
-        "409s per booking": f"{r.conflicts.size / max(r.count(Outcome.BOOKED), 1):.3f}",
+        "409s per booking": r.conflicts.size / max(r.count(Outcome.BOOKED), 1),
         "told sold out (sent to the waitlist)": int(told_wait.size),
         "median seconds from arrival to told sold out": (
             float(np.median(told_wait)) if told_wait.size else None
@@ -69,28 +88,80 @@ def room_figures(r: SimResult) -> dict[str, object]:
     }
 
 
-def comparison_rows(a: SimResult, b: SimResult) -> list[tuple[str, str, str]]:
-    """(figure, A, B) for the figures a what-if is judged by, plus the plan."""
+Row = tuple[str, str, str, str, str]  # figure, A, B, A - B, (A - B) / B
+
+
+def comparison_values(a: SimResult, b: SimResult) -> list[tuple[str, Any, Any]]:
+    """(figure, A, B) as numbers (None: not reached; text for yes/no figures) for the
+    figures a what-if is judged by, plus the plan."""
     fa, fb = summary(a), summary(b)
-    rows = [(k, _fmt(k, fa[k]), _fmt(k, fb[k])) for k in ROWS]
+    rows: list[tuple[str, Any, Any]] = [(k, fa[k], fb[k]) for k in ROWS]
     ra, rb = room_figures(a), room_figures(b)
-    rows += [(k, _fmt(k, ra[k]), _fmt(k, rb[k])) for k in ra]
+    rows += [(k, ra[k], rb[k]) for k in ra]
     pa, pb = plan_capacity(a), plan_capacity(b)
-    for label, va, vb in (
+    rows += [
         ("peak gateway requests/s", pa.peak_gateway_rps, pb.peak_gateway_rps),
         ("shards needed", pa.shards, pb.shards),
         ("nodes needed", pa.nodes, pb.nodes),
-    ):
-        rows.append((label, _fmt(label, va), _fmt(label, vb)))
+    ]
     return rows
 
 
-def write_comparison(
-    a: SimResult, b: SimResult, out: Path
-) -> tuple[Path, list[tuple[str, str, str]]]:
-    """Write ``out/index.html`` with the side-by-side table and overlaid plots."""
+def difference(va: Any, vb: Any) -> tuple[float | None, float | None]:
+    """A - B and (A - B) / |B| for two figures (None where either is not a number, and
+    for the ratio where B is 0)."""
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (va, vb)):
+        return None, None
+    d = float(va) - float(vb)
+    return d, (d / abs(float(vb)) if vb else None)
+
+
+def comparison_rows(a: SimResult, b: SimResult) -> list[Row]:
+    """(figure, A, B, A - B, (A - B) / B), formatted, for the table and the console."""
+    out = []
+    for key, va, vb in comparison_values(a, b):
+        d, rel = difference(va, vb)
+        shown = "" if d is None else _fmt(key, d) if isinstance(va, float) else f"{d:+,.0f}"
+        if d is not None and d > 0 and not shown.startswith("+"):
+            shown = "+" + shown
+        out.append((key, _fmt(key, va), _fmt(key, vb), shown, "" if rel is None else f"{rel:+.1%}"))
+    return out
+
+
+def served_by_cell(a: SimResult, b: SimResult) -> tuple[list[str], np.ndarray]:
+    """The cells of either city, and residents booked per cell in B minus in A."""
+    cells = sorted(set(a.cell_names) | set(b.cell_names))
+    index = {c: i for i, c in enumerate(cells)}
+    diff = np.zeros(len(cells))
+    for r, sign in ((b, 1.0), (a, -1.0)):
+        booked = np.bincount(r.home[r.outcome == Outcome.BOOKED], minlength=len(r.cell_names))
+        for c, n in zip(r.cell_names, booked, strict=True):
+            diff[index[c]] += sign * n
+    return cells, diff
+
+
+def write_comparison(a: SimResult, b: SimResult, out: Path) -> tuple[Path, list[Row]]:
+    """Write ``out/index.html`` with the side-by-side table (and the differences),
+    overlaid plots, and a map of where B served more or fewer residents than A."""
     out.mkdir(parents=True, exist_ok=True)
     rows = comparison_rows(a, b)
+    with open(out / "comparison.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["figure", "a", "b", "a_minus_b", "relative_to_b"])
+        for key, va, vb in comparison_values(a, b):
+            d, rel = difference(va, vb)
+            cols = [va, vb, d, rel]
+            w.writerow([key, *("" if v is None else v for v in cols)])
+    cells, served = served_by_cell(a, b)
+    proj = Projection.around(cells)
+    _, sites_b, marks = map_setup(b)
+    fig, ax = plt.subplots(figsize=(8, 7.5))
+    draw_hex_map(
+        ax, cells, served, "RdBu", "residents booked: B minus A", proj, sites_b, marks,
+        centred=True,
+    )  # fmt: skip
+    ax.set_title("Where B served more (blue) or fewer (red) residents than A")
+    _save(fig, out / "served_difference_map.png")
     hours = max(a.scenario.hours, b.scenario.hours)
 
     fig, ax = plt.subplots(figsize=(9, 4))
@@ -146,8 +217,10 @@ def write_comparison(
     _save(fig, out / "booked_by_arrival.png")
 
     table = "\n".join(
-        f"<tr><th>{html.escape(k)}</th><td>{html.escape(va)}</td><td>{html.escape(vb)}</td></tr>"
-        for k, va, vb in rows
+        f"<tr><th>{html.escape(k)}</th>"
+        + "".join(f"<td>{html.escape(v)}</td>" for v in vals)
+        + "</tr>"
+        for k, *vals in rows
     )
     page = out / "index.html"
     page.write_text(f"""<!doctype html>
@@ -157,7 +230,12 @@ def write_comparison(
 <h1>What-if</h1>
 <p><b>A</b>: {html.escape(a.scenario.name)}: {html.escape(a.scenario.description)}<br>
 <b>B</b>: {html.escape(b.scenario.name)}: {html.escape(b.scenario.description)}</p>
-<table><tr><th></th><th>A</th><th>B</th></tr>{table}</table>
+<table><tr><th></th><th>A</th><th>B</th><th>A &minus; B</th><th>(A &minus; B) / B</th></tr>
+{table}</table>
+<p>Every figure with its difference: <a href="comparison.csv">comparison.csv</a>.</p>
+<h2>Where the what-if helped</h2><p>Residents booked per H3 cell in B minus in A: blue
+where B served more, red where it served fewer; triangles are B's sites.</p>
+<img src="served_difference_map.png" alt="residents booked, B minus A, by cell">
 <h2>Bookings per minute</h2><img src="bookings_per_minute.png" alt="bookings per minute">
 <h2>Share booked by hour</h2><img src="share_booked.png" alt="share booked">
 <h2>Time to book</h2><p>Each curve rises to the share of arrivals who booked at all.</p>

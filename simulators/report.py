@@ -178,7 +178,9 @@ def _fmt(key: str, v: Any) -> str:
     if v is None:
         return "not reached"
     if isinstance(v, float):
-        return f"{v:.1%}" if ("share" in key or "rate" in key) else f"{v:,.1f}"
+        if "share" in key or "rate" in key:
+            return f"{v:.1%}"
+        return f"{v:,.3f}" if "per booking" in key else f"{v:,.1f}"
     if isinstance(v, int):
         return f"{v:,}"
     return str(v)

@@ -107,7 +107,30 @@ def test_compare_puts_two_scenarios_side_by_side(
     assert "test town" in page and "two more sites" in page
     assert (out / "a" / "index.html").exists() and (out / "b" / "index.html").exists()
     sites_row = next(line for line in table.splitlines() if line.startswith("sites "))
-    assert sites_row.split()[-2:] == ["6", "8"]
+    assert sites_row.split()[1:] == ["6", "8", "-2", "-25.0%"]  # A, B, A - B, (A - B) / B
+    # Every difference is A minus B, and the known ones are what the scenarios say.
+    figures = {r["figure"]: r for r in rows(out / "comparison.csv")}
+    for r in figures.values():
+        if r["a"] and r["b"] and r["a_minus_b"]:
+            assert float(r["a_minus_b"]) == pytest.approx(float(r["a"]) - float(r["b"]))
+            vb = float(r["b"])
+            rel = (float(r["a"]) - vb) / abs(vb) if vb else None
+            assert (float(r["relative_to_b"]) if r["relative_to_b"] else None) == (
+                pytest.approx(rel) if rel is not None else None
+            )
+    places = [sum(int(x["places"]) for x in rows(out / k / "sites.csv")) for k in "ab"]
+    assert float(figures["places offered"]["a_minus_b"]) == places[0] - places[1] < 0
+    booked = [int(figures["booked"][k]) for k in "ab"]
+    assert float(figures["booked"]["a_minus_b"]) == booked[0] - booked[1]
+    # The map of where B served more or fewer: its cells add up to B's bookings minus A's.
+    valid_png(out / "served_difference_map.png")
+    from simulators.compare import served_by_cell
+    from simulators.scenario import load_scenario
+    from simulators.sim import simulate
+
+    ra, rb = simulate(load_scenario(a)), simulate(load_scenario(b))
+    _, served = served_by_cell(ra, rb)
+    assert served.sum() == booked[1] - booked[0]
 
 
 def test_bench_figures_set_the_capacity(tmp_path: Path) -> None:
@@ -162,7 +185,7 @@ def test_room_puts_the_launch_with_and_without_its_waiting_room_side_by_side(
     assert main(["room", str(scenario), "--out", str(out), "--quiet", "--per-minute", "30"]) == 0
     table = capsys.readouterr().out
     told = next(line for line in table.splitlines() if line.startswith("told sold out"))
-    no_room, with_room = (int(v.replace(",", "")) for v in told.split()[-2:])
+    no_room, with_room = (int(v.replace(",", "")) for v in told.split()[-4:-2])
     assert no_room == 0 and with_room > 0
     for name in ("booked_by_arrival.png", "time_to_book.png"):
         valid_png(out / name)
