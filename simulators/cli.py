@@ -1,6 +1,8 @@
 """``hexbook-sim``: rehearse a launch before it happens.
 
     hexbook-sim run simulators/scenarios/chicago.toml --out build/chicago
+    hexbook-sim run simulators/scenarios/small.toml --seeds 20 --out build/how-sure
+    hexbook-sim sweep simulators/scenarios/small.toml --set sites.count=8,12,16 --out build/sweep
     hexbook-sim compare simulators/scenarios/chicago.toml \
         simulators/scenarios/chicago-mass-sites.toml --out build/what-if
     hexbook-sim live simulators/scenarios/small.toml --stack --speed 30 --out build/live
@@ -66,7 +68,37 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     run.add_argument("scenario", type=Path, help="scenario file (TOML)")
+    run.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N times (seeds seed, seed+1, ...) and report each key figure with its "
+        "spread and 95%% interval, and bands on the time plots (OUT/spread.html)",
+    )
     common(run, "build/sim")
+
+    sweep = sub.add_parser(
+        "sweep",
+        help="run a scenario over several values of one field: key figures against it",
+        description=(
+            "Simulate SCENARIO once per value of FIELD (any scenario field: sites.count, "
+            "city.population, demand.eligible_share, holds.ttl_minutes, ...; a field name "
+            "found in one table alone, or 'sites', also do) and write OUT/index.html with a "
+            "table and plots of the key figures against it. With --seeds, each value runs "
+            "N seeds and shows the mean and its 95%% interval."
+        ),
+    )
+    sweep.add_argument("scenario", type=Path, help="scenario file (TOML)")
+    sweep.add_argument(
+        "--set",
+        dest="setting",
+        required=True,
+        metavar="FIELD=V1,V2,...",
+        help="the field and its values, e.g. sites.count=200,300,400",
+    )
+    sweep.add_argument("--seeds", type=int, default=1, metavar="N", help="seeds per value (1)")
+    common(sweep, "build/sweep")
 
     cmp_ = sub.add_parser(
         "compare",
@@ -190,6 +222,10 @@ def run(args: argparse.Namespace) -> int:
     from simulators.report import plan_capacity, summary
 
     s = _load(args.scenario, args)
+    if not 1 <= args.seeds <= 1000:
+        raise ScenarioError("--seeds must be 1 to 1,000")
+    if args.seeds > 1:
+        return _run_seeds(s, args)
     result, page = _run_one(s, args.out, args.quiet, "simulating")
     figures = summary(result)
     plan = plan_capacity(result)
@@ -220,6 +256,60 @@ def run(args: argparse.Namespace) -> int:
         f"{_count(plan.gateways, 'gateway process', 'gateway processes')}, "
         f"{_count(plan.nodes, 'node')} (peak {plan.peak_gateway_rps:,.0f} requests/s)"
     )
+    print(f"report: {page}")
+    return 0
+
+
+def _spread_table(rows: list[Any]) -> None:
+    width = max(len(x.figure) for x in rows)
+    print(f"{'':{width}}  {'mean':>12}  {'95% interval':>14}  {'lowest':>10}  {'highest':>10}")
+    for x in rows:
+        if not x.reached:
+            print(f"{x.figure:{width}}  {'not reached':>12}")
+            continue
+        seen = "" if x.reached == x.n else f"  (reached in {x.reached} of {x.n})"
+        print(
+            f"{x.figure:{width}}  {x.mean:>12,.2f}  {'± ' + format(x.ci95, ',.2f'):>14}  "
+            f"{x.low:>10,.2f}  {x.high:>10,.2f}{seen}"
+        )
+
+
+def _run_seeds(s: Scenario, args: argparse.Namespace) -> int:
+    from simulators.report import write_report
+    from simulators.sweep import run_seeds, write_spread
+
+    with progress(args.seeds, f"{args.seeds} seeds", not args.quiet) as done:
+        runs = run_seeds(s, args.seeds, done)
+    write_report(runs[0], args.out)
+    page, rows = write_spread(runs, args.out)
+    print(f"{s.name}: {args.seeds} seeds ({s.seed} to {s.seed + args.seeds - 1})")
+    _spread_table(rows)
+    print(f"report: {page}")
+    return 0
+
+
+def sweep(args: argparse.Namespace) -> int:
+    from simulators.sweep import apply_setting, parse_setting, run_seeds, write_sweep
+
+    s = _load(args.scenario, args)
+    if not 1 <= args.seeds <= 1000:
+        raise ScenarioError("--seeds must be 1 to 1,000")
+    path, values = parse_setting(args.setting)
+    scenarios = [apply_setting(s, path, v) for v in values]  # every value checked first
+    runs = []
+    with progress(len(values) * args.seeds, f"sweep of {path}", not args.quiet) as done:
+        for i, one in enumerate(scenarios):
+            runs.append(run_seeds(one, args.seeds, done, start=i * args.seeds))
+    page, table = write_sweep(path, values, runs, args.out)
+    keys = ("booked", "share of arrivals booked", "median minutes from arrival to booking",
+            "peak bookings per minute", "shards needed")  # fmt: skip
+    print(f"{path:>16}  " + "  ".join(f"{k[:22]:>22}" for k in keys))
+    for value, spreads in table:
+        by = {x.figure: x for x in spreads}
+        cells = [
+            f"{by[k].mean:,.2f}" + (f" ± {by[k].ci95:,.2f}" if args.seeds > 1 else "") for k in keys
+        ]
+        print(f"{value!s:>16}  " + "  ".join(f"{c:>22}" for c in cells))
     print(f"report: {page}")
     return 0
 
@@ -318,7 +408,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args = _parser().parse_args(argv)
     try:
-        handler = {"run": run, "compare": compare, "room": room, "live": live}[args.command]
+        handler = {"run": run, "compare": compare, "room": room, "live": live, "sweep": sweep}[
+            args.command
+        ]
         return handler(args)
     except ScenarioError as exc:
         print(f"hexbook-sim: {exc}", file=sys.stderr)

@@ -160,7 +160,7 @@ def test_bad_input_is_a_clear_exit_2(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def test_help_explains_every_command() -> None:
-    for args in ([], ["run"], ["compare"], ["live"]):
+    for args in ([], ["run"], ["compare"], ["live"], ["sweep"]):
         done = subprocess.run(
             [sys.executable, "-m", "simulators.cli", *args, "--help"],
             capture_output=True,
@@ -192,3 +192,72 @@ def test_room_puts_the_launch_with_and_without_its_waiting_room_side_by_side(
     page = (out / "index.html").read_text()
     assert "no waiting room" in page and "waiting room at 30/min" in page
     assert main(["room", str(scenario), "--out", str(out), "--quiet", "--per-minute", "0"]) == 2
+
+
+def test_seeds_give_each_figure_its_spread_and_it_narrows_with_more_seeds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from simulators.scenario import parse_scenario
+    from simulators.sweep import KEY_FIGURES, figures_of, run_seeds, spread
+
+    scenario = tmp_path / "town.toml"
+    scenario.write_text(TOWN)
+    out = tmp_path / "seeds"
+    assert main(["run", str(scenario), "--seeds", "5", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "5 seeds" in printed and "95% interval" in printed
+    per_seed = rows(out / "seeds.csv")
+    assert [int(r["seed"]) for r in per_seed] == [11, 12, 13, 14, 15]  # TOWN's seed is 11
+    table = {r["figure"]: r for r in rows(out / "spread.csv")}
+    assert list(table) == list(KEY_FIGURES)
+    k = "median minutes from arrival to booking"
+    seen = [float(r[k]) for r in per_seed]
+    assert float(table[k]["mean"]) == pytest.approx(sum(seen) / 5)
+    assert float(table[k]["low"]) == min(seen) < max(seen) == float(table[k]["high"])
+    for name in ("spread_bookings_per_minute.png", "spread_share_booked.png", "index.html"):
+        assert (out / name).exists()
+    valid_png(out / "spread_bookings_per_minute.png")
+    # The interval of the mean narrows as seeds are added (same city, more draws).
+    s = parse_scenario(TOWN)
+    few = {x.figure: x for x in spread([figures_of(r) for r in run_seeds(s, 4)])}
+    many = {x.figure: x for x in spread([figures_of(r) for r in run_seeds(s, 16)])}
+    varying = [k for k in KEY_FIGURES if few[k].sd > 0 and many[k].sd > 0]
+    assert len(varying) >= 5
+    narrower = [k for k in varying if many[k].ci95 < few[k].ci95]
+    assert len(narrower) >= 0.8 * len(varying), {k: (few[k].ci95, many[k].ci95) for k in varying}
+    assert many[k].ci95 < few[k].ci95
+
+
+def test_a_sweep_gives_the_key_figures_against_any_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from simulators.sweep import KEY_FIGURES
+
+    scenario = tmp_path / "town.toml"
+    scenario.write_text(TOWN)
+    out = tmp_path / "sweep"
+    args = ["sweep", str(scenario), "--set", "sites=3,6,12", "--seeds", "2", "--out", str(out)]
+    assert main([*args, "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "sites.count" in printed  # 'sites' is short for sites.count
+    runs = rows(out / "sweep.csv")
+    assert len(runs) == 3 * 2 and list(runs[0]) == ["sites.count", "seed", *KEY_FIGURES]
+    mean = {
+        v: sum(float(r["booked"]) for r in runs if r["sites.count"] == v) / 2
+        for v in ("3", "6", "12")
+    }
+    assert mean["3"] < mean["6"] < mean["12"]  # more sites, more booked
+    valid_png(out / "sweep.png")
+    assert "sites.count" in (out / "index.html").read_text()
+    # A bare field name found in one table alone; a wrong one is a clear exit 2.
+    assert main(["sweep", str(scenario), "--set", "eligible_share=0.01,0.02", "--out",
+                 str(tmp_path / "e"), "--quiet"]) == 0  # fmt: skip
+    capsys.readouterr()
+    for bad, said in (
+        ("sites.colour=1,2", "sites has no field 'colour'"),
+        ("sites.count=5", "at least two values"),
+        ("demand=1,2", "a table; name one of its fields"),
+        ("sites.count=0,5", "sites.count"),
+    ):
+        assert main(["sweep", str(scenario), "--set", bad, "--out", str(tmp_path / "x")]) == 2
+        assert said in capsys.readouterr().err, bad
