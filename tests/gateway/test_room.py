@@ -258,6 +258,9 @@ def test_a_second_or_restarted_gateway_sees_every_position(
     for i in range(12):
         assert join(api, "two", f"v{i}").status_code == 201
     until(lambda: ops.get("/v1/rooms/two").json()["drawn"], 30)
+    # the tick that drew admits the first at once (then one a minute): wait for it, so
+    # nobody moves while the two gateways are compared
+    until(lambda: ops.get("/v1/rooms/two").json()["admitted"] == 1, 30)
     before = {f"v{i}": view(api, "two", f"v{i}") for i in range(12)}
     settings = Settings(redis_url=hb.redis_url, index_first_day=None, index_days=20,
                         room_tick_seconds=0.2)  # fmt: skip

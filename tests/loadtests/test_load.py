@@ -16,13 +16,16 @@ from loadtests.curves import users_at
 from simulators.toolkit import LocalStack, free_port, parse_duration
 
 
-def test_a_short_spike_passes_thresholds_and_audit(tmp_path: Path) -> None:
+def test_a_short_spike_passes_thresholds_and_audit(child_stack: LocalStack, tmp_path: Path) -> None:
+    """Against a running stack (``--url``, audited through its ``--data-dir``); the room
+    test below has the tool start its own (``--stack``)."""
     out = tmp_path / "run"
     done = subprocess.run(
         [
-            sys.executable, "-m", "loadtests.cli", "--stack", "--spike", "--duration", "30s",
-            "--users", "40", "--sites", "200", "--weights",
-            "searcher=4,booker=4,changer=2,feed=1", "--out", str(out),
+            sys.executable, "-m", "loadtests.cli", "--url", child_stack.url,
+            "--key", child_stack.keys["booking-client"], "--data-dir", str(child_stack.data_dir),
+            "--spike", "--duration", "30s", "--users", "40",
+            "--weights", "searcher=4,booker=4,changer=2,feed=1", "--out", str(out),
         ],
         capture_output=True, text=True, timeout=280,
     )  # fmt: skip
