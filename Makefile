@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.hexbook-installed
 LOCK   := requirements/lock.txt
 EXTRAS := dev,sim,load
 
-.PHONY: help install browser test lint types unit bench soak demo lock clean
+.PHONY: help install browser test lint types unit bench soak demo docs-images lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ bench: $(STAMP) ## benchmarks: print figures and ratios measured in one run
 
 soak: $(STAMP) ## 90 days on an accelerated clock: memory, snapshots, recovery, nothing lost (~12 min)
 	$(BIN)/python tests/soak/run.py
+
+docs-images: $(STAMP) ## remake the images docs/simulators.md shows (docs/img/sim-*.png, ~2 min)
+	$(BIN)/python docs/make_images.py
 
 demo: $(STAMP) ## start hexbook with a demo city (Ctrl-C stops it; ./data keeps bookings)
 	$(BIN)/hexbook up --demo

@@ -301,15 +301,20 @@ def sweep(args: argparse.Namespace) -> int:
         for i, one in enumerate(scenarios):
             runs.append(run_seeds(one, args.seeds, done, start=i * args.seeds))
     page, table = write_sweep(path, values, runs, args.out)
-    keys = ("booked", "share of arrivals booked", "median minutes from arrival to booking",
-            "peak bookings per minute", "shards needed")  # fmt: skip
-    print(f"{path:>16}  " + "  ".join(f"{k[:22]:>22}" for k in keys))
+    keys = {
+        "booked": "booked",
+        "share of arrivals booked": "share booked",
+        "median minutes from arrival to booking": "median min to book",
+        "peak bookings per minute": "peak per minute",
+        "shards needed": "shards",
+    }
+    print(f"{path:>16}  " + "  ".join(f"{label:>20}" for label in keys.values()))
     for value, spreads in table:
         by = {x.figure: x for x in spreads}
         cells = [
             f"{by[k].mean:,.2f}" + (f" ± {by[k].ci95:,.2f}" if args.seeds > 1 else "") for k in keys
         ]
-        print(f"{value!s:>16}  " + "  ".join(f"{c:>22}" for c in cells))
+        print(f"{value!s:>16}  " + "  ".join(f"{c:>20}" for c in cells))
     print(f"report: {page}")
     return 0
 

@@ -69,3 +69,37 @@ def test_tool_and_test_packages_are_extras_not_dependencies() -> None:
     extras = project["optional-dependencies"]
     assert any(d.startswith("locust") for d in extras["load"])
     assert any(d.startswith("matplotlib") for d in extras["sim"])
+
+
+def test_the_tools_share_one_toolkit_that_depends_on_nothing_of_hexbook() -> None:
+    """docs/adr/0017: simulators/toolkit.py imports nothing of hexbook, the server never
+    imports a tool, no module imports a command line's privates, and there is one stack
+    starter, one duration parser and one progress drawer."""
+    code = (
+        "import sys, importlib\n"
+        "def loaded(mod):\n"
+        "    before = set(sys.modules); importlib.import_module(mod)\n"
+        "    return sorted(m for m in set(sys.modules) - before\n"
+        "                  if m.split('.')[0] in ('engine', 'actors', 'gateway', 'simulators', "
+        "'loadtests'))\n"
+        "print(loaded('simulators.toolkit'))\n"
+        "print([m for m in loaded('gateway.app') if m.startswith(('simulators', 'loadtests'))])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout.splitlines()
+    assert out == ["['simulators', 'simulators.toolkit']", "[]"]
+    sources = {
+        p.relative_to(ROOT).as_posix(): p.read_text()
+        for d in ("engine", "actors", "gateway", "simulators", "loadtests")
+        for p in (ROOT / d).rglob("*.py")
+    }
+    circles = [f for f, text in sources.items() if re.search(r"from \w+\.cli import", text)]
+    assert circles == []
+    one_of_each = (
+        r"def (_?start_stack|_?parse_duration|_?duration|_progress)\b",
+        r"\"gateway\.cli\", \"up\"",  # a child process of `hexbook up`
+    )
+    for pattern in one_of_each:
+        found = sorted(f for f, text in sources.items() if re.search(pattern, text))
+        assert found == ["simulators/toolkit.py"], (pattern, found)

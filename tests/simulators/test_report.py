@@ -261,3 +261,29 @@ def test_a_sweep_gives_the_key_figures_against_any_field(
     ):
         assert main(["sweep", str(scenario), "--set", bad, "--out", str(tmp_path / "x")]) == 2
         assert said in capsys.readouterr().err, bad
+
+
+def test_the_map_shows_a_cells_numbers_on_hover_and_focus_in_a_real_browser(
+    tmp_path: Path,
+) -> None:
+    from tests.browser import page
+
+    scenario = tmp_path / "town.toml"
+    scenario.write_text(TOWN)
+    out = tmp_path / "report"
+    assert main(["run", str(scenario), "--out", str(out), "--quiet"]) == 0
+    cells = {r["cell"]: r for r in rows(out / "cells.csv")}
+    with page() as p:
+        asked: list[str] = []
+        p.on("request", lambda r: asked.append(r.url))
+        p.goto((out / "map.html").as_uri())
+        assert p.locator("#panel").inner_text() == "No cell chosen."
+        busiest = max(cells.values(), key=lambda r: int(r["arrivals"]))
+        i = list(cells).index(busiest["cell"])
+        p.locator(f'polygon[data-i="{i}"]').hover()
+        text = p.locator("#panel").inner_text()
+        assert busiest["cell"] in text
+        assert f"arrivals\t{busiest['arrivals']}" in text and "nearest sites" in text
+        p.keyboard.press("Tab")  # the keyboard reaches the cells too
+        assert "cell\t" in p.locator("#panel").inner_text()
+        assert [u for u in asked if not u.startswith("file://")] == []
