@@ -71,7 +71,8 @@ class AuditReport:
 
     def summary(self) -> str:
         lines = [
-            f"audit: {self.shards} shards, {self.calendars:,} calendars, {self.slots:,} slots, "
+            f"audit: {self.shards} shard{'' if self.shards == 1 else 's'}, "
+            f"{self.calendars:,} calendars, {self.slots:,} slots, "
             f"{self.journal_entries:,} journal entries ({self.events:,} events)",
             f"  capacity        {self.slots:>10,} slots checked",
             f"  acknowledged    {self.acknowledged:>10,} client-acknowledged bookings checked "

@@ -8,12 +8,14 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from loadtests.cli import Thresholds, check_thresholds, peak_per_minute, read_stats
 from loadtests.curves import users_at
 from simulators.toolkit import LocalStack, free_port, parse_duration
+from tests.polling import until
 
 
 def test_a_short_spike_passes_thresholds_and_audit(child_stack: LocalStack, tmp_path: Path) -> None:
@@ -34,6 +36,7 @@ def test_a_short_spike_passes_thresholds_and_audit(child_stack: LocalStack, tmp_
     assert verdict == {**verdict, "thresholds_broken": [], "audit_ok": True}
     assert verdict["bookings"] > 20
     assert "violations               0" in (out / "audit.txt").read_text()
+    assert (out / "audit.txt").read_text().startswith("audit: 1 shard, ")  # 1 on 2 cores
     assert (out / "report.html").stat().st_size > 10_000
     rows = {r["name"]: r for r in read_stats(out / "locust_stats.csv")}
     for name in ("GET /v1/search", "POST /v1/holds", "POST /v1/bookings", "GET /v1/feed (10 s)"):
@@ -195,3 +198,38 @@ def test_failures_are_counted_by_reason_in_the_console_and_the_verdict(
     top = verdict["failures"][0]
     assert top["reason"] == "429 rate_limited" and top["count"] == int(first[0].replace(",", ""))
     assert not next(c for c in verdict["thresholds"] if c["name"] == "error ratio")["ok"]
+
+
+def test_ui_runs_with_locusts_web_ui_and_still_gives_the_verdict(
+    child_stack: LocalStack, tmp_path: Path
+) -> None:
+    import httpx
+
+    out = tmp_path / "ui"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loadtests.cli", "--url", child_stack.url,
+         "--key", child_stack.keys["booking-client"], "--duration", "6s", "--users", "3",
+         "--no-audit", "--ui", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "web UI at" in line:
+            break
+    found = re.search(r"web UI at (http://127\.0\.0\.1:\d+)", "".join(lines))
+    assert found is not None, "".join(lines)
+    ui = until(lambda: _get(httpx, found[1]), 30)
+    assert ui.status_code == 200 and "locust" in ui.text.lower()
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, "".join(lines) + rest
+    assert "hexbook-load: PASS" in rest
+    assert json.loads((out / "verdict.json").read_text())["pass"] is True
+
+
+def _get(httpx: Any, url: str) -> Any:
+    try:
+        return httpx.get(url, timeout=2)
+    except httpx.HTTPError:
+        return None
