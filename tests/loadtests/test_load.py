@@ -233,3 +233,17 @@ def _get(httpx: Any, url: str) -> Any:
         return httpx.get(url, timeout=2)
     except httpx.HTTPError:
         return None
+
+
+def test_stats_without_answers_read_as_zero_not_a_traceback(tmp_path: Path) -> None:
+    """Locust writes N/A where no request got an answer (an unreachable gateway)."""
+    stats = tmp_path / "locust_stats.csv"
+    stats.write_text(
+        "Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,"
+        "Min Response Time,Max Response Time,Average Content Size,Requests/s,Failures/s,"
+        "50%,66%,75%,80%,90%,95%,98%,99%,99.9%,99.99%,100%\n"
+        "GET,GET /v1/search,12,12,0,0,0,0,0,1.2,1.2,N/A,N/A,N/A,N/A,N/A,N/A,N/A,N/A,N/A,N/A,N/A\n"
+    )
+    (row,) = read_stats(stats)
+    assert (row["requests"], row["failures"], row["p50"], row["p99"]) == (12, 12, 0.0, 0.0)
+    assert check_thresholds([row], Thresholds()) == ["error ratio 100.00% > 1.00%"]

@@ -290,3 +290,19 @@ def test_the_map_shows_a_cells_numbers_on_hover_and_focus_in_a_real_browser(
         p.keyboard.press("Tab")  # the keyboard reaches the cells too
         assert "cell\t" in p.locator("#panel").inner_text()
         assert [u for u in asked if not u.startswith("file://")] == []
+
+
+def test_every_scenario_file_the_help_and_docs_name_exists() -> None:
+    root = Path(__file__).resolve().parents[2]
+    said = subprocess.run(
+        [sys.executable, "-m", "simulators.cli", "--help"], capture_output=True, text=True
+    ).stdout
+    texts = [
+        said,
+        *(p.read_text() for p in (root / "docs").glob("*.md")),
+        (root / "README.md").read_text(),
+    ]
+    named = {m for t in texts for m in re.findall(r"simulators/scenarios/[\w.-]+\.(?:toml|csv)", t)}
+    assert "simulators/scenarios/chicago-mass-sites.toml" in named
+    assert [n for n in sorted(named) if not (root / n).exists()] == []
+    assert re.findall(r"hexbook-sim \w+ [\w-]+\.toml", said) == []  # always the full path
