@@ -9,6 +9,13 @@ AOF persistence in the data folder, waits until it answers PING, and stops it cl
 data folder, with back-off) if it dies; ``hexbook up`` does this, and reports the
 restarts in ``/readyz`` and ``/metrics``.
 
+Locked (docs/security.md): the server listens on loopback only, in protected mode, and
+asks for a password generated at the first start and kept in ``DATA/redis.secret``
+(owner-only). It reaches redis-server through a config file (``DATA/redis.conf``, also
+owner-only), never on its command line, and every URL this module gives carries it:
+whatever finds the data folder (``hexbook up``, ``hexbook keys``, ``hexbook audit``)
+connects; a client without the password is refused.
+
 Durability (docs/adr/0003-embedded-redis-and-fsync.md): ``fsync="always"`` (default)
 fsyncs the AOF before Redis answers a write, so an acknowledged booking survives a
 crash of Redis or of the machine; ``"everysec"`` is faster and may lose up to one second
@@ -28,6 +35,7 @@ import importlib.util
 import logging
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -49,7 +57,9 @@ __all__ = [
     "RedisStartError",
     "find_redis_server",
     "holds_data",
+    "redacted",
     "redis_endpoint",
+    "redis_password",
     "running_url",
 ]
 
@@ -100,6 +110,39 @@ def find_redis_server() -> str:
     )
 
 
+SECRET_FILE = "redis.secret"
+
+
+def redis_password(data_dir: str | os.PathLike[str], create: bool = False) -> str | None:
+    """The embedded server's password, kept in ``data_dir/redis.secret`` (mode 0600);
+    made at the first start when ``create``. ``None`` when there is none (yet)."""
+    path = Path(data_dir) / SECRET_FILE
+    try:
+        return path.read_text().strip() or None
+    except FileNotFoundError:
+        if not create:
+            return None
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    secret = secrets.token_urlsafe(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it meanwhile: theirs holds
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    return secret
+
+
+def redacted(url: str) -> str:
+    """``url`` fit to print: a password in it shown as ``***``."""
+    return re.sub(r"^(\w+://)([^@/]*:)?[^@/]*@", lambda m: f"{m[1]}{m[2] or ''}***@", url)
+
+
+def _url(port: int, password: str | None) -> str:
+    auth = f":{password}@" if password else ""
+    return f"redis://{auth}127.0.0.1:{port}/0"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -136,11 +179,17 @@ class EmbeddedRedis:
         self._lock = threading.RLock()  # start, stop and the supervisor take turns
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
+        self.password = redis_password(self.data_dir, create=True)
 
     @property
     def url(self) -> str:
-        """``redis://127.0.0.1:PORT/0``; stays the same across :meth:`restart`."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        """``redis://:PASSWORD@127.0.0.1:PORT/0``; stays the same across :meth:`restart`."""
+        return _url(self.port, self.password)
+
+    @property
+    def where(self) -> str:
+        """``127.0.0.1:PORT``: the address to log (the URL carries the password)."""
+        return f"127.0.0.1:{self.port}"
 
     @property
     def log_path(self) -> Path:
@@ -153,9 +202,20 @@ class EmbeddedRedis:
     def is_running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    def _config(self) -> Path:
+        """The settings that must not show in ``ps``: an owner-only config file."""
+        path = self.data_dir / "redis.conf"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("# written by hexbook at each start (actors/embedded_redis.py)\n")
+            f.write(f"requirepass {self.password}\n")
+        return path
+
     def _args(self) -> list[str]:
         return [
             self.binary,
+            str(self._config()),
             "--bind", "127.0.0.1",
             "--port", str(self.port),
             "--dir", str(self.data_dir),
@@ -195,7 +255,7 @@ class EmbeddedRedis:
     def _start(self, timeout: float) -> None:
         if self.is_running():
             return
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._check_not_in_use()
         for attempt in range(5):
             self._proc = subprocess.Popen(
@@ -219,7 +279,9 @@ class EmbeddedRedis:
     def _wait_ready(self, timeout: float) -> None:
         assert self._proc is not None
         deadline = time.monotonic() + timeout
-        client = redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
+        client = redis.Redis(
+            port=self.port, password=self.password, socket_timeout=0.5, socket_connect_timeout=0.5
+        )
         try:
             while time.monotonic() < deadline:
                 if self._proc.poll() is not None:
@@ -276,7 +338,9 @@ class EmbeddedRedis:
                             return
                         self._start(timeout=60.0)
                         self.restarts += 1
-                    log.warning("redis-server is back on %s (restart %d)", self.url, self.restarts)
+                    log.warning(
+                        "redis-server is back on %s (restart %d)", self.where, self.restarts
+                    )
                     backoff = 0.5
                     break
                 except (RedisStartError, OSError) as exc:
@@ -335,7 +399,7 @@ class EmbeddedRedis:
 
     def __repr__(self) -> str:
         state = "running" if self.is_running() else "stopped"
-        return f"EmbeddedRedis({self.url}, {self.data_dir}, fsync={self.fsync}, {state})"
+        return f"EmbeddedRedis({self.where}, {self.data_dir}, fsync={self.fsync}, {state})"
 
 
 def running_url(data_dir: str | os.PathLike[str]) -> str | None:
@@ -350,7 +414,7 @@ def running_url(data_dir: str | os.PathLike[str]) -> str | None:
     m = re.search(r"redis-server\S*\s+[\d.]+:(\d+)", cmdline) or re.search(
         r"redis-server.*--port (\d+)", cmdline
     )
-    return f"redis://127.0.0.1:{m.group(1)}/0" if m else None
+    return _url(int(m.group(1)), redis_password(data_dir)) if m else None
 
 
 @contextlib.contextmanager

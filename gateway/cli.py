@@ -223,7 +223,12 @@ def up(args: argparse.Namespace) -> int:
     import ray
 
     from actors.api import Hexbook
-    from actors.embedded_redis import EmbeddedRedis, RedisBinaryNotFound, RedisStartError
+    from actors.embedded_redis import (
+        EmbeddedRedis,
+        RedisBinaryNotFound,
+        RedisStartError,
+        redacted,
+    )
     from gateway.app import create_app
     from gateway.server import PortInUse, bind, server, when_started
     from gateway.settings import Settings
@@ -249,7 +254,11 @@ def up(args: argparse.Namespace) -> int:
                 embedded = stack.enter_context(EmbeddedRedis(args.data_dir, fsync=args.fsync))
                 embedded.supervise()  # a redis-server that dies is started again
                 url = embedded.url
-            where = args.redis_url or f"embedded redis-server in {args.data_dir.resolve()}"
+            where = (
+                redacted(args.redis_url)
+                if args.redis_url
+                else f"embedded redis-server in {args.data_dir.resolve()} (password-locked)"
+            )
             print(f"hexbook: Redis: {where}")
         except (RedisBinaryNotFound, RedisStartError) as exc:
             print(f"hexbook: {exc}", file=sys.stderr)

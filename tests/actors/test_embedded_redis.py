@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,9 @@ from actors.embedded_redis import (
     RedisBinaryNotFound,
     RedisStartError,
     find_redis_server,
+    redacted,
     redis_endpoint,
+    running_url,
 )
 
 
@@ -31,6 +34,41 @@ def test_starts_with_strict_aof_and_answers(data_dir: Path) -> None:
         client.close()
     assert not server.is_running()
     assert "ready to exit" in server.log_path.read_text()
+
+
+def test_the_embedded_server_refuses_a_client_without_its_password(data_dir: Path) -> None:
+    """Loopback only, protected mode, a password made at the first start and kept
+    owner-only in the data folder, never on the command line; whatever finds the data
+    folder gets it (running_url, redis_endpoint attach)."""
+    with EmbeddedRedis(data_dir) as server:
+        anyone = redis.Redis(port=server.port, socket_timeout=2)
+        with pytest.raises(redis.AuthenticationError):
+            anyone.ping()
+        with pytest.raises(redis.AuthenticationError):
+            anyone.execute_command("AUTH", "default", "guess")
+        anyone.close()
+        secret = (data_dir / "redis.secret").read_text().strip()
+        assert len(secret) >= 32 and server.password == secret
+        for name in ("redis.secret", "redis.conf"):
+            assert stat.S_IMODE((data_dir / name).stat().st_mode) == 0o600, name
+        assert secret not in Path(f"/proc/{server.pid}/cmdline").read_text()
+        assert secret not in repr(server)
+        client = redis.Redis.from_url(server.url)
+        assert client.ping() and client.config_get("protected-mode")["protected-mode"] == "yes"
+        client.close()
+        found = running_url(data_dir)
+        assert found == server.url
+        with redis_endpoint(None, data_dir, attach=True) as url:
+            assert redis.Redis.from_url(url).ping()
+    assert redacted(server.url) == f"redis://:***@127.0.0.1:{server.port}/0"
+    assert redacted("rediss://hexbook:s3cret@cache.example:6380/0") == (
+        "rediss://hexbook:***@cache.example:6380/0"
+    )
+    assert redacted("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+    # The same password at the next start: clients keep working.
+    with EmbeddedRedis(data_dir) as again:
+        assert again.password == secret
+        assert redis.Redis.from_url(again.url).ping()
 
 
 def test_everysec_is_an_explicit_choice(data_dir: Path) -> None:
@@ -53,7 +91,7 @@ def test_acknowledged_writes_survive_a_crash(data_dir: Path) -> None:
     server.start()
     try:
         assert client.xlen("journal") == 2000
-        assert server.url == f"redis://127.0.0.1:{server.port}/0"
+        assert server.url == f"redis://:{server.password}@127.0.0.1:{server.port}/0"
     finally:
         client.close()
         server.stop()
