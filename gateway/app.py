@@ -33,6 +33,7 @@ from gateway import openapi, problems
 from gateway.auth import Authenticator
 from gateway.deps import Runtime
 from gateway.fast import FastPath
+from gateway.headers import SecureHeaders
 from gateway.idempotency import Idempotency, token_secret
 from gateway.index import AvailabilityIndex
 from gateway.interop.publish import SmartPublisher
@@ -237,6 +238,7 @@ def create_app(
         access_log=settings.access_log,
         large={"/v1/imports": settings.import_max_bytes},
     )
+    app.add_middleware(SecureHeaders)  # outermost: every answer, the fast path's too
     problems.install(app)
     for router in ROUTERS:
         app.include_router(router)

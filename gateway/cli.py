@@ -53,6 +53,18 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     up.add_argument("--port", type=int, default=8000, help="listen port (default 8000)")
     up.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=os.environ.get("HEXBOOK_TLS_CERT") or None,
+        help="serve HTTPS with this certificate chain (PEM; default $HEXBOOK_TLS_CERT)",
+    )
+    up.add_argument(
+        "--tls-key",
+        type=Path,
+        default=os.environ.get("HEXBOOK_TLS_KEY") or None,
+        help="the certificate's private key (PEM; default $HEXBOOK_TLS_KEY)",
+    )
+    up.add_argument(
         "--data-dir",
         type=Path,
         default=Path("data"),
@@ -230,7 +242,7 @@ def up(args: argparse.Namespace) -> int:
         redacted,
     )
     from gateway.app import create_app
-    from gateway.server import PortInUse, bind, server, when_started
+    from gateway.server import PortInUse, bind, check_tls, loopback, server, when_started
     from gateway.settings import Settings
 
     if (
@@ -240,6 +252,22 @@ def up(args: argparse.Namespace) -> int:
     ):
         print("hexbook: --port must be 1-65535, --sites and --shards at least 1", file=sys.stderr)
         return 2
+    tls = None
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("hexbook: HTTPS needs both --tls-cert and --tls-key", file=sys.stderr)
+        return 2
+    if args.tls_cert is not None:
+        if (why := check_tls(args.tls_cert, args.tls_key)) is not None:
+            print(f"hexbook: {why}", file=sys.stderr)
+            return 2
+        tls = (args.tls_cert, args.tls_key)
+    elif not loopback(args.host):
+        print(
+            f"hexbook: WARNING: serving plain HTTP on {args.host}, reachable from other "
+            "machines: API keys, booking tokens and patient references cross the network "
+            "in clear. Give --tls-cert and --tls-key, or serve behind a TLS proxy.",
+            file=sys.stderr,
+        )
     try:
         sock = bind(args.host, args.port)  # before anything starts: a taken port says so
     except OSError as exc:
@@ -277,10 +305,11 @@ def up(args: argparse.Namespace) -> int:
             shards=args.shards,
             access_log=args.access_log,
         )
-        srv = server(create_app(settings, hexbook=hb, redis_server=embedded))
+        srv = server(create_app(settings, hexbook=hb, redis_server=embedded), tls=tls)
         host = f"[{args.host}]" if ":" in args.host else args.host
+        scheme = "https" if tls else "http"
         key = _demo_key(hb) if args.demo else None
-        when_started(srv, lambda: print(_banner(f"http://{host}:{args.port}", key), flush=True))
+        when_started(srv, lambda: print(_banner(f"{scheme}://{host}:{args.port}", key), flush=True))
         with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C once shut down
             srv.run(sockets=[sock])
     print("hexbook: stopped cleanly")

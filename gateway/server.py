@@ -15,11 +15,12 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
 
-__all__ = ["PortInUse", "bind", "in_thread", "server", "when_started"]
+__all__ = ["PortInUse", "bind", "check_tls", "in_thread", "loopback", "server", "when_started"]
 
 
 class PortInUse(OSError):
@@ -47,9 +48,14 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def server(
-    app: FastAPI, *, keep_alive_seconds: int = 5, log_level: str = "warning"
+    app: FastAPI,
+    *,
+    keep_alive_seconds: int = 5,
+    log_level: str = "warning",
+    tls: tuple[Path, Path] | None = None,
 ) -> uvicorn.Server:
-    """A uvicorn server for ``app`` as hexbook serves it (no proxy-header rewriting)."""
+    """A uvicorn server for ``app`` as hexbook serves it (no proxy-header rewriting);
+    HTTPS with ``tls`` = (certificate chain, private key), PEM files."""
     config = uvicorn.Config(
         app,
         log_level=log_level,
@@ -58,8 +64,37 @@ def server(
         proxy_headers=False,
         server_header=False,
         timeout_keep_alive=keep_alive_seconds,
+        ssl_certfile=str(tls[0]) if tls else None,
+        ssl_keyfile=str(tls[1]) if tls else None,
     )
     return uvicorn.Server(config)
+
+
+def check_tls(cert: Path, key: Path) -> str | None:
+    """Why ``cert`` and ``key`` cannot serve HTTPS, in one line (None: they can)."""
+    import ssl
+
+    for what, path in (("certificate", cert), ("key", key)):
+        if not path.is_file():
+            return f"the TLS {what} {path} is not a file"
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as exc:
+        return f"the TLS certificate {cert} and key {key} do not load: {exc}"
+    return None
+
+
+def loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def when_started(srv: uvicorn.Server, on_started: Callable[[], None]) -> threading.Thread:
@@ -78,11 +113,17 @@ def when_started(srv: uvicorn.Server, on_started: Callable[[], None]) -> threadi
 
 
 @contextlib.contextmanager
-def in_thread(app: FastAPI, *, keep_alive_seconds: int = 5, seconds: float = 120) -> Iterator[str]:
+def in_thread(
+    app: FastAPI,
+    *,
+    keep_alive_seconds: int = 5,
+    seconds: float = 120,
+    tls: tuple[Path, Path] | None = None,
+) -> Iterator[str]:
     """Serve ``app`` as ``hexbook up`` does, from a thread of this process, on a free
     loopback port (tests, benchmarks); its base URL once it takes connections."""
     sock = bind("127.0.0.1", 0)
-    srv = server(app, keep_alive_seconds=keep_alive_seconds)
+    srv = server(app, keep_alive_seconds=keep_alive_seconds, tls=tls)
     thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + seconds
@@ -92,7 +133,7 @@ def in_thread(app: FastAPI, *, keep_alive_seconds: int = 5, seconds: float = 120
             raise RuntimeError("the gateway did not start")
         time.sleep(0.05)
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{sock.getsockname()[1]}"
     finally:
         srv.should_exit = True
         thread.join(timeout=30)

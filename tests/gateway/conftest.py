@@ -6,6 +6,7 @@ import contextlib
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,6 +29,11 @@ def serving(app: FastAPI) -> contextlib.AbstractContextManager[str]:
     connections: never let the server close one as idle mid-test (uvicorn's 5 s default
     races with reuse on a loaded CI machine)."""
     return in_thread(app, keep_alive_seconds=120)
+
+
+def serving_tls(app: FastAPI, tls: tuple[Path, Path]) -> contextlib.AbstractContextManager[str]:
+    """:func:`serving` over HTTPS with ``tls`` = (certificate, key)."""
+    return in_thread(app, keep_alive_seconds=120, tls=tls)
 
 
 @pytest.fixture(scope="module")

@@ -216,3 +216,39 @@ def test_help_explains_every_option() -> None:
         "--host",
     ):
         assert option in out
+
+
+def test_up_refuses_half_a_tls_setup_and_warns_of_plain_http_beyond_loopback(
+    tmp_path: Path,
+) -> None:
+    from gateway.server import loopback
+
+    run = [sys.executable, "-m", "gateway.cli", "up", "--data-dir", str(tmp_path / "d")]
+    half = subprocess.run([*run, "--tls-cert", "c.pem"], capture_output=True, text=True)
+    assert half.returncode == 2 and "needs both --tls-cert and --tls-key" in half.stderr
+    missing = subprocess.run(
+        [*run, "--tls-cert", str(tmp_path / "c.pem"), "--tls-key", str(tmp_path / "k.pem")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert missing.returncode == 2 and "is not a file" in missing.stderr
+    (tmp_path / "c.pem").write_text("not a certificate")
+    (tmp_path / "k.pem").write_text("not a key")
+    bad = subprocess.run(
+        [*run, "--tls-cert", str(tmp_path / "c.pem"), "--tls-key", str(tmp_path / "k.pem")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "do not load" in bad.stderr
+    # Plain HTTP on every interface: said loudly, before anything starts (here the port
+    # is taken, so nothing does).
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        open_ = subprocess.run(
+            [*run, "--host", "0.0.0.0", "--port", str(port)], capture_output=True, text=True
+        )
+    assert open_.returncode == 2
+    assert "WARNING: serving plain HTTP on 0.0.0.0" in open_.stderr
+    assert [loopback(h) for h in ("127.0.0.1", "::1", "localhost", "0.0.0.0", "10.0.0.5")] == [
+        True, True, True, False, False,
+    ]  # fmt: skip
