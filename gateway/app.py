@@ -30,6 +30,7 @@ from actors.embedded_redis import EmbeddedRedis, redis_endpoint
 from actors.policy import PolicyCache, PolicyStore
 from actors.series import SeriesBook
 from gateway import openapi, problems
+from gateway.audit_trail import AuditMiddleware, AuditTrail
 from gateway.auth import Authenticator
 from gateway.deps import Runtime
 from gateway.fast import FastPath
@@ -164,6 +165,7 @@ async def _runtime(
         smart=smart,
         imports=imports,
         redis_server=redis_server,
+        audit=AuditTrail(policy_redis, hb.clock.seconds),
     )
 
 
@@ -238,6 +240,7 @@ def create_app(
         access_log=settings.access_log,
         large={"/v1/imports": settings.import_max_bytes},
     )
+    app.add_middleware(AuditMiddleware)  # after Observe has the route and the caller
     app.add_middleware(SecureHeaders)  # outermost: every answer, the fast path's too
     problems.install(app)
     for router in ROUTERS:

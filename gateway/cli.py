@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import sys
 import time
 from datetime import UTC, datetime
@@ -130,6 +131,20 @@ def _parser() -> argparse.ArgumentParser:
             "violation. Works on a running stack (its --data-dir) or a stopped one."
         ),
     )
+    trail = sub.add_parser(
+        "audit-log",
+        parents=[where],
+        help="print the audit trail: who did which admin action, when, and the outcome",
+        description=(
+            "Read the audit trail (every operator and provider-admin action through the "
+            "API, and every key this command line made or revoked): who (key id), what, "
+            "to what, when (UTC), the status and the outcome. Oldest first. Read only: "
+            "nothing changes an entry. docs/security.md lists what is recorded."
+        ),
+    )
+    trail.add_argument("--csv", action="store_true", help="write CSV (for a spreadsheet)")
+    trail.add_argument("--after", default="-", metavar="ID", help="only entries after this id")
+    trail.add_argument("--limit", type=int, default=None, help="at most this many entries")
     aud.add_argument(
         "--acks",
         type=Path,
@@ -379,6 +394,7 @@ def keys(args: argparse.Namespace) -> int:
         redis_endpoint,
     )
     from engine.errors import HexbookError
+    from gateway.audit_trail import append_sync
     from gateway.keys import KeyStore
 
     if args.action == "create" and args.role == "provider-admin" and not args.provider:
@@ -394,6 +410,8 @@ def keys(args: argparse.Namespace) -> int:
                     key, record = store.create(
                         args.role, args.name, tuple(args.provider), args.rate
                     )
+                    append_sync(client, time.time(), _cli_who(), "cli", "key.create",
+                                f"key_id={record.key_id}")  # fmt: skip
                     print(
                         f"{key}\n(key id {record.key_id}, role {record.role}; "
                         "shown once: store it now)"
@@ -413,6 +431,8 @@ def keys(args: argparse.Namespace) -> int:
                         print("(no keys yet: hexbook keys create --role operator --name you)")
                 else:
                     record = store.revoke(args.key_id)
+                    append_sync(client, time.time(), _cli_who(), "cli", "key.revoke",
+                                f"key_id={record.key_id}")  # fmt: skip
                     print(f"revoked {record.key_id} ({record.role}, {record.name})")
             finally:
                 client.close()
@@ -428,6 +448,62 @@ def keys(args: argparse.Namespace) -> int:
     except redis.RedisError as exc:
         print(f"hexbook: Redis: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _cli_who() -> str:
+    """Who ran a command: ``cli:<login>@<host>`` (no key is involved)."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"cli:{user}@{socket.gethostname()}"
+
+
+def audit_log(args: argparse.Namespace) -> int:
+    import redis
+
+    from actors.embedded_redis import (
+        NoHexbookData,
+        RedisBinaryNotFound,
+        RedisStartError,
+        redis_endpoint,
+    )
+    from gateway.audit_trail import entries_csv, read_sync
+
+    if args.limit is not None and args.limit < 1:
+        print("hexbook: --limit must be at least 1", file=sys.stderr)
+        return 2
+    if args.after != "-" and not re.fullmatch(r"\d{1,20}-\d{1,20}", args.after):
+        print(
+            f"hexbook: --after {args.after!r}: an entry id such as 1764600000000-0", file=sys.stderr
+        )
+        return 2
+    try:
+        with redis_endpoint(args.redis_url, args.data_dir, attach=True) as url:
+            client = redis.Redis.from_url(url)
+            try:
+                entries = read_sync(client, args.after, args.limit)
+            finally:
+                client.close()
+    except NoHexbookData as exc:
+        print(f"hexbook: {exc}", file=sys.stderr)
+        return 2
+    except (RedisBinaryNotFound, RedisStartError, redis.RedisError) as exc:
+        print(f"hexbook: {exc}", file=sys.stderr)
+        return 1
+    if args.csv:
+        sys.stdout.write(entries_csv(entries))
+        return 0
+    print(f"{'id':17}  {'at (UTC)':23}  {'who':24}  {'action':18}  {'outcome':13}  target")
+    for e in entries:
+        print(f"{e.id:17}  {e.at[:23]:23}  {e.who[:24]:24}  {e.action:18}  "
+              f"{e.outcome + ' ' + str(e.status or ''):13}  {e.target}")  # fmt: skip
+    if not entries:
+        print("(no entries)")
     return 0
 
 
@@ -476,6 +552,8 @@ def main(argv: list[str] | None = None) -> int:
         return keys(args)
     if args.command == "audit":
         return audit(args)
+    if args.command == "audit-log":
+        return audit_log(args)
     if args.command == "import":
         return import_(args)
     if args.command == "import-schedules":

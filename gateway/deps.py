@@ -15,6 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from actors.api import Hexbook
 from engine.errors import InvalidRequest
+from gateway.audit_trail import AuditTrail
 from gateway.auth import Authenticator, Principal, authorize, client_address
 from gateway.keys import KeyStore
 from gateway.observe import Metrics
@@ -64,6 +65,7 @@ class Runtime:
     smart: SmartPublisher
     imports: ImportScheduler
     redis_server: EmbeddedRedis | None = None  # the supervised embedded redis-server
+    audit: AuditTrail | None = None
     feed_clients: int = 0
     trusted_proxies: frozenset[str] = frozenset()  # whose X-Forwarded-For is believed
 

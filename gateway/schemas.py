@@ -38,6 +38,8 @@ from gateway.timefmt import RFC3339, rfc3339_seconds
 __all__ = [
     "IDEMPOTENCY_KEY",
     "Admission",
+    "AuditEntryOut",
+    "AuditQuery",
     "BookingOut",
     "BookingRequest",
     "FeedQuery",
@@ -463,6 +465,25 @@ class SlotsQuery(_Query):
     service: Id
     from_: Instant | None = Field(None, alias="from")
     to: Instant | None = None
+
+
+class AuditQuery(_Query):
+    after: str | None = Field(
+        None, pattern=ENTRY_ID_PATTERN, description="entries after this id (the oldest first)"
+    )
+    limit: int = Field(100, ge=1, le=1000)
+    format: Literal["json", "csv"] = "json"
+
+
+class AuditEntryOut(BaseModel):
+    id: str = Field(description="the entry's id: give it as `after` to read on")
+    at: str = Field(description="when (UTC)")
+    who: str = Field(description="`key:<key id>`, or `cli:<user>` for `hexbook keys`")
+    role: str
+    action: str = Field(examples=["provider.put", "key.revoke", "booking.cancel"])
+    target: str = Field(description="the ids the action was on", examples=["provider_id=chi-0001"])
+    status: int = Field(description="the HTTP status answered (0: a command)")
+    outcome: Literal["ok", "refused", "failed"]
 
 
 class FeedQuery(_Query):

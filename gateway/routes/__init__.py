@@ -6,6 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from gateway.routes import (
+    audit,
     bookings,
     feed,
     holds,
@@ -34,5 +35,6 @@ ROUTERS: tuple[APIRouter, ...] = (
     feed.router,
     keys.router,
     imports.router,
+    audit.router,
     smart.router,
 )

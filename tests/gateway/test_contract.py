@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
-import ssl
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -351,91 +349,3 @@ def test_docs_render_in_a_browser_with_nothing_from_outside(base: str) -> None:
     assert "hexbook" in title
     assert asked and all(url.startswith(base) for url in asked), asked
     assert [m for m in said if "Content Security Policy" in m] == []  # the page's CSP holds
-
-
-def _self_signed(folder: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and its key (PEM), made here."""
-    import datetime as dt
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hexbook test")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
-def test_https_serves_what_http_serves_with_the_secure_headers(
-    stack: tuple[str, Hexbook, FastAPI], base: str, keys: dict[str, str], tmp_path: Path
-) -> None:
-    """The stack over TLS (a self-signed certificate): the same answers as over plain
-    HTTP, HSTS over TLS only, and nosniff, frame and CSP headers on every answer (the
-    fast path's, the problems', the pages')."""
-    from gateway.app import create_app
-    from gateway.settings import Settings
-    from tests.gateway.conftest import serving_tls
-
-    _, hb, _ = stack
-    cert, key = _self_signed(tmp_path)
-    settings = Settings(redis_url=hb.redis_url, index_first_day=None, index_days=20)
-    search = "/v1/search?lat=41.88&lng=-87.63&service=covid-vaccine&radius_km=20"
-    asks = [
-        ("GET", "/healthz", None), ("GET", "/readyz", None), ("GET", "/openapi.json", None),
-        ("GET", "/docs", None), ("GET", search, None), ("GET", "/v1/search?lat=x", None),
-        ("GET", "/v1/bookings/bk_nobody", "booking-client"),
-        ("POST", "/v1/holds", "booking-client"), ("GET", "/v1/keys", "operator"),
-    ]  # fmt: skip
-    with serving_tls(create_app(settings, hexbook=hb), (cert, key)) as tls_url:
-        assert tls_url.startswith("https://")
-        with (
-            httpx.Client(base_url=base, timeout=30) as plain,
-            httpx.Client(
-                base_url=tls_url, verify=ssl.create_default_context(cafile=cert), timeout=30
-            ) as secure,
-        ):
-            for method, path, role in asks:
-                headers = {"Authorization": f"Bearer {keys[role]}"} if role else {}
-                body = {"provider_id": "nope", "service": "x", "start": "2030-01-01T00:00:00Z"}
-                kw: dict[str, Any] = {"json": body} if method == "POST" else {}
-                a = plain.request(method, path, headers=headers, **kw)
-                b = secure.request(method, path, headers=headers, **kw)
-                assert a.status_code == b.status_code, (path, a.status_code, b.status_code)
-                for r in (a, b):
-                    assert r.headers["x-content-type-options"] == "nosniff", path
-                    assert r.headers["x-frame-options"] == "DENY", path
-                    assert r.headers["referrer-policy"] == "no-referrer", path
-                    page = r.headers["content-type"].startswith("text/html")
-                    csp = r.headers["content-security-policy"]
-                    assert ("default-src 'self'" if page else "default-src 'none'") in csp, path
-                    assert "frame-ancestors 'none'" in csp
-                assert "strict-transport-security" not in a.headers
-                assert b.headers["strict-transport-security"].startswith("max-age=31536000")
-        with pytest.raises(httpx.ConnectError):  # a client that does not trust it says so
-            httpx.get(f"{tls_url}/healthz", timeout=10)
