@@ -131,6 +131,29 @@ def _parser() -> argparse.ArgumentParser:
             "violation. Works on a running stack (its --data-dir) or a stopped one."
         ),
     )
+    bak = sub.add_parser(
+        "backup",
+        parents=[where],
+        help="write a consistent copy of a deployment's data to a file",
+        description=(
+            "Copy all of Redis's data (every shard's journal and snapshot, keys, rooms, "
+            "the audit trail) as of one instant into FILE (an RDB file, mode 0600: it holds "
+            "patient data), from a running stack (its --data-dir) or --redis-url, while it "
+            "goes on serving. Restore it with `hexbook restore`."
+        ),
+    )
+    bak.add_argument("file", type=Path, help="the backup file to write")
+    res = sub.add_parser(
+        "restore",
+        help="bring a backup into an empty data folder, for `hexbook up` to start on",
+        description=(
+            "Load FILE (made by `hexbook backup`) into the empty --data-dir: its "
+            "redis-server writes the append-only file `hexbook up --data-dir` starts on, "
+            "with a password of its own. Then check it: `hexbook audit --data-dir`."
+        ),
+    )
+    res.add_argument("file", type=Path, help="the backup file")
+    res.add_argument("--data-dir", type=Path, required=True, help="an empty folder to restore into")
     trail = sub.add_parser(
         "audit-log",
         parents=[where],
@@ -451,6 +474,58 @@ def keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def backup_(args: argparse.Namespace) -> int:
+    from actors.backup import BackupError, backup
+    from actors.embedded_redis import (
+        NoHexbookData,
+        RedisBinaryNotFound,
+        RedisStartError,
+        redis_endpoint,
+    )
+
+    if args.file.exists() and args.file.is_dir():
+        print(f"hexbook: {args.file} is a folder; name the backup file", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    try:
+        with (
+            redis_endpoint(args.redis_url, args.data_dir, attach=True) as url,
+            progress(100, "backup", sys.stderr.isatty()) as shown,
+        ):
+            size = backup(url, args.file, lambda done, total: shown(done * 100 // total))
+    except NoHexbookData as exc:
+        print(f"hexbook: {exc}", file=sys.stderr)
+        return 2
+    except (BackupError, RedisBinaryNotFound, RedisStartError, OSError) as exc:
+        print(f"hexbook: backup failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"backup: {args.file} ({size:,} bytes, {time.monotonic() - started:.1f} s)")
+    return 0
+
+
+def restore_(args: argparse.Namespace) -> int:
+    from actors.backup import BackupError, restore
+    from actors.embedded_redis import RedisBinaryNotFound, RedisStartError
+
+    if not args.file.is_file():
+        print(f"hexbook: no such backup file: {args.file}", file=sys.stderr)
+        return 2
+    try:
+        keys = restore(args.file, args.data_dir)
+    except BackupError as exc:
+        print(f"hexbook: {exc}", file=sys.stderr)
+        return 2
+    except (RedisBinaryNotFound, RedisStartError, OSError) as exc:
+        print(f"hexbook: restore failed: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"restored {keys:,} keys into {args.data_dir}; start it with "
+        f"`hexbook up --data-dir {args.data_dir}`, check it with "
+        f"`hexbook audit --data-dir {args.data_dir}`"
+    )
+    return 0
+
+
 def _cli_who() -> str:
     """Who ran a command: ``cli:<login>@<host>`` (no key is involved)."""
     import getpass
@@ -554,6 +629,10 @@ def main(argv: list[str] | None = None) -> int:
         return audit(args)
     if args.command == "audit-log":
         return audit_log(args)
+    if args.command == "backup":
+        return backup_(args)
+    if args.command == "restore":
+        return restore_(args)
     if args.command == "import":
         return import_(args)
     if args.command == "import-schedules":
