@@ -9,13 +9,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from simulators.toolkit import LocalStack
+from simulators.toolkit import LocalStack, start_stack
 
 pytestmark = pytest.mark.integration
 
@@ -69,6 +70,15 @@ class Bookers:
         self.stop.set()
         for t in self.threads:
             t.join(60)
+
+
+@pytest.fixture
+def child_stack(tmp_path: Path) -> Iterator[LocalStack]:
+    """A stack of this test's own, stopped when it ends: the session's shared one
+    (tests/conftest.py) would keep a second local Ray beside the in-process ones of the
+    tests that follow here."""
+    with start_stack(tmp_path / "stack", demo_sites=8) as stack:
+        yield stack
 
 
 def test_a_backup_under_load_restores_every_acknowledged_booking(
