@@ -143,6 +143,22 @@ class AuditTrail:
         return [AuditEntry.decode(i, f) for i, f in raw]
 
 
+# What could be an admin action, by method: exact paths and path prefixes (the route is
+# known only after the answer; this lets every other request through untouched).
+_MAYBE: dict[str, tuple[frozenset[str], tuple[str, ...]]] = {
+    "GET": (frozenset(), ("/v1/bookings/",)),
+    "POST": (frozenset({"/v1/keys", "/v1/imports", "/v1/imports/schedules", "/v1/rooms"}), ()),
+    "PUT": (frozenset(), ("/v1/providers/", "/v1/rules/", "/v1/series-templates/")),
+    "DELETE": (frozenset(), ("/v1/keys/", "/v1/bookings/", "/v1/imports/schedules/")),
+    "PATCH": (frozenset(), ("/v1/rooms/",)),
+}
+
+
+def _maybe_audited(method: str, path: str) -> bool:
+    exact, prefixes = _MAYBE.get(method, (frozenset(), ()))
+    return path in exact or path.startswith(prefixes)
+
+
 class AuditMiddleware:
     """ASGI middleware: after an answer to an admin action (:data:`AUDITED`) by an
     operator or provider-admin, one entry with its status."""

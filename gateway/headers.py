@@ -29,6 +29,16 @@ _ALWAYS = (
 )
 
 
+def _set(csp: str, tls: bool) -> list[tuple[bytes, bytes]]:
+    out = [*_ALWAYS, (b"content-security-policy", csp.encode())]
+    return [*out, (b"strict-transport-security", HSTS)] if tls else out
+
+
+_PAGE = {False: _set(PAGE_CSP, False), True: _set(PAGE_CSP, True)}
+_API = {False: _set(API_CSP, False), True: _set(API_CSP, True)}
+_OWN = frozenset(k for k, _ in _PAGE[True])
+
+
 class SecureHeaders:
     """ASGI middleware: the headers above on every HTTP answer, unless it set its own."""
 
@@ -44,17 +54,15 @@ class SecureHeaders:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", ()))
-                have = {k.lower() for k, _ in headers}
-                html = any(
+                names = {k.lower() for k, _ in headers}
+                page = any(
                     k.lower() == b"content-type" and v.startswith(b"text/html") for k, v in headers
                 )
-                extra = [kv for kv in _ALWAYS if kv[0] not in have]
-                if b"content-security-policy" not in have:
-                    csp = PAGE_CSP if html else API_CSP
-                    extra.append((b"content-security-policy", csp.encode()))
-                if tls and b"strict-transport-security" not in have:
-                    extra.append((b"strict-transport-security", HSTS))
-                message = {**message, "headers": headers + extra}
+                wanted = (_PAGE if page else _API)[tls]
+                if names & _OWN:  # the answer set some itself: keep them
+                    wanted = [kv for kv in wanted if kv[0] not in names]
+                headers += wanted
+                message = {**message, "headers": headers}
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
