@@ -49,8 +49,10 @@ test: lint types unit ## lint, types and the whole test suite (what CI runs)
 bench: $(STAMP) ## benchmarks: print figures and ratios measured in one run
 	$(BIN)/python tests/bench/run.py
 
-soak: $(STAMP) ## 90 days on an accelerated clock: memory, snapshots, recovery, nothing lost (~12 min)
+soak: $(STAMP) ## 90 days on an accelerated clock, then the OpenAPI fuzz for every role (~20 min)
 	$(BIN)/python tests/soak/run.py
+	HEXBOOK_FUZZ_ROLES=anonymous,booking-client,provider-admin,operator HEXBOOK_FUZZ_EXAMPLES=100 \
+	  $(BIN)/pytest tests/gateway/test_openapi_fuzz.py
 
 docs-images: $(STAMP) ## remake the images docs/simulators.md shows (docs/img/sim-*.png, ~2 min)
 	$(BIN)/python docs/make_images.py

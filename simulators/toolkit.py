@@ -13,6 +13,7 @@ so the server never imports a tool and the tools never import each other's priva
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import queue
 import re
@@ -153,15 +154,16 @@ def wait_ready(url: str, proc: subprocess.Popen[str], log: Path, seconds: float 
 
 
 def stop_stack(proc: subprocess.Popen[str]) -> None:
-    """Ctrl-C the stack (it shuts down cleanly), or kill it after a minute."""
+    """Ctrl-C the stack (it shuts down cleanly), or kill it after a minute. Its output
+    is left to whoever reads it (a :class:`LocalStack` drains it into its log)."""
     if proc.poll() is not None:
         return
     proc.send_signal(signal.SIGINT)
     try:
-        proc.communicate(timeout=60)
+        proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
         proc.kill()
-        proc.communicate()
+        proc.wait()
 
 
 def make_key(data_dir: Path, role: str, name: str) -> str:
@@ -185,6 +187,7 @@ class LocalStack:
     url: str
     folder: Path
     keys: dict[str, str] = field(default_factory=dict)  # role -> key
+    drain: threading.Thread | None = None  # copies its output into its log
 
     @property
     def data_dir(self) -> Path:
@@ -202,6 +205,8 @@ class LocalStack:
 
     def stop(self) -> None:
         stop_stack(self.proc)
+        if self.drain is not None:
+            self.drain.join(10)  # its output ends with it
 
     def __enter__(self) -> LocalStack:
         return self
@@ -234,7 +239,8 @@ def start_stack(
         )
     stack = LocalStack(proc, f"http://127.0.0.1:{port}", folder)
     lines: queue.Queue[str | None] = queue.Queue()
-    threading.Thread(target=_drain, args=(proc, stack.log, lines), daemon=True).start()
+    stack.drain = threading.Thread(target=_drain, args=(proc, stack.log, lines), daemon=True)
+    stack.drain.start()
     try:
         deadline = time.monotonic() + seconds
         while True:  # the banner: it ends with the line on Ctrl-C
@@ -261,8 +267,11 @@ def _drain(proc: subprocess.Popen[str], log: Path, lines: queue.Queue[str | None
     """Copy the stack's printed lines into its log (so its pipe never fills) and hand
     them to whoever waits for the banner; ``None`` when it stops printing."""
     assert proc.stdout is not None
-    with open(log, "a", buffering=1) as f:
-        for line in proc.stdout:
-            f.write(line)
-            lines.put(line.rstrip())
-    lines.put(None)
+    try:
+        with open(log, "a", buffering=1) as f, contextlib.suppress(ValueError, OSError):
+            for line in proc.stdout:  # until the stack ends (or its pipe is closed)
+                f.write(line)
+                lines.put(line.rstrip())
+    finally:
+        proc.stdout.close()
+        lines.put(None)
