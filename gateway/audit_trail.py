@@ -2,8 +2,8 @@
 
 Every operator and provider-admin action through the API (a provider or rule put, a key
 made or revoked, a booking read or cancelled by an operator, an import run or
-scheduled, a waiting room opened or changed) is appended, after its answer, to one
-Redis stream, ``hexbook:audit``; ``hexbook keys`` appends its own. The stream is only
+scheduled, a waiting room opened or changed) is appended, before its answer goes out,
+to one Redis stream, ``hexbook:audit``; ``hexbook keys`` appends its own. The stream is only
 ever appended to: the API reads it (``GET /v1/audit``, operators), ``hexbook audit-log``
 prints it or writes CSV, and nothing offers to change or delete an entry. This module is
 the one place that writes and reads the entries' format (docs/security.md).
@@ -160,34 +160,42 @@ def _maybe_audited(method: str, path: str) -> bool:
 
 
 class AuditMiddleware:
-    """ASGI middleware: after an answer to an admin action (:data:`AUDITED`) by an
-    operator or provider-admin, one entry with its status."""
+    """ASGI middleware: an answer to an admin action (:data:`AUDITED`) by an operator or
+    provider-admin goes out only once its entry is appended, so whoever saw the answer
+    finds the entry, in the order the answers were given."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or (
-            scope["method"] == "GET" and "/v1/bookings/" not in (scope["path"])
-        ):
-            await self.app(scope, receive, send)
+        if scope["type"] != "http" or not _maybe_audited(scope["method"], scope["path"]):
+            await self.app(scope, receive, send)  # holds, searches, joins: untouched
             return
-        status = 500
-        made = scope["method"] == "POST" and scope["path"] in _MADE
-        body = b""
+        made = _MADE.get(scope["path"]) if scope["method"] == "POST" else None
+        held: Message | None = None  # a POST's start, until its body names what it made
+        recorded = False
 
         async def watch(message: Message) -> None:
-            nonlocal status, body
+            nonlocal held, recorded
             if message["type"] == "http.response.start":
-                status = message["status"]
-            elif made and message["type"] == "http.response.body" and len(body) < 65536:
-                body += message.get("body", b"")
+                if made is not None and message["status"] < 300:
+                    held = message
+                    return
+                recorded = True
+                await self._record(scope, message["status"], b"")
+            elif held is not None and message["type"] == "http.response.body":
+                start, held = held, None
+                recorded = True
+                body = message.get("body", b"") if not message.get("more_body") else b""
+                await self._record(scope, start["status"], body)
+                await send(start)
             await send(message)
 
         try:
             await self.app(scope, receive, watch)
         finally:
-            await self._record(scope, status, body)
+            if not recorded:  # no answer at all (the client went away): still the attempt
+                await self._record(scope, 500, b"")
 
     @staticmethod
     async def _record(scope: Scope, status: int, body: bytes) -> None:
@@ -200,10 +208,9 @@ class AuditMiddleware:
         if trail is None:
             return
         params = dict(scope.get("path_params") or {})
-        if body and status < 300:  # what a POST made: its id from the answer
+        name = _MADE.get(scope["path"])
+        if body and name is not None:  # what a POST made: its id from the answer
             with contextlib.suppress(ValueError, AttributeError, KeyError, TypeError):
-                made = json.loads(body)
-                name = _MADE[scope["path"]]
-                params[name] = str(made[name])
+                params[name] = str(json.loads(body)[name])
         target = " ".join(f"{k}={v}" for k, v in sorted(params.items()))
         await trail.record(principal.name, principal.role, audited[0], target, status)
