@@ -106,10 +106,14 @@ def append_sync(
     return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
 
+def _after(after: str) -> str:
+    """The XRANGE start for the entries after ``after`` (``-``: from the first)."""
+    return f"({after}" if after != "-" else "-"
+
+
 def read_sync(client: redis.Redis, after: str = "-", limit: int | None = None) -> list[AuditEntry]:
     """Entries after ``after`` (a stream id; ``-``: from the first), oldest first."""
-    start = f"({after}" if after != "-" else "-"
-    raw: Any = client.xrange(STREAM, start, "+", count=limit)
+    raw: Any = client.xrange(STREAM, _after(after), "+", count=limit)
     return [AuditEntry.decode(i, f) for i, f in raw]
 
 
@@ -138,8 +142,7 @@ class AuditTrail:
             log.error("audit entry not written (%s): %s", type(exc).__name__, fields)
 
     async def read(self, after: str, limit: int) -> list[AuditEntry]:
-        start = f"({after}" if after != "-" else "-"
-        raw: Any = await self.client.xrange(STREAM, start, "+", count=limit)
+        raw: Any = await self.client.xrange(STREAM, _after(after), "+", count=limit)
         return [AuditEntry.decode(i, f) for i, f in raw]
 
 
