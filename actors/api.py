@@ -31,6 +31,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutErro
 
 from actors.clock import CLOCK_KEY, Clock, clock_from_redis, stored
 from actors.directory import Directory, default_shards
+from actors.sealing import Keyring
 from actors.shard import ShardActor, check
 from engine.calendar import Calendar
 from engine.codec import encode_commands
@@ -131,6 +132,7 @@ class Hexbook:
         call_timeout: float = 10.0,
         shard_options: dict[str, Any] | None = None,
         actor_options: dict[str, Any] | Callable[[str], dict[str, Any]] | None = None,
+        keyring: Keyring | None = None,
     ) -> None:
         self.redis_url = redis_url
         self.namespace = namespace
@@ -138,6 +140,10 @@ class Hexbook:
         self.retry_seconds = retry_seconds
         self.call_timeout = call_timeout  # a shard that answers nothing for this long is away
         self.shard_options = shard_options or {}  # ShardActor constructor arguments
+        # The data keys a shard this connection creates seals with (actors.sealing).
+        self.keyring = keyring
+        if keyring is not None:
+            self.shard_options.setdefault("keyring", keyring)
         # Extra Ray options (scheduling_strategy...), or a function of the shard's name.
         self.actor_options = actor_options or {}
         self._redis = redis.Redis.from_url(redis_url)
@@ -225,6 +231,17 @@ class Hexbook:
                     raise
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
+
+    def use_keyring(self, keyring: Keyring) -> dict[str, str | None]:
+        """Make every shard seal with ``keyring`` from now on (after a rotation)."""
+        self.keyring = keyring
+        self.shard_options["keyring"] = keyring
+        return {s: self._call(s, "use_keyring", keyring) for s in self.directory.shards}
+
+    def reseal(self) -> dict[str, str]:
+        """Every shard writes its state anew under its current key (a snapshot) and
+        trims its journal through it; returns the journal id each snapshot covers."""
+        return {s: self._call(s, "reseal") for s in self.directory.shards}
 
     def set_clock(self, offset: float = 0.0, rate: float = 1.0) -> None:
         """Move the stack's clock (tests, the soak): ``offset`` seconds ahead, running

@@ -39,6 +39,7 @@ import redis
 from actors import archive, journal
 from actors.journal import CalendarAdded, CalendarEvents
 from actors.policy import decode_rule, rules_key
+from actors.sealing import Keyring
 from actors.series import INFLIGHT_KEY, decode_series
 from engine.calendar import Calendar
 from engine.eligibility import refusals
@@ -117,8 +118,11 @@ def _shards(client: redis.Redis) -> list[str]:
     return sorted(names)
 
 
-def audit(client: redis.Redis, acks: Iterable[dict[str, Any]] = ()) -> AuditReport:
-    """Check the journals in ``client``'s Redis against ``acks``."""
+def audit(
+    client: redis.Redis, acks: Iterable[dict[str, Any]] = (), keyring: Keyring | None = None
+) -> AuditReport:
+    """Check the journals in ``client``'s Redis against ``acks`` (``keyring`` opens
+    what the shards sealed)."""
     report = AuditReport()
     calendars: dict[tuple[str, str], Calendar] = {}
     hold_expiry: dict[str, int] = {}
@@ -129,7 +133,7 @@ def audit(client: redis.Redis, acks: Iterable[dict[str, Any]] = ()) -> AuditRepo
         raw: Any = client.get(journal.snapshot_key(shard))
         after = "0-0"
         if raw is not None:
-            snap = journal.decode_shard_snapshot(raw)
+            snap = journal.open_snapshot(raw, keyring, shard)
             after = snap.last_id
             for cs in snap.calendars:
                 cal = Calendar.from_snapshot(cs)
@@ -144,7 +148,7 @@ def audit(client: redis.Redis, acks: Iterable[dict[str, Any]] = ()) -> AuditRepo
             for entry_id, fields in rows:
                 after = entry_id.decode()
                 report.journal_entries += 1
-                for entry in journal.decode_batch(fields[b"b"]).entries:
+                for entry in journal.open_batch(fields[b"b"], keyring, shard).entries:
                     if isinstance(entry, CalendarAdded):
                         cs = entry.snapshot
                         calendars[(cs.provider_id, cs.service)] = Calendar.from_snapshot(cs)
@@ -185,7 +189,7 @@ def audit(client: redis.Redis, acks: Iterable[dict[str, Any]] = ()) -> AuditRepo
         for b in cal.bookings.values():
             bookings[b.booking_id] = b.status
             every[b.booking_id] = (b, cal)
-    for pid, service, b in archive.export(client):  # days that left their windows
+    for pid, service, b in archive.export(client, keyring):  # days that left their windows
         bookings.setdefault(b.booking_id, b.status)
         every.setdefault(b.booking_id, (b, calendars.get((pid, service))))
         report.archived += 1

@@ -18,6 +18,7 @@ import os
 import socket
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -31,6 +32,7 @@ from actors.embedded_redis import (
     holds_data,
     redis_password,
 )
+from actors.sealed_data import census
 
 __all__ = ["BackupError", "backup", "restore"]
 
@@ -108,9 +110,11 @@ def _command(parts: list[bytes]) -> bytes:
     return out
 
 
-def restore(backup_file: Path, data_dir: Path, timeout: float = 600) -> int:
+def restore(backup_file: Path, data_dir: Path, timeout: float = 600) -> tuple[int, Counter[str]]:
     """Bring ``backup_file`` into the empty ``data_dir``: a redis-server loads it and
-    writes the append-only file ``hexbook up`` starts on. The keys restored."""
+    writes the append-only file ``hexbook up`` starts on. Returns the keys restored and
+    how many sealed values each data key id seals (:func:`actors.sealed_data.census`):
+    the data keys must come with the backup, apart from it."""
     with open(backup_file, "rb") as f:
         if f.read(5) != RDB_MAGIC:
             raise BackupError(f"{backup_file} is not a hexbook backup (an RDB file)")
@@ -135,7 +139,7 @@ def restore(backup_file: Path, data_dir: Path, timeout: float = 600) -> int:
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     client = redis.Redis(port=port, password=password, socket_timeout=30)
-    keys = 0
+    keys, sealed = 0, Counter[str]()
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -149,6 +153,7 @@ def restore(backup_file: Path, data_dir: Path, timeout: float = 600) -> int:
                     ) from None
                 time.sleep(0.05)
         keys = int(client.dbsize())
+        sealed = census(client)
         client.config_set("appendonly", "yes")  # writes hexbook.aof from the loaded data
         while True:
             info = client.info("persistence")
@@ -174,4 +179,4 @@ def restore(backup_file: Path, data_dir: Path, timeout: float = 600) -> int:
             leftover.unlink(missing_ok=True)
     if not holds_data(data_dir):
         raise BackupError(f"the restore wrote no append-only file; see {data_dir / 'restore.log'}")
-    return keys
+    return keys, sealed

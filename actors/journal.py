@@ -3,10 +3,10 @@
 Keys (``{shard}`` is the shard's name):
 
 - ``hexbook:shard:{shard}:journal``: a stream; one entry per committed batch, field
-  ``b`` = msgpack of a :class:`JournalBatch`.
-- ``hexbook:shard:{shard}:snapshot``: msgpack of a :class:`ShardSnapshot`, the state of
-  every calendar of the shard as of journal entry ``last_id``; the journal is trimmed up
-  to that entry when the snapshot is written.
+  ``b`` = msgpack of a :class:`JournalBatch`, sealed (:mod:`actors.sealing`).
+- ``hexbook:shard:{shard}:snapshot``: msgpack of a :class:`ShardSnapshot`, sealed: the
+  state of every calendar of the shard as of journal entry ``last_id``; the journal is
+  trimmed through that entry when the snapshot is written.
 - ``hexbook:availability``: a stream shared by all shards, one entry per batch; its
   format is :mod:`actors.availability`'s alone.
 
@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import msgspec
 
+from actors.sealing import Keyring
+from engine.errors import KeyringError
 from engine.provider import Provider
 from engine.records import CalendarSnapshot, Event
 
@@ -31,6 +33,10 @@ __all__ = [
     "decode_shard_snapshot",
     "encode",
     "journal_key",
+    "open_batch",
+    "open_snapshot",
+    "seal_batch",
+    "seal_snapshot",
     "snapshot_key",
 ]
 
@@ -100,3 +106,33 @@ def decode_batch(data: bytes) -> JournalBatch:
 
 def decode_shard_snapshot(data: bytes) -> ShardSnapshot:
     return _snapshot_decoder.decode(data)
+
+
+_NO_KEYS = Keyring()
+
+
+def seal_batch(batch: JournalBatch, ring: Keyring | None, shard: str) -> bytes:
+    """A journal entry's value as stored: sealed with ``ring``'s current key."""
+    return (ring or _NO_KEYS).seal(encode(batch), journal_key(shard).encode())
+
+
+def open_batch(data: bytes, ring: Keyring | None, shard: str) -> JournalBatch:
+    """A stored journal entry of ``shard``, opened with ``ring`` and decoded."""
+    return decode_batch(_open(data, ring, journal_key(shard)))
+
+
+def seal_snapshot(snap: ShardSnapshot, ring: Keyring | None, shard: str) -> bytes:
+    return (ring or _NO_KEYS).seal(encode(snap), snapshot_key(shard).encode())
+
+
+def open_snapshot(data: bytes, ring: Keyring | None, shard: str) -> ShardSnapshot:
+    return decode_shard_snapshot(_open(data, ring, snapshot_key(shard)))
+
+
+def _open(data: bytes, ring: Keyring | None, where: str) -> bytes:
+    try:
+        return (ring or _NO_KEYS).open(bytes(data), where.encode())
+    except KeyringError:
+        raise
+    except Exception as exc:  # pragma: no cover - a value cut short
+        raise KeyringError(f"the value at {where!r} is not a sealed value: {exc}") from exc

@@ -31,6 +31,7 @@ from redis.exceptions import RedisError
 
 from actors import archive, journal
 from actors.clock import CLOCK_KEY, Clock, clock_from_redis
+from actors.sealing import Keyring
 from actors.shard_core import Outcome, RecoveryStats, ShardCore
 from engine.codec import decode_commands
 from engine.eligibility import Rule, refusals
@@ -38,6 +39,7 @@ from engine.errors import (
     BookingNotFound,
     CalendarNotFound,
     HexbookError,
+    KeyringError,
     ProviderNotFound,
     Unavailable,
 )
@@ -63,6 +65,7 @@ class ShardActor:
         roll_seconds: float = 30.0,
         redis_timeout: float = 2.0,
         clock: Clock | None = None,
+        keyring: Keyring | None = None,
     ) -> None:
         client = aioredis.from_url(
             redis_url,
@@ -76,6 +79,7 @@ class ShardActor:
             client,
             snapshot_every_events=snapshot_every_events,
             snapshot_every_seconds=snapshot_every_seconds,
+            keyring=keyring,
         )
         self._sweep_seconds = sweep_seconds
         self._roll_seconds = roll_seconds  # how often calendars are checked for a new day
@@ -196,7 +200,9 @@ class ShardActor:
         found = cal.bookings.get(booking_id)
         if found is None:
             try:
-                found = await archive.read_booking(self._redis, provider_id, service, booking_id)
+                found = await archive.read_booking(
+                    self._redis, provider_id, service, booking_id, self._core.keyring
+                )
             except RedisError as exc:
                 return Unavailable(f"the archive is unreachable: {exc}")
         return BookingNotFound(booking_id) if found is None else found
@@ -221,6 +227,45 @@ class ShardActor:
         return await self._enqueue(  # type: ignore[no-any-return]
             lambda: journal.encode(self._core.shard_snapshot()), commit=False
         )
+
+    async def erase(
+        self, now: int, patient_ref: str | None = None, ended_by: int | None = None
+    ) -> int:
+        """Erase patient data (``patient_ref``'s, or of appointments ended by
+        ``ended_by``) in the calendars and the archive, then snapshot, so that the
+        journal entries that held it are trimmed. Returns how many bookings lost it."""
+        await self._ready()
+        erased: int = await self._enqueue(lambda: self._core.erase(now, patient_ref, ended_by))
+        try:
+            erased += await self._core.erase_archived(now, patient_ref, ended_by)
+            if erased:
+                await self.write_snapshot()
+        except RedisError as exc:
+            raise Unavailable(f"shard {self.name}: the erasure is not complete: {exc}") from exc
+        return erased
+
+    async def use_keyring(self, keyring: Keyring) -> str | None:
+        """Seal from now on with ``keyring`` (a rotation); it must still open what this
+        shard wrote. Returns the id of the key that now seals."""
+        await self._ready()
+        old = self._core.keyring
+        missing = [k for k in (old.keys if old else {}) if k not in keyring.keys]
+        if missing:
+            raise KeyringError(
+                f"shard {self.name}: the new keyring lacks key(s) {', '.join(missing)} that "
+                "still open stored values: run `hexbook keyring reencrypt` before dropping them"
+            )
+
+        def swap() -> None:
+            self._core.keyring = keyring
+
+        await self._enqueue(swap, commit=False)
+        return keyring.current
+
+    async def reseal(self) -> str:
+        """Seal this shard's whole state anew with the current key: a snapshot now, the
+        journal trimmed through it. Returns the journal id it covers."""
+        return await self.write_snapshot()
 
     async def write_snapshot(self) -> str:
         """Snapshot now and trim the journal; return the journal id it covers."""
@@ -295,6 +340,10 @@ class ShardActor:
                     log.info("shard %s recovered: %s", self.name, self.last_recovery)
                 except (RedisError, OSError) as exc:
                     _answer_all(batch, Unavailable(f"shard {self.name} cannot reach Redis: {exc}"))
+                    continue
+                except KeyringError as exc:  # nothing is served that cannot be read whole
+                    log.error("shard %s cannot recover: %s", self.name, exc)
+                    _answer_all(batch, Unavailable(f"shard {self.name} cannot recover: {exc}"))
                     continue
             outcomes: list[Any] = []
             for work, _ in batch:

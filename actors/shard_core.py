@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+import msgspec
 import redis.asyncio as aioredis
 
 from actors import archive, availability, journal
@@ -29,8 +30,8 @@ from actors.journal import (
     JournalEntry,
     ShardSnapshot,
 )
+from actors.sealing import Keyring
 from engine.calendar import Calendar
-from engine.codec import encode
 from engine.errors import (
     CalendarNotFound,
     HexbookError,
@@ -47,10 +48,12 @@ from engine.records import (
     CalendarRolled,
     CalendarSnapshot,
     Command,
+    ErasePatientData,
     Event,
     HoldConfirmed,
     HoldPlaced,
     HoldReleased,
+    PatientDataErased,
     Result,
 )
 
@@ -58,6 +61,12 @@ __all__ = ["Outcome", "RecoveryStats", "ShardCore"]
 
 Outcome = Result | HexbookError | None
 CalendarKey = tuple[str, str]
+
+
+def _after(entry_id: str) -> str:
+    """The smallest stream id after ``entry_id`` (``"5-3"`` -> ``"5-4"``)."""
+    ms, _, seq = entry_id.partition("-")
+    return f"{ms}-{int(seq or 0) + 1}"
 
 
 @dataclass
@@ -92,9 +101,13 @@ class ShardCore:
         snapshot_every_events: int = 200_000,
         snapshot_every_seconds: float = 300.0,
         availability_maxlen: int = 1_000_000,
+        keyring: Keyring | None = None,
     ) -> None:
         self.name = name
         self.redis = redis_client
+        # Seals what is written (journal, snapshot, archive) and opens what is read;
+        # without keys, values are written clear (engine benches, tests of the format).
+        self.keyring = keyring
         self.snapshot_every_events = snapshot_every_events
         self.snapshot_every_seconds = snapshot_every_seconds
         self.availability_maxlen = availability_maxlen
@@ -127,10 +140,12 @@ class ShardCore:
         self._pending = _Pending()
         self._roll_due = {}
         stats = RecoveryStats()
+        if self.keyring is not None:
+            self.keyring = self.keyring.reload()  # a key rotated since this shard began
         raw = await self.redis.get(journal.snapshot_key(self.name))
         self.last_id = "0-0"
         if raw is not None:
-            snap = journal.decode_shard_snapshot(raw)  # type: ignore[arg-type]
+            snap = journal.open_snapshot(raw, self.keyring, self.name)  # type: ignore[arg-type]
             self.last_id = snap.last_id
             self.providers = {p.provider_id: p for p in snap.providers}
             for cs in snap.calendars:
@@ -142,7 +157,8 @@ class ShardCore:
             if not rows:
                 break
             for entry_id, fields in rows:
-                stats.events += self._replay(journal.decode_batch(fields[b"b"]))  # type: ignore[index, arg-type]
+                batch = journal.open_batch(fields[b"b"], self.keyring, self.name)  # type: ignore[index, arg-type]
+                stats.events += self._replay(batch)
                 stats.batches += 1
                 after = entry_id.decode()  # type: ignore[union-attr]
         for cal in self.calendars.values():
@@ -271,6 +287,42 @@ class ShardCore:
                 break
         return rolled
 
+    def erase(self, now: int, patient_ref: str | None, ended_by: int | None) -> int:
+        """Erase patient data in every calendar of this shard: ``patient_ref``'s, or of
+        the appointments ended by ``ended_by``; journaled with the next commit. Returns
+        how many bookings lost theirs (the archive is :meth:`erase_archived`'s)."""
+        erased = 0
+        for (pid, service), cal in self.calendars.items():
+            cal.handle(ErasePatientData(pid, service, now, patient_ref, ended_by))
+            if cal.outbox:
+                events = cal.drain()
+                erased += sum(
+                    len(e.booking_ids) for e in events if isinstance(e, PatientDataErased)
+                )
+                self._collect(cal, events, self._pending)
+        return erased
+
+    async def erase_archived(self, now: int, patient_ref: str | None, ended_by: int | None) -> int:
+        """:meth:`erase` for the bookings of this shard's calendars in the archive: each
+        one with patient data rewritten without it. Returns how many."""
+        erased = 0
+        for (pid, service), cal in list(self.calendars.items()):
+            key = archive.archive_key(pid, service)
+            async for booking_id, raw in self.redis.hscan_iter(key, count=500):
+                b = archive.open_booking(self.keyring, key, booking_id, raw)
+                if not b.has_patient_data:
+                    continue
+                if patient_ref is not None and b.patient_ref != patient_ref:
+                    continue
+                if ended_by is not None and b.start + cal.slot_seconds > ended_by:
+                    continue
+                clean = msgspec.structs.replace(b, attested=None, contact=None, erased_at=now)
+                await self.redis.hset(
+                    key, b.booking_id, archive.seal_booking(self.keyring, pid, service, clean)
+                )
+                erased += 1
+        return erased
+
     def sweep(self, now: int) -> int:
         """Expire every due hold of every calendar; journaled with the next commit."""
         expired = 0
@@ -304,6 +356,8 @@ class ShardCore:
             elif isinstance(ev, BookingRescheduled):
                 touched[(pid, service, ev.old_start)] = None
                 touched[(pid, service, ev.new_start)] = None
+            elif isinstance(ev, PatientDataErased):
+                continue  # no place changed
             else:  # CapacityChanged, CalendarRolled: every slot may have changed
                 pending.whole[(pid, service)] = None
                 if isinstance(ev, CalendarRolled):
@@ -331,11 +385,17 @@ class ShardCore:
             if cal is not None:
                 slots.append((pid, service, start, cal.remaining_at(start)))
         pipe = self.redis.pipeline(transaction=True)
+        ring = self.keyring
         pipe.xadd(
-            journal.journal_key(self.name), {"b": journal.encode(JournalBatch(pending.entries))}
+            journal.journal_key(self.name),
+            {"b": journal.seal_batch(JournalBatch(pending.entries), ring, self.name)},
         )
         for pid, service, booking in pending.archived:
-            pipe.hset(archive.archive_key(pid, service), booking.booking_id, encode(booking))
+            pipe.hset(
+                archive.archive_key(pid, service),
+                booking.booking_id,
+                archive.seal_booking(ring, pid, service, booking),
+            )
         pipe.xadd(
             availability.AVAILABILITY_STREAM,
             availability.encode_entry(self.name, slots, pending.whole),  # type: ignore[arg-type]
@@ -368,8 +428,12 @@ class ShardCore:
         """Store a snapshot and trim the journal up to it, atomically."""
         snap = self.shard_snapshot()
         pipe = self.redis.pipeline(transaction=True)
-        pipe.set(journal.snapshot_key(self.name), journal.encode(snap))
-        pipe.xtrim(journal.journal_key(self.name), minid=snap.last_id, approximate=False)
+        pipe.set(
+            journal.snapshot_key(self.name), journal.seal_snapshot(snap, self.keyring, self.name)
+        )
+        # Through last_id itself: every entry the snapshot covers goes (recovery reads
+        # after last_id), so no entry sealed with an older key outlives a snapshot.
+        pipe.xtrim(journal.journal_key(self.name), minid=_after(snap.last_id), approximate=False)
         await pipe.execute()
         self.events_since_snapshot = 0
         self.last_snapshot_at = time.monotonic()

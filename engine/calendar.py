@@ -28,7 +28,7 @@ import heapq
 from collections.abc import Callable
 from datetime import date, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -56,6 +56,7 @@ from engine.records import (
     CapacityChanged,
     Command,
     ConfirmHold,
+    ErasePatientData,
     Event,
     ExpiredHold,
     ExpireHolds,
@@ -64,6 +65,7 @@ from engine.records import (
     HoldPlaced,
     HoldReleased,
     IdempotencyEntry,
+    PatientDataErased,
     PlaceHold,
     ReleaseHold,
     RescheduleBooking,
@@ -349,8 +351,8 @@ class Calendar:
                 rule_name(rule),
                 rule.version,
             )
-        if cmd.series_id is not None:
-            event = _replace(event, series_id=cmd.series_id)
+        if cmd.series_id is not None or cmd.contact is not None:
+            event = _replace(event, series_id=cmd.series_id, contact=cmd.contact)
         self.outbox.append(event)
         return self._on_hold_confirmed(event)
 
@@ -431,6 +433,24 @@ class Calendar:
         )
         self.outbox.append(event)
         self._on_calendar_rolled(event)
+
+    def _erase(self, cmd: ErasePatientData) -> None:
+        if (cmd.patient_ref is None) == (cmd.ended_by is None):
+            raise InvalidRequest("an erasure names a patient reference or an end time, not both")
+        step = self.slot_seconds
+        if cmd.patient_ref is not None:
+            ref = cmd.patient_ref
+            ids = [b.booking_id for b in self.bookings.values() if b.patient_ref == ref]
+        else:
+            end = cmd.ended_by
+            assert end is not None
+            ids = [b.booking_id for b in self.bookings.values() if b.start + step <= end]
+        ids = [i for i in ids if self.bookings[i].has_patient_data]
+        if ids:
+            reason: Literal["request", "retention"] = (
+                "request" if cmd.patient_ref is not None else "retention"
+            )
+            self._emit(PatientDataErased(ids, reason, cmd.now))
 
     def local_day(self, start: int) -> date:
         """The provider's local day of the slot starting at ``start``."""
@@ -527,11 +547,29 @@ class Calendar:
             ev.rule,
             ev.rule_version,
             ev.series_id,
+            ev.contact,
         )
         self.bookings[ev.booking_id] = booking
         if ev.key is not None:
             self._idem[ev.key] = IdempotencyEntry(ev.key, ev, booking)
         return booking
+
+    def _on_patient_data_erased(self, ev: PatientDataErased) -> None:
+        holds = set()
+        for booking_id in ev.booking_ids:
+            b = self.bookings.get(booking_id)
+            if b is None:
+                continue
+            holds.add(b.hold_id)
+            self.bookings[booking_id] = _replace(b, attested=None, contact=None, erased_at=ev.at)
+        erased = set(ev.booking_ids)
+        # Remembered results would show the data to a repeat of the request: forgotten.
+        for key, entry in list(self._idem.items()):
+            result, event = entry.result, entry.event
+            if (isinstance(result, Booking) and result.booking_id in erased) or (
+                isinstance(event, HoldPlaced) and event.hold_id in holds
+            ):
+                del self._idem[key]
 
     def _on_capacity_changed(self, ev: CapacityChanged) -> None:
         wanted = np.frombuffer(ev.capacity, dtype=np.uint16).astype(np.int32)
@@ -619,6 +657,7 @@ _DECIDE: dict[type, Callable[[Calendar, Any], Result | None]] = {
     ExpireHolds: Calendar._expire_cmd,
     SetCapacity: Calendar._set_capacity,
     RollCalendar: Calendar._roll,
+    ErasePatientData: Calendar._erase,
 }
 _EVOLVE: dict[type, Callable[[Calendar, Any], Result | None]] = {
     HoldPlaced: Calendar._on_hold_placed,
@@ -628,4 +667,5 @@ _EVOLVE: dict[type, Callable[[Calendar, Any], Result | None]] = {
     BookingRescheduled: Calendar._on_booking_rescheduled,
     CapacityChanged: Calendar._on_capacity_changed,
     CalendarRolled: Calendar._on_calendar_rolled,
+    PatientDataErased: Calendar._on_patient_data_erased,
 }

@@ -23,6 +23,7 @@ HTTP status and a problem+json body) and a message that tells the caller what to
     ├── RoomClosed              room_closed           the room is closed
     ├── RoomExists              room_exists           a room of that id exists already
     ├── Unavailable             unavailable           retry later, same idempotency key
+    ├── KeyringError            keyring_error         a data key is missing or bad
     └── CodecError              codec_error
         └── UnsupportedVersion  unsupported_version   record written by another version
 """
@@ -42,6 +43,7 @@ __all__ = [
     "HoldNotFound",
     "IdempotencyConflict",
     "InvalidRequest",
+    "KeyringError",
     "NotEligible",
     "NotFound",
     "ProviderNotFound",
@@ -260,6 +262,13 @@ class UnsupportedVersion(CodecError):
 def _redact(secret: str) -> str:
     """Hold ids are bearer secrets: show only enough to correlate logs."""
     return f"{secret[:6]}…" if len(secret) > 8 else "…"
+
+
+class KeyringError(HexbookError):
+    """A sealed value does not open (its data key is not in this process's keyring, or
+    it was altered), or a data key source is malformed (:mod:`actors.sealing`)."""
+
+    code = "keyring_error"
 
 
 class Unavailable(HexbookError):

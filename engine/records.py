@@ -33,6 +33,8 @@ __all__ = [
     "CapacityChanged",
     "Command",
     "ConfirmHold",
+    "Contact",
+    "ErasePatientData",
     "Event",
     "ExpireHolds",
     "ExpiredHold",
@@ -42,6 +44,7 @@ __all__ = [
     "HoldPlaced",
     "HoldReleased",
     "IdempotencyEntry",
+    "PatientDataErased",
     "PlaceHold",
     "Record",
     "ReleaseHold",
@@ -52,6 +55,14 @@ __all__ = [
 ]
 
 Fingerprint = tuple[object, ...]
+
+
+class Contact(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """How to reach a patient about their booking (reminders, offers): patient data,
+    sealed at rest with the rest of the journal, dropped by an erasure."""
+
+    email: str | None = None
+    phone: str | None = None
 
 
 class _Record(msgspec.Struct, frozen=True, array_like=True, tag_field="t", gc=False):
@@ -91,6 +102,12 @@ class Booking(_Record, frozen=True, tag="booking.v1"):
     rule: str | None = None
     rule_version: int | None = None
     series_id: str | None = None
+    contact: Contact | None = None
+    erased_at: int | None = None  # when its patient data (attested, contact) was erased
+
+    @property
+    def has_patient_data(self) -> bool:
+        return self.attested is not None or self.contact is not None
 
 
 class ExpiredHold(_Record, frozen=True, tag="expired_hold.v1"):
@@ -151,9 +168,10 @@ class ConfirmHold(_Record, frozen=True, tag="confirm_hold.v1"):
     patient_ref: str
     rule: Rule | None = None  # the eligibility rule in force now: checked again here
     series_id: str | None = None
+    contact: Contact | None = None
 
     def fingerprint(self) -> Fingerprint:
-        return ("confirm", self.hold_id, self.patient_ref)
+        return ("confirm", self.hold_id, self.patient_ref, self.contact)
 
 
 class ReleaseHold(_Record, frozen=True, tag="release_hold.v1"):
@@ -238,6 +256,19 @@ class RollCalendar(_Record, frozen=True, tag="roll_calendar.v1"):
     forget_before: int
 
 
+class ErasePatientData(_Record, frozen=True, tag="erase_patient_data.v1"):
+    """Drop the patient data (attested, contact) of some bookings: ``patient_ref``'s
+    (an erasure asked for), or those whose appointment ended at or before ``ended_by``
+    (the retention period ran out). The bookings stay, without it; so do the keys that
+    would show it again (remembered results), forgotten."""
+
+    provider_id: str
+    service: str
+    now: int
+    patient_ref: str | None = None
+    ended_by: int | None = None
+
+
 Command = (
     PlaceHold
     | ConfirmHold
@@ -247,6 +278,7 @@ Command = (
     | ExpireHolds
     | SetCapacity
     | RollCalendar
+    | ErasePatientData
 )
 
 
@@ -280,9 +312,10 @@ class HoldConfirmed(_Record, frozen=True, tag="hold_confirmed.v1"):
     rule: str | None = None  # the eligibility rule (name, version) that admitted it
     rule_version: int | None = None
     series_id: str | None = None
+    contact: Contact | None = None
 
     def fingerprint(self) -> Fingerprint:
-        return ("confirm", self.hold_id, self.patient_ref)
+        return ("confirm", self.hold_id, self.patient_ref, self.contact)
 
 
 class HoldReleased(_Record, frozen=True, tag="hold_released.v1"):
@@ -346,6 +379,16 @@ class CalendarRolled(_Record, frozen=True, tag="calendar_rolled.v1"):
     key: None = None
 
 
+class PatientDataErased(_Record, frozen=True, tag="patient_data_erased.v1"):
+    """The patient data of ``booking_ids`` was dropped (``reason``: ``request`` or
+    ``retention``), and the remembered results that held it forgotten."""
+
+    booking_ids: list[str]
+    reason: Literal["request", "retention"]
+    at: int
+    key: None = None
+
+
 Event = (
     HoldPlaced
     | HoldConfirmed
@@ -354,6 +397,7 @@ Event = (
     | BookingRescheduled
     | CapacityChanged
     | CalendarRolled
+    | PatientDataErased
 )
 
 

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,11 +43,12 @@ from gateway.interop.reconcile import source_records
 from gateway.interop.schedules import ImportScheduler
 from gateway.keys import KeyStore
 from gateway.observe import Metrics, Observe
+from gateway.retention import Eraser
 from gateway.room import WaitingRooms
 from gateway.router import ShardRouter
 from gateway.routes import ROUTERS
 from gateway.service import BookingService
-from gateway.settings import Settings
+from gateway.settings import Settings, data_keyring
 
 log = logging.getLogger("hexbook.gateway")
 # Where a waiting room's admissions become load: their 503s slow the room down (a crowd
@@ -153,6 +155,17 @@ async def _runtime(
     )
     if redis_server is not None:
         metrics.bind_redis(lambda: float(redis_server.is_running()), lambda: redis_server.restarts)
+    trail = AuditTrail(policy_redis, hb.clock.seconds)
+    eraser = Eraser(
+        router,
+        lambda: list(hb.directory.shards),
+        hb.clock.seconds,
+        ticker,
+        trail,
+        settings.retention_days,
+    )
+    purging = asyncio.create_task(eraser.run(settings.retention_sweep_seconds))
+    stack.callback(purging.cancel)
     return Runtime(
         settings=settings,
         metrics=metrics,
@@ -165,7 +178,8 @@ async def _runtime(
         smart=smart,
         imports=imports,
         redis_server=redis_server,
-        audit=AuditTrail(policy_redis, hb.clock.seconds),
+        audit=trail,
+        eraser=eraser,
     )
 
 
@@ -200,12 +214,14 @@ def create_app(
             hb = hexbook
             if hb is None:
                 url = stack.enter_context(redis_endpoint(settings.redis_url, settings.data_dir))
+                external = settings.redis_url or os.environ.get("REDIS_URL")
                 hb = await asyncio.to_thread(
                     Hexbook.connect,
                     url,
                     ray_address=settings.ray_address,
                     shards=settings.shards,
                     namespace=settings.namespace,
+                    keyring=data_keyring(settings, embedded=not external, create=True),
                 )
             app.state.runtime = await _runtime(settings, metrics, hb, stack, redis_server)
             # What start-up built lives as long as the process: keep it out of every

@@ -38,7 +38,12 @@ __all__ = [
 
 STREAM = "hexbook:audit"
 # POSTs whose answer names what they made (the entry's target)
-_MADE = {"/v1/keys": "key_id", "/v1/rooms": "room_id", "/v1/imports/schedules": "schedule_id"}
+_MADE = {
+    "/v1/keys": "key_id",
+    "/v1/rooms": "room_id",
+    "/v1/imports/schedules": "schedule_id",
+    "/v1/erasures": "patient_ref",
+}
 log = logging.getLogger("hexbook.audit")
 
 # (method, route template) -> action, for the callers it is an admin action of.
@@ -52,6 +57,7 @@ AUDITED: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {
     ("POST", "/v1/imports/schedules"): ("import.schedule", ("operator",)),
     ("DELETE", "/v1/imports/schedules/{schedule_id}"): ("import.unschedule", ("operator",)),
     ("POST", "/v1/rooms"): ("room.open", ("operator",)),
+    ("POST", "/v1/erasures"): ("patient.erase", ("operator",)),
     ("PATCH", "/v1/rooms/{room_id}"): ("room.change", ("operator",)),
     ("PUT", "/v1/rules/{service_id}"): ("rule.put", ("operator",)),
     ("PUT", "/v1/rules/{service_id}/providers/{provider_id}"): (
@@ -150,7 +156,12 @@ class AuditTrail:
 # known only after the answer; this lets every other request through untouched).
 _MAYBE: dict[str, tuple[frozenset[str], tuple[str, ...]]] = {
     "GET": (frozenset(), ("/v1/bookings/",)),
-    "POST": (frozenset({"/v1/keys", "/v1/imports", "/v1/imports/schedules", "/v1/rooms"}), ()),
+    "POST": (
+        frozenset(
+            {"/v1/keys", "/v1/imports", "/v1/imports/schedules", "/v1/rooms", "/v1/erasures"}
+        ),
+        (),
+    ),
     "PUT": (frozenset(), ("/v1/providers/", "/v1/rules/", "/v1/series-templates/")),
     "DELETE": (frozenset(), ("/v1/keys/", "/v1/bookings/", "/v1/imports/schedules/")),
     "PATCH": (frozenset(), ("/v1/rooms/",)),

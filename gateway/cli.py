@@ -154,6 +154,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     res.add_argument("file", type=Path, help="the backup file")
     res.add_argument("--data-dir", type=Path, required=True, help="an empty folder to restore into")
+    res.add_argument(
+        "--data-keys",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the data key file of the backed-up stack (its DATA/data.keys, kept apart from "
+        "backups): checked to open the backup, and copied into the new folder",
+    )
     trail = sub.add_parser(
         "audit-log",
         parents=[where],
@@ -263,6 +271,36 @@ def _parser() -> argparse.ArgumentParser:
         "delete", parents=[gateway_where], help="stop a schedule by its id"
     )
     sched_delete.add_argument("schedule_id", help="the id `list` shows")
+    ring = sub.add_parser(
+        "keyring",
+        help="the data keys that seal patient data at rest: status, rotate, re-encrypt",
+        description=(
+            "Patient data (attestations, contact details) and the rest of every journal, "
+            "snapshot and archived booking is sealed with AES-256-GCM before it reaches "
+            "Redis; each value names the key that sealed it. Keys live in DATA/data.keys "
+            "(embedded Redis) or HEXBOOK_DATA_KEYS / HEXBOOK_DATA_KEYS_FILE. "
+            "docs/security.md says how to rotate."
+        ),
+    )
+    ring_actions = ring.add_subparsers(dest="action", required=True)
+    ring_actions.add_parser(
+        "new", help="print a fresh key in the form of HEXBOOK_DATA_KEYS (for an external Redis)"
+    )
+    ring_actions.add_parser(
+        "status", parents=[where], help="the keys, and how many stored values each one seals"
+    )
+    ring_actions.add_parser(
+        "rotate",
+        parents=[where],
+        help="add a new key to the key file and seal new values with it (a running stack "
+        "switches at once); older values stay readable",
+    )
+    ring_actions.add_parser(
+        "reencrypt",
+        parents=[where],
+        help="seal every stored value with the current key (a running stack's shards write "
+        "snapshots; archived bookings are rewritten); then older keys can be removed",
+    )
     actions.add_parser("list", parents=[where], help="every key, without secrets")
     revoke = actions.add_parser("revoke", parents=[where], help="revoke a key by its id")
     revoke.add_argument("key_id", help="the 8-character id (hbk_<id>_...)")
@@ -279,6 +317,7 @@ def up(args: argparse.Namespace) -> int:
         RedisStartError,
         redacted,
     )
+    from engine.errors import HexbookError
     from gateway.app import create_app
     from gateway.server import PortInUse, bind, check_tls, loopback, server, when_started
     from gateway.settings import Settings
@@ -329,9 +368,19 @@ def up(args: argparse.Namespace) -> int:
         except (RedisBinaryNotFound, RedisStartError) as exc:
             print(f"hexbook: {exc}", file=sys.stderr)
             return 1
-        hb = Hexbook.connect(url, ray_address=args.ray_address, shards=args.shards)
+        try:
+            ring = _keyring(args, embedded=embedded is not None, create=True)
+        except HexbookError as exc:
+            print(f"hexbook: {exc}", file=sys.stderr)
+            return 2
+        print(f"hexbook: patient data sealed, data key {ring.current} ({_keys_where(ring)})")
+        hb = Hexbook.connect(url, ray_address=args.ray_address, shards=args.shards, keyring=ring)
         stack.callback(ray.shutdown)
         stack.callback(hb.close)
+        if embedded is not None:  # `hexbook keyring` reaches the shards through it
+            address = args.data_dir / RAY_ADDRESS_FILE
+            address.write_text(ray.get_runtime_context().gcs_address + "\n")
+            stack.callback(address.unlink, missing_ok=True)
         count = len(hb.directory.shards)
         print(f"hexbook: {count} shard{'' if count == 1 else 's'}")
         if args.demo:
@@ -352,6 +401,23 @@ def up(args: argparse.Namespace) -> int:
             srv.run(sockets=[sock])
     print("hexbook: stopped cleanly")
     return 0
+
+
+def _keyring(args: argparse.Namespace, *, embedded: bool, create: bool = False) -> Any:
+    """The data keys for a command given --data-dir (and the HEXBOOK_DATA_KEYS* variables)."""
+    from gateway.settings import Settings, data_keyring
+
+    return data_keyring(Settings(data_dir=args.data_dir), embedded=embedded, create=create)
+
+
+def _embedded(args: argparse.Namespace) -> bool:
+    return not (getattr(args, "redis_url", None) or os.environ.get("REDIS_URL"))
+
+
+def _keys_where(ring: Any) -> str:
+    if ring.path is not None:
+        return f"keys in {ring.path}"
+    return "keys from HEXBOOK_DATA_KEYS"
 
 
 def _provision_demo(hb: Any, sites: int) -> None:
@@ -506,24 +572,170 @@ def backup_(args: argparse.Namespace) -> int:
 def restore_(args: argparse.Namespace) -> int:
     from actors.backup import BackupError, restore
     from actors.embedded_redis import RedisBinaryNotFound, RedisStartError
+    from actors.sealed_data import CLEAR
+    from actors.sealing import KEYS_FILE, Keyring, write_key_file
+    from engine.errors import KeyringError
 
     if not args.file.is_file():
         print(f"hexbook: no such backup file: {args.file}", file=sys.stderr)
         return 2
+    ring = None
+    if args.data_keys is not None:
+        try:
+            ring = Keyring.from_file(args.data_keys)
+        except (OSError, KeyringError) as exc:
+            print(f"hexbook: --data-keys: {exc}", file=sys.stderr)
+            return 2
     try:
-        keys = restore(args.file, args.data_dir)
+        keys, sealed = restore(args.file, args.data_dir)
     except BackupError as exc:
         print(f"hexbook: {exc}", file=sys.stderr)
         return 2
     except (RedisBinaryNotFound, RedisStartError, OSError) as exc:
         print(f"hexbook: restore failed: {exc}", file=sys.stderr)
         return 1
+    used = sorted(k for k in sealed if k != CLEAR)
+    if used:
+        print(f"sealed values: {', '.join(f'{sealed[k]:,} with data key {k}' for k in used)}")
+    if ring is not None:
+        if missing := [k for k in used if k not in ring.keys]:
+            print(
+                f"hexbook: {args.data_keys} lacks data key(s) {', '.join(missing)} that seal "
+                "this backup: give the key file of the stack that made it",
+                file=sys.stderr,
+            )
+            return 2
+        write_key_file(args.data_dir / KEYS_FILE, ring)
+        print(f"data keys copied to {args.data_dir / KEYS_FILE}")
+    elif used and not os.environ.get("HEXBOOK_DATA_KEYS"):
+        print(
+            f"hexbook: WARNING: the backup is sealed with data key(s) {', '.join(used)}, and "
+            f"no keys came with it: copy the stack's data.keys to {args.data_dir} (or "
+            "set HEXBOOK_DATA_KEYS) before `hexbook up`, or give --data-keys",
+            file=sys.stderr,
+        )
     print(
         f"restored {keys:,} keys into {args.data_dir}; start it with "
         f"`hexbook up --data-dir {args.data_dir}`, check it with "
         f"`hexbook audit --data-dir {args.data_dir}`"
     )
     return 0
+
+
+RAY_ADDRESS_FILE = "ray.address"
+
+
+def _running_shards(args: argparse.Namespace, client: Any) -> dict[str, Any] | None:
+    """Handles of the shards of the stack running on --data-dir (its Ray address is kept
+    there by `hexbook up`), or ``None`` when none runs."""
+    import ray
+
+    from actors.api import NAMESPACE
+    from actors.directory import Directory
+
+    path = args.data_dir / RAY_ADDRESS_FILE
+    address = os.environ.get("RAY_ADDRESS") or (path.read_text().strip() if path.exists() else "")
+    if not address:
+        return None
+    try:
+        ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
+    except (ConnectionError, RuntimeError):
+        return None
+    out = {}
+    for name in Directory(client).shards:
+        try:
+            out[name] = ray.get_actor(name, namespace=NAMESPACE)
+        except ValueError:
+            return None  # not this stack's Ray any more
+    return out
+
+
+def keyring(args: argparse.Namespace) -> int:
+    import ray
+    import redis
+
+    from actors.embedded_redis import (
+        NoHexbookData,
+        RedisBinaryNotFound,
+        RedisStartError,
+        redis_endpoint,
+    )
+    from actors.sealed_data import CLEAR, census, reseal_archive
+    from actors.sealing import Keyring, write_key_file
+    from engine.errors import HexbookError
+    from gateway.audit_trail import append_sync
+
+    if args.action == "new":
+        print(f"HEXBOOK_DATA_KEYS={Keyring.generate().as_env()}")
+        return 0
+    try:
+        ring = _keyring(args, embedded=_embedded(args))
+        with redis_endpoint(args.redis_url, args.data_dir, attach=True) as url:
+            client = redis.Redis.from_url(url)
+            try:
+                if args.action == "status":
+                    counts = census(client)
+                    print(f"{'key id':10}  {'values':>10}")
+                    for kid in [*ring.keys, *(k for k in counts if k not in ring.keys)]:
+                        mark = (
+                            "  (current: seals new values)"
+                            if kid == ring.current
+                            else "  (not in this keyring: unreadable here)"
+                            if kid not in ring.keys and kid != CLEAR
+                            else ""
+                        )
+                        print(f"{kid:10}  {counts.get(kid, 0):>10,}{mark}")
+                    return 0
+                shards = _running_shards(args, client)
+                if args.action == "rotate":
+                    if ring.path is None:
+                        print(
+                            "hexbook: the keys come from HEXBOOK_DATA_KEYS: add one there "
+                            "(`hexbook keyring new` prints one; put it last) and restart",
+                            file=sys.stderr,
+                        )
+                        return 2
+                    new = ring.rotated()
+                    write_key_file(ring.path, new)
+                    append_sync(client, time.time(), _cli_who(), "cli", "keyring.rotate",
+                                f"key_id={new.current}")  # fmt: skip
+                    print(f"new data key {new.current} in {ring.path} (older keys kept)")
+                    if shards:
+                        ray.get([h.use_keyring.remote(new) for h in shards.values()])
+                        print(f"{len(shards)} running shard(s) seal with {new.current} now")
+                    else:
+                        print("no running stack: its shards seal with it from their next start")
+                    return 0
+                if not shards:
+                    print(
+                        f"hexbook: no running stack on {args.data_dir}: start `hexbook up` "
+                        "first (its shards write their state anew)",
+                        file=sys.stderr,
+                    )
+                    return 2
+                ray.get([h.use_keyring.remote(ring) for h in shards.values()])
+                ray.get([h.reseal.remote() for h in shards.values()])
+                rewritten = reseal_archive(client, ring)
+                append_sync(client, time.time(), _cli_who(), "cli", "keyring.reencrypt",
+                            f"key_id={ring.current}")  # fmt: skip
+                counts = census(client)
+                print(
+                    f"re-encrypted with {ring.current}: {len(shards)} shard snapshot(s), "
+                    f"{rewritten:,} archived booking(s); values by key: "
+                    + ", ".join(f"{k} {n:,}" for k, n in sorted(counts.items()))
+                )
+                return 0
+            finally:
+                client.close()
+    except NoHexbookData as exc:
+        print(f"hexbook: {exc}", file=sys.stderr)
+        return 2
+    except (RedisBinaryNotFound, RedisStartError) as exc:
+        print(f"hexbook: {exc}", file=sys.stderr)
+        return 1
+    except HexbookError as exc:
+        print(f"hexbook: {exc}", file=sys.stderr)
+        return 2
 
 
 def _cli_who() -> str:
@@ -588,6 +800,7 @@ def audit(args: argparse.Namespace) -> int:
     from actors.audit import audit as run_audit
     from actors.audit import read_acks
     from actors.embedded_redis import RedisBinaryNotFound, RedisStartError, redis_endpoint
+    from engine.errors import HexbookError
 
     files: list[Path] = []
     for path in args.acks:
@@ -602,12 +815,16 @@ def audit(args: argparse.Namespace) -> int:
         with redis_endpoint(args.redis_url, args.data_dir, attach=True) as url:
             client = redis.Redis.from_url(url)
             try:
-                report = run_audit(client, read_acks(files))
+                ring = _keyring(args, embedded=_embedded(args))
+                report = run_audit(client, read_acks(files), ring)
             finally:
                 client.close()
     except (RedisBinaryNotFound, RedisStartError) as exc:
         print(f"hexbook: {exc}", file=sys.stderr)
         return 1
+    except HexbookError as exc:
+        print(f"hexbook: {exc}", file=sys.stderr)
+        return 2
     except redis.RedisError as exc:
         print(f"hexbook: Redis: {exc}", file=sys.stderr)
         return 1
@@ -627,6 +844,8 @@ def main(argv: list[str] | None = None) -> int:
         return keys(args)
     if args.command == "audit":
         return audit(args)
+    if args.command == "keyring":
+        return keyring(args)
     if args.command == "audit-log":
         return audit_log(args)
     if args.command == "backup":

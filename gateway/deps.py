@@ -20,6 +20,7 @@ from gateway.auth import Authenticator, Principal, authorize, client_address
 from gateway.keys import KeyStore
 from gateway.observe import Metrics
 from gateway.problems import UnsupportedMediaType
+from gateway.retention import Eraser
 from gateway.schemas import IDEMPOTENCY_KEY
 from gateway.service import BookingService
 from gateway.settings import Settings
@@ -66,6 +67,7 @@ class Runtime:
     imports: ImportScheduler
     redis_server: EmbeddedRedis | None = None  # the supervised embedded redis-server
     audit: AuditTrail | None = None
+    eraser: Eraser | None = None
     feed_clients: int = 0
     trusted_proxies: frozenset[str] = frozenset()  # whose X-Forwarded-For is believed
 

@@ -68,6 +68,7 @@ STATUS: dict[type[errors.HexbookError], int] = {
     errors.ScheduleConflict: 409,
     errors.HoldExpired: 410,
     errors.Unavailable: 503,
+    errors.KeyringError: 503,
     errors.CodecError: 400,
     Unauthorized: 401,
     Forbidden: 403,

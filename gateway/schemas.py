@@ -189,10 +189,23 @@ class _Query(BaseModel):
 # --- requests ----------------------------------------------------------------------
 
 
+class ContactIn(_Strict):
+    """How to reach the patient about this booking (reminders, offers of a freed place).
+    Patient data: sealed at rest, never logged, erased on request or after retention."""
+
+    email: str | None = Field(
+        None, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", examples=["pat@example.org"]
+    )
+    phone: str | None = Field(
+        None, pattern=r"^\+[1-9][0-9]{6,14}$", description="E.164", examples=["+13125550100"]
+    )
+
+
 class Patient(_Strict):
     reference: str = Field(
         min_length=1, max_length=128, description="opaque reference chosen by the front-end"
     )
+    contact: ContactIn | None = None
 
 
 DAY_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
@@ -473,6 +486,17 @@ class AuditQuery(_Query):
     )
     limit: int = Field(100, ge=1, le=1000)
     format: Literal["json", "csv"] = "json"
+
+
+class ErasureIn(_Strict):
+    patient_ref: str = Field(
+        min_length=1, max_length=128, description="the patient's opaque reference"
+    )
+
+
+class ErasureOut(BaseModel):
+    patient_ref: str
+    bookings_erased: int = Field(description="bookings whose patient data was erased now")
 
 
 class AuditEntryOut(BaseModel):

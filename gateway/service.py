@@ -36,6 +36,7 @@ from engine.records import (
     Booking,
     CancelBooking,
     ConfirmHold,
+    Contact,
     Hold,
     PlaceHold,
     ReleaseHold,
@@ -59,6 +60,7 @@ from gateway.router import ShardRouter
 from gateway.schemas import (
     AttestationIn,
     BookingRequest,
+    ContactIn,
     HoldRequest,
     ProviderIn,
     RescheduleRequest,
@@ -212,8 +214,19 @@ def booking_out(
         "start": format_local(b.start, provider.timezone),
         "party_size": b.party_size,
         "status": b.status,
-        "patient": {"reference": b.patient_ref},
+        "patient": {"reference": b.patient_ref, "contact": contact_out(b.contact)},
     }
+
+
+def contact_of(c: ContactIn | None) -> Contact | None:
+    """The engine's record of what the patient gave to be reached by."""
+    if c is None or (c.email is None and c.phone is None):
+        return None
+    return Contact(c.email, c.phone)
+
+
+def contact_out(c: Contact | None) -> dict[str, str | None] | None:
+    return None if c is None else {"email": c.email, "phone": c.phone}
 
 
 class BookingService:
@@ -472,6 +485,8 @@ class BookingService:
             token_digest(token),
             req.patient.reference,
             await self.policies.rule(service, provider_id),  # the version in force now
+            None,
+            contact_of(req.patient.contact),
         )
         booking = check(await self.router.submit(cmd))
         self.metrics.bookings.inc()

@@ -9,7 +9,10 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["Settings"]
+from actors.sealing import KEYS_FILE, Keyring
+from engine.errors import KeyringError
+
+__all__ = ["Settings", "data_keyring"]
 
 
 class Settings(BaseSettings):
@@ -100,6 +103,23 @@ class Settings(BaseSettings):
         description="SMART feed: booking-deep-link of a day's slot ({provider_id}, {service}, "
         "{date})",
     )
+    data_keys: SecretStr | None = Field(
+        None,
+        description="data keys that seal patient data at rest, 'id:base64,...' (the last "
+        "seals new values); none: HEXBOOK_DATA_KEYS_FILE, or DATA/data.keys (embedded)",
+    )
+    data_keys_file: Path | None = Field(
+        None, description="a key file ('id base64' per line, the last current); see data_keys"
+    )
+    retention_days: float = Field(
+        30.0,
+        ge=0,
+        description="patient data (attestations, contact details) is purged this many days "
+        "after the appointment ends; the booking stays",
+    )
+    retention_sweep_seconds: float = Field(
+        3600.0, gt=0, le=86400, description="how often the retention purge runs"
+    )
     smart_refresh_seconds: float = Field(
         10.0, ge=0, description="SMART feed: re-rendered at most this often (also its max-age)"
     )
@@ -110,3 +130,28 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
+
+
+def data_keyring(settings: Settings, *, embedded: bool, create: bool = False) -> Keyring:
+    """The data keys of this deployment: ``data_keys``, else ``data_keys_file``, else
+    (embedded Redis only) ``data_dir/data.keys``, made with one key when ``create``
+    (``hexbook up``). An external Redis without keys is refused: patient data must not
+    reach it clear, and every process of a deployment must hold the same keys."""
+    keys = settings.data_keys.get_secret_value() if settings.data_keys else None
+    ring = Keyring.load(
+        keys=keys,
+        file=settings.data_keys_file,
+        data_dir=settings.data_dir if embedded else None,
+        create=create,
+    )
+    if ring is None:
+        if embedded:
+            raise KeyringError(
+                f"no data keys in {settings.data_dir / KEYS_FILE}: is this the data folder "
+                "of a hexbook stack? (`hexbook up` makes them at its first start)"
+            )
+        raise KeyringError(
+            "an external Redis needs data keys: set HEXBOOK_DATA_KEYS (`hexbook keyring "
+            "new` prints one) or HEXBOOK_DATA_KEYS_FILE, the same on every gateway"
+        )
+    return ring

@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from gateway.routes import (
     audit,
     bookings,
+    erasures,
     feed,
     holds,
     imports,
@@ -36,5 +37,6 @@ ROUTERS: tuple[APIRouter, ...] = (
     keys.router,
     imports.router,
     audit.router,
+    erasures.router,
     smart.router,
 )

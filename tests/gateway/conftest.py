@@ -17,6 +17,7 @@ from fastapi import FastAPI
 
 from actors.api import Hexbook
 from actors.embedded_redis import EmbeddedRedis
+from actors.sealing import Keyring
 from gateway.app import create_app
 from gateway.keys import KeyStore
 from gateway.server import in_thread
@@ -62,6 +63,7 @@ def stack(
                 shards=2,
                 namespace=f"gw-{uuid.uuid4().hex[:6]}",
                 shard_options=shard_options,
+                keyring=Keyring.generate(),  # sealed at rest, as `hexbook up` runs
             )
             defaults: dict[str, Any] = {
                 "max_body_bytes": 8192,
