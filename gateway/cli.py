@@ -651,6 +651,11 @@ def _running_shards(args: argparse.Namespace, client: Any) -> dict[str, Any] | N
 
 
 def keyring(args: argparse.Namespace) -> int:
+    if "RAY_AUTH_MODE" not in os.environ and (Path.home() / ".ray" / "auth_token").exists():
+        # A local Ray started by `hexbook up` asks for its token (Ray's default for a new
+        # local cluster); a driver given its address sends it only when told to, and
+        # Ray reads this when it is imported.
+        os.environ["RAY_AUTH_MODE"] = "token"
     import ray
     import redis
 

@@ -86,10 +86,27 @@ def test_a_backup_under_load_restores_every_acknowledged_booking(
     child_stack: LocalStack, tmp_path: Path
 ) -> None:
     backup, restored = tmp_path / "hexbook.rdb", tmp_path / "restored"
+    data = str(child_stack.data_dir)
+    keys_file = child_stack.data_dir / "data.keys"
+    assert keys_file.stat().st_mode & 0o777 == 0o600  # made at the first start
+    first_key = keys_file.read_text().split()[-2]
     with Bookers(child_stack.url, child_stack.keys["booking-client"]) as load:
-        # under way: 40 bookings acknowledged (the bookers must not have stopped)
+        # under way: 20 bookings acknowledged (the bookers must not have stopped)
+        until(lambda: len(load.acks) >= 20 or not all(t.is_alive() for t in load.threads), 120)
+        # A key rotated while it books: the running shards seal with the new key at once,
+        # and older values stay readable; re-encryption leaves only the new key.
+        rotated = hexbook("keyring", "rotate", "--data-dir", data)
+        assert rotated.returncode == 0, rotated.stderr
+        assert "running shard(s) seal with" in rotated.stdout
+        new_key = keys_file.read_text().split()[-2]
+        assert new_key != first_key and first_key in keys_file.read_text()
         until(lambda: len(load.acks) >= 40 or not all(t.is_alive() for t in load.threads), 120)
         assert len(load.acks) >= 40, "the bookers stopped"
+        redone = hexbook("keyring", "reencrypt", "--data-dir", data)
+        assert redone.returncode == 0, redone.stderr
+        status = hexbook("keyring", "status", "--data-dir", data)
+        rows = {line.split()[0]: line.split()[1] for line in status.stdout.splitlines()[1:]}
+        assert rows[first_key] == "0" and int(rows[new_key].replace(",", "")) > 0, status.stdout
         before = list(load.acks)  # acknowledged before the backup began
         made = hexbook("backup", str(backup), "--data-dir", str(child_stack.data_dir))
         after = len(load.acks)
@@ -99,8 +116,11 @@ def test_a_backup_under_load_restores_every_acknowledged_booking(
     assert backup.read_bytes()[:5] == b"REDIS"
     # Restore into a new folder; the audit on the restored data finds every booking
     # acknowledged before the backup began, and nothing over capacity.
-    done = hexbook("restore", str(backup), "--data-dir", str(restored))
+    done = hexbook("restore", str(backup), "--data-dir", str(restored), "--data-keys",
+                   str(keys_file))  # fmt: skip
     assert done.returncode == 0, done.stderr
+    assert f"with data key {new_key}" in done.stdout
+    assert (restored / "data.keys").read_text() == keys_file.read_text()
     acks = tmp_path / "acks.jsonl"
     acks.write_text("".join(json.dumps(a) + "\n" for a in before))
     audit = hexbook("audit", "--data-dir", str(restored), "--acks", str(acks))
@@ -114,6 +134,12 @@ def test_a_backup_under_load_restores_every_acknowledged_booking(
     ).read_text()
     again = hexbook("restore", str(backup), "--data-dir", str(restored))
     assert again.returncode == 2 and "already holds data" in again.stderr
+    # Without its data keys, a restore says what is missing, and the audit cannot read it.
+    keyless = tmp_path / "keyless"
+    bare = hexbook("restore", str(backup), "--data-dir", str(keyless))
+    assert bare.returncode == 0 and f"sealed with data key(s) {new_key}" in bare.stderr
+    unread = hexbook("audit", "--data-dir", str(keyless))
+    assert unread.returncode == 2 and "no data keys" in unread.stderr
     # A file that is not a backup is said to be one line.
     bad = tmp_path / "bad.rdb"
     bad.write_text("hello")

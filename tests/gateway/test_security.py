@@ -192,3 +192,88 @@ def test_https_serves_what_http_serves_with_the_secure_headers(
                 assert b.headers["strict-transport-security"].startswith("max-age=31536000")
         with pytest.raises(httpx.ConnectError):  # a client that does not trust it says so
             httpx.get(f"{tls_url}/healthz", timeout=10)
+
+
+DOB, EMAIL, PHONE = "1931-02-17", "zq.gateway@example.org", "+13125550177"
+
+
+def _everything(client: Any) -> bytes:
+    """Every key and value in Redis, as bytes (strings, hashes, streams, sets, lists)."""
+    out = []
+    for key in client.scan_iter(count=500):
+        kind = client.type(key).decode()
+        out.append(key)
+        if kind == "string":
+            out.append(client.get(key) or b"")
+        elif kind == "hash":
+            out += [k + v for k, v in client.hgetall(key).items()]
+        elif kind == "stream":
+            out += [b"".join(k + v for k, v in f.items()) for _, f in client.xrange(key)]
+        elif kind == "zset":
+            out += client.zrange(key, 0, -1)
+        elif kind == "list":
+            out += client.lrange(key, 0, -1)
+        elif kind == "set":
+            out += list(client.smembers(key))
+    return b"\n".join(out)
+
+
+def test_patient_data_is_sealed_at_rest_and_erased_on_request(
+    stack: tuple[str, Hexbook, FastAPI], base: str, api: httpx.Client, ops: httpx.Client
+) -> None:
+    _, hb, _ = stack
+    needles = (DOB.encode(), EMAIL.encode(), PHONE.encode())
+    start = slots(api, "clinic-2")[5]["start"]  # outside the room the test above opened
+    hold = api.post("/v1/holds", json={
+        "provider_id": "clinic-2", "service": "vaccine", "start": start,
+        "attestation": {"birth_date": DOB, "postal_code": "60614"},
+    })  # fmt: skip
+    assert hold.status_code == 201, hold.text
+    contact = {"email": EMAIL, "phone": PHONE}
+    confirm = {"hold_id": hold.json()["hold_id"],
+               "patient": {"reference": "sealed-1", "contact": contact}}  # fmt: skip
+    made = api.post("/v1/bookings", json=confirm, headers={"Idempotency-Key": "sealed-1"})
+    assert made.status_code == 201, made.text
+    bid, token = made.json()["booking_id"], {"X-Booking-Token": made.json()["booking_token"]}
+    assert made.json()["patient"]["contact"] == contact
+    assert api.get(f"/v1/bookings/{bid}", headers=token).json()["patient"]["contact"] == contact
+    bad = {**confirm, "patient": {"reference": "x", "contact": {"email": "not-an-address"}}}
+    assert api.post("/v1/bookings", json=bad).status_code == 422
+    for shard in hb.directory.shards:  # the snapshots hold it too, not only the journal
+        hb._call(shard, "write_snapshot")
+    client = hb.redis
+    blob = _everything(client)
+    assert not [n for n in needles if n in blob]
+    from actors.sealed_data import CLEAR, census
+
+    counts = census(client)
+    assert counts and CLEAR not in counts  # every journal entry and snapshot is sealed
+    # Nor in the server's files (the append-only file, its log), the metrics or search.
+    folder = Path(client.config_get("dir")["dir"])
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert any("aof" in p.name for p in files)
+    for p in files:
+        assert not [n for n in needles if n in p.read_bytes()], p
+    assert not [n for n in needles if n in ops.get("/metrics").content]
+    found = api.get("/v1/search", params={"lat": 41.88, "lng": -87.63, "service": "vaccine"})
+    assert found.status_code == 200 and not [n for n in needles if n in found.content]
+    # An operator erases the patient's data: the booking stays, without it; the
+    # trail has the erasure; a repeat erases nothing more.
+    erased = ops.post("/v1/erasures", json={"patient_ref": "sealed-1"})
+    assert erased.status_code == 200, erased.text
+    assert erased.json() == {"patient_ref": "sealed-1", "bookings_erased": 1}
+    after = api.get(f"/v1/bookings/{bid}", headers=token).json()
+    assert after["status"] == "active" and after["patient"] == {
+        "reference": "sealed-1", "contact": None
+    }  # fmt: skip
+    assert ops.post("/v1/erasures", json={"patient_ref": "sealed-1"}).json()["bookings_erased"] == 0
+    assert api.post("/v1/erasures", json={"patient_ref": "sealed-1"}).status_code == 403
+    assert ops.post("/v1/erasures", json={"patient_ref": ""}).status_code == 422
+    trail = ops.get("/v1/audit", params={"limit": 1000}).json()
+    erasures = [e for e in trail if e["action"] == "patient.erase"]
+    assert [(e["target"], e["outcome"]) for e in erasures] == [
+        ("patient_ref=sealed-1", "ok"), ("patient_ref=sealed-1", "ok"), ("", "refused")
+    ]  # fmt: skip
+    # A repeat of the confirm under its key no longer shows the erased contact.
+    again = api.post("/v1/bookings", json=confirm, headers={"Idempotency-Key": "sealed-1"})
+    assert EMAIL not in again.text
