@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.hexbook-installed
 LOCK   := requirements/lock.txt
 EXTRAS := dev,sim,load
 
-.PHONY: help install browser test lint types unit bench soak demo docs-images lock clean
+.PHONY: help install browser redis-tls test lint types deps advisories unit bench soak demo docs-images lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -19,7 +19,7 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml $(LOCK)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c $(LOCK) -e '.[$(EXTRAS)]'
-	@$(MAKE) --no-print-directory browser
+	@$(MAKE) --no-print-directory browser redis-tls
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install hexbook with its extras, as pinned in requirements/lock.txt
@@ -34,6 +34,16 @@ browser: ## Debian's chromium for the browser tests (apt-get, when missing and r
 	    echo "note: the browser tests need Chromium: sudo apt-get install chromium (or set HEXBOOK_CHROMIUM)"; \
 	  fi; }
 
+redis-tls: ## Debian's redis-server, built with TLS, for the rediss:// test (apt-get, when missing and run as root)
+	@{ command -v redis-server >/dev/null 2>&1 && redis-server --version | grep -q 'v=[67]'; } || [ -n "$$HEXBOOK_REDIS_SERVER" ] || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's redis-server (TLS) for the external-Redis test"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server >/dev/null; }; \
+	  else \
+	    echo "note: the rediss:// test needs a redis-server built with TLS: sudo apt-get install redis-server (or set HEXBOOK_REDIS_SERVER)"; \
+	  fi; }
+
 lint: $(STAMP) ## ruff lint and format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -41,10 +51,17 @@ lint: $(STAMP) ## ruff lint and format check
 types: $(STAMP) ## mypy (strict) on the packages
 	$(BIN)/mypy
 
+deps: $(STAMP) ## audit the pinned dependencies for known vulnerabilities (docs/security.md)
+	$(BIN)/python .ci/dependency_audit.py check $(LOCK)
+
+advisories: $(STAMP) ## remake the advisory snapshot: make advisories DB=<clone of pypa/advisory-database>
+	@test -n "$(DB)" || { echo "give DB=<a clone of https://github.com/pypa/advisory-database>"; exit 2; }
+	$(BIN)/python .ci/dependency_audit.py build --from $(DB)
+
 unit: $(STAMP) ## the tests only
 	$(BIN)/pytest
 
-test: lint types unit ## lint, types and the whole test suite (what CI runs)
+test: lint types deps unit ## lint, types, the dependency audit and the whole test suite (what CI runs)
 
 bench: $(STAMP) ## benchmarks: print figures and ratios measured in one run
 	$(BIN)/python tests/bench/run.py

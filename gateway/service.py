@@ -214,8 +214,15 @@ def booking_out(
         "start": format_local(b.start, provider.timezone),
         "party_size": b.party_size,
         "status": b.status,
-        "patient": {"reference": b.patient_ref, "contact": contact_out(b.contact)},
+        "patient": patient_out(b),
     }
+
+
+def patient_out(b: Booking) -> dict[str, Any]:
+    """The booking's patient: the reference, and the contact details while kept."""
+    if b.contact is None:
+        return {"reference": b.patient_ref}
+    return {"reference": b.patient_ref, "contact": contact_out(b.contact)}
 
 
 def contact_of(c: ContactIn | None) -> Contact | None:
@@ -225,8 +232,8 @@ def contact_of(c: ContactIn | None) -> Contact | None:
     return Contact(c.email, c.phone)
 
 
-def contact_out(c: Contact | None) -> dict[str, str | None] | None:
-    return None if c is None else {"email": c.email, "phone": c.phone}
+def contact_out(c: Contact) -> dict[str, str | None]:
+    return {"email": c.email, "phone": c.phone}
 
 
 class BookingService:

@@ -10,11 +10,14 @@ from engine.records import (
     BookingRescheduled,
     CancelBooking,
     ConfirmHold,
+    Contact,
+    ErasePatientData,
     ExpireHolds,
     Hold,
     HoldConfirmed,
     HoldPlaced,
     HoldReleased,
+    PatientDataErased,
     PlaceHold,
     ReleaseHold,
     RescheduleBooking,
@@ -28,11 +31,25 @@ texts = st.text(max_size=30)
 
 commands = st.one_of(
     st.builds(PlaceHold, ids, ids, keys, times, ids, times, small, small),
-    st.builds(ConfirmHold, ids, ids, keys, times, ids, ids, st.binary(max_size=32), texts),
+    st.builds(
+        ConfirmHold,
+        ids,
+        ids,
+        keys,
+        times,
+        ids,
+        ids,
+        st.binary(max_size=32),
+        texts,
+        st.none(),
+        st.none() | ids,
+        st.none() | st.builds(Contact, st.none() | texts),
+    ),
     st.builds(ReleaseHold, ids, ids, keys, times, ids),
     st.builds(CancelBooking, ids, ids, keys, times, ids),
     st.builds(RescheduleBooking, ids, ids, keys, times, ids, times),
     st.builds(ExpireHolds, ids, ids, times),
+    st.builds(ErasePatientData, ids, ids, times, st.none() | texts, st.none() | times),
 )
 events = st.one_of(
     st.builds(HoldPlaced, ids, times, small, times, small, keys),
@@ -40,6 +57,12 @@ events = st.one_of(
     st.builds(HoldReleased, ids, times, st.sampled_from(["released", "expired"]), times, keys),
     st.builds(BookingCancelled, ids, times, keys),
     st.builds(BookingRescheduled, ids, times, times, times, keys),
+    st.builds(
+        PatientDataErased,
+        st.lists(ids, max_size=5),
+        st.sampled_from(["request", "retention"]),
+        times,
+    ),
 )
 holds = st.builds(Hold, times, ids, times, small)
 bookings = st.builds(

@@ -118,7 +118,7 @@ def test_a_rule_tightened_between_hold_and_confirm_refuses_the_confirm(
     assert second.json()["rule_version"] == 2
     history = ops.get("/v1/rules/mmr").json()
     assert [v["version"] for v in history] == [1, 2]
-    report = audit(redis.Redis.from_url(stack[1].redis_url))
+    report = audit(redis.Redis.from_url(stack[1].redis_url), keyring=stack[1].keyring)
     assert report.ok, report.summary()
     assert report.eligibility_checked >= 1
 
@@ -320,7 +320,7 @@ def test_300_clients_racing_for_10_series_of_capacity_2_get_20_whole_series(
     grid = hb.slots("race-s", "hpv")
     booked = [b for b, c in zip(grid["booked"], grid["capacity"], strict=True) if c]
     assert booked == [2] * 20  # every place taken, by whole series only
-    report = audit(redis.Redis.from_url(hb.redis_url))
+    report = audit(redis.Redis.from_url(hb.redis_url), keyring=hb.keyring)
     assert report.ok, report.summary()
     assert report.series >= 20
 

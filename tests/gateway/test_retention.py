@@ -50,7 +50,7 @@ def test_patient_data_is_purged_once_its_retention_has_run_out(
             assert r.status_code == 200, r.text
             return r.json()  # type: ignore[no-any-return]
 
-        until(lambda: read(first)["patient"]["contact"] is None, 60)
+        until(lambda: "contact" not in read(first)["patient"], 60)
         assert read(first)["status"] == "active"  # the booking stays, without the data
         assert read(last)["patient"]["contact"] == {"email": "last@example.org", "phone": None}
         trail = ops.get("/v1/audit", params={"limit": 1000}).json()
