@@ -11,6 +11,7 @@ one worker, as ``hexbook up`` serves; Ray (num_cpus=2) and the embedded redis-se
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import socket
@@ -80,8 +81,43 @@ function response(status, headers, body) count(status, "post") end
     )
 
 
-def script_flow(key: str, bodies: list[str]) -> str:
-    """Hold, then book with the hold id the answer gave (any connection may book it)."""
+PATIENT = '{"reference": "b"}'
+# What a front-end sends for a patient who wants reminders: sealed at rest with the rest.
+PATIENT_CONTACT = (
+    '{"reference": "b", "contact": {"email": "pat.bench@example.org", "phone": "+13125550100"}}'
+)
+
+
+def with_attestation(bodies: list[str]) -> list[str]:
+    """The hold bodies with a date of birth and postal code attested."""
+    att = {"birth_date": "1951-04-09", "postal_code": "60614"}
+    return [
+        json.dumps({**json.loads(b), "attestation": att}, separators=(",", ":")) for b in bodies
+    ]
+
+
+WHERE = b"hexbook:shard:s:journal"
+
+
+def seal_cost() -> str:
+    """What one seal costs (AES-256-GCM, one per group commit, whatever its size)."""
+    import timeit
+
+    from actors.sealing import Keyring
+
+    ring = Keyring.generate()
+    parts = []
+    for size in (300, 3_000, 30_000):
+        data = os.urandom(size)
+        n = 2_000
+        t = min(timeit.repeat(lambda d=data: ring.seal(d, WHERE), number=n, repeat=5)) / n
+        parts.append(f"{size:,} B {t * 1e6:.1f} us")
+    return "seal of one journal entry (AES-256-GCM): " + ", ".join(parts)
+
+
+def script_flow(key: str, bodies: list[str], patient: str = PATIENT) -> str:
+    """Hold, then book with the hold id the answer gave (any connection may book it);
+    ``patient``: the confirm's patient object (JSON)."""
     return (
         COMMON
         + _bodies_lua("bodies", bodies)
@@ -95,7 +131,7 @@ function request()
   local h = table.remove(holds)
   if h then
     return wrk.format("POST", "/v1/bookings", {{["Content-Type"] = "application/json",
-      ["Authorization"] = auth}}, '{{"hold_id": "' .. h .. '", "patient": {{"reference": "b"}}}}')
+      ["Authorization"] = auth}}, '{{"hold_id": "' .. h .. '", "patient": {patient}}}')
   end
   i = i % #bodies + 1
   return wrk.format("POST", "/v1/holds", {{["Content-Type"] = "application/json",
@@ -298,6 +334,7 @@ def part_gateway(rounds: int, seconds: float = 6.0) -> dict[str, float]:
     from actors.api import Hexbook
     from actors.directory import default_shards
     from actors.embedded_redis import EmbeddedRedis
+    from actors.sealing import Keyring
     from gateway.app import create_app
     from gateway.demo import demo_city
     from gateway.keys import KeyStore
@@ -318,7 +355,8 @@ def part_gateway(rounds: int, seconds: float = 6.0) -> dict[str, float]:
         ns = f"bench-{uuid.uuid4().hex[:6]}"
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace=ns)
         try:
-            hb = Hexbook.connect(server.url, namespace=ns)  # the default shard count
+            # The default shard count, sealed at rest as `hexbook up` runs (ADR 0019).
+            hb = Hexbook.connect(server.url, namespace=ns, keyring=Keyring.generate())
             city = demo_city(1500)
             t0 = time.perf_counter()
             hb.provision_many(city, today, 14, 15)
@@ -328,7 +366,7 @@ def part_gateway(rounds: int, seconds: float = 6.0) -> dict[str, float]:
             # Every run of holds and of hold-then-book gets places nobody has taken yet
             # (a hold lasts 5 minutes): a 409 here would measure a full slot, not speed.
             per_run = int(seconds * 6_000)
-            runs = rounds * len(CONNECTIONS) * 2
+            runs = rounds * len(CONNECTIONS) * 3
             pool = _hold_bodies(city, today, rng, per_run * runs)
             fresh = iter(pool[i : i + per_run] for i in range(0, len(pool), per_run))
             # Series start in the first week, so that dose 2 (3-7 days on) is in the
@@ -369,6 +407,10 @@ def part_gateway(rounds: int, seconds: float = 6.0) -> dict[str, float]:
                         results.setdefault(f"flow@{c}", []).append(
                             wrk(url, script_flow(key, next(fresh)), c, seconds)
                         )
+                        bodies = with_attestation(next(fresh))
+                        results.setdefault(f"flow+contact@{c}", []).append(
+                            wrk(url, script_flow(key, bodies, PATIENT_CONTACT), c, seconds)
+                        )
                         results.setdefault(f"series@{c}", []).append(
                             wrk(url, script_series(key, next(series_fresh)), c, seconds)
                         )
@@ -393,6 +435,7 @@ def part_gateway(rounds: int, seconds: float = 6.0) -> dict[str, float]:
         return float(r["counts"].get("series:201", 0) / r["seconds"] * 60)
 
     ratios: dict[int, tuple[float, float]] = {}
+    contacts: dict[int, float] = {}
     for c in CONNECTIONS:
         print(f"-- {c} connections (best of {rounds} rounds)")
         ceiling, holds, flow = best(f"ceiling@{c}"), best(f"holds@{c}"), best(f"flow@{c}")
@@ -404,6 +447,13 @@ def part_gateway(rounds: int, seconds: float = 6.0) -> dict[str, float]:
             f"({placed:,.0f} holds/s placed; {holds['batch']:.1f} per shard call)",
         )
         _line("hold then book", flow, f"({booked(flow):,.0f} bookings/min)")
+        contact = best(f"flow+contact@{c}")
+        _line(
+            "  with a date of birth and contact details",
+            contact,
+            f"({booked(contact):,.0f} bookings/min, {booked(contact) / booked(flow):.2f}x)",
+        )
+        contacts[c] = booked(contact) / booked(flow)
         series = best(f"series@{c}")
         _line("series: hold both, book both", series, f"({whole(series):,.0f} series/min)")
         per_round = sorted(
@@ -434,6 +484,12 @@ def part_gateway(rounds: int, seconds: float = 6.0) -> dict[str, float]:
             f"{c:>4} connections: series booked/min {series:,.0f} (= {2 * series:,.0f} doses) "
             f"against single bookings/min {single:,.0f}: {series / single:.2f}x"
         )
+    for c in CONNECTIONS:
+        print(
+            f"{c:>4} connections: bookings/min with a date of birth and contact details, "
+            f"sealed at rest, against without: {contacts[c]:.2f}x"
+        )
+    print(seal_cost())
     launch = CONNECTIONS[-1]
     top = max(best(f"ceiling@{c}")["rps"] for c in CONNECTIONS)
     print(
