@@ -193,7 +193,7 @@ def audit(
         bookings.setdefault(b.booking_id, b.status)
         every.setdefault(b.booking_id, (b, calendars.get((pid, service))))
         report.archived += 1
-    _check_series(client, report, every)
+    _check_series(client, report, every, keyring)
     _check_eligibility(client, report, every)
     report.bookings = len(bookings)
     for what, counts in (("holds", hold_keys), ("bookings", confirm_keys)):
@@ -206,7 +206,10 @@ def audit(
 
 
 def _check_series(
-    client: redis.Redis, report: AuditReport, every: dict[str, tuple[Booking, Calendar | None]]
+    client: redis.Redis,
+    report: AuditReport,
+    every: dict[str, tuple[Booking, Calendar | None]],
+    keyring: Keyring | None,
 ) -> None:
     listed: set[str] = set()
     for key in client.scan_iter(match="hexbook:series:*", count=1000):
@@ -216,7 +219,7 @@ def _check_series(
         raw: Any = client.get(k)
         if raw is None:
             continue
-        rec = decode_series(raw)
+        rec = decode_series(raw, k.removeprefix("hexbook:series:"), keyring)
         report.series += 1
         active = []
         for d in rec.doses:

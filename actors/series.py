@@ -22,12 +22,14 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import LockError
 
+from actors.sealing import Keyring
 from engine.eligibility import Attestation, Rule
 from engine.errors import HexbookError, InvalidRequest, NotFound, Unavailable
 from engine.records import (
     CancelBooking,
     Command,
     ConfirmHold,
+    Contact,
     Hold,
     PlaceHold,
     ReleaseHold,
@@ -53,6 +55,7 @@ __all__ = [
     "SeriesBusy",
     "SeriesNotFound",
     "decode_series",
+    "encode_series",
     "series_key",
 ]
 
@@ -73,8 +76,16 @@ def plan_key(series_id: str) -> str:
     return f"hexbook:series-plan:{series_id}"
 
 
-def decode_series(raw: bytes) -> SeriesRecord:
-    return _dec.decode(raw)
+_NO_KEYS = Keyring()
+
+
+def decode_series(raw: bytes, series_id: str, ring: Keyring | None = None) -> SeriesRecord:
+    """A stored series record (sealed: it holds the patient's contact details)."""
+    return _dec.decode((ring or _NO_KEYS).open(bytes(raw), series_key(series_id).encode()))
+
+
+def encode_series(rec: SeriesRecord, ring: Keyring | None = None) -> bytes:
+    return (ring or _NO_KEYS).seal(_enc.encode(rec), series_key(rec.series_id).encode())
 
 
 class SeriesNotFound(NotFound):
@@ -116,8 +127,10 @@ class SeriesBook:
         *,
         hook: Hook = _noop,
         lock_seconds: float = 30.0,
+        keyring: Keyring | None = None,
     ) -> None:
         self.redis = client
+        self.keyring = keyring  # seals the records (actors.sealing)
         self.submit = submit
         self.clock = clock
         self.hook = hook  # tests act around a step: 'before' it is sent, once 'sent'
@@ -129,16 +142,54 @@ class SeriesBook:
         raw: Any = await self.redis.get(series_key(series_id))
         if raw is None:
             raise SeriesNotFound(series_id)
-        return _dec.decode(raw)
+        return decode_series(raw, series_id, self.keyring)
 
     async def _store(self, rec: SeriesRecord) -> None:
         pipe = self.redis.pipeline(transaction=True)
-        pipe.set(series_key(rec.series_id), _enc.encode(rec))
+        pipe.set(series_key(rec.series_id), encode_series(rec, self.keyring))
         if rec.state in TERMINAL or rec.state == "held":
             pipe.zrem(INFLIGHT_KEY, rec.series_id)
         else:
             pipe.zadd(INFLIGHT_KEY, {rec.series_id: self.clock()}, nx=True)
         await pipe.execute()
+
+    async def erase_contacts(self, patient_ref: str | None, ended_by: int | None) -> int:
+        """Drop the contact details of the series of ``patient_ref``, or of those whose
+        last dose started a day or more before ``ended_by`` (a day: more than any slot
+        lasts, so a series keeps them no shorter than its bookings). Returns how many;
+        ``Unavailable`` if some series were being booked meanwhile (repeat it)."""
+        erased, busy = 0, 0
+        async for key in self.redis.scan_iter(match=series_key("*"), count=500):
+            k = key.decode() if isinstance(key, bytes) else str(key)
+            if k == INFLIGHT_KEY:
+                continue
+            try:
+                erased += await self._erase_contact(
+                    k.removeprefix(series_key("")), patient_ref, ended_by
+                )
+            except SeriesBusy:
+                busy += 1  # a request drives it now: its record is not stored over
+        if busy:
+            raise Unavailable(f"{busy} series were being booked meanwhile: repeat the erasure")
+        return erased
+
+    async def _erase_contact(
+        self, series_id: str, patient_ref: str | None, ended_by: int | None
+    ) -> int:
+        async with self._driving(series_id):
+            try:
+                rec = await self.get(series_id)
+            except SeriesNotFound:
+                return 0
+            if rec.contact is None:
+                return 0
+            if patient_ref is not None and rec.patient_ref != patient_ref:
+                return 0
+            last = max((d.start for d in rec.doses), default=0)
+            if ended_by is not None and last + 86_400 > ended_by:
+                return 0
+            await self._store(msgspec.structs.replace(rec, contact=None))
+            return 1
 
     # --- hold ------------------------------------------------------------------------
 
@@ -158,7 +209,7 @@ class SeriesBook:
         after the series was made answers it."""
         raw: Any = await self.redis.get(series_key(series_id))
         if raw is not None:
-            return _dec.decode(raw)
+            return decode_series(raw, series_id, self.keyring)
         planned: Any = await self.redis.get(plan_key(series_id))
         if planned is None:
             chosen = _enc.encode([tuple(d) for d in await plan()])
@@ -223,12 +274,17 @@ class SeriesBook:
     # --- confirm and cancel -----------------------------------------------------------
 
     async def confirm(
-        self, series_id: str, patient_ref: str, token_digest: bytes, rule_for: RuleFor
+        self,
+        series_id: str,
+        patient_ref: str,
+        token_digest: bytes,
+        rule_for: RuleFor,
+        contact: Contact | None = None,
     ) -> SeriesRecord:
         """Book every dose or none; raises :class:`SeriesAborted` if none could be, and
         ``Unavailable`` if a shard did not answer (call again: it carries on)."""
         async with self._driving(series_id):
-            rec = request_confirm(await self.get(series_id), patient_ref, token_digest)
+            rec = request_confirm(await self.get(series_id), patient_ref, token_digest, contact)
             if rec.patient_ref != patient_ref:
                 raise InvalidRequest(f"series {series_id!r} was confirmed for another patient")
             rec = await self._drive(rec, rule_for)
@@ -314,6 +370,7 @@ class SeriesBook:
                 rec.patient_ref,
                 rule,
                 rec.series_id,
+                rec.contact,
             )
         if step.kind == "cancel":
             return CancelBooking(d.provider_id, d.service, step.key, now, d.booking_id)

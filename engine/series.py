@@ -39,6 +39,7 @@ import msgspec
 import numpy as np
 
 from engine.errors import InvalidRequest
+from engine.records import Contact
 
 __all__ = [
     "Dose",
@@ -144,6 +145,7 @@ class SeriesRecord(msgspec.Struct, frozen=True, array_like=True, gc=False):
     created_at: int = 0
     reason: str = ""
     moves: int = 0  # moves asked so far (each move's steps have keys of their own)
+    contact: Contact | None = None  # given at confirm, for every dose's booking
 
 
 class Step(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -159,14 +161,20 @@ def _key(rec: SeriesRecord, kind: str, i: int) -> str:
     return f"{rec.series_id}:{kind}:{i}"
 
 
-def request_confirm(rec: SeriesRecord, patient_ref: str, token_digest: bytes) -> SeriesRecord:
+def request_confirm(
+    rec: SeriesRecord, patient_ref: str, token_digest: bytes, contact: Contact | None = None
+) -> SeriesRecord:
     """Decide to confirm a held series (the caller stores this before any step)."""
     if rec.state != "held":
         if rec.state in ("confirming", "confirmed", "undoing", "aborted"):
             return rec  # a repeat: carry on where it stands
         raise InvalidRequest(f"series {rec.series_id!r} is {rec.state}; it cannot be confirmed")
     return msgspec.structs.replace(
-        rec, state="confirming", patient_ref=patient_ref, token_digest=token_digest
+        rec,
+        state="confirming",
+        patient_ref=patient_ref,
+        token_digest=token_digest,
+        contact=contact,
     )
 
 

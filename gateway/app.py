@@ -118,7 +118,7 @@ async def _runtime(
     stack.push_async_callback(policy_pool.disconnect)
     stack.push_async_callback(policy_redis.aclose)
     policies = PolicyCache(PolicyStore(policy_redis), settings.policy_cache_seconds)
-    series = SeriesBook(policy_redis, router.submit, hb.clock.seconds)
+    series = SeriesBook(policy_redis, router.submit, hb.clock.seconds, keyring=hb.keyring)
     ticker = aioredis.Redis.from_url(hb.redis_url, socket_timeout=5.0, socket_connect_timeout=5.0)
     stack.push_async_callback(ticker.aclose)
     rooms = WaitingRooms(
@@ -163,6 +163,7 @@ async def _runtime(
         ticker,
         trail,
         settings.retention_days,
+        series,
     )
     purging = asyncio.create_task(eraser.run(settings.retention_sweep_seconds))
     stack.callback(purging.cancel)

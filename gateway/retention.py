@@ -26,6 +26,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from actors.series import SeriesBook
+from engine.errors import Unavailable
 from gateway.audit_trail import AuditTrail
 from gateway.router import ShardRouter
 
@@ -46,8 +48,10 @@ class Eraser:
         redis: aioredis.Redis,
         trail: AuditTrail,
         retention_days: float,
+        series: SeriesBook | None = None,
     ) -> None:
         self.router, self.shards, self.clock = router, shards, clock
+        self.series = series  # dose series keep the contact details given at their confirm
         self.redis, self.trail = redis, trail
         self.retention_seconds = int(retention_days * 86400)
         self.purged = 0  # bookings this gateway purged by retention (metrics, tests)
@@ -61,12 +65,20 @@ class Eraser:
 
     async def erase(self, patient_ref: str) -> int:
         """Erase ``patient_ref``'s data everywhere; how many bookings held some."""
-        return await self._everywhere(patient_ref, None)
+        n = await self._everywhere(patient_ref, None)
+        if self.series is not None:
+            await self.series.erase_contacts(patient_ref, None)
+        return n
 
     async def purge(self) -> int:
         """Purge the data of every appointment that ended ``retention_days`` ago."""
         cutoff = self.clock() - self.retention_seconds
         n = await self._everywhere(None, cutoff)
+        if self.series is not None:
+            try:
+                await self.series.erase_contacts(None, cutoff)
+            except Unavailable as exc:  # a series being booked: the next round has it
+                log.info("retention: %s", exc)
         if n:
             self.purged += n
             await self.trail.record(

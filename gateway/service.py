@@ -678,7 +678,11 @@ class BookingService:
         )
         token = self.idempotency.token(scoped)
         rec = await self.series.confirm(
-            req.series_id, req.patient.reference, token_digest(token), self.policies.rule_for
+            req.series_id,
+            req.patient.reference,
+            token_digest(token),
+            self.policies.rule_for,
+            contact_of(req.patient.contact),
         )
         shown = token if hmac.compare_digest(rec.token_digest, token_digest(token)) else None
         self.metrics.bookings.inc(len(rec.doses))

@@ -14,14 +14,13 @@ from datetime import date, timedelta
 from typing import Any
 
 import httpx
-import msgspec
 import pytest
 import redis
 from fastapi import FastAPI
 
 from actors.api import Hexbook
 from actors.audit import audit
-from actors.series import INFLIGHT_KEY, decode_series, series_key
+from actors.series import INFLIGHT_KEY, decode_series, encode_series, series_key
 from engine.series import request_confirm
 from tests.dates import ahead
 from tests.gateway.test_api import SCHEDULE, assert_problem
@@ -160,17 +159,33 @@ def test_a_series_is_held_and_booked_whole_and_cancelled_whole(
         headers={"Idempotency-Key": "series-one"},
     )
     assert again.json()["series_id"] == s["series_id"]
+    contact = {"email": "pat7@example.org", "phone": None}
     booked = api.post(
         "/v1/series/bookings",
-        json={"series_id": s["series_id"], "patient": {"reference": "pat-7"}},
+        json={"series_id": s["series_id"], "patient": {"reference": "pat-7", "contact": contact}},
     )
     assert booked.status_code == 201, booked.text
     b = booked.json()
     assert b["state"] == "confirmed" and b["booking_token"]
     token = {"X-Booking-Token": b["booking_token"]}
-    for d in b["doses"]:  # each dose is a booking, with the series' token
+    for d in b["doses"]:  # each dose is a booking, with the series' token and contact
         one = api.get(f"/v1/bookings/{d['booking_id']}", headers=token)
         assert one.status_code == 200 and one.json()["status"] == "active"
+        assert one.json()["patient"]["contact"] == contact
+    # The series record keeps the contact for its doses, sealed; an erasure drops it
+    # there and from both bookings.
+    _, hb, _ = stack
+    raw = hb.redis.get(series_key(s["series_id"]))
+    assert raw is not None and b"pat7@example.org" not in raw
+    assert decode_series(raw, s["series_id"], hb.keyring).contact is not None
+    erased = ops.post("/v1/erasures", json={"patient_ref": "pat-7"})
+    assert erased.status_code == 200 and erased.json()["bookings_erased"] == 2, erased.text
+    for d in b["doses"]:
+        one = api.get(f"/v1/bookings/{d['booking_id']}", headers=token).json()
+        assert one["status"] == "active" and "contact" not in one["patient"]
+    raw = hb.redis.get(series_key(s["series_id"]))
+    assert raw is not None
+    assert decode_series(raw, s["series_id"], hb.keyring).contact is None
     assert api.get(f"/v1/series/{s['series_id']}").status_code == 404  # no token
     assert api.get(f"/v1/series/{s['series_id']}", headers=token).json()["state"] == "confirmed"
     assert api.delete(f"/v1/series/{s['series_id']}", headers=token).status_code == 204
@@ -375,10 +390,11 @@ def test_the_gateway_finishes_a_series_a_client_left_half_way(
     # The client's gateway decided to confirm and died before any step: the record says
     # "confirming" and sits in the in-flight set, as SeriesBook leaves it.
     client = redis.Redis.from_url(hb.redis_url)
-    rec = decode_series(client.get(series_key(held["series_id"])))  # type: ignore[arg-type]
+    raw = client.get(series_key(held["series_id"]))
+    rec = decode_series(raw, held["series_id"], hb.keyring)  # type: ignore[arg-type]
     client.set(
         series_key(rec.series_id),
-        msgspec.msgpack.encode(request_confirm(rec, "gone", b"digest")),
+        encode_series(request_confirm(rec, "gone", b"digest"), hb.keyring),
     )
     client.zadd(INFLIGHT_KEY, {rec.series_id: hb.clock.seconds() - 60})
     until(lambda: ops.get(f"/v1/series/{rec.series_id}").json()["state"] == "confirmed", 30)
