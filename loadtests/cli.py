@@ -545,15 +545,23 @@ def _audit(args: argparse.Namespace, folder: Path, acks: list[dict[str, Any]]) -
 
     from actors.audit import audit
     from actors.embedded_redis import redis_endpoint
+    from engine.errors import KeyringError
+    from gateway.settings import Settings, data_keyring
 
     if args.url and not (args.redis_url or args.data_dir):
         print("audit: skipped (give --redis-url or --data-dir to audit a --url run)")
         return True
     data_dir = args.data_dir or folder / "data"
+    embedded = not (args.redis_url or os.environ.get("REDIS_URL"))
+    try:  # the keys that open what the shards sealed (docs/security.md)
+        ring = data_keyring(Settings(data_dir=data_dir), embedded=embedded)
+    except KeyringError as exc:
+        print(f"audit: {exc}")
+        return False
     with redis_endpoint(args.redis_url, data_dir, attach=True) as url:
         client = redis.Redis.from_url(url)
         try:
-            report = audit(client, acks)
+            report = audit(client, acks, ring)
         finally:
             client.close()
     print(report.summary())

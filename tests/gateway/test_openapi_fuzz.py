@@ -6,7 +6,7 @@ response_headers_conformance. Real stack: real Ray, real redis-server, real HTTP
 ``GET /v1/feed`` is left out: it is an endless stream, which a fuzzer's request can only
 time out on; tests/gateway/test_ops.py and test_contract.py test it.
 
-HEXBOOK_FUZZ_EXAMPLES (default 20) sets the cases per operation and HEXBOOK_FUZZ_ROLES
+HEXBOOK_FUZZ_EXAMPLES (default 10) sets the cases per operation and HEXBOOK_FUZZ_ROLES
 the roles (default booking-client and operator: the launch's callers and the widest
 surface); ``make soak`` runs all four roles with 100 cases each. A failure prints the
 seed, and ``schemathesis run ... --seed N`` replays it. Each run draws a new seed, so
@@ -53,7 +53,7 @@ def test_every_operation_keeps_its_documented_contract(
     tmp_path: Path,
 ) -> None:
     seed = random.randrange(1 << 30)
-    examples = os.environ.get("HEXBOOK_FUZZ_EXAMPLES", "20")
+    examples = os.environ.get("HEXBOOK_FUZZ_EXAMPLES", "10")
     headers = [] if role == "anonymous" else ["-H", f"Authorization: Bearer {keys[role]}"]
     command = [str(SCHEMATHESIS), "run", f"{base}/openapi.json", "--checks", CHECKS]
     command += ["--max-examples", examples, "--seed", str(seed), "--exclude-path", "/v1/feed"]

@@ -58,6 +58,7 @@ from actors import archive, journal  # noqa: E402
 from actors.api import Hexbook  # noqa: E402
 from actors.audit import audit  # noqa: E402
 from actors.embedded_redis import EmbeddedRedis  # noqa: E402
+from actors.sealing import Keyring  # noqa: E402
 from gateway.app import create_app  # noqa: E402
 from gateway.demo import demo_city  # noqa: E402
 from gateway.keys import KeyStore  # noqa: E402
@@ -331,6 +332,7 @@ def run(days: int, seconds_per_day: float) -> int:
                     "sweep_seconds": 0.25,
                     "snapshot_every_seconds": 5.0,
                 },
+                keyring=Keyring.generate(),  # sealed at rest, as `hexbook up` runs
             )
             today = datetime.now(ZoneInfo(TZ)).date()
             city = demo_city(SITES)
@@ -368,7 +370,7 @@ def run(days: int, seconds_per_day: float) -> int:
                 weeks = asyncio.run(
                     _drive(url, client_key, hb, server, client_, load, days, seconds_per_day)
                 )
-            report = audit(client_, load.acks)
+            report = audit(client_, load.acks, hb.keyring)
             feed_server.shutdown()
         finally:
             ray.shutdown()
