@@ -46,7 +46,7 @@ import msgspec
 import numpy as np
 import redis
 
-from engine.errors import HexbookError
+from engine.errors import HexbookError, InvalidRequest
 from engine.provider import Provider
 from engine.schedule import CAPACITY_MAX, local_midnight, utc_offsets, zone, zone_names
 
@@ -368,56 +368,68 @@ def _update(
     tz: str,
     now: int,
     summary: ImportSummary,
+    attempts: int = 3,
 ) -> bool:
     """New capacity for a known calendar (extended first when the source reached new
-    days); whether anything changed."""
-    g = hb.slots(pid, service)
-    step, start = g["slot_seconds"], g["start"]
-    end = start + len(g["capacity"]) * step
-    if slots:
-        needed = start + -(-(_days(slots, tz)[1] - start) // step) * step
-        if needed > end:  # a rolling feed reached new days: the calendar takes them
-            hb.extend(pid, service, needed, now=now)
-            g = hb.slots(pid, service)
-            # The grid as it is now: the shard's daily roll may have moved its start
-            # since the first read (the feed's slots are placed against this one).
-            step, start = g["slot_seconds"], g["start"]
-    n = len(g["capacity"])
-    current = np.asarray(g["capacity"], dtype=np.int64)
-    targets = {int(i): int(t) for i, t in g["targets"]}
-    asked = current.copy()  # what was asked last: a slot set below its bookings asked less
-    for i, t in targets.items():
-        asked[i] = t
-    wanted = asked.copy()
-    if complete and slots:
-        # The source speaks for the days it lists; the days it no longer lists (a rolling
-        # feed's past ones) keep what they had, and leave with the shard's daily roll.
-        fed, outside, over = _capacity(slots, start, n, step)
-        lo, hi = _days(slots, tz)
-        a, b = max((lo - start) // step, 0), min(-(-(hi - start) // step), n)
-        wanted[a:b] = fed[a:b]
-    else:
-        outside, over = 0, []
-        for s in slots:
-            i = (s.start - start) // step
-            if not 0 <= i < n:
-                outside += 1
-            elif s.capacity > CAPACITY_MAX:
-                over.append(s.start)
-            else:
-                wanted[i] = s.capacity
+    days); whether anything changed. The capacity is placed against the window read
+    first: if the shard's daily roll moves that window before the capacity arrives, the
+    calendar refuses it (its length changed) and this places it again, on the new one."""
+    for attempt in range(attempts):
+        g = hb.slots(pid, service)
+        step, start = g["slot_seconds"], g["start"]
+        end = start + len(g["capacity"]) * step
+        if slots:
+            needed = start + -(-(_days(slots, tz)[1] - start) // step) * step
+            if needed > end:  # a rolling feed reached new days: the calendar takes them
+                hb.extend(pid, service, needed, now=now)
+                g = hb.slots(pid, service)
+                # The grid as it is now: the shard's daily roll may have moved its start
+                # since the first read (the feed's slots are placed against this one).
+                step, start = g["slot_seconds"], g["start"]
+        n = len(g["capacity"])
+        current = np.asarray(g["capacity"], dtype=np.int64)
+        targets = {int(i): int(t) for i, t in g["targets"]}
+        asked = current.copy()  # what was asked last: a slot set below its bookings asked less
+        for i, t in targets.items():
+            asked[i] = t
+        wanted = asked.copy()
+        if complete and slots:
+            # The source speaks for the days it lists; the days it no longer lists (a
+            # rolling feed's past ones) keep what they had, and leave with the daily roll.
+            fed, outside, over = _capacity(slots, start, n, step)
+            lo, hi = _days(slots, tz)
+            a, b = max((lo - start) // step, 0), min(-(-(hi - start) // step), n)
+            wanted[a:b] = fed[a:b]
+        else:
+            outside, over = 0, []
+            for s in slots:
+                i = (s.start - start) // step
+                if not 0 <= i < n:
+                    outside += 1
+                elif s.capacity > CAPACITY_MAX:
+                    over.append(s.start)
+                else:
+                    wanted[i] = s.capacity
+        changed = not np.array_equal(asked, wanted)
+        if not changed:  # nothing new; a conflict still standing is reported until resolved
+            conflicts = [
+                (start + i * step, g["booked"][i] + g["held"][i], t)
+                for i, t in sorted(targets.items())
+            ]
+            break
+        try:
+            conflicts = hb.set_capacity(pid, service, wanted, now=now)
+            break
+        except InvalidRequest:
+            moved = hb.slots(pid, service)
+            if attempt + 1 < attempts and (moved["start"], len(moved["capacity"])) != (start, n):
+                continue  # the window moved under this import: place it on the new one
+            raise
     _report_over(summary, pid, service, tz, over)
     if outside:
         summary.conflicts.append(
             f"{pid}/{service}: {outside} slot(s) before the calendar's first day were not imported"
         )
-    changed = not np.array_equal(asked, wanted)
-    if changed:
-        conflicts = hb.set_capacity(pid, service, wanted, now=now)
-    else:  # nothing new; a conflict still standing is reported until it is resolved
-        conflicts = [
-            (start + i * step, g["booked"][i] + g["held"][i], t) for i, t in sorted(targets.items())
-        ]
     for slot_start, taken, want in conflicts:
         at = datetime.fromtimestamp(slot_start, UTC).astimezone(zone(tz)).isoformat()
         summary.conflicts.append(

@@ -361,3 +361,48 @@ def test_a_rolling_feed_imported_on_three_days(
         assert read.status_code == 200 and read.json()["status"] == "active", read.text
     finally:
         hb.set_clock(offset=0)
+
+
+def test_a_window_that_moves_during_an_import_gets_the_capacity_placed_on_it_anew(
+    publisher: tuple[str, dict[str, Publisher]], stack: tuple[str, Hexbook, FastAPI],
+    ops: httpx.Client, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The shard's daily roll (or another import's extension) may move a calendar's
+    window between an import's read of it and its new capacity: the capacity, placed
+    against the old window, is refused, and the import places it again on the new one."""
+    host, feeds = publisher
+    hb = stack[1]
+    tz = "America/Chicago"
+    feed = feeds["/moving"] = Publisher()
+    feed.files["locations-il.ndjson"] = ("IL", [location("m", "IL", (41.81, -87.61), "60615")])
+    feed.files["schedules-il.ndjson"] = ("IL", [schedule("m")])
+    url = f"{host}/moving/$bulk-publish"
+    pid = provider_id_for(f"smart:{url}", "m")
+    today = local_today(hb, tz)
+    quarter = timedelta(minutes=15)
+
+    def offer(places: int) -> None:
+        nine = at(today + timedelta(days=1), "09:00", tz)
+        feed.files["slots-il.ndjson"] = ("IL", [
+            slot("m", i, nine + i * quarter, nine + (i + 1) * quarter, places) for i in range(4)
+        ])  # fmt: skip
+
+    offer(2)
+    made = ops.post("/v1/imports", json={"connector": "smart", "url": url, "force": True})
+    assert made.json()["created"] == 1, made.text
+    # The next import's capacity reaches the shard just after the window moved on.
+    real, moved = hb.set_capacity, []
+
+    def set_capacity_after_a_move(p: str, service: str, *args: Any, **kw: Any) -> Any:
+        if not moved:
+            g = hb.slots(p, service)
+            hb.extend(p, service, g["start"] + (len(g["capacity"]) + 96) * g["slot_seconds"])
+            moved.append(p)
+        return real(p, service, *args, **kw)
+
+    monkeypatch.setattr(hb, "set_capacity", set_capacity_after_a_move)
+    offer(3)
+    out = ops.post("/v1/imports", json={"connector": "smart", "url": url, "force": True}).json()
+    assert moved == [pid]
+    assert out["errors"] == [] and out["conflicts"] == [] and out["updated"] == 1, out
+    assert {s["capacity"] for s in grid(ops, pid) if s["capacity"]} == {3}

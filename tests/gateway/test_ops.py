@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from actors.api import Hexbook
 from gateway.observe import JsonFormatter
 from tests.gateway.test_api import assert_problem, slots
+from tests.polling import until
 
 
 @pytest.fixture(scope="module")
@@ -139,10 +140,15 @@ def test_metrics_count_requests_holds_bookings_conflicts_batches_and_freshness(
 def test_access_log_is_json_without_secrets(
     base: str, api: httpx.Client, caplog: pytest.LogCaptureFixture
 ) -> None:
+    def access() -> list[str]:
+        return [JsonFormatter().format(r) for r in caplog.records if r.name == "hexbook.access"]
+
     with caplog.at_level(logging.INFO, logger="hexbook.access"):
         h = hold(api, 9)
         api.delete(f"/v1/holds/{h['hold_id']}")
-    lines = [JsonFormatter().format(r) for r in caplog.records if r.name == "hexbook.access"]
+        # The line is written once the answer went out: it may come just after it.
+        until(lambda: any(json.loads(line)["method"] == "DELETE" for line in access()), 10)
+    lines = access()
     parsed = [json.loads(line) for line in lines]
     deletes = [p for p in parsed if p["method"] == "DELETE"]
     assert deletes
