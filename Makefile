@@ -66,10 +66,12 @@ test: lint types deps unit ## lint, types, the dependency audit and the whole te
 bench: $(STAMP) ## benchmarks: print figures and ratios measured in one run
 	$(BIN)/python tests/bench/run.py
 
-soak: $(STAMP) ## 90 days on an accelerated clock, then the OpenAPI fuzz for every role (~20 min)
+soak: $(STAMP) ## 90 days on an accelerated clock, the OpenAPI fuzz for every role, 200,000 stateful steps (~30 min)
 	$(BIN)/python tests/soak/run.py
 	HEXBOOK_FUZZ_ROLES=anonymous,booking-client,provider-admin,operator HEXBOOK_FUZZ_EXAMPLES=100 \
-	  $(BIN)/pytest tests/gateway/test_openapi_fuzz.py
+	  HEXBOOK_FUZZ_PHASES=examples,coverage,fuzzing,stateful $(BIN)/pytest tests/gateway/test_openapi_fuzz.py
+	HEXBOOK_STATEFUL_EXAMPLES=8000 HEXBOOK_STATEFUL_MIN_STEPS=200000 \
+	  $(BIN)/pytest tests/engine/test_calendar_stateful.py
 
 docs-images: $(STAMP) ## remake the images docs/simulators.md shows (docs/img/sim-*.png, ~2 min)
 	$(BIN)/python docs/make_images.py
