@@ -23,28 +23,11 @@ from engine.errors import KeyringError
 from engine.records import Booking, ConfirmHold, Contact, PlaceHold
 from engine.schedule import WEEKDAYS, WeeklyTemplate
 from tests.actors.test_shard_core import provider
+from tests.redis_values import every_value
 
 TEMPLATE = WeeklyTemplate.uniform(WEEKDAYS, "09:00", "11:00", 2)
 DOB, EMAIL, PHONE = "1931-02-17", "zq.sealed@example.org", "+13125550199"
 NEEDLES = (DOB.encode(), EMAIL.encode(), PHONE.encode())
-
-
-def everything(client: redis.Redis) -> bytes:
-    """Every value of every key in Redis, as bytes."""
-    out = []
-    for key in client.scan_iter(count=500):
-        kind = client.type(key).decode()
-        if kind == "string":
-            out.append(client.get(key) or b"")
-        elif kind == "hash":
-            out += [k + v for k, v in client.hgetall(key).items()]
-        elif kind == "stream":
-            out += [b"".join(k + v for k, v in f.items()) for _, f in client.xrange(key)]
-        elif kind == "zset":
-            out += client.zrange(key, 0, -1)
-        elif kind in ("list", "set"):
-            out += client.lrange(key, 0, -1) if kind == "list" else list(client.smembers(key))
-    return b"\n".join(out)
 
 
 async def booked(core: ShardCore, n: int, now: int = 1000) -> list[Booking]:
@@ -129,7 +112,7 @@ def test_nothing_of_a_patient_reaches_redis_or_its_files_in_clear(
     with EmbeddedRedis(tmp_path / "redis") as server:
         client = redis.Redis.from_url(server.url)
         state = asyncio.run(go(server.url))
-        blob = everything(client)
+        blob = every_value(client)
         assert not [n for n in NEEDLES if n in blob]
         counts = census(client)
         assert counts[ring.current or ""] >= 3 and CLEAR not in counts  # journal, snapshot, archive
@@ -226,7 +209,7 @@ def test_erasure_drops_patient_data_in_calendars_archive_and_journal(
         assert {b.booking_id for b in every if b.has_patient_data} == kept - {
             b.booking_id for b in later if b.patient_ref == "ref-1"
         }
-        assert EMAIL.encode() in everything(redis_client)  # the kept ones, clear here
+        assert EMAIL.encode() in every_value(redis_client)  # the kept ones, clear here
         # Once every appointment is past retention, nothing of any patient is left in
         # Redis: not in the calendars, the archive, remembered results or the journal.
         far = cal.end + 86400
@@ -234,7 +217,7 @@ def test_erasure_drops_patient_data_in_calendars_archive_and_journal(
         core.erase(7000, None, far)
         await core.commit()
         await core.write_snapshot()
-        blob = everything(redis_client)
+        blob = every_value(redis_client)
         assert not [n for n in NEEDLES if n in blob]
         # A new core recovers the same state: the erasure is durable.
         again = ShardCore("era", aioredis.from_url(redis_server.url), keyring=ring)

@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from actors.api import Hexbook
 from tests.gateway.conftest import serving_tls
 from tests.gateway.test_api import SCHEDULE, slots
+from tests.redis_values import every_value
 
 pytestmark = pytest.mark.integration
 
@@ -197,27 +198,6 @@ def test_https_serves_what_http_serves_with_the_secure_headers(
 DOB, EMAIL, PHONE = "1931-02-17", "zq.gateway@example.org", "+13125550177"
 
 
-def _everything(client: Any) -> bytes:
-    """Every key and value in Redis, as bytes (strings, hashes, streams, sets, lists)."""
-    out = []
-    for key in client.scan_iter(count=500):
-        kind = client.type(key).decode()
-        out.append(key)
-        if kind == "string":
-            out.append(client.get(key) or b"")
-        elif kind == "hash":
-            out += [k + v for k, v in client.hgetall(key).items()]
-        elif kind == "stream":
-            out += [b"".join(k + v for k, v in f.items()) for _, f in client.xrange(key)]
-        elif kind == "zset":
-            out += client.zrange(key, 0, -1)
-        elif kind == "list":
-            out += client.lrange(key, 0, -1)
-        elif kind == "set":
-            out += list(client.smembers(key))
-    return b"\n".join(out)
-
-
 def test_patient_data_is_sealed_at_rest_and_erased_on_request(
     stack: tuple[str, Hexbook, FastAPI], base: str, api: httpx.Client, ops: httpx.Client
 ) -> None:
@@ -242,7 +222,7 @@ def test_patient_data_is_sealed_at_rest_and_erased_on_request(
     for shard in hb.directory.shards:  # the snapshots hold it too, not only the journal
         hb._call(shard, "write_snapshot")
     client = hb.redis
-    blob = _everything(client)
+    blob = every_value(client)
     assert not [n for n in needles if n in blob]
     from actors.sealed_data import CLEAR, census
 
