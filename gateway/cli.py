@@ -473,7 +473,9 @@ def _demo_key(hb: Any) -> str:
     return store.create("booking-client", DEMO_KEY_NAME)[0]
 
 
-def keys(args: argparse.Namespace) -> int:
+def _on_data(args: argparse.Namespace, work: Any) -> int:
+    """``work(client)`` on the Redis of --data-dir (a running stack's, or started on its
+    data) or --redis-url; its exit status, or each failure said in one line."""
     import redis
 
     from actors.embedded_redis import (
@@ -483,46 +485,12 @@ def keys(args: argparse.Namespace) -> int:
         redis_endpoint,
     )
     from engine.errors import HexbookError
-    from gateway.audit_trail import append_sync
-    from gateway.keys import KeyStore
 
-    if args.action == "create" and args.role == "provider-admin" and not args.provider:
-        print("hexbook: a provider-admin key needs the providers it may change (--provider)",
-              file=sys.stderr)  # fmt: skip
-        return 2
     try:
         with redis_endpoint(args.redis_url, args.data_dir, attach=True) as url:
             client = redis.Redis.from_url(url)
-            store = KeyStore(client)
             try:
-                if args.action == "create":
-                    key, record = store.create(
-                        args.role, args.name, tuple(args.provider), args.rate
-                    )
-                    append_sync(client, time.time(), _cli_who(), "cli", "key.create",
-                                f"key_id={record.key_id}")  # fmt: skip
-                    print(
-                        f"{key}\n(key id {record.key_id}, role {record.role}; "
-                        "shown once: store it now)"
-                    )
-                elif args.action == "list":
-                    rows = store.list()
-                    print(f"{'id':8}  {'role':14}  {'state':7}  {'created (UTC)':19}  name")
-                    for k in rows:
-                        created = datetime.fromtimestamp(k.created_at, UTC)
-                        state = "active" if k.active else "revoked"
-                        scope = f" [{', '.join(k.providers)}]" if k.providers else ""
-                        print(
-                            f"{k.key_id:8}  {k.role:14}  {state:7}  "
-                            f"{created:%Y-%m-%d %H:%M:%S}  {k.name}{scope}"
-                        )
-                    if not rows:
-                        print("(no keys yet: hexbook keys create --role operator --name you)")
-                else:
-                    record = store.revoke(args.key_id)
-                    append_sync(client, time.time(), _cli_who(), "cli", "key.revoke",
-                                f"key_id={record.key_id}")  # fmt: skip
-                    print(f"revoked {record.key_id} ({record.role}, {record.name})")
+                return int(work(client))
             finally:
                 client.close()
     except NoHexbookData as exc:
@@ -537,7 +505,45 @@ def keys(args: argparse.Namespace) -> int:
     except redis.RedisError as exc:
         print(f"hexbook: Redis: {exc}", file=sys.stderr)
         return 1
-    return 0
+
+
+def keys(args: argparse.Namespace) -> int:
+    from gateway.audit_trail import append_sync
+    from gateway.keys import KeyStore
+
+    if args.action == "create" and args.role == "provider-admin" and not args.provider:
+        print("hexbook: a provider-admin key needs the providers it may change (--provider)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+
+    def work(client: Any) -> int:
+        store = KeyStore(client)
+        if args.action == "create":
+            key, record = store.create(args.role, args.name, tuple(args.provider), args.rate)
+            append_sync(client, time.time(), _cli_who(), "cli", "key.create",
+                        f"key_id={record.key_id}")  # fmt: skip
+            print(f"{key}\n(key id {record.key_id}, role {record.role}; shown once: store it now)")
+        elif args.action == "list":
+            rows = store.list()
+            print(f"{'id':8}  {'role':14}  {'state':7}  {'created (UTC)':19}  name")
+            for k in rows:
+                created = datetime.fromtimestamp(k.created_at, UTC)
+                state = "active" if k.active else "revoked"
+                scope = f" [{', '.join(k.providers)}]" if k.providers else ""
+                print(
+                    f"{k.key_id:8}  {k.role:14}  {state:7}  "
+                    f"{created:%Y-%m-%d %H:%M:%S}  {k.name}{scope}"
+                )
+            if not rows:
+                print("(no keys yet: hexbook keys create --role operator --name you)")
+        else:
+            record = store.revoke(args.key_id)
+            append_sync(client, time.time(), _cli_who(), "cli", "key.revoke",
+                        f"key_id={record.key_id}")  # fmt: skip
+            print(f"revoked {record.key_id} ({record.role}, {record.name})")
+        return 0
+
+    return _on_data(args, work)
 
 
 def backup_(args: argparse.Namespace) -> int:
@@ -657,90 +663,71 @@ def keyring(args: argparse.Namespace) -> int:
         # Ray reads this when it is imported.
         os.environ["RAY_AUTH_MODE"] = "token"
     import ray
-    import redis
 
-    from actors.embedded_redis import (
-        NoHexbookData,
-        RedisBinaryNotFound,
-        RedisStartError,
-        redis_endpoint,
-    )
     from actors.sealed_data import CLEAR, census, reseal_archive
     from actors.sealing import Keyring, write_key_file
-    from engine.errors import HexbookError
     from gateway.audit_trail import append_sync
 
     if args.action == "new":
         print(f"HEXBOOK_DATA_KEYS={Keyring.generate().as_env()}")
         return 0
-    try:
+
+    def work(client: Any) -> int:
         ring = _keyring(args, embedded=_embedded(args))
-        with redis_endpoint(args.redis_url, args.data_dir, attach=True) as url:
-            client = redis.Redis.from_url(url)
-            try:
-                if args.action == "status":
-                    counts = census(client)
-                    print(f"{'key id':10}  {'values':>10}")
-                    for kid in [*ring.keys, *(k for k in counts if k not in ring.keys)]:
-                        mark = (
-                            "  (current: seals new values)"
-                            if kid == ring.current
-                            else "  (not in this keyring: unreadable here)"
-                            if kid not in ring.keys and kid != CLEAR
-                            else ""
-                        )
-                        print(f"{kid:10}  {counts.get(kid, 0):>10,}{mark}")
-                    return 0
-                shards = _running_shards(args, client)
-                if args.action == "rotate":
-                    if ring.path is None:
-                        print(
-                            "hexbook: the keys come from HEXBOOK_DATA_KEYS: add one there "
-                            "(`hexbook keyring new` prints one; put it last) and restart",
-                            file=sys.stderr,
-                        )
-                        return 2
-                    new = ring.rotated()
-                    write_key_file(ring.path, new)
-                    append_sync(client, time.time(), _cli_who(), "cli", "keyring.rotate",
-                                f"key_id={new.current}")  # fmt: skip
-                    print(f"new data key {new.current} in {ring.path} (older keys kept)")
-                    if shards:
-                        ray.get([h.use_keyring.remote(new) for h in shards.values()])
-                        print(f"{len(shards)} running shard(s) seal with {new.current} now")
-                    else:
-                        print("no running stack: its shards seal with it from their next start")
-                    return 0
-                if not shards:
-                    print(
-                        f"hexbook: no running stack on {args.data_dir}: start `hexbook up` "
-                        "first (its shards write their state anew)",
-                        file=sys.stderr,
-                    )
-                    return 2
-                ray.get([h.use_keyring.remote(ring) for h in shards.values()])
-                ray.get([h.reseal.remote() for h in shards.values()])
-                rewritten = reseal_archive(client, ring)
-                append_sync(client, time.time(), _cli_who(), "cli", "keyring.reencrypt",
-                            f"key_id={ring.current}")  # fmt: skip
-                counts = census(client)
-                print(
-                    f"re-encrypted with {ring.current}: {len(shards)} shard snapshot(s), "
-                    f"{rewritten:,} archived booking(s); values by key: "
-                    + ", ".join(f"{k} {n:,}" for k, n in sorted(counts.items()))
+        if args.action == "status":
+            counts = census(client)
+            print(f"{'key id':10}  {'values':>10}")
+            for kid in [*ring.keys, *(k for k in counts if k not in ring.keys)]:
+                mark = (
+                    "  (current: seals new values)"
+                    if kid == ring.current
+                    else "  (not in this keyring: unreadable here)"
+                    if kid not in ring.keys and kid != CLEAR
+                    else ""
                 )
-                return 0
-            finally:
-                client.close()
-    except NoHexbookData as exc:
-        print(f"hexbook: {exc}", file=sys.stderr)
-        return 2
-    except (RedisBinaryNotFound, RedisStartError) as exc:
-        print(f"hexbook: {exc}", file=sys.stderr)
-        return 1
-    except HexbookError as exc:
-        print(f"hexbook: {exc}", file=sys.stderr)
-        return 2
+                print(f"{kid:10}  {counts.get(kid, 0):>10,}{mark}")
+            return 0
+        shards = _running_shards(args, client)
+        if args.action == "rotate":
+            if ring.path is None:
+                print(
+                    "hexbook: the keys come from HEXBOOK_DATA_KEYS: add one there "
+                    "(`hexbook keyring new` prints one; put it last) and restart",
+                    file=sys.stderr,
+                )
+                return 2
+            new = ring.rotated()
+            write_key_file(ring.path, new)
+            append_sync(client, time.time(), _cli_who(), "cli", "keyring.rotate",
+                        f"key_id={new.current}")  # fmt: skip
+            print(f"new data key {new.current} in {ring.path} (older keys kept)")
+            if shards:
+                ray.get([h.use_keyring.remote(new) for h in shards.values()])
+                print(f"{len(shards)} running shard(s) seal with {new.current} now")
+            else:
+                print("no running stack: its shards seal with it from their next start")
+            return 0
+        if not shards:
+            print(
+                f"hexbook: no running stack on {args.data_dir}: start `hexbook up` "
+                "first (its shards write their state anew)",
+                file=sys.stderr,
+            )
+            return 2
+        ray.get([h.use_keyring.remote(ring) for h in shards.values()])
+        ray.get([h.reseal.remote() for h in shards.values()])
+        rewritten = reseal_archive(client, ring)
+        append_sync(client, time.time(), _cli_who(), "cli", "keyring.reencrypt",
+                    f"key_id={ring.current}")  # fmt: skip
+        counts = census(client)
+        print(
+            f"re-encrypted with {ring.current}: {len(shards)} shard snapshot(s), "
+            f"{rewritten:,} archived booking(s); values by key: "
+            + ", ".join(f"{k} {n:,}" for k, n in sorted(counts.items()))
+        )
+        return 0
+
+    return _on_data(args, work)
 
 
 def _cli_who() -> str:
