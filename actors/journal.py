@@ -19,7 +19,6 @@ from __future__ import annotations
 import msgspec
 
 from actors.sealing import Keyring
-from engine.errors import KeyringError
 from engine.provider import Provider
 from engine.records import CalendarSnapshot, Event
 
@@ -130,9 +129,4 @@ def open_snapshot(data: bytes, ring: Keyring | None, shard: str) -> ShardSnapsho
 
 
 def _open(data: bytes, ring: Keyring | None, where: str) -> bytes:
-    try:
-        return (ring or _NO_KEYS).open(bytes(data), where.encode())
-    except KeyringError:
-        raise
-    except Exception as exc:  # pragma: no cover - a value cut short
-        raise KeyringError(f"the value at {where!r} is not a sealed value: {exc}") from exc
+    return (ring or _NO_KEYS).open(bytes(data), where.encode())

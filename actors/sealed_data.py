@@ -10,7 +10,6 @@ it against the keys it is given, and after ``hexbook keyring reencrypt`` it show
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -61,9 +60,7 @@ def census(client: redis.Redis) -> Counter[str]:
     return counts
 
 
-def reseal_archive(
-    client: redis.Redis, ring: Keyring, progress: Callable[[int], None] | None = None
-) -> int:
+def reseal_archive(client: redis.Redis, ring: Keyring) -> int:
     """Seal every archived booking not sealed with ``ring``'s current key anew with it;
     returns how many were rewritten."""
     swap = client.register_script(_SWAP)
@@ -76,6 +73,4 @@ def reseal_archive(
             booking = archive.open_booking(ring, key, booking_id, raw)
             fresh = archive.seal_booking(ring, provider_id, service, booking)
             done += int(swap(keys=[key], args=[booking_id, raw, fresh]))
-            if progress is not None:
-                progress(1)
     return done

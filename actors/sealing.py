@@ -227,12 +227,14 @@ class Keyring:
         assert fresh.current is not None
         return Keyring({**self.keys, **fresh.keys}, fresh.current, path=self.path, env=self.env)
 
+    def encoded(self) -> list[tuple[str, str]]:
+        """(key id, base64 key) of every key, the current one last."""
+        order = [k for k in self.keys if k != self.current] + [self.current or ""]
+        return [(k, base64.urlsafe_b64encode(self.keys[k]).decode()) for k in order if k]
+
     def as_env(self) -> str:
         """The ring in the form of ``HEXBOOK_DATA_KEYS`` (current last)."""
-        order = [k for k in self.keys if k != self.current] + [self.current or ""]
-        return ",".join(
-            f"{k}:{base64.urlsafe_b64encode(self.keys[k]).decode()}" for k in order if k
-        )
+        return ",".join(f"{k}:{b64}" for k, b64 in self.encoded())
 
 
 def write_key_file(path: Path, ring: Keyring, *, exclusive: bool = False) -> None:
@@ -242,7 +244,7 @@ def write_key_file(path: Path, ring: Keyring, *, exclusive: bool = False) -> Non
     lines = [
         "# hexbook data keys: '<key id> <base64 AES-256 key>' per line; the last seals new",
         "# values, the others are kept to read older ones. Keep a copy apart from backups.",
-        *(f"{kid} {k}" for kid, k in (pair.split(":", 1) for pair in ring.as_env().split(","))),
+        *(f"{kid} {b64}" for kid, b64 in ring.encoded()),
     ]
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

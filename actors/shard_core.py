@@ -308,6 +308,7 @@ class ShardCore:
         erased = 0
         for (pid, service), cal in list(self.calendars.items()):
             key = archive.archive_key(pid, service)
+            rewritten: dict[str, bytes] = {}
             async for booking_id, raw in self.redis.hscan_iter(key, count=500):
                 b = archive.open_booking(self.keyring, key, booking_id, raw)
                 if not b.has_patient_data:
@@ -317,10 +318,10 @@ class ShardCore:
                 if ended_by is not None and b.start + cal.slot_seconds > ended_by:
                     continue
                 clean = msgspec.structs.replace(b, attested=None, contact=None, erased_at=now)
-                await self.redis.hset(
-                    key, b.booking_id, archive.seal_booking(self.keyring, pid, service, clean)
-                )
-                erased += 1
+                rewritten[b.booking_id] = archive.seal_booking(self.keyring, pid, service, clean)
+            if rewritten:  # one write per calendar, not one per booking
+                await self.redis.hset(key, mapping=rewritten)  # type: ignore[arg-type]
+                erased += len(rewritten)
         return erased
 
     def sweep(self, now: int) -> int:

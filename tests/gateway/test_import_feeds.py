@@ -296,18 +296,26 @@ def test_a_state_filter_reads_only_that_states_files(
     assert not [name for name in feed.requests if "WA" in name], feed.requests
 
 
+def one_site_feed(
+    publisher: tuple[str, dict[str, Publisher]], name: str, site: str, position: tuple[float, float]
+) -> tuple[Publisher, str, str]:
+    """A SMART feed at /``name`` of one Illinois site: the publisher, its URL and the
+    provider id an import gives the site."""
+    host, feeds = publisher
+    feed = feeds[f"/{name}"] = Publisher()
+    feed.files["locations-il.ndjson"] = ("IL", [location(site, "IL", position, "60615")])
+    feed.files["schedules-il.ndjson"] = ("IL", [schedule(site)])
+    url = f"{host}/{name}/$bulk-publish"
+    return feed, url, provider_id_for(f"smart:{url}", site)
+
+
 def test_a_rolling_feed_imported_on_three_days(
     publisher: tuple[str, dict[str, Publisher]], stack: tuple[str, Hexbook, FastAPI],
     ops: httpx.Client, api: httpx.Client,
 ) -> None:  # fmt: skip
-    host, feeds = publisher
     hb = stack[1]
     tz = "America/Chicago"
-    feed = feeds["/rolling"] = Publisher()
-    feed.files["locations-il.ndjson"] = ("IL", [location("r", "IL", (41.80, -87.60), "60615")])
-    feed.files["schedules-il.ndjson"] = ("IL", [schedule("r")])
-    url = f"{host}/rolling/$bulk-publish"
-    pid = provider_id_for(f"smart:{url}", "r")
+    feed, url, pid = one_site_feed(publisher, "rolling", "r", (41.80, -87.60))
     booking: dict[str, Any] = {}
     try:
         for n in range(3):
@@ -370,14 +378,9 @@ def test_a_window_that_moves_during_an_import_gets_the_capacity_placed_on_it_ane
     """The shard's daily roll (or another import's extension) may move a calendar's
     window between an import's read of it and its new capacity: the capacity, placed
     against the old window, is refused, and the import places it again on the new one."""
-    host, feeds = publisher
     hb = stack[1]
     tz = "America/Chicago"
-    feed = feeds["/moving"] = Publisher()
-    feed.files["locations-il.ndjson"] = ("IL", [location("m", "IL", (41.81, -87.61), "60615")])
-    feed.files["schedules-il.ndjson"] = ("IL", [schedule("m")])
-    url = f"{host}/moving/$bulk-publish"
-    pid = provider_id_for(f"smart:{url}", "m")
+    feed, url, pid = one_site_feed(publisher, "moving", "m", (41.81, -87.61))
     today = local_today(hb, tz)
     quarter = timedelta(minutes=15)
 
