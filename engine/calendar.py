@@ -320,6 +320,8 @@ class Calendar:
         if cmd.rule is not None:
             self._check_rule(cmd.rule, cmd.attested, cmd.start)
         event = HoldPlaced(hold_id, cmd.start, party, cmd.now, cmd.ttl, cmd.key, cmd.attested)
+        if cmd.offer is not None:
+            event = _replace(event, offer=cmd.offer)
         self.outbox.append(event)
         return self._on_hold_placed(event)
 
@@ -523,7 +525,7 @@ class Calendar:
     def _place(self, ev: HoldPlaced) -> Hold:
         i = (ev.start - self.start) // self.slot_seconds
         self._hd[i] += ev.party_size
-        hold = Hold(ev.at + ev.ttl, ev.hold_id, ev.start, ev.party_size, ev.attested)
+        hold = Hold(ev.at + ev.ttl, ev.hold_id, ev.start, ev.party_size, ev.attested, ev.offer)
         self.holds[ev.hold_id] = hold
         if ev.key is not None:
             self._idem[ev.key] = IdempotencyEntry(ev.key, ev, hold)

@@ -83,6 +83,7 @@ class Hold(_Record, frozen=True, order=True, tag="hold.v1"):
     start: int
     party_size: int
     attested: Attestation | None = None  # what the patient attested, for the confirm
+    offer: str | None = None  # the waitlist entry this hold is offered to (engine.waitlist)
 
 
 class Booking(_Record, frozen=True, tag="booking.v1"):
@@ -150,6 +151,7 @@ class PlaceHold(_Record, frozen=True, tag="place_hold.v1"):
     # journaled, the event keeps its name and version).
     attested: Attestation | None = None
     rule: Rule | None = None
+    offer: str | None = None  # placed for this waitlist entry (engine.waitlist)
 
     def fingerprint(self) -> Fingerprint:
         return ("hold", self.start, self.party_size, self.ttl, self.attested)
@@ -295,6 +297,7 @@ class HoldPlaced(_Record, frozen=True, tag="hold_placed.v1"):
     ttl: int
     key: str | None
     attested: Attestation | None = None
+    offer: str | None = None
 
     def fingerprint(self) -> Fingerprint:
         return ("hold", self.start, self.party_size, self.ttl, self.attested)
