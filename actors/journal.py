@@ -21,6 +21,7 @@ import msgspec
 from actors.sealing import Keyring
 from engine.provider import Provider
 from engine.records import CalendarSnapshot, Event
+from engine.waitlist import WaitEntry, WaitEvent
 
 __all__ = [
     "CalendarAdded",
@@ -28,6 +29,7 @@ __all__ = [
     "CalendarRemoved",
     "JournalBatch",
     "ShardSnapshot",
+    "WaitlistEvents",
     "decode_batch",
     "decode_shard_snapshot",
     "encode",
@@ -73,7 +75,13 @@ class CalendarEvents(_Entry, frozen=True, tag="calendar_events.v1"):
     events: list[Event]
 
 
-JournalEntry = CalendarAdded | CalendarRemoved | CalendarEvents
+class WaitlistEvents(_Entry, frozen=True, tag="waitlist_events.v1"):
+    """Entries that joined or left this shard's waitlist in one batch, in order."""
+
+    events: list[WaitEvent]
+
+
+JournalEntry = CalendarAdded | CalendarRemoved | CalendarEvents | WaitlistEvents
 
 
 class JournalBatch(_Entry, frozen=True, tag="journal_batch.v1"):
@@ -88,6 +96,7 @@ class ShardSnapshot(_Entry, frozen=True, tag="shard_snapshot.v1"):
     last_id: str
     providers: list[Provider]
     calendars: list[CalendarSnapshot]
+    waitlist: list[WaitEntry] = []
 
 
 _encoder = msgspec.msgpack.Encoder()

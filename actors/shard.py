@@ -45,6 +45,7 @@ from engine.errors import (
 )
 from engine.provider import Provider
 from engine.records import CalendarSnapshot
+from engine.waitlist import WaitEntry
 
 __all__ = ["ShardActor", "check"]
 
@@ -66,6 +67,7 @@ class ShardActor:
         redis_timeout: float = 2.0,
         clock: Clock | None = None,
         keyring: Keyring | None = None,
+        offer_seconds: int = 900,
     ) -> None:
         client = aioredis.from_url(
             redis_url,
@@ -80,6 +82,7 @@ class ShardActor:
             snapshot_every_events=snapshot_every_events,
             snapshot_every_seconds=snapshot_every_seconds,
             keyring=keyring,
+            offer_seconds=offer_seconds,
         )
         self._sweep_seconds = sweep_seconds
         self._roll_seconds = roll_seconds  # how often calendars are checked for a new day
@@ -206,6 +209,15 @@ class ShardActor:
             except RedisError as exc:
                 return Unavailable(f"the archive is unreachable: {exc}")
         return BookingNotFound(booking_id) if found is None else found
+
+    async def waitlist_join(self, entry: WaitEntry) -> bool:
+        """Add a waiting entry (journaled), offered what is free now in its area;
+        ``False`` if it was here already."""
+        return await self._enqueue(lambda: self._core.join(entry, self.clock.seconds()))  # type: ignore[no-any-return]
+
+    async def waitlist_leave(self, entry_id: str) -> bool:
+        """Take an entry off (its owner left); an offer held for it is given back."""
+        return await self._enqueue(lambda: self._core.leave(entry_id, self.clock.seconds()))  # type: ignore[no-any-return]
 
     async def roll(self, now: int | None = None) -> int:
         """Roll every calendar whose day changed (the periodic roll calls this too);
@@ -336,7 +348,7 @@ class ShardActor:
                 try:
                     if (kept := clock_from_redis(await self._redis.hgetall(CLOCK_KEY))) is not None:
                         self.clock.set(*kept)  # the stack's clock, if a test or soak moved it
-                    self.last_recovery = await core.recover()
+                    self.last_recovery = await core.recover(now=self.clock.seconds())
                     log.info("shard %s recovered: %s", self.name, self.last_recovery)
                 except (RedisError, OSError) as exc:
                     _answer_all(batch, Unavailable(f"shard {self.name} cannot reach Redis: {exc}"))
@@ -352,6 +364,7 @@ class ShardActor:
                 except HexbookError as exc:
                     outcomes.append(exc)
             try:
+                await core.make_offers(self.clock.seconds())  # the batch's freed places
                 await core.commit()
             except (RedisError, OSError) as exc:
                 # Memory may now be ahead of Redis: forget it, rebuild before serving.
@@ -372,7 +385,10 @@ class ShardActor:
     async def _sweep_loop(self) -> None:
         while True:
             await asyncio.sleep(self._sweep_seconds)
-            if self._core.recovered and any(c.holds for c in self._core.calendars.values()):
+            core = self._core
+            if core.recovered and (
+                len(core.waitlist) or any(c.holds for c in core.calendars.values())
+            ):
                 with contextlib.suppress(Unavailable):  # recovering: the next round sweeps
                     await self.sweep(self.clock.seconds())
 

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
 import redis.asyncio as aioredis
 
 from actors import archive, availability, journal
+from actors import waitlist as claims
+from actors.ids import routable_id
 from actors.journal import (
     CalendarAdded,
     CalendarEvents,
@@ -29,6 +31,7 @@ from actors.journal import (
     JournalBatch,
     JournalEntry,
     ShardSnapshot,
+    WaitlistEvents,
 )
 from actors.sealing import Keyring
 from engine.calendar import Calendar
@@ -54,7 +57,17 @@ from engine.records import (
     HoldPlaced,
     HoldReleased,
     PatientDataErased,
+    ReleaseHold,
     Result,
+)
+from engine.waitlist import (
+    Offers,
+    WaitEntry,
+    Waitlist,
+    freed_starts,
+    offer_hold,
+    open_starts,
+    plan_offers,
 )
 
 __all__ = ["Outcome", "RecoveryStats", "ShardCore"]
@@ -88,6 +101,10 @@ class _Pending:
     whole: dict[tuple[str, str], None] = field(default_factory=dict)  # calendars changed
     archived: list[tuple[str, str, Booking]] = field(default_factory=list)  # to the archive
     events: int = 0
+    # Slots where places may have come free (offered to the waitlist before the commit),
+    # and offers that ended (entry id, hold id, how): their claims end with the commit.
+    freed: dict[tuple[str, str], set[int]] = field(default_factory=dict)
+    ended: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 class ShardCore:
@@ -102,6 +119,7 @@ class ShardCore:
         snapshot_every_seconds: float = 300.0,
         availability_maxlen: int = 1_000_000,
         keyring: Keyring | None = None,
+        offer_seconds: int = 900,
     ) -> None:
         self.name = name
         self.redis = redis_client
@@ -121,21 +139,30 @@ class ShardCore:
         # When each calendar next needs a roll (its next local midnight), so that a check
         # costs a comparison per calendar, not a plan.
         self._roll_due: dict[CalendarKey, int] = {}
+        # Every waiting entry (engine.waitlist), the offers held for them here, and how
+        # long an offer stands before it passes to the next in line.
+        self.waitlist = Waitlist()
+        self.offers = Offers()
+        self.offer_seconds = offer_seconds
+        self._claim = redis_client.register_script(claims.CLAIM)
+        self._finish = redis_client.register_script(claims.FINISH)
+        self._unclaim = redis_client.register_script(claims.UNCLAIM)
 
     # --- recovery --------------------------------------------------------------------
 
-    async def recover(self, chunk: int = 500) -> RecoveryStats:
-        """Load the snapshot and replay the journal after it. Raises Redis errors."""
+    async def recover(self, chunk: int = 500, now: int | None = None) -> RecoveryStats:
+        """Load the snapshot and replay the journal after it (``now``: the stack's time,
+        for what the recovery itself changes). Raises Redis errors."""
         t0 = time.perf_counter()
         gc_was_enabled = gc.isenabled()
         gc.disable()  # a bulk load of long-lived objects: no point scanning them midway
         try:
-            return await self._recover(chunk, t0)
+            return await self._recover(chunk, t0, int(time.time()) if now is None else now)
         finally:
             if gc_was_enabled:
                 gc.enable()
 
-    async def _recover(self, chunk: int, t0: float) -> RecoveryStats:
+    async def _recover(self, chunk: int, t0: float, now: int) -> RecoveryStats:
         self.calendars, self.providers = {}, {}
         self._pending = _Pending()
         self._roll_due = {}
@@ -144,9 +171,11 @@ class ShardCore:
             self.keyring = self.keyring.reload()  # a key rotated since this shard began
         raw = await self.redis.get(journal.snapshot_key(self.name))
         self.last_id = "0-0"
+        self.waitlist = Waitlist()
         if raw is not None:
             snap = journal.open_snapshot(raw, self.keyring, self.name)  # type: ignore[arg-type]
             self.last_id = snap.last_id
+            self.waitlist = Waitlist(snap.waitlist)
             self.providers = {p.provider_id: p for p in snap.providers}
             for cs in snap.calendars:
                 self.calendars[(cs.provider_id, cs.service)] = Calendar.from_snapshot(cs)
@@ -163,7 +192,9 @@ class ShardCore:
                 after = entry_id.decode()  # type: ignore[union-attr]
         for cal in self.calendars.values():
             cal.rebuild_expiry()
+        self.offers = Offers.of(self.calendars.values())
         self.last_id = after
+        await self._reconcile_claims(now)
         self.recovered = True
         self.events_since_snapshot = stats.events
         self.last_snapshot_at = time.monotonic()
@@ -184,9 +215,41 @@ class ShardCore:
                 events += len(entry.events)
             elif isinstance(entry, CalendarAdded):
                 self._add(entry.provider, Calendar.from_snapshot(entry.snapshot))
+            elif isinstance(entry, WaitlistEvents):
+                for event in entry.events:
+                    self.waitlist.apply(event)
             else:
                 self._remove(entry.snapshot.provider_id, entry.snapshot.service)
         return events
+
+    async def _reconcile_claims(self, now: int, chunk: int = 500) -> None:
+        """After a recovery: take back the claims of offers this shard made but never
+        committed, take off the entries that are over, and give back an offer held for
+        an entry whose claim is no longer that offer (its owner left meanwhile). Raises
+        Redis errors."""
+        ids = [e.entry_id for e in self.waitlist.entries()]
+        ids += [e for e in self.offers.by_entry if e not in self.waitlist]
+        for i in range(0, len(ids), chunk):
+            part = ids[i : i + chunk]
+            raws = await self.redis.mget([claims.claim_key(e) for e in part])
+            for entry_id, raw in zip(part, raws, strict=True):
+                claim = claims.parse_claim(raw)  # type: ignore[arg-type]
+                held = self.offers.by_entry.get(entry_id)
+                if held is not None and claim.hold_id != held:
+                    self._release_offer(held, now)
+                if claim.state == "offered":
+                    if claim.shard == self.name and claim.hold_id not in self.offers.by_hold:
+                        key = claims.claim_key(entry_id)
+                        await self._unclaim(keys=[key], args=[claim.hold_id or ""])
+                elif claim.state != "waiting":
+                    self.waitlist.leave(entry_id, "taken", now)
+        self._journal_waitlist()
+
+    def _release_offer(self, hold_id: str, now: int) -> None:
+        for (pid, service), cal in self.calendars.items():
+            if hold_id in cal.holds:
+                self.apply([ReleaseHold(pid, service, None, now, hold_id)])
+                return
 
     def fail_stop(self) -> None:
         """Forget all state: memory may be ahead of Redis. The next call recovers."""
@@ -194,6 +257,7 @@ class ShardCore:
         self.calendars, self.providers = {}, {}
         self._pending = _Pending()
         self._roll_due = {}
+        self.waitlist, self.offers = Waitlist(), Offers()
 
     def require_recovered(self) -> None:
         if not self.recovered:
@@ -332,10 +396,23 @@ class ShardCore:
                 expired += cal.expire(now)
                 if cal.outbox:
                     self._collect(cal, cal.drain(), self._pending)
+        if len(self.waitlist):
+            self.waitlist.expire(now)
+            self._journal_waitlist()
         return expired
 
-    @staticmethod
-    def _collect(cal: Calendar, events: list[Event], pending: _Pending) -> None:
+    def _collect(
+        self, cal: Calendar, events: list[Event], pending: _Pending, offers: bool = True
+    ) -> None:
+        if offers and self.offers.by_hold:
+            ended = self.offers.observe(events)
+            for entry_id, hold_id, how in ended:
+                pending.ended.append((entry_id, hold_id, how))
+                self.waitlist.leave(entry_id, how, events[-1].at)
+        if len(self.waitlist):
+            freed = freed_starts(cal, events)
+            if freed:
+                pending.freed.setdefault((cal.provider_id, cal.service), set()).update(freed)
         entries = pending.entries
         last = entries[-1] if entries else None
         if (
@@ -364,6 +441,102 @@ class ShardCore:
                 if isinstance(ev, CalendarRolled):
                     pending.archived.extend((pid, service, b) for b in ev.archived)
 
+    # --- the waitlist ------------------------------------------------------------------
+
+    def join(self, entry: WaitEntry, now: int) -> bool:
+        """Add a waiting entry (journaled with the next commit) and offer it what is free
+        now; ``False`` if it is here already."""
+        if not self.waitlist.join(entry, now):
+            return False
+        self._journal_waitlist()
+        for (pid, service), cal in self.calendars.items():
+            site = self.providers[pid]
+            if service == entry.service and entry.area.contains(site.lat, site.lng):
+                starts = {s for s in open_starts(cal) if entry.earliest <= s < entry.latest}
+                if starts:
+                    self._pending.freed.setdefault((pid, service), set()).update(starts)
+        return True
+
+    def leave(self, entry_id: str, now: int) -> bool:
+        """Take an entry off (its owner left), giving back an offer held for it."""
+        left = self.waitlist.leave(entry_id, "cancelled", now)
+        hold_id = self.offers.by_entry.get(entry_id)
+        if hold_id is not None:
+            self._release_offer(hold_id, now)
+        self._journal_waitlist()
+        return left or hold_id is not None
+
+    def _journal_waitlist(self) -> None:
+        events = self.waitlist.drain()
+        if events:
+            self._pending.entries.append(WaitlistEvents(events))
+            self._pending.events += len(events)
+
+    async def make_offers(self, now: int, rounds: int = 3) -> int:
+        """Offer the places freed by the pending batch to the waiting entries, as holds
+        in the same batch: each offer claimed in Redis first (one round trip), so an
+        entry gets one offer at a time across shards. Returns how many were made.
+        Raises Redis errors; then the caller must :meth:`fail_stop`."""
+        pending = self._pending
+        freed, pending.freed = pending.freed, {}
+        made = 0
+        if not freed or not len(self.waitlist):
+            self._journal_waitlist()
+            return made
+        skip: set[str] = set()  # claimed elsewhere, or over
+        for _ in range(rounds):
+            planned: set[str] = set()
+            busy = self._busy(skip, planned)
+            plans = []
+            for (pid, service), starts in freed.items():
+                cal = self.calendars.get((pid, service))
+                if cal is None:
+                    continue
+                site = self.providers[pid]
+                for offer in plan_offers(self.waitlist, cal, site, starts, now, busy):
+                    planned.add(offer.entry.entry_id)
+                    plans.append((offer, routable_id(pid, service)))
+            if not plans:
+                break
+            pipe = self.redis.pipeline(transaction=False)
+            expires = now + self.offer_seconds
+            for offer, hold_id in plans:
+                value = claims.offered_value(
+                    self.name, hold_id, offer.provider_id, offer.service, offer.start, expires
+                )
+                await self._claim(
+                    keys=[claims.claim_key(offer.entry.entry_id)], args=[value], client=pipe
+                )
+            answers = await pipe.execute()
+            lost = False
+            for (offer, hold_id), answer in zip(plans, answers, strict=True):
+                entry_id = offer.entry.entry_id
+                if answer is None:
+                    cal = self.calendars[(offer.provider_id, offer.service)]
+                    cal.handle(offer_hold(offer, hold_id, now, self.offer_seconds))
+                    events = cal.drain()
+                    self.offers.observe(events)  # the offer's hold: now a live offer
+                    self._collect(cal, events, pending, offers=False)
+                    made += 1
+                    continue
+                lost = True
+                skip.add(entry_id)
+                if claims.parse_claim(answer).state != "offered":
+                    self.waitlist.leave(entry_id, "taken", now)  # over: off the list
+            if not lost:
+                break
+        pending.freed = {}  # the offers' own holds freed nothing
+        self._journal_waitlist()
+        return made
+
+    def _busy(self, skip: set[str], planned: set[str]) -> Callable[[str], bool]:
+        by_entry = self.offers.by_entry
+
+        def busy(entry_id: str) -> bool:
+            return entry_id in by_entry or entry_id in skip or entry_id in planned
+
+        return busy
+
     @property
     def has_pending(self) -> bool:
         return bool(self._pending.entries)
@@ -385,8 +558,15 @@ class ShardCore:
             cal = self.calendars.get((pid, service))
             if cal is not None:
                 slots.append((pid, service, start, cal.remaining_at(start)))
+        self._journal_waitlist()
         pipe = self.redis.pipeline(transaction=True)
         ring = self.keyring
+        for entry_id, hold_id, how in pending.ended:  # the offer's end ends its entry
+            await self._finish(
+                keys=[claims.claim_key(entry_id)],
+                args=[hold_id, f"done:{how}", claims.DONE_TTL_SECONDS],
+                client=pipe,
+            )
         pipe.xadd(
             journal.journal_key(self.name),
             {"b": journal.seal_batch(JournalBatch(pending.entries), ring, self.name)},
@@ -404,7 +584,7 @@ class ShardCore:
             approximate=True,
         )
         results = await pipe.execute()
-        entry_id = results[0]
+        entry_id = results[len(pending.ended)]
         self.last_id = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
         self.events_since_snapshot += pending.events
         return self.last_id
@@ -423,6 +603,7 @@ class ShardCore:
             last_id=self.last_id,
             providers=list(self.providers.values()),
             calendars=[c.snapshot() for c in self.calendars.values()],
+            waitlist=self.waitlist.entries(),
         )
 
     async def write_snapshot(self) -> None:
