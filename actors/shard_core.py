@@ -233,7 +233,7 @@ class ShardCore:
             part = ids[i : i + chunk]
             raws = await self.redis.mget([claims.claim_key(e) for e in part])
             for entry_id, raw in zip(part, raws, strict=True):
-                claim = claims.parse_claim(raw)  # type: ignore[arg-type]
+                claim = claims.parse_claim(raw)
                 held = self.offers.by_entry.get(entry_id)
                 if held is not None and claim.hold_id != held:
                     self._release_offer(held, now)

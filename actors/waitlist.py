@@ -9,10 +9,11 @@ is the entry's *claim*, one Redis string per entry:
 - ``offered:{json}``: a shard placed an offer hold for it (shard, hold id, provider,
   service, slot start, expiry); set with compare-and-set (:data:`CLAIM`) before the
   offer is journaled, so of two shards racing for one entry exactly one offers;
-- ``done:{reason}``: the entry is over (``booked``, ``declined``, ``lapsed``,
-  ``cancelled``): the shard whose offer ended writes it in the commit that ended it
-  (:data:`FINISH`, only if its own offer is still the claim), the gateway when its owner
-  leaves. A shard that finds ``done`` takes the entry off its list.
+- ``done:{reason}`` or ``done:{reason}:{json}`` (with the offer it had): the entry is
+  over (``booked``, ``declined``, ``lapsed``, ``cancelled``): the shard whose offer
+  ended writes it in the commit that ended it (:data:`FINISH`, only if its own offer is
+  still the claim), the gateway when its owner leaves (:data:`LEAVE`). A shard that
+  finds ``done`` takes the entry off its list.
 
 A claim a shard made for an offer it never committed (its commit failed: fail stop) is
 taken back when that shard recovers (:data:`UNCLAIM`).
@@ -61,7 +62,7 @@ FINISH = """
 local v = redis.call('GET', KEYS[1])
 if v and string.sub(v, 1, 8) == 'offered:'
    and string.find(v, '"hold_id":"' .. ARGV[1] .. '"', 1, true) then
-  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+  redis.call('SET', KEYS[1], ARGV[2] .. ':' .. string.sub(v, 9), 'EX', ARGV[3])
   return 1
 end
 return 0
@@ -80,7 +81,9 @@ return 0
 LEAVE = """
 local v = redis.call('GET', KEYS[1])
 if v and string.sub(v, 1, 5) == 'done:' then return v end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+local ended = ARGV[1]
+if v then ended = ended .. ':' .. string.sub(v, 9) end
+redis.call('SET', KEYS[1], ended, 'EX', ARGV[2])
 return v or false
 """
 
@@ -117,13 +120,20 @@ def done_value(reason: Literal["booked", "declined", "lapsed", "cancelled", "exp
     return f"done:{reason}".encode()
 
 
-def parse_claim(raw: bytes | None) -> Claim:
-    """The claim as stored (``None``: the entry is waiting)."""
+def parse_claim(raw: bytes | str | None) -> Claim:
+    """The claim as stored (``None``: the entry is waiting); an entry that is over keeps
+    the offer it had, if it had one, under its end's name."""
     if raw is None:
         return Claim("waiting")
+    if isinstance(raw, str):
+        raw = raw.encode()
     if raw.startswith(b"offered:"):
         return msgspec.json.decode(raw[8:], type=Claim)
-    return Claim(raw.decode().removeprefix("done:"))
+    reason, _, offer = raw.removeprefix(b"done:").partition(b":")
+    if not offer:
+        return Claim(reason.decode())
+    had = msgspec.json.decode(offer, type=Claim)
+    return msgspec.structs.replace(had, state=reason.decode())
 
 
 _entry = msgspec.msgpack.Decoder(WaitEntry)
@@ -136,5 +146,6 @@ def seal_entry(ring: Keyring | None, entry: WaitEntry) -> bytes:
     )
 
 
-def open_entry(ring: Keyring | None, entry_id: str, raw: bytes) -> WaitEntry:
-    return _entry.decode((ring or _NO_KEYS).open(bytes(raw), entry_key(entry_id).encode()))
+def open_entry(ring: Keyring | None, entry_id: str, raw: bytes | str) -> WaitEntry:
+    data = raw.encode() if isinstance(raw, str) else bytes(raw)
+    return _entry.decode((ring or _NO_KEYS).open(data, entry_key(entry_id).encode()))

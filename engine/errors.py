@@ -11,11 +11,13 @@ HTTP status and a problem+json body) and a message that tells the caller what to
     │   ├── CalendarNotFound    calendar_not_found
     │   ├── HoldNotFound        hold_not_found
     │   ├── RoomNotFound        room_not_found
+    │   ├── EntryNotFound       waitlist_entry_not_found
     │   └── BookingNotFound     booking_not_found
     ├── SlotUnavailable         slot_unavailable      no free capacity (try another slot)
     ├── HoldExpired             hold_expired          the hold ran out before confirm
     ├── ScheduleConflict        schedule_conflict     a schedule change would drop bookings
     ├── BookingNotActive        booking_not_active    cancelled already
+    ├── NoOffer                 no_offer              the waitlist entry holds no offer now
     ├── NotEligible             not_eligible          the service's rule refuses the patient
     ├── AdmissionRequired       admission_required    a waiting room is active: join it first
     ├── AdmissionSpent          admission_spent       this admission holds a place already
@@ -38,12 +40,14 @@ __all__ = [
     "BookingNotFound",
     "CalendarNotFound",
     "CodecError",
+    "EntryNotFound",
     "HexbookError",
     "HoldExpired",
     "HoldNotFound",
     "IdempotencyConflict",
     "InvalidRequest",
     "KeyringError",
+    "NoOffer",
     "NotEligible",
     "NotFound",
     "ProviderNotFound",
@@ -245,6 +249,35 @@ class RoomNotFound(NotFound):
     """No waiting room of that id (or no such visitor in it)."""
 
     code = "room_not_found"
+
+
+class EntryNotFound(NotFound):
+    """No waitlist entry of that id, or not with that token."""
+
+    code = "waitlist_entry_not_found"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "no waitlist entry of that id with that token (send the waitlist_token of "
+            "the answer that created it in X-Waitlist-Token)"
+        )
+
+
+class NoOffer(HexbookError):
+    """The waitlist entry holds no offer to accept: it is still waiting, or over.
+    ``state`` says which."""
+
+    code = "no_offer"
+
+    def __init__(self, state: str) -> None:
+        super().__init__(
+            f"this waitlist entry has no offer to accept: it is {state}"
+            + ("; an offer comes when a place frees up" if state == "waiting" else "")
+        )
+        self.state = state
+
+    def __reduce__(self) -> tuple[type[NoOffer], tuple[str]]:
+        return (NoOffer, (self.state,))
 
 
 class CodecError(HexbookError):

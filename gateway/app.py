@@ -49,6 +49,7 @@ from gateway.router import ShardRouter
 from gateway.routes import ROUTERS
 from gateway.service import BookingService
 from gateway.settings import Settings, data_keyring
+from gateway.waitlist import Waitlists
 
 log = logging.getLogger("hexbook.gateway")
 # Where a waiting room's admissions become load: their 503s slow the room down (a crowd
@@ -167,6 +168,16 @@ async def _runtime(
     )
     purging = asyncio.create_task(eraser.run(settings.retention_sweep_seconds))
     stack.callback(purging.cancel)
+    waitlists = Waitlists(
+        policy_redis,
+        router,
+        lambda: list(hb.directory.shards),
+        hb.clock.seconds,
+        idempotency,
+        policies,
+        index.providers,
+        hb.keyring,
+    )
     return Runtime(
         settings=settings,
         metrics=metrics,
@@ -181,6 +192,7 @@ async def _runtime(
         redis_server=redis_server,
         audit=trail,
         eraser=eraser,
+        waitlists=waitlists,
     )
 
 

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from gateway.index import AvailabilityIndex
     from gateway.interop.publish import SmartPublisher
     from gateway.interop.schedules import ImportScheduler
+    from gateway.waitlist import Waitlists
 
 __all__ = [
     "Admin",
@@ -68,6 +69,7 @@ class Runtime:
     redis_server: EmbeddedRedis | None = None  # the supervised embedded redis-server
     audit: AuditTrail | None = None
     eraser: Eraser | None = None
+    waitlists: Waitlists | None = None
     feed_clients: int = 0
     trusted_proxies: frozenset[str] = frozenset()  # whose X-Forwarded-For is believed
 

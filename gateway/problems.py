@@ -55,6 +55,8 @@ STATUS: dict[type[errors.HexbookError], int] = {
     errors.CalendarNotFound: 404,
     errors.HoldNotFound: 404,
     errors.BookingNotFound: 404,
+    errors.EntryNotFound: 404,
+    errors.NoOffer: 409,
     errors.NotFound: 404,
     errors.SlotUnavailable: 409,
     errors.NotEligible: 403,

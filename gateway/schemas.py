@@ -448,6 +448,42 @@ class BookingRequest(_Strict):
     patient: Patient
 
 
+Cell = Annotated[str, Field(pattern=r"^[0-9a-f]{15}$", description="an H3 cell")]
+
+
+class WaitAreaIn(_Strict):
+    """Where the patient would go: inside any of ``cells`` (H3, any resolution), or
+    within ``radius_km`` of (``lat``, ``lng``); both may be given."""
+
+    cells: list[Cell] = Field(default_factory=list, max_length=500)
+    lat: float | None = Field(None, ge=-90, le=90, allow_inf_nan=False)
+    lng: float | None = Field(None, ge=-180, le=180, allow_inf_nan=False)
+    radius_km: float | None = Field(None, gt=0, le=500, allow_inf_nan=False)
+
+
+Language = Literal["en", "es"]
+
+
+class WaitlistIn(_Strict):
+    """Wait for ``party_size`` places of ``service`` in ``area``, in a slot starting in
+    [``earliest``, ``latest``). A freed place is offered as a hold (``offer``), which one
+    call accepts; until ``expires_at`` (default and at most: ``latest``)."""
+
+    service: Id
+    area: WaitAreaIn
+    earliest: Instant
+    latest: Instant
+    party_size: int = Field(1, ge=1, le=50)
+    patient: Patient
+    attestation: AttestationIn | None = None
+    language: Language = Field("en", description="of the messages: English or Spanish")
+    expires_at: Instant | None = None
+
+
+class WaitlistBookingIn(_Strict):
+    """Accept the entry's offer (the body may be empty: the entry has the patient)."""
+
+
 class RescheduleRequest(_Strict):
     provider_id: Id
     service: Id
@@ -669,6 +705,40 @@ class BookingOut(BaseModel):
     party_size: int
     status: Literal["active", "cancelled"]
     patient: Patient
+
+
+class OfferOut(BaseModel):
+    hold_id: str = Field(description="the offer is a hold: it counts against capacity")
+    provider_id: str
+    service: str
+    start: str = Field(description="RFC 3339, the provider's local time and offset")
+    expires_at: str
+
+
+class WaitlistOut(BaseModel):
+    entry_id: str
+    waitlist_token: str | None = Field(
+        None,
+        description="the secret that reads, leaves or accepts this entry: in the answer that "
+        "created it (and in a repeat of that request under the same Idempotency-Key)",
+    )
+    status: Literal[
+        "waiting", "offered", "booked", "declined", "lapsed", "cancelled", "expired"
+    ] = Field(
+        description="waiting; offered (see offer: accept it before it expires); or over: "
+        "booked, declined (the offer was released), lapsed (not accepted in time), "
+        "cancelled (left), expired (no place came before expires_at)"
+    )
+    service: str
+    area: WaitAreaIn
+    earliest: str
+    latest: str
+    party_size: int
+    language: Language
+    joined_at: str
+    expires_at: str
+    patient: Patient
+    offer: OfferOut | None = None
 
 
 class SlotOut(BaseModel):

@@ -20,6 +20,7 @@ from gateway.routes import (
     search,
     series,
     smart,
+    waitlist,
 )
 
 __all__ = ["ROUTERS"]
@@ -31,6 +32,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     holds.router,
     bookings.router,
     series.router,
+    waitlist.router,
     rooms.router,
     rules.router,
     feed.router,

@@ -1,0 +1,240 @@
+"""The waitlist through the HTTP API (issue 17): join, see, leave; a cancelled place is
+offered to the first in line as a hold of their own, which lapses to the next when not
+taken, and which one call books; patients racing for two freed places get two offers,
+one each. Real Ray (two shards), real Redis, real HTTP."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from actors.api import Hexbook
+from actors.audit import audit
+from tests.dates import ahead
+from tests.gateway.test_api import assert_problem
+from tests.polling import until
+
+pytestmark = pytest.mark.integration
+
+OFFER_SECONDS = 3
+
+
+@pytest.fixture(scope="module")
+def gateway_settings() -> dict[str, Any]:
+    return {"index_first_day": None, "index_days": 20}
+
+
+@pytest.fixture(scope="module")
+def shard_options() -> dict[str, Any]:
+    return {"offer_seconds": OFFER_SECONDS, "sweep_seconds": 0.2}
+
+
+DAY = ahead(6)
+LAT, LNG = 41.90, -87.70
+
+
+def one_slot_site(ops: httpx.Client, pid: str, capacity: int = 1, lat: float = LAT) -> str:
+    body = {
+        "name": pid,
+        "lat": lat,
+        "lng": LNG,
+        "timezone": "America/Chicago",
+        "services": ["wl-vaccine"],
+        "schedule": {
+            "days": {
+                d: [{"opens": "09:00", "closes": "09:15", "capacity": capacity}]
+                for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+            }
+        },
+        "first_day": f"{DAY}",
+        "days": 1,
+        "horizon_days": 0,
+    }
+    r = ops.put(f"/v1/providers/{pid}", json=body)
+    assert r.status_code in (200, 201), r.text
+    slots = ops.get(f"/v1/providers/{pid}/slots", params={"service": "wl-vaccine"}).json()
+    return str(slots["slots"][0]["start"])
+
+
+def remaining(api: httpx.Client, pid: str) -> int:
+    r = api.get(f"/v1/providers/{pid}/slots", params={"service": "wl-vaccine"})
+    return int(r.json()["slots"][0]["remaining"])
+
+
+def book(api: httpx.Client, pid: str, start: str, ref: str) -> dict[str, Any]:
+    hold = api.post("/v1/holds", json={"provider_id": pid, "service": "wl-vaccine", "start": start})
+    assert hold.status_code == 201, hold.text
+    r = api.post(
+        "/v1/bookings", json={"hold_id": hold.json()["hold_id"], "patient": {"reference": ref}}
+    )
+    assert r.status_code == 201, r.text
+    return dict(r.json())
+
+
+def join(api: httpx.Client, ref: str, **over: Any) -> httpx.Response:
+    body = {
+        "service": "wl-vaccine",
+        "area": {"lat": LAT, "lng": LNG, "radius_km": 5},
+        "earliest": f"{ahead(1)}T00:00:00Z",
+        "latest": f"{ahead(10)}T00:00:00Z",
+        "patient": {"reference": ref, "contact": {"email": f"{ref}@example.org"}},
+        "language": "es",
+        **over,
+    }
+    return api.post("/v1/waitlist", json=body)
+
+
+def entry(api: httpx.Client, joined: dict[str, Any]) -> dict[str, Any]:
+    r = api.get(
+        f"/v1/waitlist/{joined['entry_id']}",
+        headers={"X-Waitlist-Token": joined["waitlist_token"]},
+    )
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def test_a_cancelled_place_is_offered_lapses_to_the_next_and_one_call_books_it(
+    stack: tuple[str, Hexbook, FastAPI], ops: httpx.Client, api: httpx.Client
+) -> None:
+    start = one_slot_site(ops, "wl-site-1")
+    first = book(api, "wl-site-1", start, "walk-in")
+    a = join(api, "pat-a", party_size=1)
+    assert a.status_code == 201, a.text
+    a_entry = a.json()
+    assert a_entry["status"] == "waiting" and a_entry["waitlist_token"]
+    assert a_entry["patient"]["contact"] == {"email": "pat-a@example.org", "phone": None}
+    b_entry = join(api, "pat-b").json()
+    assert entry(api, a_entry)["waitlist_token"] is None  # shown once
+    # The booking is cancelled: its place goes to the first in line, as a hold (the two
+    # joined in the same second or not: who is first is drawn or by time).
+    r = api.delete(
+        f"/v1/bookings/{first['booking_id']}", headers={"X-Booking-Token": first["booking_token"]}
+    )
+    assert r.status_code == 204, r.text
+
+    def offered_one() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]] | None:
+        for mine, other in ((a_entry, b_entry), (b_entry, a_entry)):
+            if (seen := entry(api, mine))["status"] == "offered":
+                return mine, other, seen
+        return None
+
+    lead, rest, offered = until(offered_one)
+    assert offered["offer"]["provider_id"] == "wl-site-1"
+    assert offered["offer"]["start"] == start
+    assert remaining(api, "wl-site-1") == 0  # the offer counts against capacity
+    assert entry(api, rest)["status"] == "waiting"
+    # Not taken in time: it passes to the next in line.
+    until(lambda: entry(api, lead)["status"] == "lapsed")
+    next_offer = until(lambda: (e := entry(api, rest))["status"] == "offered" and e)
+    late = api.post(
+        f"/v1/waitlist/{lead['entry_id']}/booking",
+        headers={"X-Waitlist-Token": lead["waitlist_token"]},
+    )
+    assert_problem(late, 409, "no_offer")
+    # One call books it, for the entry's patient; a repeat under its key answers the same.
+    headers = {"X-Waitlist-Token": rest["waitlist_token"], "Idempotency-Key": "accept-b"}
+    booked = api.post(f"/v1/waitlist/{rest['entry_id']}/booking", headers=headers)
+    assert booked.status_code == 201, booked.text
+    booking = booked.json()
+    assert booking["start"] == next_offer["offer"]["start"]
+    ref = rest["patient"]["reference"]
+    assert booking["patient"] == {
+        "reference": ref,
+        "contact": {"email": f"{ref}@example.org", "phone": None},
+    }
+    again = api.post(f"/v1/waitlist/{rest['entry_id']}/booking", headers=headers)
+    assert again.status_code == 201, again.text
+    assert again.json()["booking_id"] == booking["booking_id"]
+    assert again.json()["booking_token"] == booking["booking_token"]
+    read = api.get(
+        f"/v1/bookings/{booking['booking_id']}",
+        headers={"X-Booking-Token": booking["booking_token"]},
+    )
+    assert read.status_code == 200, read.text
+    assert entry(api, rest)["status"] == "booked"
+    assert remaining(api, "wl-site-1") == 0
+    report = audit(stack[1].redis, keyring=stack[1].keyring)
+    assert report.ok, report
+
+
+def test_join_see_leave_and_bad_input(api: httpx.Client, ops: httpx.Client) -> None:
+    one_slot_site(ops, "wl-site-2", lat=41.70)
+    far = {"lat": 41.70, "lng": LNG, "radius_km": 1}
+    joined = join(api, "pat-c", area=far, party_size=3).json()
+    seen = entry(api, joined)
+    assert (seen["status"], seen["party_size"], seen["language"]) == ("waiting", 3, "es")
+    wrong = api.get(f"/v1/waitlist/{joined['entry_id']}", headers={"X-Waitlist-Token": "nope"})
+    assert_problem(wrong, 404, "waitlist_entry_not_found")
+    assert ops.get(f"/v1/waitlist/{joined['entry_id']}").status_code == 200  # operators may
+    r = api.delete(
+        f"/v1/waitlist/{joined['entry_id']}", headers={"X-Waitlist-Token": joined["waitlist_token"]}
+    )
+    assert r.status_code == 204, r.text
+    assert entry(api, joined)["status"] == "cancelled"
+    # A repeat under its Idempotency-Key is the same entry, with the same token.
+    key = {"Idempotency-Key": "join-d"}
+    body = {
+        "service": "wl-vaccine",
+        "area": far,
+        "earliest": f"{ahead(1)}T00:00:00Z",
+        "latest": f"{ahead(10)}T00:00:00Z",
+        "party_size": 3,
+        "patient": {"reference": "pat-d"},
+    }
+    one = api.post("/v1/waitlist", json=body, headers=key).json()
+    two = api.post("/v1/waitlist", json=body, headers=key).json()
+    assert (one["entry_id"], one["waitlist_token"]) == (two["entry_id"], two["waitlist_token"])
+    other = api.post("/v1/waitlist", json={**body, "party_size": 2}, headers=key)
+    assert_problem(other, 422, "idempotency_conflict")
+    for bad in (
+        {"area": {}},
+        {"area": {"lat": LAT, "lng": LNG}},
+        {"area": {"cells": ["zz"]}},
+        {"area": {"cells": ["fffffffffffffff"]}},  # the right shape, not a cell
+        {"latest": f"{ahead(1)}T00:00:00Z"},
+        {"party_size": 0},
+        {"language": "fr"},
+        {"earliest": "tomorrow"},
+    ):
+        assert_problem(join(api, "pat-e", **bad), 422, "validation_error")
+    accept = api.post(
+        f"/v1/waitlist/{one['entry_id']}/booking",
+        headers={"X-Waitlist-Token": one["waitlist_token"]},
+    )
+    assert_problem(accept, 409, "no_offer")
+    assert api.get("/v1/waitlist/not-an-id").status_code == 422
+
+
+def test_patients_racing_for_two_freed_places_get_one_offer_each(
+    ops: httpx.Client, api: httpx.Client
+) -> None:
+    start = one_slot_site(ops, "wl-site-3", capacity=2, lat=41.60)
+    taken = [book(api, "wl-site-3", start, f"first-{i}") for i in range(2)]
+    area = {"lat": 41.60, "lng": LNG, "radius_km": 2}
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        joined = list(pool.map(lambda i: join(api, f"racer-{i}", area=area).json(), range(12)))
+    assert len({j["entry_id"] for j in joined}) == 12
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        cancels = pool.map(
+            lambda b: (
+                api.delete(
+                    f"/v1/bookings/{b['booking_id']}",
+                    headers={"X-Booking-Token": b["booking_token"]},
+                ).status_code
+            ),
+            taken,
+        )
+        assert list(cancels) == [204, 204]
+
+    def offers() -> list[dict[str, Any]]:
+        seen = [entry(api, j) for j in joined]
+        return [e for e in seen if e["status"] == "offered"]
+
+    got = until(lambda: len(o := offers()) == 2 and o)
+    assert len({e["offer"]["hold_id"] for e in got}) == 2
+    assert len({e["patient"]["reference"] for e in got}) == 2
+    assert remaining(api, "wl-site-3") == 0
