@@ -387,7 +387,9 @@ class ShardActor:
             await asyncio.sleep(self._sweep_seconds)
             core = self._core
             if core.recovered and (
-                len(core.waitlist) or any(c.holds for c in core.calendars.values())
+                len(core.waitlist)
+                or len(core.timers)
+                or any(c.holds for c in core.calendars.values())
             ):
                 with contextlib.suppress(Unavailable):  # recovering: the next round sweeps
                     await self.sweep(self.clock.seconds())

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import msgspec
 import redis.asyncio as aioredis
 
-from actors import archive, availability, journal
+from actors import archive, availability, journal, outbox
 from actors import waitlist as claims
 from actors.ids import routable_id
 from actors.journal import (
@@ -43,6 +43,7 @@ from engine.errors import (
     Unavailable,
 )
 from engine.horizon import next_roll_at, plan_roll
+from engine.notices import Notice, Timers, notices_of
 from engine.provider import Provider
 from engine.records import (
     Booking,
@@ -51,6 +52,7 @@ from engine.records import (
     CalendarRolled,
     CalendarSnapshot,
     Command,
+    Contact,
     ErasePatientData,
     Event,
     HoldConfirmed,
@@ -105,6 +107,7 @@ class _Pending:
     # and offers that ended (entry id, hold id, how): their claims end with the commit.
     freed: dict[tuple[str, str], set[int]] = field(default_factory=dict)
     ended: list[tuple[str, str, str]] = field(default_factory=list)
+    notices: list[Notice] = field(default_factory=list)  # to the outbox, with the batch
 
 
 class ShardCore:
@@ -144,6 +147,8 @@ class ShardCore:
         self.waitlist = Waitlist()
         self.offers = Offers()
         self.offer_seconds = offer_seconds
+        # Notices due at a time (reminders, offers about to lapse; engine.notices).
+        self.timers = Timers(lead=max(1, offer_seconds // 3))
         self._claim = redis_client.register_script(claims.CLAIM)
         self._finish = redis_client.register_script(claims.FINISH)
         self._unclaim = redis_client.register_script(claims.UNCLAIM)
@@ -193,6 +198,8 @@ class ShardCore:
         for cal in self.calendars.values():
             cal.rebuild_expiry()
         self.offers = Offers.of(self.calendars.values())
+        self.timers = Timers(lead=self.timers.lead)
+        self.timers.arm_all(self.calendars.values())
         self.last_id = after
         await self._reconcile_claims(now)
         self.recovered = True
@@ -399,7 +406,19 @@ class ShardCore:
         if len(self.waitlist):
             self.waitlist.expire(now)
             self._journal_waitlist()
+        if len(self.timers):
+            due = self.timers.due(now, self._calendar, self._offered_to)
+            self._pending.notices.extend(due)
         return expired
+
+    def _calendar(self, provider_id: str, service: str) -> Calendar | None:
+        return self.calendars.get((provider_id, service))
+
+    def _offered_to(self, entry_id: str) -> tuple[str, Contact] | None:
+        entry = self.waitlist.get(entry_id)
+        if entry is None or entry.contact is None:
+            return None
+        return entry.patient_ref, entry.contact
 
     def _collect(
         self, cal: Calendar, events: list[Event], pending: _Pending, offers: bool = True
@@ -413,6 +432,15 @@ class ShardCore:
             freed = freed_starts(cal, events)
             if freed:
                 pending.freed.setdefault((cal.provider_id, cal.service), set()).update(freed)
+        notices = notices_of(cal, events, self._offered_to)
+        if notices:
+            pending.notices.extend(notices)
+            timers = self.timers
+            for n in notices:
+                if n.kind == "offer.made" and n.hold_id is not None and n.expires_at:
+                    timers.arm_offer(cal, n.hold_id, n.expires_at)
+                elif n.booking_id is not None and n.kind != "booking.cancelled":
+                    timers.arm_booking(cal, cal.bookings[n.booking_id])
         entries = pending.entries
         last = entries[-1] if entries else None
         if (
@@ -577,6 +605,8 @@ class ShardCore:
                 booking.booking_id,
                 archive.seal_booking(ring, pid, service, booking),
             )
+        for notice in pending.notices:  # a notice exists if and only if its event does
+            pipe.xadd(outbox.OUTBOX, {"n": outbox.seal_notice(ring, notice)})
         pipe.xadd(
             availability.AVAILABILITY_STREAM,
             availability.encode_entry(self.name, slots, pending.whole),  # type: ignore[arg-type]

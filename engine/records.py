@@ -63,6 +63,7 @@ class Contact(msgspec.Struct, frozen=True, array_like=True, gc=False):
 
     email: str | None = None
     phone: str | None = None
+    language: str = "en"  # of the messages about the booking (engine.notices)
 
 
 class _Record(msgspec.Struct, frozen=True, array_like=True, tag_field="t", gc=False):

@@ -116,7 +116,6 @@ class WaitEntry(msgspec.Struct, frozen=True, array_like=True, gc=False):
     token_digest: bytes
     attested: Attestation | None = None
     contact: Contact | None = None
-    language: str = "en"
 
 
 class _WaitEvent(msgspec.Struct, frozen=True, array_like=True, tag_field="t", gc=False):

@@ -189,9 +189,13 @@ class _Query(BaseModel):
 # --- requests ----------------------------------------------------------------------
 
 
+Language = Literal["en", "es"]
+
+
 class ContactIn(_Strict):
-    """How to reach the patient about this booking (reminders, offers of a freed place).
-    Patient data: sealed at rest, never logged, erased on request or after retention."""
+    """How to reach the patient about this booking (reminders, offers of a freed place),
+    and in which language. Patient data: sealed at rest, never logged, erased on request
+    or after retention."""
 
     email: str | None = Field(
         None, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", examples=["pat@example.org"]
@@ -199,6 +203,7 @@ class ContactIn(_Strict):
     phone: str | None = Field(
         None, pattern=r"^\+[1-9][0-9]{6,14}$", description="E.164", examples=["+13125550100"]
     )
+    language: Language = Field("en", description="of the messages: English or Spanish")
 
 
 class Patient(_Strict):
@@ -461,9 +466,6 @@ class WaitAreaIn(_Strict):
     radius_km: float | None = Field(None, gt=0, le=500, allow_inf_nan=False)
 
 
-Language = Literal["en", "es"]
-
-
 class WaitlistIn(_Strict):
     """Wait for ``party_size`` places of ``service`` in ``area``, in a slot starting in
     [``earliest``, ``latest``). A freed place is offered as a hold (``offer``), which one
@@ -476,7 +478,6 @@ class WaitlistIn(_Strict):
     party_size: int = Field(1, ge=1, le=50)
     patient: Patient
     attestation: AttestationIn | None = None
-    language: Language = Field("en", description="of the messages: English or Spanish")
     expires_at: Instant | None = None
 
 
@@ -734,7 +735,6 @@ class WaitlistOut(BaseModel):
     earliest: str
     latest: str
     party_size: int
-    language: Language
     joined_at: str
     expires_at: str
     patient: Patient

@@ -229,11 +229,11 @@ def contact_of(c: ContactIn | None) -> Contact | None:
     """The engine's record of what the patient gave to be reached by."""
     if c is None or (c.email is None and c.phone is None):
         return None
-    return Contact(c.email, c.phone)
+    return Contact(c.email, c.phone, c.language)
 
 
 def contact_out(c: Contact) -> dict[str, str | None]:
-    return {"email": c.email, "phone": c.phone}
+    return {"email": c.email, "phone": c.phone, "language": c.language}
 
 
 class BookingService:

@@ -82,7 +82,6 @@ def entry_out(
         "earliest": format_local(e.earliest, "UTC"),
         "latest": format_local(e.latest, "UTC"),
         "party_size": e.party_size,
-        "language": e.language,
         "joined_at": format_local(e.joined_at, "UTC"),
         "expires_at": format_local(e.expires_at, "UTC"),
         "patient": patient,
@@ -145,7 +144,6 @@ class Waitlists:
             token_digest(token),
             attestation_of(req.attestation),
             contact_of(req.patient.contact),
-            req.language,
         )
         validate_entry(entry)
         if expires <= now:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from datetime import date
 
+import msgspec
 import redis
 import redis.asyncio as aioredis
 
@@ -214,5 +215,73 @@ def test_the_owner_leaving_gives_back_the_offer_and_it_goes_to_the_next(tmp_path
             await core.commit()
             assert list(offers_of(core)) == ["w2"]
             assert claims.parse_claim(sync.get(claims.claim_key("w1"))).state == "cancelled"
+
+        asyncio.run(main())
+
+
+def outbox_notices(client: redis.Redis, ring: object = None) -> list[object]:
+    from actors import outbox
+
+    return [
+        outbox.open_notice(None, fields[b"n"])  # type: ignore[index]
+        for _, fields in client.xrange(outbox.OUTBOX)  # type: ignore[union-attr]
+    ]
+
+
+def test_every_message_worthy_event_puts_one_notice_in_the_outbox_with_its_commit(
+    tmp_path,
+) -> None:
+    from engine.notices import REMIND_BEFORE
+    from engine.records import Contact, RescheduleBooking
+
+    with EmbeddedRedis(tmp_path) as server:
+        sync = redis.Redis.from_url(server.url)
+        mail = Contact("pat@example.org", None, "es")
+
+        async def main() -> None:
+            core = await core_with(server.url, "s0", "p1")
+            cal = core.calendars[("p1", "vaccine")]
+            starts = [int(s) for s in cal.starts()[cal.capacity > 0]]
+            # Booked without contact details: nobody to tell, no notice.
+            await step(core, PlaceHold("p1", "vaccine", None, NOW, "h0", starts[0], 1, 600))
+            await step(core, ConfirmHold("p1", "vaccine", None, NOW, "h0", "b0", b"", "r0"))
+            assert outbox_notices(sync) == []
+            await step(core, PlaceHold("p1", "vaccine", None, NOW, "h1", starts[1], 1, 600))
+            confirm = ConfirmHold(
+                "p1", "vaccine", None, NOW, "h1", "b1", b"", "r1", None, None, mail
+            )
+            await step(core, confirm)
+            await step(core, RescheduleBooking("p1", "vaccine", None, NOW, "b1", starts[2]))
+            # The waitlist: an entry with contact details is offered the place b0 frees.
+            waiting = msgspec.structs.replace(entry("w1"), contact=mail)
+            core.join(waiting, NOW)
+            await step(core, CancelBooking("p1", "vaccine", None, NOW, "b0"))
+            offer = core.offers.by_entry["w1"]
+            # An offer about to lapse, and the reminder the day before the appointment.
+            core.sweep(NOW + core.offer_seconds - core.timers.lead)
+            await core.commit()
+            core.sweep(starts[2] - REMIND_BEFORE)
+            await core.commit()
+            core.sweep(starts[2] - REMIND_BEFORE + 5)  # due once only
+            await step(core, CancelBooking("p1", "vaccine", None, NOW, "b1"))
+            got = [(n.kind, n.notice_id) for n in outbox_notices(sync)]  # type: ignore[attr-defined]
+            assert got == [
+                ("booking.confirmed", "booking.confirmed:b1"),
+                ("booking.rescheduled", f"booking.rescheduled:b1:{starts[2]}"),
+                ("offer.made", f"offer.made:{offer}"),
+                ("offer.expiring", f"offer.expiring:{offer}"),
+                ("booking.reminder", f"booking.reminder:b1:{starts[2]}"),
+                ("booking.cancelled", "booking.cancelled:b1"),
+            ]
+            made = outbox_notices(sync)[2]
+            assert made.contact == mail and made.start == starts[0]  # type: ignore[attr-defined]
+            # A restart arms the timers again from the calendars: the same notice.
+            await step(core, PlaceHold("p1", "vaccine", None, NOW, "h3", starts[3], 1, 600))
+            c3 = ConfirmHold("p1", "vaccine", None, NOW, "h3", "b3", b"", "r3", None, None, mail)
+            await step(core, c3)
+            again = ShardCore("s0", aioredis.from_url(server.url, socket_timeout=2))
+            await again.recover(now=NOW)
+            due = again.timers.due(starts[3] - REMIND_BEFORE, again._calendar, again._offered_to)
+            assert [n.notice_id for n in due] == [f"booking.reminder:b3:{starts[3]}"]
 
         asyncio.run(main())

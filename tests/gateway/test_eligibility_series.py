@@ -159,7 +159,7 @@ def test_a_series_is_held_and_booked_whole_and_cancelled_whole(
         headers={"Idempotency-Key": "series-one"},
     )
     assert again.json()["series_id"] == s["series_id"]
-    contact = {"email": "pat7@example.org", "phone": None}
+    contact = {"email": "pat7@example.org", "phone": None, "language": "es"}
     booked = api.post(
         "/v1/series/bookings",
         json={"series_id": s["series_id"], "patient": {"reference": "pat-7", "contact": contact}},

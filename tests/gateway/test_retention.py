@@ -52,7 +52,11 @@ def test_patient_data_is_purged_once_its_retention_has_run_out(
 
         until(lambda: "contact" not in read(first)["patient"], 60)
         assert read(first)["status"] == "active"  # the booking stays, without the data
-        assert read(last)["patient"]["contact"] == {"email": "last@example.org", "phone": None}
+        assert read(last)["patient"]["contact"] == {
+            "email": "last@example.org",
+            "phone": None,
+            "language": "en",
+        }
         trail = ops.get("/v1/audit", params={"limit": 1000}).json()
         purges = [e for e in trail if e["action"] == "patient.purge"]
         assert len(purges) == 1 and purges[0]["who"] == "system:retention"

@@ -209,7 +209,7 @@ def test_patient_data_is_sealed_at_rest_and_erased_on_request(
         "attestation": {"birth_date": DOB, "postal_code": "60614"},
     })  # fmt: skip
     assert hold.status_code == 201, hold.text
-    contact = {"email": EMAIL, "phone": PHONE}
+    contact = {"email": EMAIL, "phone": PHONE, "language": "en"}
     confirm = {"hold_id": hold.json()["hold_id"],
                "patient": {"reference": "sealed-1", "contact": contact}}  # fmt: skip
     made = api.post("/v1/bookings", json=confirm, headers={"Idempotency-Key": "sealed-1"})

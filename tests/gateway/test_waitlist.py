@@ -81,8 +81,10 @@ def join(api: httpx.Client, ref: str, **over: Any) -> httpx.Response:
         "area": {"lat": LAT, "lng": LNG, "radius_km": 5},
         "earliest": f"{ahead(1)}T00:00:00Z",
         "latest": f"{ahead(10)}T00:00:00Z",
-        "patient": {"reference": ref, "contact": {"email": f"{ref}@example.org"}},
-        "language": "es",
+        "patient": {
+            "reference": ref,
+            "contact": {"email": f"{ref}@example.org", "language": "es"},
+        },
         **over,
     }
     return api.post("/v1/waitlist", json=body)
@@ -106,7 +108,11 @@ def test_a_cancelled_place_is_offered_lapses_to_the_next_and_one_call_books_it(
     assert a.status_code == 201, a.text
     a_entry = a.json()
     assert a_entry["status"] == "waiting" and a_entry["waitlist_token"]
-    assert a_entry["patient"]["contact"] == {"email": "pat-a@example.org", "phone": None}
+    assert a_entry["patient"]["contact"] == {
+        "email": "pat-a@example.org",
+        "phone": None,
+        "language": "es",
+    }
     b_entry = join(api, "pat-b").json()
     assert entry(api, a_entry)["waitlist_token"] is None  # shown once
     # The booking is cancelled: its place goes to the first in line, as a hold (the two
@@ -144,7 +150,7 @@ def test_a_cancelled_place_is_offered_lapses_to_the_next_and_one_call_books_it(
     ref = rest["patient"]["reference"]
     assert booking["patient"] == {
         "reference": ref,
-        "contact": {"email": f"{ref}@example.org", "phone": None},
+        "contact": {"email": f"{ref}@example.org", "phone": None, "language": "es"},
     }
     again = api.post(f"/v1/waitlist/{rest['entry_id']}/booking", headers=headers)
     assert again.status_code == 201, again.text
@@ -166,7 +172,8 @@ def test_join_see_leave_and_bad_input(api: httpx.Client, ops: httpx.Client) -> N
     far = {"lat": 41.70, "lng": LNG, "radius_km": 1}
     joined = join(api, "pat-c", area=far, party_size=3).json()
     seen = entry(api, joined)
-    assert (seen["status"], seen["party_size"], seen["language"]) == ("waiting", 3, "es")
+    assert (seen["status"], seen["party_size"]) == ("waiting", 3)
+    assert seen["patient"]["contact"]["language"] == "es"
     wrong = api.get(f"/v1/waitlist/{joined['entry_id']}", headers={"X-Waitlist-Token": "nope"})
     assert_problem(wrong, 404, "waitlist_entry_not_found")
     assert ops.get(f"/v1/waitlist/{joined['entry_id']}").status_code == 200  # operators may
@@ -197,7 +204,7 @@ def test_join_see_leave_and_bad_input(api: httpx.Client, ops: httpx.Client) -> N
         {"area": {"cells": ["fffffffffffffff"]}},  # the right shape, not a cell
         {"latest": f"{ahead(1)}T00:00:00Z"},
         {"party_size": 0},
-        {"language": "fr"},
+        {"patient": {"reference": "pat-e", "contact": {"language": "fr"}}},
         {"earliest": "tomorrow"},
     ):
         assert_problem(join(api, "pat-e", **bad), 422, "validation_error")
