@@ -250,6 +250,7 @@ class ShardActor:
         erased: int = await self._enqueue(lambda: self._core.erase(now, patient_ref, ended_by))
         try:
             erased += await self._core.erase_archived(now, patient_ref, ended_by)
+            erased += await self._core.erase_notices(patient_ref, ended_by)
             if erased:
                 await self.write_snapshot()
         except RedisError as exc:

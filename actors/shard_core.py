@@ -17,6 +17,7 @@ import gc
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
@@ -371,7 +372,41 @@ class ShardCore:
                     len(e.booking_ids) for e in events if isinstance(e, PatientDataErased)
                 )
                 self._collect(cal, events, self._pending)
-        return erased
+        # Waitlist entries carry contact details and attestations too: ``patient_ref``'s
+        # leave the list; by retention, those whose time ran out by ``ended_by``.
+        gone = [
+            e.entry_id
+            for e in self.waitlist.entries()
+            if (patient_ref is not None and e.patient_ref == patient_ref)
+            or (ended_by is not None and e.expires_at <= ended_by)
+        ]
+        for entry_id in gone:
+            self.leave(entry_id, now)
+        return erased + len(gone)
+
+    async def erase_notices(self, patient_ref: str | None, ended_by: int | None) -> int:
+        """Drop the notices not delivered yet (the outbox and its dead letters) of
+        ``patient_ref``, or about appointments ended by ``ended_by``. Returns how many."""
+        dropped = 0
+        for stream in (outbox.OUTBOX, outbox.DEAD):
+            after = "-"
+            while True:
+                rows: Any = await self.redis.xrange(stream, min=after, max="+", count=500)
+                doomed = []
+                for entry_id, fields in rows:
+                    n = outbox.open_notice(self.keyring, fields[b"n"])
+                    cal = self.calendars.get((n.provider_id, n.service))
+                    ends = n.start + (cal.slot_seconds if cal is not None else 0)
+                    if (patient_ref is not None and n.patient_ref == patient_ref) or (
+                        ended_by is not None and ends <= ended_by
+                    ):
+                        doomed.append(entry_id)
+                if doomed:
+                    dropped += await self.redis.xdel(stream, *doomed)
+                if len(rows) < 500:
+                    break
+                after = "(" + rows[-1][0].decode()
+        return dropped
 
     async def erase_archived(self, now: int, patient_ref: str | None, ended_by: int | None) -> int:
         """:meth:`erase` for the bookings of this shard's calendars in the archive: each

@@ -157,17 +157,6 @@ async def _runtime(
     if redis_server is not None:
         metrics.bind_redis(lambda: float(redis_server.is_running()), lambda: redis_server.restarts)
     trail = AuditTrail(policy_redis, hb.clock.seconds)
-    eraser = Eraser(
-        router,
-        lambda: list(hb.directory.shards),
-        hb.clock.seconds,
-        ticker,
-        trail,
-        settings.retention_days,
-        series,
-    )
-    purging = asyncio.create_task(eraser.run(settings.retention_sweep_seconds))
-    stack.callback(purging.cancel)
     waitlists = Waitlists(
         policy_redis,
         router,
@@ -178,6 +167,18 @@ async def _runtime(
         index.providers,
         hb.keyring,
     )
+    eraser = Eraser(
+        router,
+        lambda: list(hb.directory.shards),
+        hb.clock.seconds,
+        ticker,
+        trail,
+        settings.retention_days,
+        series,
+        waitlists,
+    )
+    purging = asyncio.create_task(eraser.run(settings.retention_sweep_seconds))
+    stack.callback(purging.cancel)
     return Runtime(
         settings=settings,
         metrics=metrics,

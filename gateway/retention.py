@@ -30,6 +30,7 @@ from actors.series import SeriesBook
 from engine.errors import Unavailable
 from gateway.audit_trail import AuditTrail
 from gateway.router import ShardRouter
+from gateway.waitlist import Waitlists
 
 __all__ = ["Eraser"]
 
@@ -49,9 +50,11 @@ class Eraser:
         trail: AuditTrail,
         retention_days: float,
         series: SeriesBook | None = None,
+        waitlists: Waitlists | None = None,
     ) -> None:
         self.router, self.shards, self.clock = router, shards, clock
         self.series = series  # dose series keep the contact details given at their confirm
+        self.waitlists = waitlists  # waitlist entries too, for their owner to read
         self.redis, self.trail = redis, trail
         self.retention_seconds = int(retention_days * 86400)
         self.purged = 0  # bookings this gateway purged by retention (metrics, tests)
@@ -68,6 +71,8 @@ class Eraser:
         n = await self._everywhere(patient_ref, None)
         if self.series is not None:
             await self.series.erase_contacts(patient_ref, None)
+        if self.waitlists is not None:
+            await self.waitlists.erase(patient_ref)
         return n
 
     async def purge(self) -> int:

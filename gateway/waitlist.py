@@ -214,6 +214,27 @@ class Waitlists:
         ok = hmac.compare_digest(booking.token_digest, token_digest(booking_token))
         return booking_out(booking, site, service, booking_token if ok else None)
 
+    async def erase(self, patient_ref: str) -> int:
+        """Erase ``patient_ref``'s entries (an erasure asked for): over at once and gone
+        from Redis (the shards drop theirs in :meth:`actors.shard.ShardActor.erase`).
+        Returns how many."""
+        erased = 0
+        async for key in self.redis.scan_iter(match="hexbook:waitlist:*:entry", count=500):
+            name = key.decode() if isinstance(key, bytes) else str(key)
+            entry_id = name.split(":")[2]
+            raw = await self.redis.get(name)
+            if raw is None or claims.open_entry(self.keyring, entry_id, raw).patient_ref != (
+                patient_ref
+            ):
+                continue
+            await self._leave(
+                keys=[claims.claim_key(entry_id)],
+                args=[claims.done_value("cancelled"), claims.DONE_TTL_SECONDS],
+            )
+            await self.redis.delete(name)
+            erased += 1
+        return erased
+
     async def _entry(self, entry_id: str) -> WaitEntry:
         raw = await self.redis.get(claims.entry_key(entry_id))
         if raw is None:

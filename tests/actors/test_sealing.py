@@ -214,6 +214,7 @@ def test_erasure_drops_patient_data_in_calendars_archive_and_journal(
         # Redis: not in the calendars, the archive, remembered results or the journal.
         far = cal.end + 86400
         await core.erase_archived(7000, None, far)
+        await core.erase_notices(None, far)  # the confirmations not delivered yet
         core.erase(7000, None, far)
         await core.commit()
         await core.write_snapshot()

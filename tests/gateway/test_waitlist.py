@@ -17,6 +17,7 @@ from actors.audit import audit
 from tests.dates import ahead
 from tests.gateway.test_api import assert_problem
 from tests.polling import until
+from tests.redis_values import every_value
 
 pytestmark = pytest.mark.integration
 
@@ -245,3 +246,31 @@ def test_patients_racing_for_two_freed_places_get_one_offer_each(
     assert len({e["offer"]["hold_id"] for e in got}) == 2
     assert len({e["patient"]["reference"] for e in got}) == 2
     assert remaining(api, "wl-site-3") == 0
+
+
+def test_an_entry_is_sealed_at_rest_and_erased_on_request(
+    stack: tuple[str, Hexbook, FastAPI], ops: httpx.Client, api: httpx.Client
+) -> None:
+    hb = stack[1]
+    email, phone = "wl.sealed@example.org", "+13125550142"
+    joined = join(
+        api,
+        "wl-erase-1",
+        patient={"reference": "wl-erase-1", "contact": {"email": email, "phone": phone}},
+        attestation={"birth_date": "1951-07-30"},
+    )
+    assert joined.status_code == 201, joined.text
+    needles = (email.encode(), phone.encode(), b"1951-07-30")
+    for shard in hb.directory.shards:  # the shards' snapshots hold the entry too
+        hb._call(shard, "write_snapshot")
+    assert not [n for n in needles if n in every_value(hb.redis)]  # sealed everywhere
+    r = ops.post("/v1/erasures", json={"patient_ref": "wl-erase-1"})
+    assert r.status_code == 200, r.text
+    gone = api.get(
+        f"/v1/waitlist/{joined.json()['entry_id']}",
+        headers={"X-Waitlist-Token": joined.json()["waitlist_token"]},
+    )
+    assert_problem(gone, 404, "waitlist_entry_not_found")
+    for shard in hb.directory.shards:
+        state = hb._call(shard, "committed_state")
+        assert b"wl-erase-1" not in state  # off every shard's list
