@@ -20,7 +20,11 @@ the deliverers (:mod:`gateway.deliver`).
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import msgspec
+import redis
 
 from actors.sealing import Keyring
 from engine.notices import Notice
@@ -31,9 +35,12 @@ __all__ = [
     "GROUP",
     "OUTBOX",
     "STATS",
+    "dead_letters",
     "delivered_key",
     "open_notice",
+    "replay",
     "seal_notice",
+    "stats",
 ]
 
 OUTBOX = "hexbook:outbox"
@@ -59,3 +66,71 @@ def seal_notice(ring: Keyring | None, notice: Notice) -> bytes:
 def open_notice(ring: Keyring | None, raw: bytes) -> Notice:
     """A stored notice, opened and decoded (also from the dead-letter stream)."""
     return _decode((ring or _NO_KEYS).open(bytes(raw), OUTBOX.encode()))
+
+
+def dead_letters(client: redis.Redis, limit: int = 100) -> list[dict[str, Any]]:
+    """The dead letters, oldest first: id, notice id, kind, why, tries, when."""
+    rows: Any = client.xrange(DEAD, count=limit)
+    out = []
+    for entry_id, f in rows:
+        out.append(
+            {
+                "id": entry_id.decode(),
+                "notice_id": f.get(b"notice_id", b"").decode(),
+                "kind": f.get(b"kind", b"").decode(),
+                "reason": f.get(b"reason", b"").decode(),
+                "attempts": int(f.get(b"attempts", b"0")),
+                "at": int(f.get(b"at", b"0")),
+            }
+        )
+    return out
+
+
+def replay(client: redis.Redis, ids: list[str] | None = None) -> int:
+    """Put dead letters (``ids``, or all) back in the outbox, to be tried afresh.
+    Returns how many went back."""
+    rows: Any = []
+    if ids is None:
+        rows = client.xrange(DEAD)
+    else:
+        for i in ids:
+            one: Any = client.xrange(DEAD, min=i, max=i)
+            rows += one
+    moved = 0
+    for entry_id, fields in rows:
+        pipe = client.pipeline(transaction=True)
+        pipe.xadd(OUTBOX, {"n": fields[b"n"]})
+        pipe.xdel(DEAD, entry_id)
+        pipe.execute()
+        moved += 1
+    return moved
+
+
+def stats(client: redis.Redis) -> dict[str, Any]:
+    """What ``/metrics`` shows of the outbox: entries not yet delivered, how many of
+    them a deliverer is working on, the age of the oldest, the dead letters, and the
+    counters (``delivered:<channel>``, ``failed``, ``dead``, ``skipped``)."""
+    pipe = client.pipeline(transaction=False)
+    pipe.xlen(OUTBOX)
+    pipe.xrange(OUTBOX, count=1)
+    pipe.xlen(DEAD)
+    pipe.hgetall(STATS)
+    length, first, dead, counters = pipe.execute()
+    oldest = 0.0
+    if first:
+        ms = int(first[0][0].split(b"-")[0])
+        oldest = max(0.0, time.time() - ms / 1000)
+    pending = 0
+    try:
+        for group in client.xinfo_groups(OUTBOX):
+            if group["name"] in (GROUP, GROUP.encode()):
+                pending = int(group["pending"])
+    except redis.ResponseError:  # no outbox yet
+        pass
+    return {
+        "waiting": int(length),
+        "pending": pending,
+        "oldest_seconds": oldest,
+        "dead": int(dead),
+        "counters": {k.decode(): int(v) for k, v in counters.items()},
+    }

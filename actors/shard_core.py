@@ -446,8 +446,9 @@ class ShardCore:
             self._pending.notices.extend(due)
         return expired
 
-    def _calendar(self, provider_id: str, service: str) -> Calendar | None:
-        return self.calendars.get((provider_id, service))
+    def _calendar(self, provider_id: str, service: str) -> tuple[Calendar, Provider] | None:
+        cal = self.calendars.get((provider_id, service))
+        return None if cal is None else (cal, self.providers[provider_id])
 
     def _offered_to(self, entry_id: str) -> tuple[str, Contact] | None:
         entry = self.waitlist.get(entry_id)
@@ -467,7 +468,7 @@ class ShardCore:
             freed = freed_starts(cal, events)
             if freed:
                 pending.freed.setdefault((cal.provider_id, cal.service), set()).update(freed)
-        notices = notices_of(cal, events, self._offered_to)
+        notices = notices_of(cal, self.providers[cal.provider_id], events, self._offered_to)
         if notices:
             pending.notices.extend(notices)
             timers = self.timers

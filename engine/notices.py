@@ -13,7 +13,7 @@ delivers it once.
 
 >>> from engine.records import Contact
 >>> n = Notice("booking.cancelled:b1", "booking.cancelled", 10, Contact("a@b.org"), "r",
-...            "p1", "vaccine", 3600, booking_id="b1")
+...            "p1", "vaccine", 3600, "Clinic", "America/Chicago", booking_id="b1")
 >>> n.contact.language
 'en'
 """
@@ -27,6 +27,7 @@ from typing import Literal
 import msgspec
 
 from engine.calendar import Calendar
+from engine.provider import Provider
 from engine.records import (
     Booking,
     BookingCancelled,
@@ -59,7 +60,8 @@ REMIND_BEFORE = 86_400  # the reminder: a day before the appointment
 
 
 class Notice(msgspec.Struct, frozen=True, kw_only=False, array_like=True, gc=False):
-    """One message to one patient about one thing. ``start`` is the slot (UTC seconds);
+    """One message to one patient about one thing. ``start`` is the slot (UTC seconds),
+    at the site named ``site`` in time zone ``timezone`` (what the message shows);
     ``old_start`` where a booking moved from; ``expires_at`` when an offer lapses."""
 
     notice_id: str
@@ -70,6 +72,8 @@ class Notice(msgspec.Struct, frozen=True, kw_only=False, array_like=True, gc=Fal
     provider_id: str
     service: str
     start: int
+    site: str
+    timezone: str
     booking_id: str | None = None
     hold_id: str | None = None
     entry_id: str | None = None
@@ -77,21 +81,25 @@ class Notice(msgspec.Struct, frozen=True, kw_only=False, array_like=True, gc=Fal
     expires_at: int | None = None
 
 
-def _booking(kind: Kind, cal: Calendar, b: Booking, at: int, notice_id: str) -> Notice | None:
+def _booking(
+    kind: Kind, cal: Calendar, site: Provider, b: Booking, at: int, notice_id: str
+) -> Notice | None:
     if b.contact is None:
         return None
     return Notice(
         notice_id, kind, at, b.contact, b.patient_ref, cal.provider_id, cal.service, b.start,
-        booking_id=b.booking_id,
+        site.name, site.timezone, booking_id=b.booking_id,
     )  # fmt: skip
 
 
 def notices_of(
     cal: Calendar,
+    site: Provider,
     events: Iterable[Event],
     offered_to: Callable[[str], tuple[str, Contact] | None],
 ) -> list[Notice]:
-    """The notices ``events`` (just drained from ``cal``) make. ``offered_to`` gives, for
+    """The notices ``events`` (just drained from ``cal``, the calendar of ``site``) make.
+    ``offered_to`` gives, for
     a waitlist entry id, its patient reference and contact details (``None``: nobody
     to tell)."""
     out: list[Notice] = []
@@ -102,14 +110,16 @@ def notices_of(
             if ev.contact is None:
                 continue
             b = bookings[ev.booking_id]
-            n = _booking("booking.confirmed", cal, b, ev.at, f"booking.confirmed:{b.booking_id}")
+            nid = f"booking.confirmed:{b.booking_id}"
+            n = _booking("booking.confirmed", cal, site, b, ev.at, nid)
         elif type(ev) is BookingCancelled:
             b = bookings[ev.booking_id]
-            n = _booking("booking.cancelled", cal, b, ev.at, f"booking.cancelled:{b.booking_id}")
+            nid = f"booking.cancelled:{b.booking_id}"
+            n = _booking("booking.cancelled", cal, site, b, ev.at, nid)
         elif type(ev) is BookingRescheduled:
             b = bookings[ev.booking_id]
             nid = f"booking.rescheduled:{b.booking_id}:{ev.new_start}"
-            n = _booking("booking.rescheduled", cal, b, ev.at, nid)
+            n = _booking("booking.rescheduled", cal, site, b, ev.at, nid)
             if n is not None:
                 n = msgspec.structs.replace(n, old_start=ev.old_start)
         elif type(ev) is HoldPlaced and ev.offer is not None:
@@ -118,8 +128,8 @@ def notices_of(
                 continue
             n = Notice(
                 f"offer.made:{ev.hold_id}", "offer.made", ev.at, who[1], who[0],
-                cal.provider_id, cal.service, ev.start, hold_id=ev.hold_id,
-                entry_id=ev.offer, expires_at=ev.at + ev.ttl,
+                cal.provider_id, cal.service, ev.start, site.name, site.timezone,
+                hold_id=ev.hold_id, entry_id=ev.offer, expires_at=ev.at + ev.ttl,
             )  # fmt: skip
         if n is not None:
             out.append(n)
@@ -168,7 +178,7 @@ class Timers:
     def due(
         self,
         now: int,
-        calendar: Callable[[str, str], Calendar | None],
+        calendar: Callable[[str, str], tuple[Calendar, Provider] | None],
         offered_to: Callable[[str], tuple[str, Contact] | None],
     ) -> list[Notice]:
         """The notices due by ``now`` whose subject still stands: the booking active, at
@@ -177,9 +187,10 @@ class Timers:
         heap = self._heap
         while heap and heap[0][0] <= now:
             when, what, pid, service, ref = heapq.heappop(heap)
-            cal = calendar(pid, service)
-            if cal is None:
+            found = calendar(pid, service)
+            if found is None:
                 continue
+            cal, site = found
             if what == "r":
                 b = cal.bookings.get(ref)
                 if (
@@ -191,7 +202,7 @@ class Timers:
                 ):
                     continue  # cancelled, moved (re-armed at its new time), past, erased
                 nid = f"booking.reminder:{b.booking_id}:{b.start}"
-                n = _booking("booking.reminder", cal, b, now, nid)
+                n = _booking("booking.reminder", cal, site, b, now, nid)
                 if n is not None:
                     out.append(n)
             else:
@@ -203,8 +214,8 @@ class Timers:
                     continue
                 n = Notice(
                     f"offer.expiring:{h.hold_id}", "offer.expiring", now, who[1], who[0],
-                    pid, service, h.start, hold_id=h.hold_id, entry_id=h.offer,
-                    expires_at=h.expires_at,
+                    pid, service, h.start, site.name, site.timezone, hold_id=h.hold_id,
+                    entry_id=h.offer, expires_at=h.expires_at,
                 )  # fmt: skip
                 out.append(n)
         return out

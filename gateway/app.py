@@ -25,6 +25,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
+from actors import outbox
 from actors.api import Hexbook
 from actors.availability import AvailabilityReader
 from actors.embedded_redis import EmbeddedRedis, redis_endpoint
@@ -33,6 +34,7 @@ from actors.series import SeriesBook
 from gateway import openapi, problems
 from gateway.audit_trail import AuditMiddleware, AuditTrail
 from gateway.auth import Authenticator
+from gateway.deliver import Deliverer, deliverer_of
 from gateway.deps import Runtime
 from gateway.fast import FastPath
 from gateway.headers import SecureHeaders
@@ -179,6 +181,12 @@ async def _runtime(
     )
     purging = asyncio.create_task(eraser.run(settings.retention_sweep_seconds))
     stack.callback(purging.cancel)
+    deliverer = await _deliverer(settings, hb, stack)
+    if deliverer is not None:
+        delivering = asyncio.create_task(deliverer.run())
+        stack.callback(delivering.cancel)
+    watching = asyncio.create_task(_watch_outbox(hb, metrics))
+    stack.callback(watching.cancel)
     return Runtime(
         settings=settings,
         metrics=metrics,
@@ -195,6 +203,25 @@ async def _runtime(
         eraser=eraser,
         waitlists=waitlists,
     )
+
+
+async def _deliverer(
+    settings: Settings, hb: Hexbook, stack: contextlib.AsyncExitStack
+) -> Deliverer | None:
+    """This gateway's deliverer of notifications, if it runs one and a channel is set."""
+    if not settings.notify or not (settings.smtp_url or settings.webhook_url):
+        return None
+    return await deliverer_of(settings, hb.redis_url, hb.keyring, stack)
+
+
+async def _watch_outbox(hb: Hexbook, metrics: Metrics, every: float = 2.0) -> None:
+    """Keep the outbox gauges of /metrics current."""
+    while True:
+        try:
+            metrics.show_outbox(await asyncio.to_thread(outbox.stats, hb.redis))
+        except Exception as exc:  # Redis away: the gauges keep their last values
+            log.debug("outbox stats: %s", exc)
+        await asyncio.sleep(every)
 
 
 async def _sweep_series(series: SeriesBook, policies: PolicyCache, every: float) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from gateway import cli_outbox
 from simulators.toolkit import duration_type, progress
 
 __all__ = ["main"]
@@ -304,6 +305,7 @@ def _parser() -> argparse.ArgumentParser:
     actions.add_parser("list", parents=[where], help="every key, without secrets")
     revoke = actions.add_parser("revoke", parents=[where], help="revoke a key by its id")
     revoke.add_argument("key_id", help="the 8-character id (hbk_<id>_...)")
+    cli_outbox.add_parsers(sub, where)
     return parser
 
 
@@ -848,6 +850,11 @@ def main(argv: list[str] | None = None) -> int:
         return import_(args)
     if args.command == "import-schedules":
         return import_schedules(args)
+    if args.command == "deliver":
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        return cli_outbox.deliver(args)
+    if args.command == "outbox":
+        return cli_outbox.outbox(args)
     return 2
 
 

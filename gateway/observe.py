@@ -79,6 +79,26 @@ class Metrics:
         self.redis_restarts = Gauge(
             "hexbook_embedded_redis_restarts", "restarts of the embedded redis-server", registry=r
         )
+        # The notifications outbox, deployment-wide (read from Redis every few seconds).
+        self.outbox_waiting = Gauge(
+            "hexbook_outbox_waiting", "notices in the outbox, not yet delivered", registry=r
+        )
+        self.outbox_pending = Gauge(
+            "hexbook_outbox_pending", "notices a deliverer is working on", registry=r
+        )
+        self.outbox_lag = Gauge(
+            "hexbook_outbox_lag_seconds", "age of the oldest notice not yet delivered", registry=r
+        )
+        self.notices = Gauge(
+            "hexbook_notices",
+            "notices delivered (outcome=delivered, by channel), failed attempts, dead "
+            "letters made and skipped (no channel), since the deployment began",
+            ["outcome", "channel"],
+            registry=r,
+        )
+        self.dead_letters = Gauge(
+            "hexbook_outbox_dead_letters", "dead letters waiting for a replay", registry=r
+        )
 
     def answered(self, status: int, routes: frozenset[str] | None = None) -> float:
         """HTTP answers of ``status`` so far, on ``routes`` (templates; ``None``: all)."""
@@ -98,6 +118,16 @@ class Metrics:
         self.inflight.set_function(inflight)
         self.index_age.set_function(index_age)
         self.index_entries.set_function(index_entries)
+
+    def show_outbox(self, stats: dict[str, Any]) -> None:
+        """Set the outbox gauges from :func:`actors.outbox.stats`."""
+        self.outbox_waiting.set(stats["waiting"])
+        self.outbox_pending.set(stats["pending"])
+        self.outbox_lag.set(stats["oldest_seconds"])
+        self.dead_letters.set(stats["dead"])
+        for name, value in stats["counters"].items():
+            outcome, _, channel = name.partition(":")
+            self.notices.labels(outcome, channel or "").set(value)
 
     def bind_redis(self, up: Callable[[], float], restarts: Callable[[], float]) -> None:
         """Read the embedded redis-server's state at scrape time."""

@@ -120,6 +120,27 @@ class Settings(BaseSettings):
     retention_sweep_seconds: float = Field(
         3600.0, gt=0, le=86400, description="how often the retention purge runs"
     )
+    # Notifications (gateway/deliver.py): e-mail through SMTP, a signed webhook, or both
+    # (e-mail where the patient gave an address, else the webhook); neither: none sent.
+    smtp_url: str | None = Field(
+        None,
+        description="smtp://[user:password@]host[:port] (starttls: smtp+starttls://, "
+        "implicit TLS: smtps://); none: no e-mail",
+    )
+    smtp_from: str = Field("hexbook <noreply@hexbook.invalid>", description="From of the mail")
+    webhook_url: str | None = Field(
+        None, description="receives every notice without e-mail (an SMS gateway, a front-end)"
+    )
+    webhook_secret: SecretStr | None = Field(
+        None, description="signs the webhook's calls (HMAC-SHA256); needed with webhook_url"
+    )
+    notify: bool = Field(True, description="this gateway also runs a deliverer")
+    notify_attempts: int = Field(8, ge=1, le=100, description="tries of a notice before its "
+                                 "dead letter")  # fmt: skip
+    notify_backoff_seconds: float = Field(
+        0.5, gt=0, le=60, description="the first retry's wait; doubled each time, up to 60 s"
+    )
+    notify_concurrency: int = Field(16, ge=1, le=1000, description="deliveries in flight")
     smart_refresh_seconds: float = Field(
         10.0, ge=0, description="SMART feed: re-rendered at most this often (also its max-age)"
     )
