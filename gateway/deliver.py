@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.policy
 import hashlib
 import hmac
 import json
@@ -131,6 +132,10 @@ def verify(
     return hmac.compare_digest(given, signature(secret, stamp, body))
 
 
+# Headers are not folded short of SMTP's own limit: a delivery key stays on one line.
+_MAIL_POLICY = email.policy.SMTP.clone(max_line_length=998)
+
+
 def message_id(notice_id: str) -> str:
     """The e-mail's Message-ID: one per notice (a notice id has characters a Message-ID
     may not, so its digest)."""
@@ -149,7 +154,7 @@ class Email:
     async def send(self, n: Notice, m: Message) -> None:
         if n.contact.email is None:
             raise DeliveryFailed("no e-mail address", temporary=False)
-        mail = EmailMessage()
+        mail = EmailMessage(policy=_MAIL_POLICY)
         mail["From"], mail["To"], mail["Subject"] = self.sender, n.contact.email, m.subject
         mail["Date"] = formatdate(localtime=False)
         mail["Message-ID"] = message_id(n.notice_id)
