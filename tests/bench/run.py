@@ -465,11 +465,18 @@ def part_launch(rounds: int) -> None:
     FIGURES.update(run())
 
 
+def part_notify(rounds: int) -> None:
+    from tests.bench.notify_load import part_notify as run
+
+    FIGURES.update(run(rounds))
+
+
 PARTS = {
     "engine": part_engine,
     "actors": part_actors,
     "gateway": part_gateway,
     "launch": part_launch,
+    "notify": part_notify,
 }
 
 

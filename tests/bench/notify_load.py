@@ -1,0 +1,190 @@
+"""From a cancellation to the waitlisted patient's notice delivered: the benchmark.
+
+The demo city (1,500 sites, 14 days) on the default shards, sealed at rest, the gateway
+running its own deliverer to a webhook receiver in this process (signatures checked).
+On top, ``MEASURED`` sites of one place each, booked, each with one patient waiting
+near it. Each measurement cancels one booking and times until the receiver has the
+``offer.made`` notice for that patient: the shard's step (release, offer as a hold,
+notice in the outbox, one commit), the deliverer's read, the template, the signed call.
+Measured idle, then under hold-then-book load (wrk, 32 connections) on the demo city.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+__all__ = ["part_notify"]
+
+MEASURED = 150
+SERVICE = "bench-wl"
+
+
+def _pct(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def part_notify(rounds: int) -> dict[str, float]:
+    import httpx
+    import ray
+
+    from actors.api import Hexbook
+    from actors.embedded_redis import EmbeddedRedis
+    from actors.sealing import Keyring
+    from gateway.app import create_app
+    from gateway.demo import demo_city
+    from gateway.keys import KeyStore
+    from gateway.settings import Settings
+    from tests.bench.gateway_load import _hold_bodies, script_flow, serve, wrk
+
+    print(
+        "== notify: a cancellation to the waitlisted patient's offer notice delivered "
+        "(gateway's deliverer -> signed webhook), demo city of 1,500 sites"
+    )
+    tz = ZoneInfo("America/Chicago")
+    today = datetime.now(tz).date()
+    secret = b"bench-webhook-secret"
+    rng = random.Random(11)
+    receiver = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("receiver.py")), secret.decode()],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert receiver.stdout is not None
+    hook_url = receiver.stdout.readline().split()[1]
+    arrived: dict[str, float] = {}
+
+    def listen() -> None:
+        assert receiver.stdout is not None
+        for line in receiver.stdout:
+            _, kind, entry_id, at = line.split()
+            if kind == "offer.made":
+                arrived[entry_id] = float(at)
+
+    threading.Thread(target=listen, daemon=True).start()
+    with tempfile.TemporaryDirectory() as data, EmbeddedRedis(data) as server:
+        ns = f"bench-{uuid.uuid4().hex[:6]}"
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace=ns)
+        try:
+            hb = Hexbook.connect(server.url, namespace=ns, keyring=Keyring.generate())
+            city = demo_city(1500)
+            hb.provision_many(city, today, 14, 15)
+            store = KeyStore(hb.redis)
+            key = store.create("booking-client", "bench", rate_per_second=1e7)[0]
+            ops_key = store.create("operator", "bench", rate_per_second=1e7)[0]
+            settings = Settings(
+                redis_url=server.url,
+                namespace=ns,
+                webhook_url=hook_url,
+                webhook_secret=secret.decode(),
+            )
+            app = create_app(settings, hexbook=hb)
+            with serve(app) as url:
+                auth = {"Authorization": f"Bearer {key}"}
+                ops = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ops_key}"})
+                api = httpx.Client(base_url=url, headers=auth, timeout=30)
+                first_day = today + timedelta(days=3)
+                cases = []
+                for i in range(MEASURED * 2):
+                    lat = 41.60 + (i // 40) * 0.02
+                    lng = -87.95 + (i % 40) * 0.02
+                    pid = f"wl-bench-{i}"
+                    r = ops.put(
+                        f"/v1/providers/{pid}",
+                        json={
+                            "name": pid, "lat": lat, "lng": lng, "timezone": "America/Chicago",
+                            "services": [SERVICE],
+                            "schedule": {"days": {d: [{"opens": "09:00", "closes": "09:15",
+                                                       "capacity": 1}]
+                                                  for d in ("mon", "tue", "wed", "thu", "fri",
+                                                            "sat", "sun")}},
+                            "first_day": f"{first_day}", "days": 1, "horizon_days": 0,
+                        },
+                    )  # fmt: skip
+                    assert r.status_code in (200, 201), r.text
+                    start = ops.get(f"/v1/providers/{pid}/slots", params={"service": SERVICE})
+                    slot = start.json()["slots"][0]["start"]
+                    hold = api.post(
+                        "/v1/holds", json={"provider_id": pid, "service": SERVICE, "start": slot}
+                    ).json()
+                    booking = api.post(
+                        "/v1/bookings",
+                        json={"hold_id": hold["hold_id"], "patient": {"reference": f"b{i}"}},
+                    ).json()
+                    entry = api.post(
+                        "/v1/waitlist",
+                        json={
+                            "service": SERVICE,
+                            "area": {"lat": lat, "lng": lng, "radius_km": 0.5},
+                            "earliest": f"{today}T00:00:00Z",
+                            "latest": f"{today + timedelta(days=10)}T00:00:00Z",
+                            "patient": {"reference": f"w{i}", "contact": {"phone": "+13125550100"}},
+                        },
+                    ).json()
+                    cases.append((booking, entry))
+
+                def measure(batch: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[float]:
+                    out = []
+                    for booking, entry in batch:
+                        t0 = time.time()  # the receiver's clock: the same machine's
+                        r = api.delete(
+                            f"/v1/bookings/{booking['booking_id']}",
+                            headers={"X-Booking-Token": booking["booking_token"]},
+                        )
+                        assert r.status_code == 204, r.text
+                        deadline = t0 + 30
+                        want = entry["entry_id"]
+                        while want not in arrived:
+                            assert time.time() < deadline, "no offer notice in 30 s"
+                            time.sleep(0.002)
+                        out.append((arrived[want] - t0) * 1000)
+                    return out
+
+                idle = measure(cases[:MEASURED])
+                pool = _hold_bodies(city, today, rng, 6_000 * 40)
+                loaded: dict[str, Any] = {}
+
+                def load() -> None:
+                    loaded["wrk"] = wrk(url, script_flow(key, pool), 32, 25)
+
+                t = threading.Thread(target=load)
+                t.start()
+                time.sleep(2.0)  # the load is on
+                busy = measure(cases[MEASURED:])
+                t.join()
+        finally:
+            ray.shutdown()
+            assert receiver.stdin is not None
+            receiver.stdin.close()
+            receiver.wait(timeout=30)
+    flow = loaded["wrk"]
+    booked = flow["counts"].get("booking:201", 0) / flow["seconds"] * 60
+    for name, xs in (("idle", idle), ("under load", busy)):
+        p50, p99 = statistics.median(xs), _pct(xs, 0.99)
+        print(
+            f"cancellation -> offer notice delivered, {name:10}: p50 {p50:6.1f} ms   "
+            f"p99 {p99:6.1f} ms   max {max(xs):6.1f} ms   ({len(xs)} offers)"
+        )
+    print(
+        f"the load meanwhile: hold then book at 32 connections, {booked:,.0f} bookings/min "
+        f"(p99 {flow['p99_ms']:.1f} ms)"
+    )
+    if shutil.which("wrk") is None:
+        print("(wrk missing: no load)")
+    return {
+        "notify_offer_p50_ms_loaded": statistics.median(busy),
+        "notify_offer_p99_ms_loaded": _pct(busy, 0.99),
+    }
