@@ -64,6 +64,7 @@ class AuditReport:
     series: int = 0
     series_in_flight: int = 0
     eligibility_checked: int = 0
+    offers_checked: int = 0
     violations: list[str] = field(default_factory=list)
 
     @property
@@ -84,6 +85,8 @@ class AuditReport:
             "still in their protocol)",
             f"  eligibility     {self.eligibility_checked:>10,} bookings checked against "
             "their rule version",
+            f"  waitlist offers {self.offers_checked:>10,} offers checked against their "
+            "entry's claim (one offer per entry)",
             f"  violations      {len(self.violations):>10,}",
         ]
         lines += [f"  ! {v}" for v in self.violations[:50]]
@@ -127,6 +130,7 @@ def audit(
     calendars: dict[tuple[str, str], Calendar] = {}
     hold_expiry: dict[str, int] = {}
     hold_keys: Counter[str] = Counter()
+    offers: dict[str, str] = {}  # offer hold id -> waitlist entry id
     confirm_keys: Counter[str] = Counter()
     for shard in _shards(client):
         report.shards += 1
@@ -140,6 +144,8 @@ def audit(
                 calendars[(cs.provider_id, cs.service)] = cal
                 for h in cs.holds:
                     hold_expiry[h.hold_id] = h.expires_at
+                    if h.offer is not None:
+                        offers[h.hold_id] = h.offer
         key = journal.journal_key(shard)
         while True:
             rows: Any = client.xrange(key, min=f"({after}", max="+", count=500)
@@ -160,6 +166,8 @@ def audit(
                         report.events += 1
                         if isinstance(ev, HoldPlaced):
                             hold_expiry[ev.hold_id] = ev.at + ev.ttl
+                            if ev.offer is not None:
+                                offers[ev.hold_id] = ev.offer
                             if ev.key:
                                 hold_keys[f"{entry.provider_id}/{entry.service}/{ev.key}"] += 1
                         elif isinstance(ev, HoldConfirmed):
@@ -194,6 +202,7 @@ def audit(
         every.setdefault(b.booking_id, (b, calendars.get((pid, service))))
         report.archived += 1
     _check_series(client, report, every, keyring)
+    _check_offers(client, report, offers)
     _check_eligibility(client, report, every)
     report.bookings = len(bookings)
     for what, counts in (("holds", hold_keys), ("bookings", confirm_keys)):
@@ -295,3 +304,23 @@ def _check_acks(
             report.violations.append(
                 f"acknowledged booking {bid[:16]}… is {found}, the client was told {state}"
             )
+
+
+def _check_offers(client: redis.Redis, report: AuditReport, offers: dict[str, str]) -> None:
+    """Every waitlist offer the journals show is the one its entry's claim names: an
+    entry offered two places (by two shards, or twice) would have a claim naming only
+    one of them."""
+    from actors import waitlist
+
+    items = list(offers.items())
+    for i in range(0, len(items), 500):
+        part = items[i : i + 500]
+        raws: Any = client.mget([waitlist.claim_key(entry) for _, entry in part])
+        for (hold_id, entry), raw in zip(part, raws, strict=True):
+            report.offers_checked += 1
+            claim = waitlist.parse_claim(raw)
+            if claim.hold_id != hold_id:
+                report.violations.append(
+                    f"waitlist entry {entry[:12]}… was offered hold {hold_id[:16]}… but its "
+                    f"claim is {claim.state} for {str(claim.hold_id)[:16]}…"
+                )

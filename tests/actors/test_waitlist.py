@@ -11,6 +11,7 @@ import redis
 import redis.asyncio as aioredis
 
 from actors import waitlist as claims
+from actors.audit import audit
 from actors.embedded_redis import EmbeddedRedis
 from actors.shard_core import ShardCore
 from engine.calendar import Calendar
@@ -121,6 +122,13 @@ def test_two_shards_freeing_at_once_offer_one_entry_one_place(tmp_path) -> None:
             assert offers_of(loser) == {}
 
         asyncio.run(main())
+        # The audit checks each offer against its entry's claim: one offer per entry.
+        sync = redis.Redis.from_url(server.url)
+        report = audit(sync)
+        assert report.ok and report.offers_checked == 1, report.summary()
+        sync.set(claims.claim_key("w1"), claims.offered_value("s-b", "another", "pb", "v", 0, 0))
+        report = audit(sync)
+        assert len(report.violations) == 1 and "w1" in report.violations[0], report.summary()
 
 
 def fill_next(core: ShardCore, pid: str) -> str:
