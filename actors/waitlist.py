@@ -24,6 +24,7 @@ entry as its owner reads it, sealed like every value with patient data).
 
 from __future__ import annotations
 
+import hashlib
 from typing import Literal
 
 import msgspec
@@ -36,6 +37,7 @@ __all__ = [
     "DONE_TTL_SECONDS",
     "FINISH",
     "LEAVE",
+    "PATIENT",
     "UNCLAIM",
     "Claim",
     "claim_key",
@@ -44,6 +46,7 @@ __all__ = [
     "offered_value",
     "open_entry",
     "parse_claim",
+    "patient_key",
     "seal_entry",
 ]
 
@@ -86,6 +89,26 @@ if v then ended = ended .. ':' .. string.sub(v, 9) end
 redis.call('SET', KEYS[1], ended, 'EX', ARGV[2])
 return v or false
 """
+
+
+# KEYS[1] the patient's key; ARGV[1] the new entry, ARGV[2] ttl, ARGV[3] the entry it may
+# replace (one that is over) or "". Returns nil when the patient's key names the new
+# entry now, else the live entry it names.
+PATIENT = """
+local v = redis.call('GET', KEYS[1])
+if not v or v == ARGV[1] or v == ARGV[3] then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  return false
+end
+return v
+"""
+
+
+def patient_key(service: str, patient_ref: str) -> str:
+    """Which entry a patient waits with for ``service`` (a digest: no reference in key
+    names)."""
+    digest = hashlib.sha256(f"{service}\x1f{patient_ref}".encode()).hexdigest()[:32]
+    return f"hexbook:waitlist:patient:{digest}"
 
 
 def claim_key(entry_id: str) -> str:

@@ -18,6 +18,7 @@ HTTP status and a problem+json body) and a message that tells the caller what to
     ├── ScheduleConflict        schedule_conflict     a schedule change would drop bookings
     ├── BookingNotActive        booking_not_active    cancelled already
     ├── NoOffer                 no_offer              the waitlist entry holds no offer now
+    ├── AlreadyWaiting          already_waiting       one waitlist entry per patient and service
     ├── NotEligible             not_eligible          the service's rule refuses the patient
     ├── AdmissionRequired       admission_required    a waiting room is active: join it first
     ├── AdmissionSpent          admission_spent       this admission holds a place already
@@ -36,6 +37,7 @@ __all__ = [
     "AdmissionRequired",
     "AdmissionSpent",
     "AlreadyQueued",
+    "AlreadyWaiting",
     "BookingNotActive",
     "BookingNotFound",
     "CalendarNotFound",
@@ -278,6 +280,23 @@ class NoOffer(HexbookError):
 
     def __reduce__(self) -> tuple[type[NoOffer], tuple[str]]:
         return (NoOffer, (self.state,))
+
+
+class AlreadyWaiting(HexbookError):
+    """The patient waits for this service already (one entry per patient and service,
+    so that one patient is never offered two places at once)."""
+
+    code = "already_waiting"
+
+    def __init__(self, entry_id: str) -> None:
+        super().__init__(
+            f"this patient is on the waitlist for this service already (entry {entry_id}); "
+            "leave that entry first to wait differently"
+        )
+        self.entry_id = entry_id
+
+    def __reduce__(self) -> tuple[type[AlreadyWaiting], tuple[str]]:
+        return (AlreadyWaiting, (self.entry_id,))
 
 
 class CodecError(HexbookError):

@@ -57,6 +57,7 @@ STATUS: dict[type[errors.HexbookError], int] = {
     errors.BookingNotFound: 404,
     errors.EntryNotFound: 404,
     errors.NoOffer: 409,
+    errors.AlreadyWaiting: 409,
     errors.NotFound: 404,
     errors.SlotUnavailable: 409,
     errors.NotEligible: 403,

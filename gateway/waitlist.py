@@ -24,7 +24,7 @@ from actors.api import routable_id, token_digest
 from actors.policy import PolicyCache
 from actors.sealing import Keyring
 from actors.shard import check
-from engine.errors import EntryNotFound, InvalidRequest, NoOffer
+from engine.errors import AlreadyWaiting, EntryNotFound, InvalidRequest, NoOffer
 from engine.provider import Provider
 from engine.records import ConfirmHold
 from engine.waitlist import WaitArea, WaitEntry, validate_entry
@@ -112,6 +112,7 @@ class Waitlists:
         self.providers = providers
         self.keyring = keyring
         self._leave = redis.register_script(claims.LEAVE)
+        self._patient = redis.register_script(claims.PATIENT)
 
     async def join(self, caller: Principal, req: WaitlistIn, key: str | None) -> dict[str, Any]:
         """Put a patient on the waitlist (every shard's); 201 with the token."""
@@ -150,14 +151,50 @@ class Waitlists:
             raise InvalidRequest("the waitlist window (or expires_at) is over already")
         stored = claims.seal_entry(self.keyring, entry)
         keep = expires - now + claims.DONE_TTL_SECONDS
+        await self._one_per_patient(entry, expires - now)
         key_ = claims.entry_key(entry.entry_id)
         if not await self.redis.set(key_, stored, nx=True, ex=keep):
             entry = await self._entry(entry.entry_id)  # a repeat: the entry as it joined
-        await asyncio.gather(
-            *(self.router.call_shard(s, "waitlist_join", entry) for s in self.shards())
-        )
+        try:
+            await asyncio.gather(
+                *(self.router.call_shard(s, "waitlist_join", entry) for s in self.shards())
+            )
+        except Exception:
+            if not scoped.repeatable:  # no key to finish it with: end it, free the patient
+                await self._end(entry)
+            raise
         claim = claims.parse_claim(await self.redis.get(claims.claim_key(entry.entry_id)))
         return entry_out(entry, claim, self.now(), self.providers, token)
+
+    async def _one_per_patient(self, entry: WaitEntry, ttl: int) -> None:
+        """One live entry per patient and service: a patient waiting twice could be
+        offered two places at once. An entry that is over may be replaced."""
+        key = claims.patient_key(entry.service, entry.patient_ref)
+        other = await self._patient(keys=[key], args=[entry.entry_id, ttl, ""])
+        if other is None:
+            return
+        name = other.decode() if isinstance(other, bytes) else str(other)
+        claim = claims.parse_claim(await self.redis.get(claims.claim_key(name)))
+        alive = await self.redis.exists(claims.entry_key(name))
+        if alive and claim.state in ("waiting", "offered"):
+            raw = await self.redis.get(claims.entry_key(name))
+            if raw is not None and claims.open_entry(self.keyring, name, raw).expires_at > (
+                self.now()
+            ):
+                raise AlreadyWaiting(name)
+        if await self._patient(keys=[key], args=[entry.entry_id, ttl, name]) is not None:
+            raise AlreadyWaiting(name)  # another join took it meanwhile
+
+    async def _end(self, entry: WaitEntry) -> None:
+        """End an entry some shards may hold: its claim over (no shard offers it), the
+        patient free to join again."""
+        await self._leave(
+            keys=[claims.claim_key(entry.entry_id)],
+            args=[claims.done_value("cancelled"), claims.DONE_TTL_SECONDS],
+        )
+        pkey = claims.patient_key(entry.service, entry.patient_ref)
+        if await self.redis.get(pkey) == entry.entry_id.encode():
+            await self.redis.delete(pkey)
 
     async def read(self, caller: Principal, entry_id: str, token: str | None) -> dict[str, Any]:
         entry = await self._owned(caller, entry_id, token)

@@ -274,3 +274,22 @@ def test_an_entry_is_sealed_at_rest_and_erased_on_request(
     for shard in hb.directory.shards:
         state = hb._call(shard, "committed_state")
         assert b"wl-erase-1" not in state  # off every shard's list
+
+
+def test_one_patient_waits_once_per_service_even_when_racing(api: httpx.Client) -> None:
+    area = {"lat": 41.50, "lng": LNG, "radius_km": 1}
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: join(api, "pat-twice", area=area), range(6)))
+    assert sorted(r.status_code for r in answers) == [201] + [409] * 5, [r.text for r in answers]
+    first = next(r.json() for r in answers if r.status_code == 201)
+    for r in answers:
+        if r.status_code == 409:
+            assert_problem(r, 409, "already_waiting")
+            assert first["entry_id"] in r.json()["detail"]
+    # Another service is another wait; leaving frees the patient to join again.
+    assert join(api, "pat-twice", area=area, service="other-service").status_code == 201
+    token = {"X-Waitlist-Token": first["waitlist_token"]}
+    assert api.delete(f"/v1/waitlist/{first['entry_id']}", headers=token).status_code == 204
+    again = join(api, "pat-twice", area=area)
+    assert again.status_code == 201, again.text
+    assert again.json()["entry_id"] != first["entry_id"]
