@@ -24,7 +24,7 @@ import h3
 import msgspec
 
 from engine.errors import InvalidRequest
-from engine.geo import haversine_km
+from engine.geo import check_area, haversine_km
 
 __all__ = [
     "AgeBand",
@@ -115,16 +115,8 @@ def validate_rule(rule: Rule) -> None:
         _day(rule.reference_date, "reference date")
     res = rule.residence
     if res is not None:
-        for cell in res.cells:
-            if not h3.is_valid_cell(cell):
-                raise InvalidRequest(f"residence cell {cell!r} is not an H3 cell")
-        lat, lng, r = res.lat, res.lng, res.radius_km
-        if lat is not None or lng is not None or r is not None:
-            if lat is None or lng is None or r is None:
-                raise InvalidRequest("a residence radius needs lat, lng and radius_km")
-            if not (-90 <= lat <= 90 and -180 <= lng <= 180) or not 0 < r <= 500:
-                raise InvalidRequest("a residence radius needs a position and 0 < km <= 500")
-        elif not res.postal_codes and not res.cells:
+        radius = check_area(res.cells, res.lat, res.lng, res.radius_km, "residence")
+        if not radius and not res.postal_codes and not res.cells:
             raise InvalidRequest("a residence needs postal codes, cells or a radius")
 
 

@@ -23,12 +23,31 @@ __all__ = [
     "EARTH_RADIUS_KM",
     "bounding_box",
     "cells_covering",
+    "check_area",
     "haversine_km",
     "provider_cell",
 ]
 
 DEFAULT_RESOLUTION = 8  # cells of ~0.7 km²: a city has a few thousand
 EARTH_RADIUS_KM = 6371.0088
+
+
+def check_area(
+    cells: tuple[str, ...], lat: float | None, lng: float | None, radius_km: float | None,
+    what: str,
+) -> bool:  # fmt: skip
+    """Raise :class:`InvalidRequest` for an area (``what``: how messages name it) with a
+    cell that is no H3 cell, or half a radius; whether it has a radius."""
+    for cell in cells:
+        if not h3.is_valid_cell(cell):
+            raise InvalidRequest(f"{what} cell {cell!r} is not an H3 cell")
+    if lat is None and lng is None and radius_km is None:
+        return False
+    if lat is None or lng is None or radius_km is None:
+        raise InvalidRequest(f"a {what} radius needs lat, lng and radius_km")
+    if not (-90 <= lat <= 90 and -180 <= lng <= 180) or not 0 < radius_km <= 500:
+        raise InvalidRequest(f"a {what} radius needs a position and 0 < km <= 500")
+    return True
 
 
 def _check_point(lat: float, lng: float) -> None:

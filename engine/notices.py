@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterable
-from typing import Literal
+from typing import Literal, get_args
 
 import msgspec
 
@@ -48,14 +48,7 @@ Kind = Literal[
     "offer.made",
     "offer.expiring",
 ]
-KINDS: tuple[Kind, ...] = (
-    "booking.confirmed",
-    "booking.cancelled",
-    "booking.rescheduled",
-    "booking.reminder",
-    "offer.made",
-    "offer.expiring",
-)
+KINDS: tuple[Kind, ...] = get_args(Kind)
 REMIND_BEFORE = 86_400  # the reminder: a day before the appointment
 
 

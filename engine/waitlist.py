@@ -44,7 +44,7 @@ import numpy as np
 from engine.calendar import Calendar
 from engine.eligibility import Attestation
 from engine.errors import InvalidRequest
-from engine.geo import haversine_km
+from engine.geo import check_area, haversine_km
 from engine.provider import Provider
 from engine.records import (
     BookingCancelled,
@@ -157,16 +157,8 @@ def validate_entry(entry: WaitEntry) -> None:
     area = entry.area
     if len(area.cells) > MAX_CELLS:
         raise InvalidRequest(f"a waitlist area has at most {MAX_CELLS} cells")
-    for cell in area.cells:
-        if not h3.is_valid_cell(cell):
-            raise InvalidRequest(f"area cell {cell!r} is not an H3 cell")
-    lat, lng, r = area.lat, area.lng, area.radius_km
-    if lat is not None or lng is not None or r is not None:
-        if lat is None or lng is None or r is None:
-            raise InvalidRequest("a waitlist radius needs lat, lng and radius_km")
-        if not (-90 <= lat <= 90 and -180 <= lng <= 180) or not 0 < r <= 500:
-            raise InvalidRequest("a waitlist radius needs a position and 0 < km <= 500")
-    elif not area.cells:
+    radius = check_area(area.cells, area.lat, area.lng, area.radius_km, "waitlist area")
+    if not radius and not area.cells:
         raise InvalidRequest("a waitlist area needs cells or a point and a radius")
     if not entry.earliest < entry.latest:
         raise InvalidRequest("a waitlist window must end after it begins")

@@ -23,6 +23,7 @@ from fastapi import FastAPI
 from actors import outbox
 from actors.api import Hexbook
 from tests.dates import ahead
+from tests.gateway.sites import put_day_site
 from tests.polling import until
 from tests.redis_values import every_value
 from tests.sinks import Sink, mail_text, smtp_server, webhook_receiver
@@ -86,26 +87,9 @@ def kill(proc: subprocess.Popen[str]) -> None:
 
 
 def site(ops: httpx.Client, pid: str, capacity: int = 4) -> list[str]:
-    body = {
-        "name": f"Clinic {pid}",
-        "lat": 41.75,
-        "lng": -87.60,
-        "timezone": "America/Chicago",
-        "services": [SERVICE],
-        "schedule": {
-            "days": {
-                d: [{"opens": "09:00", "closes": "12:00", "capacity": capacity}]
-                for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-            }
-        },
-        "first_day": f"{DAY}",
-        "days": 1,
-        "horizon_days": 0,
-    }
-    r = ops.put(f"/v1/providers/{pid}", json=body)
-    assert r.status_code in (200, 201), r.text
-    slots = ops.get(f"/v1/providers/{pid}/slots", params={"service": SERVICE}).json()
-    return [s["start"] for s in slots["slots"]]
+    return put_day_site(
+        ops, pid, SERVICE, DAY, lat=41.75, lng=-87.60, capacity=capacity, closes="12:00"
+    )
 
 
 def retried(call: Any) -> httpx.Response:

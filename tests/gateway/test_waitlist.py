@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from actors.api import Hexbook
 from actors.audit import audit
 from tests.dates import ahead
+from tests.gateway.sites import put_day_site
 from tests.gateway.test_api import assert_problem
 from tests.polling import until
 from tests.redis_values import every_value
@@ -39,26 +40,7 @@ LAT, LNG = 41.90, -87.70
 
 
 def one_slot_site(ops: httpx.Client, pid: str, capacity: int = 1, lat: float = LAT) -> str:
-    body = {
-        "name": pid,
-        "lat": lat,
-        "lng": LNG,
-        "timezone": "America/Chicago",
-        "services": ["wl-vaccine"],
-        "schedule": {
-            "days": {
-                d: [{"opens": "09:00", "closes": "09:15", "capacity": capacity}]
-                for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-            }
-        },
-        "first_day": f"{DAY}",
-        "days": 1,
-        "horizon_days": 0,
-    }
-    r = ops.put(f"/v1/providers/{pid}", json=body)
-    assert r.status_code in (200, 201), r.text
-    slots = ops.get(f"/v1/providers/{pid}/slots", params={"service": "wl-vaccine"}).json()
-    return str(slots["slots"][0]["start"])
+    return put_day_site(ops, pid, "wl-vaccine", DAY, lat=lat, lng=LNG, capacity=capacity)[0]
 
 
 def remaining(api: httpx.Client, pid: str) -> int:
