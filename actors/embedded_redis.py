@@ -135,7 +135,7 @@ def redis_password(data_dir: str | os.PathLike[str], create: bool = False) -> st
 
 def redacted(url: str) -> str:
     """``url`` fit to print: a password in it shown as ``***``."""
-    return re.sub(r"^(\w+://)([^@/]*:)?[^@/]*@", lambda m: f"{m[1]}{m[2] or ''}***@", url)
+    return re.sub(r"^([\w+.-]+://)([^@/]*:)?[^@/]*@", lambda m: f"{m[1]}{m[2] or ''}***@", url)
 
 
 def _url(port: int, password: str | None) -> str:

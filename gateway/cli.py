@@ -394,6 +394,7 @@ def up(args: argparse.Namespace) -> int:
             shards=args.shards,
             access_log=args.access_log,
         )
+        print(f"hexbook: notifications: {_channels(settings)}")
         srv = server(create_app(settings, hexbook=hb, redis_server=embedded), tls=tls)
         host = f"[{args.host}]" if ":" in args.host else args.host
         scheme = "https" if tls else "http"
@@ -403,6 +404,20 @@ def up(args: argparse.Namespace) -> int:
             srv.run(sockets=[sock])
     print("hexbook: stopped cleanly")
     return 0
+
+
+def _channels(settings: Any) -> str:
+    """How this gateway delivers notifications (docs/notifications.md), in words."""
+    from actors.embedded_redis import redacted
+
+    ways = []
+    if settings.smtp_url:
+        ways.append(f"e-mail via {redacted(settings.smtp_url)}")
+    if settings.webhook_url:
+        ways.append(f"signed webhook to {settings.webhook_url}")
+    if not ways:
+        return "none sent (set HEXBOOK_SMTP_URL or HEXBOOK_WEBHOOK_URL; docs/notifications.md)"
+    return " and ".join(ways) + ("" if settings.notify else " (by `hexbook deliver`)")
 
 
 def _keyring(args: argparse.Namespace, *, embedded: bool, create: bool = False) -> Any:

@@ -69,3 +69,20 @@ def test_a_message_id_is_one_per_notice_and_a_valid_header() -> None:
     a, b = message_id("booking.confirmed:abc"), message_id("booking.cancelled:abc")
     assert a != b and a == message_id("booking.confirmed:abc")
     assert a.startswith("<") and a.endswith("@hexbook>") and ":" not in a
+
+
+def test_hexbook_up_says_how_notifications_go_without_printing_a_password() -> None:
+    from gateway.cli import _channels
+    from gateway.settings import Settings
+
+    none = _channels(Settings())
+    assert none.startswith("none sent") and "HEXBOOK_SMTP_URL" in none
+    mail = _channels(Settings(smtp_url="smtp+starttls://hexbook:s3cr%40t@mail.example.org:587"))
+    assert mail == "e-mail via smtp+starttls://hexbook:***@mail.example.org:587"
+    both = _channels(
+        Settings(smtp_url="smtp://m:25", webhook_url="https://sms.example.org/h", notify=False)
+    )
+    assert both == (
+        "e-mail via smtp://m:25 and signed webhook to https://sms.example.org/h "
+        "(by `hexbook deliver`)"
+    )
