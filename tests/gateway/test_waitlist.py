@@ -6,6 +6,7 @@ one each. Real Ray (two shards), real Redis, real HTTP."""
 from __future__ import annotations
 
 import concurrent.futures
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -275,3 +276,14 @@ def test_one_patient_waits_once_per_service_even_when_racing(api: httpx.Client) 
     again = join(api, "pat-twice", area=area)
     assert again.status_code == 201, again.text
     assert again.json()["entry_id"] != first["entry_id"]
+
+
+def test_an_entry_expires_when_its_time_is_up(api: httpx.Client) -> None:
+    soon = (datetime.now(UTC) + timedelta(seconds=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    area = {"lat": 41.45, "lng": LNG, "radius_km": 1}
+    joined = join(api, "pat-brief", area=area, expires_at=soon)
+    assert joined.status_code == 201, joined.text
+    assert joined.json()["expires_at"] == soon.replace("Z", "+00:00")
+    until(lambda: entry(api, joined.json())["status"] == "expired", seconds=30)
+    again = join(api, "pat-brief", area=area)  # an entry that is over frees its patient
+    assert again.status_code == 201, again.text
