@@ -28,7 +28,7 @@ WaitlistToken = Annotated[
     status_code=201,
     response_model=WaitlistOut,
     dependencies=[Depends(json_body)],
-    responses=errors(403, 503),
+    responses=errors(403, 409, 503),
 )
 async def join(body: WaitlistIn, caller: Booker, rt: RuntimeDep, key: IdempotencyKey) -> Response:
     """Wait for a place. When one frees up in the area and window (a hold lapses, a
@@ -36,7 +36,8 @@ async def join(body: WaitlistIn, caller: Booker, rt: RuntimeDep, key: Idempotenc
     come first served, as a hold of their own: read the entry to see it, accept it with
     ``POST /v1/waitlist/{entry_id}/booking`` before it expires, or it passes to the next.
     The answer carries the waitlist token (again in a repeat under the same
-    Idempotency-Key). A place free already is offered at once."""
+    Idempotency-Key). A place free already is offered at once. One entry per patient
+    and service: a second is a 409 ``already_waiting``."""
     assert rt.waitlists is not None
     return json_answer(await rt.waitlists.join(caller, body, key), 201)
 
@@ -64,7 +65,7 @@ async def leave(
     "/{entry_id}/booking",
     status_code=201,
     response_model=BookingOut,
-    responses=errors(403, 404, 409, 410),
+    responses=errors(403, 404, 409, 410, 503),
 )
 async def accept(
     caller: Booker,
