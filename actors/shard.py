@@ -244,14 +244,17 @@ class ShardActor:
         self, now: int, patient_ref: str | None = None, ended_by: int | None = None
     ) -> int:
         """Erase patient data (``patient_ref``'s, or of appointments ended by
-        ``ended_by``) in the calendars and the archive, then snapshot, so that the
-        journal entries that held it are trimmed. Returns how many bookings lost it."""
+        ``ended_by``) in the calendars and the archive, the waitlist and the outbox,
+        then snapshot, so that the journal entries that held it are trimmed. Returns
+        how many bookings lost it."""
         await self._ready()
-        erased: int = await self._enqueue(lambda: self._core.erase(now, patient_ref, ended_by))
+        core = self._core
+        erased: int = await self._enqueue(lambda: core.erase(now, patient_ref, ended_by))
+        waiting: int = await self._enqueue(lambda: core.erase_waiting(now, patient_ref, ended_by))
         try:
-            erased += await self._core.erase_archived(now, patient_ref, ended_by)
-            erased += await self._core.erase_notices(patient_ref, ended_by)
-            if erased:
+            erased += await core.erase_archived(now, patient_ref, ended_by)
+            notices = await core.erase_notices(patient_ref, ended_by)
+            if erased or waiting or notices:
                 await self.write_snapshot()
         except RedisError as exc:
             raise Unavailable(f"shard {self.name}: the erasure is not complete: {exc}") from exc

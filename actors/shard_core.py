@@ -372,8 +372,12 @@ class ShardCore:
                     len(e.booking_ids) for e in events if isinstance(e, PatientDataErased)
                 )
                 self._collect(cal, events, self._pending)
-        # Waitlist entries carry contact details and attestations too: ``patient_ref``'s
-        # leave the list; by retention, those whose time ran out by ``ended_by``.
+        return erased
+
+    def erase_waiting(self, now: int, patient_ref: str | None, ended_by: int | None) -> int:
+        """Waitlist entries carry contact details and attestations too: ``patient_ref``'s
+        leave the list; by retention, those whose time ran out by ``ended_by``. Journaled
+        with the next commit; returns how many."""
         gone = [
             e.entry_id
             for e in self.waitlist.entries()
@@ -382,7 +386,7 @@ class ShardCore:
         ]
         for entry_id in gone:
             self.leave(entry_id, now)
-        return erased + len(gone)
+        return len(gone)
 
     async def erase_notices(self, patient_ref: str | None, ended_by: int | None) -> int:
         """Drop the notices not delivered yet (the outbox and its dead letters) of
