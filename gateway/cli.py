@@ -23,6 +23,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from gateway import cli_outbox
+from gateway.cli_support import embedded_redis_wanted, keyring_for, on_data
 from simulators.toolkit import duration_type, progress
 
 __all__ = ["main"]
@@ -371,7 +372,7 @@ def up(args: argparse.Namespace) -> int:
             print(f"hexbook: {exc}", file=sys.stderr)
             return 1
         try:
-            ring = _keyring(args, embedded=embedded is not None, create=True)
+            ring = keyring_for(args, embedded=embedded is not None, create=True)
         except HexbookError as exc:
             print(f"hexbook: {exc}", file=sys.stderr)
             return 2
@@ -418,17 +419,6 @@ def _channels(settings: Any) -> str:
     if not ways:
         return "none sent (set HEXBOOK_SMTP_URL or HEXBOOK_WEBHOOK_URL; docs/notifications.md)"
     return " and ".join(ways) + ("" if settings.notify else " (by `hexbook deliver`)")
-
-
-def _keyring(args: argparse.Namespace, *, embedded: bool, create: bool = False) -> Any:
-    """The data keys for a command given --data-dir (and the HEXBOOK_DATA_KEYS* variables)."""
-    from gateway.settings import Settings, data_keyring
-
-    return data_keyring(Settings(data_dir=args.data_dir), embedded=embedded, create=create)
-
-
-def _embedded(args: argparse.Namespace) -> bool:
-    return not (getattr(args, "redis_url", None) or os.environ.get("REDIS_URL"))
 
 
 def _keys_where(ring: Any) -> str:
@@ -490,40 +480,6 @@ def _demo_key(hb: Any) -> str:
     return store.create("booking-client", DEMO_KEY_NAME)[0]
 
 
-def _on_data(args: argparse.Namespace, work: Any) -> int:
-    """``work(client)`` on the Redis of --data-dir (a running stack's, or started on its
-    data) or --redis-url; its exit status, or each failure said in one line."""
-    import redis
-
-    from actors.embedded_redis import (
-        NoHexbookData,
-        RedisBinaryNotFound,
-        RedisStartError,
-        redis_endpoint,
-    )
-    from engine.errors import HexbookError
-
-    try:
-        with redis_endpoint(args.redis_url, args.data_dir, attach=True) as url:
-            client = redis.Redis.from_url(url)
-            try:
-                return int(work(client))
-            finally:
-                client.close()
-    except NoHexbookData as exc:
-        print(f"hexbook: {exc}", file=sys.stderr)
-        return 2
-    except (RedisBinaryNotFound, RedisStartError) as exc:
-        print(f"hexbook: {exc}", file=sys.stderr)
-        return 1
-    except HexbookError as exc:
-        print(f"hexbook: {exc.message}", file=sys.stderr)
-        return 2
-    except redis.RedisError as exc:
-        print(f"hexbook: Redis: {exc}", file=sys.stderr)
-        return 1
-
-
 def keys(args: argparse.Namespace) -> int:
     from gateway.audit_trail import append_sync
     from gateway.keys import KeyStore
@@ -560,7 +516,7 @@ def keys(args: argparse.Namespace) -> int:
             print(f"revoked {record.key_id} ({record.role}, {record.name})")
         return 0
 
-    return _on_data(args, work)
+    return on_data(args, work)
 
 
 def backup_(args: argparse.Namespace) -> int:
@@ -690,7 +646,7 @@ def keyring(args: argparse.Namespace) -> int:
         return 0
 
     def work(client: Any) -> int:
-        ring = _keyring(args, embedded=_embedded(args))
+        ring = keyring_for(args, embedded=embedded_redis_wanted(args))
         if args.action == "status":
             counts = census(client)
             print(f"{'key id':10}  {'values':>10}")
@@ -744,7 +700,7 @@ def keyring(args: argparse.Namespace) -> int:
         )
         return 0
 
-    return _on_data(args, work)
+    return on_data(args, work)
 
 
 def _cli_who() -> str:
@@ -824,7 +780,7 @@ def audit(args: argparse.Namespace) -> int:
         with redis_endpoint(args.redis_url, args.data_dir, attach=True) as url:
             client = redis.Redis.from_url(url)
             try:
-                ring = _keyring(args, embedded=_embedded(args))
+                ring = keyring_for(args, embedded=embedded_redis_wanted(args))
                 report = run_audit(client, read_acks(files), ring)
             finally:
                 client.close()

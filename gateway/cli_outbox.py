@@ -52,7 +52,7 @@ def add_parsers(sub: Any, where: argparse.ArgumentParser) -> None:
 
 def outbox(args: argparse.Namespace) -> int:
     from actors import outbox as box
-    from gateway.cli import _on_data
+    from gateway.cli_support import on_data
 
     if args.action == "replay" and not (args.ids or args.all):
         print("hexbook: name the dead letters to replay, or give --all", file=sys.stderr)
@@ -79,12 +79,12 @@ def outbox(args: argparse.Namespace) -> int:
         print(f"{moved} dead letter(s) back in the outbox")
         return 0 if moved or args.all else 1
 
-    return _on_data(args, work)
+    return on_data(args, work)
 
 
 def deliver(args: argparse.Namespace) -> int:
     from actors.embedded_redis import RedisBinaryNotFound, RedisStartError, redis_endpoint
-    from gateway.cli import _embedded, _keyring
+    from gateway.cli_support import embedded_redis_wanted, keyring_for
     from gateway.deliver import deliverer_of
     from gateway.settings import Settings
 
@@ -99,7 +99,7 @@ def deliver(args: argparse.Namespace) -> int:
     if args.claim_idle <= 0:
         print("hexbook: --claim-idle must be positive", file=sys.stderr)
         return 2
-    ring = _keyring(args, embedded=_embedded(args))
+    ring = keyring_for(args, embedded=embedded_redis_wanted(args))
 
     async def run(url: str) -> None:
         async with contextlib.AsyncExitStack() as stack:
