@@ -287,3 +287,47 @@ def test_an_entry_expires_when_its_time_is_up(api: httpx.Client) -> None:
     until(lambda: entry(api, joined.json())["status"] == "expired", seconds=30)
     again = join(api, "pat-brief", area=area)  # an entry that is over frees its patient
     assert again.status_code == 201, again.text
+
+
+def test_an_offer_is_accepted_only_if_the_rule_admits_what_the_patient_attested(
+    ops: httpx.Client, api: httpx.Client
+) -> None:
+    start = put_day_site(ops, "wl-elig-1", "wl-elig", DAY, lat=41.40, lng=LNG, capacity=2)[0]
+    assert ops.put("/v1/rules/wl-elig", json={"ages": [{"min_years": 65}]}).status_code == 201
+    old = {"birth_date": "1950-01-02"}
+    taken = []
+    for n in range(2):
+        hold = api.post(
+            "/v1/holds",
+            json={
+                "provider_id": "wl-elig-1",
+                "service": "wl-elig",
+                "start": start,
+                "attestation": old,
+            },
+        )
+        assert hold.status_code == 201, hold.text
+        body = {"hold_id": hold.json()["hold_id"], "patient": {"reference": f"elig-{n}"}}
+        taken.append(api.post("/v1/bookings", json=body).json())
+    area = {"lat": 41.40, "lng": LNG, "radius_km": 1}
+    young = join(
+        api, "wl-young", service="wl-elig", area=area, attestation={"birth_date": "2001-05-05"}
+    )
+    aged = join(api, "wl-aged", service="wl-elig", area=area, attestation=old)
+    assert young.status_code == aged.status_code == 201
+    for b in taken:  # both places free up: one offer each
+        token = {"X-Booking-Token": b["booking_token"]}
+        assert api.delete(f"/v1/bookings/{b['booking_id']}", headers=token).status_code == 204
+    for who in (young, aged):
+        until(lambda who=who: entry(api, who.json())["status"] == "offered")
+    refused = api.post(
+        f"/v1/waitlist/{young.json()['entry_id']}/booking",
+        headers={"X-Waitlist-Token": young.json()["waitlist_token"]},
+    )
+    assert_problem(refused, 403, "not_eligible")
+    assert refused.json()["reasons"][0].startswith("age ")
+    booked = api.post(
+        f"/v1/waitlist/{aged.json()['entry_id']}/booking",
+        headers={"X-Waitlist-Token": aged.json()["waitlist_token"]},
+    )
+    assert booked.status_code == 201, booked.text
