@@ -224,10 +224,10 @@ class ShardActor:
         returns how many rolled."""
         at = self.clock.seconds() if now is None else now
         total = 0
-        while True:
+        while True:  # a step per 200 calendars checked: requests are served in between
             rolled: int = await self._enqueue(lambda: self._core.roll(at))
             total += rolled
-            if rolled < 200:
+            if not self._core.roll_more:
                 return total
 
     async def set_clock(self, offset: float, rate: float, anchor: float) -> None:
@@ -249,7 +249,13 @@ class ShardActor:
         how many bookings lost it."""
         await self._ready()
         core = self._core
-        erased: int = await self._enqueue(lambda: core.erase(now, patient_ref, ended_by))
+        erased = 0
+        keys = list(core.calendars)
+        for i in range(0, len(keys), 200):  # a step per 200 calendars: requests in between
+            part = keys[i : i + 200]
+            erased += await self._enqueue(
+                lambda part=part: core.erase(now, patient_ref, ended_by, part)  # type: ignore[misc]
+            )
         waiting: int = await self._enqueue(lambda: core.erase_waiting(now, patient_ref, ended_by))
         try:
             erased += await core.erase_archived(now, patient_ref, ended_by)

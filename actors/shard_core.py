@@ -143,6 +143,7 @@ class ShardCore:
         # When each calendar next needs a roll (its next local midnight), so that a check
         # costs a comparison per calendar, not a plan.
         self._roll_due: dict[CalendarKey, int] = {}
+        self.roll_more = False  # the last roll() stopped at its limit: more are due
         # Every waiting entry (engine.waitlist), the offers held for them here, and how
         # long an offer stands before it passes to the next in line.
         self.waitlist = Waitlist()
@@ -339,15 +340,23 @@ class ShardCore:
         return out
 
     def roll(self, now: int, limit: int = 200) -> int:
-        """Roll up to ``limit`` calendars whose day changed (:func:`engine.horizon.
-        plan_roll`: past days out, the horizon's new days in, old memories forgotten);
-        journaled with the next commit. Returns how many rolled; call again while it
-        returns ``limit`` (a day's first check rolls every calendar of a zone)."""
-        rolled = 0
+        """Check up to ``limit`` calendars that are due a check, and roll those whose day
+        changed (:func:`engine.horizon.plan_roll`: past days out, the horizon's new days
+        in, old memories forgotten); journaled with the next commit. Returns how many
+        rolled; call again while :attr:`roll_more` (a day's first check is due for every
+        calendar of a zone, and a shard's first check for every calendar: one writer
+        step for all of them stalled the writer for half a second at the demo city's
+        size)."""
+        rolled = checked = 0
         due = self._roll_due
+        self.roll_more = False
         for key, cal in self.calendars.items():
             if due.get(key, 0) > now:
                 continue
+            if checked >= limit:
+                self.roll_more = True
+                break
+            checked += 1
             cmd = plan_roll(cal, now)
             due[key] = next_roll_at(cal, now)
             if cmd is None:
@@ -355,16 +364,24 @@ class ShardCore:
             cal.handle(cmd)
             self._collect(cal, cal.drain(), self._pending)
             rolled += 1
-            if rolled >= limit:
-                break
         return rolled
 
-    def erase(self, now: int, patient_ref: str | None, ended_by: int | None) -> int:
-        """Erase patient data in every calendar of this shard: ``patient_ref``'s, or of
-        the appointments ended by ``ended_by``; journaled with the next commit. Returns
-        how many bookings lost theirs (the archive is :meth:`erase_archived`'s)."""
+    def erase(
+        self,
+        now: int,
+        patient_ref: str | None,
+        ended_by: int | None,
+        keys: Iterable[CalendarKey] | None = None,
+    ) -> int:
+        """Erase patient data in every calendar of this shard (or those of ``keys``):
+        ``patient_ref``'s, or of the appointments ended by ``ended_by``; journaled with
+        the next commit. Returns how many bookings lost theirs (the archive is
+        :meth:`erase_archived`'s)."""
         erased = 0
-        for (pid, service), cal in self.calendars.items():
+        for pid, service in list(self.calendars) if keys is None else keys:
+            cal = self.calendars.get((pid, service))
+            if cal is None:
+                continue
             cal.handle(ErasePatientData(pid, service, now, patient_ref, ended_by))
             if cal.outbox:
                 events = cal.drain()
@@ -416,7 +433,14 @@ class ShardCore:
         """:meth:`erase` for the bookings of this shard's calendars in the archive: each
         one with patient data rewritten without it. Returns how many."""
         erased = 0
-        for (pid, service), cal in list(self.calendars.items()):
+        calendars = list(self.calendars.items())
+        pipe = self.redis.pipeline(transaction=False)
+        for (pid, service), _ in calendars:
+            pipe.exists(archive.archive_key(pid, service))
+        found = await pipe.execute()  # one round trip, then only the archives there are
+        for ((pid, service), cal), there in zip(calendars, found, strict=True):
+            if not there:
+                continue
             key = archive.archive_key(pid, service)
             rewritten: dict[str, bytes] = {}
             async for booking_id, raw in self.redis.hscan_iter(key, count=500):

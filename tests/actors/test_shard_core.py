@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -177,5 +179,58 @@ def test_availability_deltas_follow_each_change(
         decoded = [decode_entry(i, f).changes for i, f in rows]
         assert decoded[0] == [CalendarChanged("p0", "vaccine")]  # calendar added
         assert decoded[1] == [SlotFree("p0", "vaccine", start, 0)]  # two holds, one delta
+
+    run(go())
+
+
+def test_a_roll_check_is_spread_over_steps_of_at_most_limit_calendars(
+    redis_server: EmbeddedRedis, redis_client: object
+) -> None:
+    """A shard's first roll check is due for every calendar: in one writer step it
+    stalled the writer for half a second at the demo city's size (make bench)."""
+
+    async def go() -> None:
+        core = await new_core(redis_server.url)
+        for i in range(25):
+            core.add_calendars(provider(i), snaps(provider(i)))
+        await core.commit()
+        now = core.calendars[("p0", "vaccine")].start - 3600
+        checked = []
+        while True:
+            core.roll(now, limit=10)
+            checked.append(len(core._roll_due))
+            if not core.roll_more:
+                break
+        assert checked == [10, 20, 25]
+
+    run(go())
+
+
+def test_an_erasure_reads_only_the_archives_there_are(
+    redis_server: EmbeddedRedis, redis_client: redis.Redis
+) -> None:
+    """The retention purge runs at a gateway's start: an HSCAN per calendar of the
+    shard (2,873 at the demo city) slowed the first seconds of a launch."""
+
+    def hscans() -> int:
+        stats: Any = redis_client.info("commandstats").get("cmdstat_hscan", {})
+        return int(stats.get("calls", 0))
+
+    async def go() -> None:
+        core = await new_core(redis_server.url)
+        for i in range(20):
+            core.add_calendars(provider(i), snaps(provider(i)))
+        await core.commit()
+        before = hscans()
+        assert await core.erase_archived(5000, "ref-x", None) == 0
+        assert hscans() == before  # no archive yet: nothing scanned
+        cal = core.calendars[("p3", "vaccine")]
+        start = open_starts(core, "p3")[0]
+        core.apply([PlaceHold("p3", "vaccine", None, 10, "h", start, 1, 60)])
+        core.apply([ConfirmHold("p3", "vaccine", None, 10, "h", "b", b"", "ref-x")])
+        core.roll(cal.start + 2 * 86400 + 3600)  # the first day goes to the archive
+        await core.commit()
+        await core.erase_archived(5000, "ref-x", None)
+        assert hscans() == before + 1  # the one archive there is
 
     run(go())
