@@ -617,7 +617,6 @@ class ShardCore:
                     self.waitlist.leave(entry_id, "taken", now)  # over: off the list
             if not lost:
                 break
-        pending.freed = {}  # the offers' own holds freed nothing
         self._journal_waitlist()
         return made
 

@@ -52,7 +52,7 @@ KINDS: tuple[Kind, ...] = get_args(Kind)
 REMIND_BEFORE = 86_400  # the reminder: a day before the appointment
 
 
-class Notice(msgspec.Struct, frozen=True, kw_only=False, array_like=True, gc=False):
+class Notice(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """One message to one patient about one thing. ``start`` is the slot (UTC seconds),
     at the site named ``site`` in time zone ``timezone`` (what the message shows);
     ``old_start`` where a booking moved from; ``expires_at`` when an offer lapses."""

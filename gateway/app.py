@@ -167,6 +167,7 @@ async def _runtime(
         idempotency,
         policies,
         index.providers,
+        service.provider,
         hb.keyring,
     )
     eraser = Eraser(

@@ -760,12 +760,8 @@ def audit_log(args: argparse.Namespace) -> int:
 
 
 def audit(args: argparse.Namespace) -> int:
-    import redis
-
     from actors.audit import audit as run_audit
     from actors.audit import read_acks
-    from actors.embedded_redis import RedisBinaryNotFound, RedisStartError, redis_endpoint
-    from engine.errors import HexbookError
 
     files: list[Path] = []
     for path in args.acks:
@@ -776,25 +772,14 @@ def audit(args: argparse.Namespace) -> int:
         else:
             print(f"hexbook: no such file or folder: {path}", file=sys.stderr)
             return 2
-    try:
-        with redis_endpoint(args.redis_url, args.data_dir, attach=True) as url:
-            client = redis.Redis.from_url(url)
-            try:
-                ring = keyring_for(args, embedded=embedded_redis_wanted(args))
-                report = run_audit(client, read_acks(files), ring)
-            finally:
-                client.close()
-    except (RedisBinaryNotFound, RedisStartError) as exc:
-        print(f"hexbook: {exc}", file=sys.stderr)
-        return 1
-    except HexbookError as exc:
-        print(f"hexbook: {exc}", file=sys.stderr)
-        return 2
-    except redis.RedisError as exc:
-        print(f"hexbook: Redis: {exc}", file=sys.stderr)
-        return 1
-    print(report.summary())
-    return 0 if report.ok else 1
+
+    def work(client: Any) -> int:
+        ring = keyring_for(args, embedded=embedded_redis_wanted(args))
+        report = run_audit(client, read_acks(files), ring)
+        print(report.summary())
+        return 0 if report.ok else 1
+
+    return on_data(args, work)
 
 
 def main(argv: list[str] | None = None) -> int:

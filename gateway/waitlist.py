@@ -14,7 +14,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -101,6 +101,7 @@ class Waitlists:
         idempotency: Idempotency,
         policies: PolicyCache,
         providers: dict[str, Provider],
+        site: Callable[[str], Awaitable[Provider]],
         keyring: Keyring | None,
     ) -> None:
         self.redis = redis
@@ -109,7 +110,8 @@ class Waitlists:
         self.now = now
         self.idempotency = idempotency
         self.policies = policies
-        self.providers = providers
+        self.providers = providers  # what is cached, for the answers' local times
+        self.site = site  # a provider record, cached or from its shard
         self.keyring = keyring
         self._leave = redis.register_script(claims.LEAVE)
         self._patient = redis.register_script(claims.PATIENT)
@@ -175,13 +177,14 @@ class Waitlists:
             return
         name = other.decode() if isinstance(other, bytes) else str(other)
         claim = claims.parse_claim(await self.redis.get(claims.claim_key(name)))
-        alive = await self.redis.exists(claims.entry_key(name))
-        if alive and claim.state in ("waiting", "offered"):
-            raw = await self.redis.get(claims.entry_key(name))
-            if raw is not None and claims.open_entry(self.keyring, name, raw).expires_at > (
-                self.now()
-            ):
-                raise AlreadyWaiting(name)
+        raw = await self.redis.get(claims.entry_key(name))
+        live = claim.state in ("waiting", "offered")
+        if (
+            live
+            and raw is not None
+            and claims.open_entry(self.keyring, name, raw).expires_at > (self.now())
+        ):
+            raise AlreadyWaiting(name)
         if await self._patient(keys=[key], args=[entry.entry_id, ttl, name]) is not None:
             raise AlreadyWaiting(name)  # another join took it meanwhile
 
@@ -245,9 +248,7 @@ class Waitlists:
             entry.contact,
         )
         booking = check(await self.router.submit(cmd))
-        site = self.providers.get(pid)
-        if site is None:
-            site = check(await self.router.call(pid, "provider", pid))
+        site = await self.site(pid)
         ok = hmac.compare_digest(booking.token_digest, token_digest(booking_token))
         return booking_out(booking, site, service, booking_token if ok else None)
 

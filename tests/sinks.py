@@ -32,15 +32,42 @@ def free_port() -> int:
 
 @dataclass
 class Sink:
-    """What arrived: accepted deliveries by key (first arrival time), and repeats."""
+    """What arrived: accepted deliveries by key, and repeats. A
+    test can :meth:`hold` deliveries at the door (to kill a deliverer while some are in
+    flight) and :meth:`release` them."""
 
-    delay: float = 0.0  # per delivery, to keep some in flight when a test kills a deliverer
     accepted: dict[str, Any] = field(default_factory=dict)
-    arrived_at: dict[str, float] = field(default_factory=dict)
     repeats: int = 0
     refused: int = 0  # bad signatures, forced failures
     fail: set[str] = field(default_factory=set)  # keys answered with a failure
+    held: int = 0  # deliveries waiting at the door now
+    hold_after: int | None = None
+    gate: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.gate.set()
+
+    def hold(self, after: int) -> None:
+        """Once ``after`` deliveries are accepted, keep the next ones waiting."""
+        self.hold_after = after
+        self.gate.clear()
+
+    def release(self) -> None:
+        self.hold_after = None
+        self.gate.set()
+
+    async def door(self) -> None:
+        """Where a delivery waits while the sink holds them."""
+        if self.hold_after is None or len(self.accepted) < self.hold_after:
+            return
+        with self.lock:
+            self.held += 1
+        try:
+            await asyncio.to_thread(self.gate.wait, 120)
+        finally:
+            with self.lock:
+                self.held -= 1
 
     def take(self, key: str, item: Any) -> bool:
         with self.lock:
@@ -48,7 +75,6 @@ class Sink:
                 self.repeats += 1
                 return False
             self.accepted[key] = item
-            self.arrived_at[key] = time.monotonic()
             return True
 
 
@@ -59,8 +85,7 @@ class _Mailbox:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
         msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
         key = "".join(str(msg["X-Hexbook-Delivery"] or "").split())
-        if self.sink.delay:
-            await asyncio.sleep(self.sink.delay)
+        await self.sink.door()
         if key in self.sink.fail:
             self.sink.refused += 1
             return "451 try again later"
@@ -92,8 +117,7 @@ def webhook_receiver(sink: Sink, secret: bytes) -> Iterator[str]:
             sink.refused += 1
             return Response(status_code=401)
         key = request.headers.get("x-hexbook-delivery", "")
-        if sink.delay:
-            await asyncio.sleep(sink.delay)
+        await sink.door()
         if key in sink.fail:
             sink.refused += 1
             return Response(status_code=503)

@@ -10,6 +10,7 @@ one worker, as ``hexbook up`` serves; Ray (num_cpus=2) and the embedded redis-se
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -19,7 +20,9 @@ import subprocess
 import tempfile
 import time
 import uuid
-from datetime import datetime, timedelta
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -328,16 +331,46 @@ def _series_template(url: str) -> None:
     asyncio.run(put())
 
 
-def part_gateway(rounds: int, seconds: float = 6.0) -> dict[str, float]:
+@dataclass
+class DemoStack:
+    server: Any  # the embedded redis-server
+    hb: Any  # the Hexbook connection
+    city: list[Any]  # (provider, template) of each demo site
+    namespace: str
+    key: str  # a booking-client key, never rate-limited
+
+
+@contextlib.contextmanager
+def demo_stack(today: date) -> Iterator[DemoStack]:
+    """The demo city (1,500 sites, 14 days from ``today``) on the default shards, sealed
+    at rest as `hexbook up` runs (ADR 0019), on an embedded redis-server (appendfsync
+    always) and a local Ray of 2 CPUs."""
     import ray
 
     from actors.api import Hexbook
-    from actors.directory import default_shards
     from actors.embedded_redis import EmbeddedRedis
     from actors.sealing import Keyring
-    from gateway.app import create_app
     from gateway.demo import demo_city
     from gateway.keys import KeyStore
+
+    with tempfile.TemporaryDirectory() as data, EmbeddedRedis(data) as server:
+        ns = f"bench-{uuid.uuid4().hex[:6]}"
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace=ns)
+        try:
+            hb = Hexbook.connect(server.url, namespace=ns, keyring=Keyring.generate())
+            city = demo_city(1500)
+            t0 = time.perf_counter()
+            hb.provision_many(city, today, 14, 15)
+            print(f"demo city: {len(city)} sites provisioned in {time.perf_counter() - t0:.1f} s")
+            key = KeyStore(hb.redis).create("booking-client", "bench", rate_per_second=1e7)[0]
+            yield DemoStack(server, hb, city, ns, key)
+        finally:
+            ray.shutdown()
+
+
+def part_gateway(rounds: int, seconds: float = 6.0) -> dict[str, float]:
+    from actors.directory import default_shards
+    from gateway.app import create_app
     from gateway.settings import Settings
 
     if shutil.which("wrk") is None:
@@ -351,79 +384,62 @@ def part_gateway(rounds: int, seconds: float = 6.0) -> dict[str, float]:
     )
     tz = ZoneInfo("America/Chicago")
     today = datetime.now(tz).date()
-    with tempfile.TemporaryDirectory() as data, EmbeddedRedis(data) as server:
-        ns = f"bench-{uuid.uuid4().hex[:6]}"
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace=ns)
-        try:
-            # The default shard count, sealed at rest as `hexbook up` runs (ADR 0019).
-            hb = Hexbook.connect(server.url, namespace=ns, keyring=Keyring.generate())
-            city = demo_city(1500)
-            t0 = time.perf_counter()
-            hb.provision_many(city, today, 14, 15)
-            print(f"demo city: {len(city)} sites provisioned in {time.perf_counter() - t0:.1f} s")
-            key = KeyStore(hb.redis).create("booking-client", "bench", rate_per_second=1e7)[0]
-            rng = random.Random(7)
-            # Every run of holds and of hold-then-book gets places nobody has taken yet
-            # (a hold lasts 5 minutes): a 409 here would measure a full slot, not speed.
-            per_run = int(seconds * 6_000)
-            runs = rounds * len(CONNECTIONS) * 3
-            pool = _hold_bodies(city, today, rng, per_run * runs)
-            fresh = iter(pool[i : i + per_run] for i in range(0, len(pool), per_run))
-            # Series start in the first week, so that dose 2 (3-7 days on) is in the
-            # 14 days provisioned; each run gets its own first places.
-            series_pool = _hold_bodies(
-                city, today, rng, per_run * rounds * len(CONNECTIONS), (1, 7)
-            )
-            series_fresh = iter(
-                series_pool[i : i + per_run] for i in range(0, len(series_pool), per_run)
-            )
-            _series_template(server.url)
-            south, north, west, east = 41.70, 41.98, -87.85, -87.55
-            searches = [
-                f"/v1/search?lat={rng.uniform(south, north):.4f}&lng={rng.uniform(west, east):.4f}"
-                f"&service=covid-vaccine&radius_km=5&limit=10"
-                for _ in range(2000)
-            ]
-            noop = script_post("/noop", key, pool[:per_run])
-            results: dict[str, list[dict[str, Any]]] = {}
-            settings = Settings(redis_url=server.url, namespace=ns)
-            app = create_app(settings, hexbook=hb)
-            # Both servers stay up, and each round measures the ceiling right before
-            # hexbook, so a ratio compares runs seconds apart on this shared machine.
-            with serve(_noop_app()) as noop_url, serve(app) as url:
-                wrk(url, script_get(key, searches[:50]), 4, 2)  # warm up
-                for _ in range(rounds):
-                    for c in CONNECTIONS:
-                        results.setdefault(f"ceiling@{c}", []).append(
-                            wrk(noop_url, noop, c, seconds)
-                        )
-                        app.state.runtime.service.router.batch_sizes.clear()
-                        r = wrk(url, script_post("/v1/holds", key, next(fresh)), c, seconds)
-                        sizes = app.state.runtime.service.router.batch_sizes
-                        r["batch"] = sum(k * v for k, v in sizes.items()) / max(
-                            sum(sizes.values()), 1
-                        )
-                        results.setdefault(f"holds@{c}", []).append(r)
-                        results.setdefault(f"flow@{c}", []).append(
-                            wrk(url, script_flow(key, next(fresh)), c, seconds)
-                        )
-                        bodies = with_attestation(next(fresh))
-                        results.setdefault(f"flow+contact@{c}", []).append(
-                            wrk(url, script_flow(key, bodies, PATIENT_CONTACT), c, seconds)
-                        )
-                        results.setdefault(f"series@{c}", []).append(
-                            wrk(url, script_series(key, next(series_fresh)), c, seconds)
-                        )
-                    r = wrk(url, script_get(key, searches), 8, seconds)
-                    results.setdefault("search", []).append(r)
-                    # Then at 60% of the rate this round served flat out, from 32
-                    # connections that pause between requests.
-                    pause_ms = 32 / (SEARCH_LOAD * r["rps"]) * 1000
-                    results.setdefault("search paced", []).append(
-                        wrk(url, script_get(key, searches, pause_ms), 32, seconds)
+    with demo_stack(today) as demo:
+        server, hb, city, ns, key = demo.server, demo.hb, demo.city, demo.namespace, demo.key
+        rng = random.Random(7)
+        # Every run of holds and of hold-then-book gets places nobody has taken yet
+        # (a hold lasts 5 minutes): a 409 here would measure a full slot, not speed.
+        per_run = int(seconds * 6_000)
+        runs = rounds * len(CONNECTIONS) * 3
+        pool = _hold_bodies(city, today, rng, per_run * runs)
+        fresh = iter(pool[i : i + per_run] for i in range(0, len(pool), per_run))
+        # Series start in the first week, so that dose 2 (3-7 days on) is in the
+        # 14 days provisioned; each run gets its own first places.
+        series_pool = _hold_bodies(city, today, rng, per_run * rounds * len(CONNECTIONS), (1, 7))
+        series_fresh = iter(
+            series_pool[i : i + per_run] for i in range(0, len(series_pool), per_run)
+        )
+        _series_template(server.url)
+        south, north, west, east = 41.70, 41.98, -87.85, -87.55
+        searches = [
+            f"/v1/search?lat={rng.uniform(south, north):.4f}&lng={rng.uniform(west, east):.4f}"
+            f"&service=covid-vaccine&radius_km=5&limit=10"
+            for _ in range(2000)
+        ]
+        noop = script_post("/noop", key, pool[:per_run])
+        results: dict[str, list[dict[str, Any]]] = {}
+        settings = Settings(redis_url=server.url, namespace=ns)
+        app = create_app(settings, hexbook=hb)
+        # Both servers stay up, and each round measures the ceiling right before
+        # hexbook, so a ratio compares runs seconds apart on this shared machine.
+        with serve(_noop_app()) as noop_url, serve(app) as url:
+            wrk(url, script_get(key, searches[:50]), 4, 2)  # warm up
+            for _ in range(rounds):
+                for c in CONNECTIONS:
+                    results.setdefault(f"ceiling@{c}", []).append(wrk(noop_url, noop, c, seconds))
+                    app.state.runtime.service.router.batch_sizes.clear()
+                    r = wrk(url, script_post("/v1/holds", key, next(fresh)), c, seconds)
+                    sizes = app.state.runtime.service.router.batch_sizes
+                    r["batch"] = sum(k * v for k, v in sizes.items()) / max(sum(sizes.values()), 1)
+                    results.setdefault(f"holds@{c}", []).append(r)
+                    results.setdefault(f"flow@{c}", []).append(
+                        wrk(url, script_flow(key, next(fresh)), c, seconds)
                     )
-        finally:
-            ray.shutdown()
+                    bodies = with_attestation(next(fresh))
+                    results.setdefault(f"flow+contact@{c}", []).append(
+                        wrk(url, script_flow(key, bodies, PATIENT_CONTACT), c, seconds)
+                    )
+                    results.setdefault(f"series@{c}", []).append(
+                        wrk(url, script_series(key, next(series_fresh)), c, seconds)
+                    )
+                r = wrk(url, script_get(key, searches), 8, seconds)
+                results.setdefault("search", []).append(r)
+                # Then at 60% of the rate this round served flat out, from 32
+                # connections that pause between requests.
+                pause_ms = 32 / (SEARCH_LOAD * r["rps"]) * 1000
+                results.setdefault("search paced", []).append(
+                    wrk(url, script_get(key, searches, pause_ms), 32, seconds)
+                )
 
     def best(name: str) -> dict[str, Any]:
         return max(results[name], key=lambda r: r["rps"])

@@ -18,10 +18,8 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ __all__ = ["part_notify"]
 
 MEASURED = 150
 SERVICE = "bench-wl"
+BOOKINGS = frozenset({"/v1/bookings"})
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -40,17 +39,16 @@ def _pct(xs: list[float], q: float) -> float:
 
 def part_notify(rounds: int) -> dict[str, float]:
     import httpx
-    import ray
 
-    from actors.api import Hexbook
-    from actors.embedded_redis import EmbeddedRedis
-    from actors.sealing import Keyring
     from gateway.app import create_app
-    from gateway.demo import demo_city
     from gateway.keys import KeyStore
     from gateway.settings import Settings
-    from tests.bench.gateway_load import _hold_bodies, script_flow, serve, wrk
+    from tests.bench.gateway_load import _hold_bodies, demo_stack, script_flow, serve, wrk
+    from tests.polling import until
 
+    if shutil.which("wrk") is None:
+        print("== notify: skipped, wrk is not installed (Debian: apt-get install wrk)")
+        return {}
     print(
         "== notify: a cancellation to the waitlisted patient's offer notice delivered "
         "(gateway's deliverer -> signed webhook), demo city of 1,500 sites"
@@ -77,17 +75,12 @@ def part_notify(rounds: int) -> dict[str, float]:
                 arrived[entry_id] = float(at)
 
     threading.Thread(target=listen, daemon=True).start()
-    with tempfile.TemporaryDirectory() as data, EmbeddedRedis(data) as server:
-        ns = f"bench-{uuid.uuid4().hex[:6]}"
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace=ns)
-        try:
-            hb = Hexbook.connect(server.url, namespace=ns, keyring=Keyring.generate())
-            city = demo_city(1500)
-            hb.provision_many(city, today, 14, 15)
+    try:
+        with demo_stack(today) as demo:
+            server, hb, city, ns, key = demo.server, demo.hb, demo.city, demo.namespace, demo.key
             for shard in hb.directory.shards:  # the first roll opens the 28-day horizon
                 hb._call(shard, "roll")  # now, not in the middle of a measurement
             store = KeyStore(hb.redis)
-            key = store.create("booking-client", "bench", rate_per_second=1e7)[0]
             ops_key = store.create("operator", "bench", rate_per_second=1e7)[0]
             settings = Settings(
                 redis_url=server.url,
@@ -149,11 +142,8 @@ def part_notify(rounds: int) -> dict[str, float]:
                             headers={"X-Booking-Token": booking["booking_token"]},
                         )
                         assert r.status_code == 204, r.text
-                        deadline = t0 + 30
                         want = entry["entry_id"]
-                        while want not in arrived:
-                            assert time.time() < deadline, "no offer notice in 30 s"
-                            time.sleep(0.002)
+                        until(lambda want=want: want in arrived, seconds=30, every=0.002)
                         out.append((arrived[want] - t0) * 1000)
                     return out
 
@@ -169,14 +159,15 @@ def part_notify(rounds: int) -> dict[str, float]:
 
                 t = threading.Thread(target=load)
                 t.start()
-                time.sleep(2.0)  # the load is on
+                runtime = app.state.runtime
+                before = runtime.metrics.answered(201, BOOKINGS)
+                until(lambda: runtime.metrics.answered(201, BOOKINGS) > before + 500)  # load on
                 busy = measure(cases[MEASURED:])
                 t.join()
-        finally:
-            ray.shutdown()
-            assert receiver.stdin is not None
-            receiver.stdin.close()
-            receiver.wait(timeout=30)
+    finally:
+        assert receiver.stdin is not None
+        receiver.stdin.close()
+        receiver.wait(timeout=30)
     flow = loaded["wrk"]
     booked = flow["counts"].get("booking:201", 0) / flow["seconds"] * 60
     for name, xs in (("idle", idle), ("under load", busy)):
@@ -189,8 +180,6 @@ def part_notify(rounds: int) -> dict[str, float]:
         f"the load meanwhile: hold then book at 32 connections, {booked:,.0f} bookings/min "
         f"(p99 {flow['p99_ms']:.1f} ms)"
     )
-    if shutil.which("wrk") is None:
-        print("(wrk missing: no load)")
     return {
         "notify_offer_p50_ms_loaded": statistics.median(busy),
         "notify_offer_p99_ms_loaded": _pct(busy, 0.99),
