@@ -39,6 +39,7 @@ from engine.errors import (
     BookingNotFound,
     CalendarNotFound,
     HexbookError,
+    HoldNotFound,
     KeyringError,
     ProviderNotFound,
     Unavailable,
@@ -209,6 +210,25 @@ class ShardActor:
             except RedisError as exc:
                 return Unavailable(f"the archive is unreachable: {exc}")
         return BookingNotFound(booking_id) if found is None else found
+
+    async def hold(self, provider_id: str, service: str, hold_id: str) -> Outcome:
+        """One live hold (an expired, released or confirmed one is not found)."""
+        await self._ready()
+        cal = self._core.calendars.get((provider_id, service))
+        if cal is None:
+            return CalendarNotFound(provider_id, service)
+        found = cal.holds.get(hold_id)
+        if found is None or found.expires_at <= self.clock.seconds():
+            return HoldNotFound(hold_id)
+        return found
+
+    async def roster(self, provider_id: str, service: str) -> dict[str, Any] | HexbookError:
+        """A calendar's schedule and every booking in its window (the site admin's day)."""
+        await self._ready()
+        cal = self._core.calendars.get((provider_id, service))
+        if cal is None:
+            return CalendarNotFound(provider_id, service)
+        return {"schedule": cal.schedule, "bookings": list(cal.bookings.values())}
 
     async def waitlist_join(self, entry: WaitEntry) -> bool:
         """Add a waiting entry (journaled), offered what is free now in its area;

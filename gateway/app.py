@@ -45,6 +45,9 @@ from gateway.interop.reconcile import source_records
 from gateway.interop.schedules import ImportScheduler
 from gateway.keys import KeyStore
 from gateway.observe import Metrics, Observe
+from gateway.pages import STATIC as PAGE_ASSETS
+from gateway.pages import router as pages
+from gateway.pages.live import pulse_of
 from gateway.retention import Eraser
 from gateway.room import WaitingRooms
 from gateway.router import ShardRouter
@@ -266,6 +269,7 @@ def create_app(
                     keyring=data_keyring(settings, embedded=not external, create=True),
                 )
             app.state.runtime = await _runtime(settings, metrics, hb, stack, redis_server)
+            stack.callback(pulse_of(app.state.runtime).stop)  # a minute of samples from now
             # What start-up built lives as long as the process: keep it out of every
             # collection, or a full one scans all of it in the middle of requests.
             gc.collect()
@@ -304,7 +308,9 @@ def create_app(
     for router in ROUTERS:
         app.include_router(router)
     openapi.install(app)
+    app.include_router(pages)
     app.mount("/assets", StaticFiles(directory=ASSETS), name="assets")
+    app.mount("/static", StaticFiles(directory=PAGE_ASSETS), name="static")
 
     @app.get("/docs", include_in_schema=False)
     async def docs(request: Request) -> HTMLResponse:

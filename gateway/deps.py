@@ -71,6 +71,7 @@ class Runtime:
     eraser: Eraser | None = None
     waitlists: Waitlists | None = None
     feed_clients: int = 0
+    pulse: object = None  # the dashboard's sampler (gateway.pages.live), made on first use
     trusted_proxies: frozenset[str] = frozenset()  # whose X-Forwarded-For is believed
 
     def __post_init__(self) -> None:

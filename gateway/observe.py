@@ -112,6 +112,29 @@ class Metrics:
             and (routes is None or sample.labels.get("route") in routes)
         )
 
+    def totals(self) -> dict[str, float]:
+        """The counts so far a dashboard turns into rates: holds, bookings, cancellations,
+        answers, and the answers that were 409 (conflicts) and 503 (unavailable)."""
+        out = {"answers": 0.0, "conflicts": 0.0, "unavailable": 0.0}
+        for metric in self.requests.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    out["answers"] += sample.value
+                    status = sample.labels.get("status")
+                    if status == "409":
+                        out["conflicts"] += sample.value
+                    elif status == "503":
+                        out["unavailable"] += sample.value
+        for name, counter in (
+            ("holds", self.holds),
+            ("bookings", self.bookings),
+            ("cancellations", self.cancellations),
+        ):
+            out[name] = sum(
+                s.value for m in counter.collect() for s in m.samples if s.name.endswith("_total")
+            )
+        return out
+
     def bind(self, inflight: Callable[[], float], index_age: Callable[[], float],
              index_entries: Callable[[], float]) -> None:  # fmt: skip
         """Read gauges from live objects at scrape time."""

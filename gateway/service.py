@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import hashlib
 import hmac
 from datetime import date
 from typing import Any
 
+import h3
 import numpy as np
 
 from actors.api import Hexbook, calendar_of, routable_id, token_digest
@@ -27,6 +29,7 @@ from engine.eligibility import AgeBand, Attestation, Residence, Rule, rule_name
 from engine.errors import (
     BookingNotFound,
     HexbookError,
+    HoldNotFound,
     InvalidRequest,
     NotFound,
     SlotUnavailable,
@@ -76,6 +79,8 @@ from gateway.schemas import (
 from gateway.timefmt import format_local
 
 __all__ = ["BookingService", "NoSuchBooking", "SlotStarted"]
+
+UNSERVED_RESOLUTION = 7  # the areas of the dashboard's map of searches
 
 
 class SlotStarted(SlotUnavailable):
@@ -261,6 +266,9 @@ class BookingService:
         self.metrics = metrics
         self.hold_ttl_seconds = hold_ttl_seconds
         self.providers = index.providers  # provider records, refreshed by PUT and imports
+        # Searches by area (H3 cell) and service, and those that found nothing.
+        self.searched: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.unserved: collections.Counter[tuple[str, str]] = collections.Counter()
 
     def _now(self) -> int:
         return self.hexbook.clock.seconds()  # the stack's clock (a test can move it)
@@ -297,6 +305,7 @@ class BookingService:
             insurance=q.insurance,
             order=q.order,
         )
+        self._count_search(q.lat, q.lng, q.service, not matches)
         return {
             "results": [
                 {
@@ -395,6 +404,25 @@ class BookingService:
             "slot_minutes": step // 60,
             "slots": out,
         }
+
+    async def hold_of(self, hold_id: str) -> dict[str, Any]:
+        """A live hold, as the HoldOut of the contract (the patient pages show it)."""
+        try:
+            provider_id, service = calendar_of(hold_id)
+        except InvalidRequest:
+            raise HoldNotFound(hold_id) from None
+        hold = check(await self.router.call(provider_id, "hold", provider_id, service, hold_id))
+        return hold_out(hold, await self.provider(provider_id), service)
+
+    def _count_search(self, lat: float, lng: float, service: str, unserved: bool) -> None:
+        """Count a search by its area, and whether it found nothing (the dashboard's map)."""
+        if len(self.searched) >= 50_000:  # searches from all over the world: keep it flat
+            self.searched.clear()
+            self.unserved.clear()
+        cell = h3.latlng_to_cell(lat, lng, UNSERVED_RESOLUTION)
+        self.searched[(cell, service)] += 1
+        if unserved:
+            self.unserved[(cell, service)] += 1
 
     async def booking(
         self, caller: Principal, booking_id: str, token: str | None
@@ -520,6 +548,23 @@ class BookingService:
         scoped = await self.idempotency.scope(caller, key, "cancel", booking_id)
         cmd = CancelBooking(p.provider_id, service, scoped.key, self._now(), booking_id)
         check(await self.router.submit(cmd))
+        self.metrics.cancellations.inc()
+
+    async def cancel_at_site(self, provider_id: str, booking_id: str) -> None:
+        """A site's own cancellation of one of its bookings (the site admin's roster);
+        the caller was checked to manage ``provider_id``."""
+        try:
+            owner, service = calendar_of(booking_id)
+        except InvalidRequest:
+            raise BookingNotFound(booking_id) from None
+        if owner != provider_id:
+            raise BookingNotFound(booking_id)
+        booking = check(await self.router.call(owner, "booking", owner, service, booking_id))
+        if booking.series_id is not None:
+            await self.series.cancel(booking.series_id)
+        else:
+            cmd = CancelBooking(owner, service, None, self._now(), booking_id)
+            check(await self.router.submit(cmd))
         self.metrics.cancellations.inc()
 
     async def reschedule(
