@@ -28,6 +28,7 @@ __all__ = ["Pulse", "pulse_of"]
 
 MAP_RESOLUTION = 7
 TOP_SITES = 12
+MAPS = ("map_places", "map_unserved")
 SHARD_CHECK_SECONDS = 5.0
 
 
@@ -42,11 +43,13 @@ class Pulse:
         )
         self.latest = ""
         self.version = 0
+        self.maps = ""
+        self.maps_version = 0
         self.changed = asyncio.Condition()
         self.viewers = 0
         self.shards: list[dict[str, Any]] = []
         self._shards_at = 0.0
-        self._cells: dict[str, str] = {}  # provider -> its map cell
+        self._cells: dict[tuple[float, float], str] = {}  # a site's position -> its cell
         self._task: asyncio.Task[None] | None = None
 
     def per_minute(self) -> dict[str, float]:
@@ -80,7 +83,9 @@ class Pulse:
         for service in sorted({s for _, s in rt.index.calendars()}):
             lats, lngs, free = rt.index.places_rows(service, now)
             for lat, lng, n in zip(lats.tolist(), lngs.tolist(), free.tolist(), strict=True):
-                cell = h3.latlng_to_cell(lat, lng, MAP_RESOLUTION)
+                cell = self._cells.get((lat, lng))
+                if cell is None:
+                    cell = self._cells[(lat, lng)] = h3.latlng_to_cell(lat, lng, MAP_RESOLUTION)
                 by_cell[cell] = by_cell.get(cell, 0) + n
         for pid, service in sorted(rt.index.calendars()):
             grid = rt.index.free_of(pid, service)
@@ -141,9 +146,14 @@ class Pulse:
         if time.monotonic() - self._shards_at >= SHARD_CHECK_SECONDS:
             self._shards_at = time.monotonic()
             await self.check_shards()
-        text = json.dumps(self.snapshot(), separators=(",", ":"))
+        snap = self.snapshot()
+        maps = json.dumps({k: snap.pop(k) for k in MAPS}, separators=(",", ":"))
+        text = json.dumps(snap, separators=(",", ":"))
         async with self.changed:
             self.latest = text
+            if maps != self.maps:  # the maps (most of the bytes) go out when they change
+                self.maps = maps
+                self.maps_version += 1
             self.version += 1
             self.changed.notify_all()
 
@@ -168,27 +178,36 @@ class Pulse:
             self._task = None
 
     async def stream(self) -> AsyncIterator[str]:
-        """Server-sent events: each new snapshot as ``event: stats``."""
+        """Server-sent events: each new snapshot as ``event: stats``, and the maps as
+        ``event: maps`` when they changed since this client's last."""
         self.viewers += 1
         try:
             if not self.latest:
                 await self.tick()
-            seen = self.version
             yield "retry: 2000\n\n"
-            yield f"event: stats\ndata: {self.latest}\n\n"
+            seen, seen_maps = -1, -1
             while True:
-                async with self.changed:
-                    try:
-                        await asyncio.wait_for(
-                            self.changed.wait_for(functools.partial(self._newer, seen)), 15.0
-                        )
-                    except TimeoutError:
-                        yield ": keep-alive\n\n"
-                        continue
-                seen = self.version
-                yield f"event: stats\ndata: {self.latest}\n\n"
+                if seen != self.version:
+                    seen = self.version
+                    yield f"event: stats\ndata: {self.latest}\n\n"
+                    if seen_maps != self.maps_version:
+                        seen_maps = self.maps_version
+                        yield f"event: maps\ndata: {self.maps}\n\n"
+                if not await self._wait(seen):
+                    yield ": keep-alive\n\n"
         finally:
             self.viewers -= 1
+
+    async def _wait(self, seen: int, timeout: float = 15.0) -> bool:
+        """Until a snapshot newer than ``seen`` (``False``: none within ``timeout``)."""
+        async with self.changed:
+            try:
+                await asyncio.wait_for(
+                    self.changed.wait_for(functools.partial(self._newer, seen)), timeout
+                )
+            except TimeoutError:
+                return False
+        return True
 
 
 def pulse_of(rt: Runtime) -> Pulse:

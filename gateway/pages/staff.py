@@ -196,7 +196,7 @@ async def _site_context(
     )
     return {
         "provider": provider,
-        "day": day,
+        "on": day,
         "prev_day": day - timedelta(days=1),
         "next_day": day + timedelta(days=1),
         "roster": on_day,

@@ -32,16 +32,18 @@
     }));
   }
   var source = new EventSource("/dashboard/events");
+  source.addEventListener("maps", function (e) {
+    var maps = JSON.parse(e.data);
+    document.querySelectorAll("[data-html]").forEach(function (el) {
+      if (maps[el.dataset.html] != null) { el.innerHTML = maps[el.dataset.html]; }
+    });
+  });
   source.addEventListener("stats", function (e) {
     var s = JSON.parse(e.data);
     if (s.error) { return; }
     document.querySelectorAll("[data-stat]").forEach(function (el) {
       var v = el.dataset.stat === "at" ? new Date(s.at * 1000).toLocaleTimeString() : get(s, el.dataset.stat);
       if (v != null) { el.textContent = String(v); }
-    });
-    document.querySelectorAll("[data-html]").forEach(function (el) {
-      var html = s[el.dataset.html];
-      if (html != null && el.dataset.last !== html) { el.innerHTML = html; el.dataset.last = html; }
     });
     rows("sites", s.sites, function (x) { return [x.name, x.service, String(x.left)]; });
     rows("shards", s.shards, function (x) {
