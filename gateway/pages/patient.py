@@ -10,6 +10,7 @@ a double click or a reload after a slow answer does the thing once.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 from typing import Any
@@ -24,7 +25,7 @@ from engine.errors import HexbookError, InvalidRequest, NotFound
 from gateway.auth import Principal, client_address
 from gateway.deps import RuntimeDep
 from gateway.pages.places import cell_map, locate
-from gateway.pages.web import PageRoute, degrees, form_of, number, render
+from gateway.pages.web import PageRoute, degrees, form_of, number, page
 from gateway.schemas import (
     BookingRequest,
     HoldRequest,
@@ -82,7 +83,7 @@ async def find(request: Request, rt: RuntimeDep) -> Response:
     elif asked["q"]:
         point = locate(asked["q"])
         if point is None:
-            return render(request, "find.html", 422, unknown=asked["q"], **context)
+            return await page(rt, request, "find.html", 422, unknown=asked["q"], **context)
     if point is not None:
         try:
             query = SearchQuery.model_validate(
@@ -107,8 +108,8 @@ async def find(request: Request, rt: RuntimeDep) -> Response:
             "map": _near_map(rt, point, query.radius_km, service),
             "waitlist_at": point,
         }
-    return render(
-        request, "find.html", unknown=None, idem_waitlist=secrets.token_urlsafe(16), **context
+    return await page(
+        rt, request, "find.html", unknown=None, idem_waitlist=secrets.token_urlsafe(16), **context
     )
 
 
@@ -150,7 +151,8 @@ async def pick(request: Request, rt: RuntimeDep) -> Response:
     rule = await rt.service.policies.rule(service, provider_id)
     room = rt.service.rooms.room_for(provider, service)
     admission = request.cookies.get(ADMISSION_COOKIE)
-    return render(
+    return await page(
+        rt,
         request,
         "book.html",
         provider=provider,
@@ -200,7 +202,8 @@ async def held(hold_id: str, request: Request, rt: RuntimeDep) -> Response:
     _patient(rt, request)
     hold_ = await rt.service.hold_of(hold_id)
     provider = await rt.service.provider(hold_["provider_id"])
-    return render(
+    return await page(
+        rt,
         request,
         "hold.html",
         hold=hold_,
@@ -226,7 +229,7 @@ async def confirm(hold_id: str, request: Request, rt: RuntimeDep) -> Response:
         req = BookingRequest.model_validate(
             {
                 "hold_id": hold_id,
-                "patient": {"reference": "web-" + secrets.token_hex(8), "contact": contact},
+                "patient": {"reference": _reference(form), "contact": contact},
             }
         )
     except ValidationError as exc:
@@ -250,7 +253,8 @@ async def booking(booking_id: str, request: Request, rt: RuntimeDep) -> Response
     later: list[int] = []
     if out["status"] == "active":
         later = _free_starts(rt, out["provider_id"], out["service"], out["party_size"])
-    return render(
+    return await page(
+        rt,
         request,
         "booking.html",
         booking=out,
@@ -347,9 +351,9 @@ async def room_wait(room_id: str, visitor_id: str, request: Request, rt: Runtime
             secure=request.url.scheme == "https",
         )
         return response
-    page = render(request, "room.html", view=view, back=back)
-    page.headers["refresh"] = str(int(view.get("poll_after_seconds") or 5))
-    return page
+    answer = await page(rt, request, "room.html", view=view, back=back)
+    answer.headers["refresh"] = str(int(view.get("poll_after_seconds") or 5))
+    return answer
 
 
 # --- the waitlist ------------------------------------------------------------------
@@ -376,7 +380,7 @@ async def waitlist_join(request: Request, rt: RuntimeDep) -> Response:
                 "earliest": format_local(now + 3600, "UTC"),
                 "latest": format_local(now + 14 * 86400, "UTC"),
                 "party_size": number(form, "party", 1, 1, 50),
-                "patient": {"reference": "web-" + secrets.token_hex(8), "contact": contact},
+                "patient": {"reference": _reference(form), "contact": contact},
             }
         )
     except ValidationError as exc:
@@ -398,7 +402,8 @@ async def waitlist_entry(entry_id: str, request: Request, rt: RuntimeDep) -> Res
     out = await waitlists.read(patient, entry_id, token)
     offer = out.get("offer")
     provider = await rt.service.provider(offer["provider_id"]) if offer else None
-    return render(
+    return await page(
+        rt,
         request,
         "waitlist.html",
         entry=out,
@@ -432,6 +437,15 @@ def _idem(form: dict[str, str]) -> str | None:
     ):
         raise InvalidRequest("the form's idem field is malformed; reload the page")
     return key
+
+
+def _reference(form: dict[str, str]) -> str:
+    """The patient's reference for a form: the same for the same form sent again (so
+    the repeat is the same request), else a new one."""
+    key = _idem(form)
+    if key is None:
+        return "web-" + secrets.token_hex(8)
+    return "web-" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def _lang(request: Request) -> str:

@@ -23,7 +23,7 @@ from fastapi.responses import RedirectResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
 from actors.shard import check
-from engine.errors import InvalidRequest, NotFound
+from engine.errors import HexbookError, InvalidRequest, NotFound
 from engine.provider import Provider
 from engine.schedule import Blocked, WeeklyTemplate, Window, build_grid
 from gateway.auth import Forbidden, Principal, Unauthorized, client_address
@@ -279,7 +279,7 @@ def _template_of(form: dict[str, str]) -> tuple[WeeklyTemplate | None, list[str]
                 if not (_hhmm(window.opens) and _hhmm(window.closes)):
                     raise ValueError
                 windows.append(window)
-            except (ValueError, TypeError):
+            except (ValueError, TypeError, HexbookError):
                 problems.append(f"{d}: {part!r} is not opens-closes/capacity, e.g. 09:00-17:00/2")
         if windows:
             days.append((d, tuple(windows)))
@@ -353,7 +353,7 @@ async def admin_schedule(provider_id: str, request: Request, rt: RuntimeDep) -> 
                     "blocked": [{"start": b.start, "end": b.end} for b in template.blocked],
                 },
                 "first_day": today.isoformat(),
-                "days": max(roster["schedule"].horizon_days, 1),
+                "days": await _days_laid_out(rt, provider, today, roster),
                 "slot_minutes": slot_minutes,
                 "horizon_days": roster["schedule"].horizon_days,
             }
@@ -371,6 +371,19 @@ async def admin_schedule(provider_id: str, request: Request, rt: RuntimeDep) -> 
         preview=preview,
         problems=problems,
     )
+
+
+async def _days_laid_out(
+    rt: Runtime, provider: Provider, today: date, roster: dict[str, Any]
+) -> int:
+    """Days from ``today`` to keep laid out: the calendar's own, or its horizon's."""
+    service = provider.services[0]
+    pid = provider.provider_id
+    grid = check(await rt.service.router.call(pid, "slots", pid, service))
+    end = grid["start"] + len(grid["capacity"]) * grid["slot_seconds"] - 1
+    last = datetime.fromtimestamp(end, ZoneInfo(provider.timezone)).date()
+    horizon: int = roster["schedule"].horizon_days
+    return max(horizon, (last - today).days + 1, 1)
 
 
 def _preview(grid: Any, zone_name: str) -> list[tuple[str, list[tuple[str, int]]]]:

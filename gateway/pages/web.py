@@ -58,6 +58,7 @@ __all__ = [
     "language_of",
     "local_day",
     "local_time",
+    "page",
     "render",
     "session_of",
     "start_session",
@@ -213,6 +214,13 @@ def render(
             LANG_COOKIE, lang, max_age=365 * 86400, samesite="lax", secure=_tls(request)
         )
     return response
+
+
+async def page(
+    rt: Runtime, request: Request, template: str, status: int = 200, **context: Any
+) -> HTMLResponse:
+    """:func:`render` for a page anyone may open: signed-in staff still see their menu."""
+    return render(request, template, status, session=await session_of(rt, request), **context)
 
 
 async def form_of(request: Request) -> dict[str, str]:
