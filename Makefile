@@ -73,8 +73,9 @@ soak: $(STAMP) ## 90 days on an accelerated clock, the OpenAPI fuzz for every ro
 	HEXBOOK_STATEFUL_EXAMPLES=8000 HEXBOOK_STATEFUL_MIN_STEPS=200000 \
 	  $(BIN)/pytest tests/engine/test_calendar_stateful.py
 
-docs-images: $(STAMP) ## remake the images docs/simulators.md shows (docs/img/sim-*.png, ~2 min)
+docs-images: $(STAMP) ## remake the docs' images: the simulators' (docs/img/sim-*.png) and the pages' screenshots (docs/img/pages/, by the browser tests), ~3 min
 	$(BIN)/python docs/make_images.py
+	HEXBOOK_DOCS_IMAGES=1 $(BIN)/pytest -q tests/gateway/test_pages_browser.py
 
 demo: $(STAMP) ## start hexbook with a demo city (Ctrl-C stops it; ./data keeps bookings)
 	$(BIN)/hexbook up --demo
