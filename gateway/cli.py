@@ -28,7 +28,8 @@ from simulators.toolkit import duration_type, progress
 
 __all__ = ["main"]
 
-DEMO_KEY_NAME = "demo booking client (hexbook up --demo)"
+DEMO_KEY_SUFFIX = "(hexbook up --demo)"
+DEMO_SITES = "chi-000*"  # the demo provider-admin's sites
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -399,8 +400,10 @@ def up(args: argparse.Namespace) -> int:
         srv = server(create_app(settings, hexbook=hb, redis_server=embedded), tls=tls)
         host = f"[{args.host}]" if ":" in args.host else args.host
         scheme = "https" if tls else "http"
-        key = _demo_key(hb) if args.demo else None
-        when_started(srv, lambda: print(_banner(f"{scheme}://{host}:{args.port}", key), flush=True))
+        keys = _demo_keys(hb) if args.demo else None
+        when_started(
+            srv, lambda: print(_banner(f"{scheme}://{host}:{args.port}", keys), flush=True)
+        )
         with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C once shut down
             srv.run(sockets=[sock])
     print("hexbook: stopped cleanly")
@@ -444,19 +447,31 @@ def _provision_demo(hb: Any, sites: int) -> None:
         hb.provision_many(city, today, 28, 15, progress=done, horizon_days=28)
 
 
-def _banner(base: str, key: str | None) -> str:
+def _banner(base: str, keys: dict[str, str] | None) -> str:
     """Where to look, once the gateway takes connections (URLs quoted for a shell)."""
+    staff = "an operator key" if keys is None else "the operator key below"
+    admin = (
+        "a provider-admin key" if keys is None else f"the provider-admin key below ({DEMO_SITES})"
+    )
     lines = [
         f"hexbook: serving {base}",
+        "  pages:",
+        f"    find and book:    {base}/",
+        f"    launch dashboard: {base}/dashboard   (sign in with {staff})",
+        f"    site admin:       {base}/admin   (sign in with {admin})",
         f"  API docs:  {base}/docs",
         f"  OpenAPI:   {base}/openapi.json",
         f"  metrics:   {base}/metrics",
         f"  SMART:     curl '{base}/smart/$bulk-publish'",
         f"  search:    curl '{base}/v1/search?lat=41.88&lng=-87.63&service=covid-vaccine'",
     ]
-    if key is not None:
+    if keys is not None:
+        key = keys["booking-client"]
         lines += [
-            f"  booking-client key (new for this run): {key}",
+            "  keys (new for this run):",
+            f"    operator:       {keys['operator']}",
+            f"    provider-admin: {keys['provider-admin']}",
+            f"    booking-client: {key}",
             f"  hold:      curl -H 'Authorization: Bearer {key}' "
             "-H 'Content-Type: application/json' -d "
             '\'{"provider_id": "chi-0000", "service": "covid-vaccine", '
@@ -469,15 +484,23 @@ def _banner(base: str, key: str | None) -> str:
     return "\n".join(lines)
 
 
-def _demo_key(hb: Any) -> str:
-    """A fresh booking-client key for this demo run; earlier demo keys are revoked."""
-    from gateway.keys import KeyStore
+def _demo_keys(hb: Any) -> dict[str, str]:
+    """Fresh keys for this demo run, one per role (the provider-admin's for the demo's
+    first sites); earlier runs' demo keys are revoked."""
+    from gateway.keys import ROLES, KeyStore
 
     store = KeyStore(hb.redis)
     for old in store.list():
-        if old.name == DEMO_KEY_NAME and old.active:
+        if old.active and old.name.endswith(DEMO_KEY_SUFFIX):
             store.revoke(old.key_id)
-    return store.create("booking-client", DEMO_KEY_NAME)[0]
+    return {
+        role: store.create(
+            role,
+            f"demo {role} {DEMO_KEY_SUFFIX}",
+            (DEMO_SITES,) if role == "provider-admin" else (),
+        )[0]
+        for role in ROLES
+    }
 
 
 def keys(args: argparse.Namespace) -> int:

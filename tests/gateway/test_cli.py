@@ -4,6 +4,7 @@ cleanly on Ctrl-C, and the next start finds the bookings in the data folder."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -44,7 +45,7 @@ def printed_key(proc: subprocess.Popen[str]) -> tuple[str, list[str]]:
     lines = []
     for line in proc.stdout:
         lines.append(line)
-        if "booking-client key" in line:
+        if line.strip().startswith("booking-client: hbk_"):
             return line.split(": ", 1)[1].strip(), lines
     raise AssertionError("no key printed:\n" + "".join(lines))
 
@@ -97,6 +98,18 @@ def test_demo_starts_serves_stops_and_keeps_bookings(tmp_path: Path) -> None:
         key, head = printed_key(proc)
         auth = {"Authorization": f"Bearer {key}"}
         wait_ready(proc, base)
+        # The three pages, and a key for each staff page (signed in as a browser would).
+        printed = "".join(head)
+        for name, path in (("find and book", "/"), ("launch dashboard", "/dashboard"),
+                           ("site admin", "/admin")):  # fmt: skip
+            assert re.search(rf"{name}: +{re.escape(base + path)}\s", printed), printed
+        staff = dict(re.findall(r"^ +(operator|provider-admin): +(hbk_\S+)$", printed, re.M))
+        for role, path in (("operator", "/dashboard"), ("provider-admin", "/admin/chi-0000")):
+            with httpx.Client(base_url=base, follow_redirects=True) as browser:
+                signed = browser.post("/signin", data={"api_key": staff[role]})
+                assert signed.status_code == 200, signed.text
+                assert browser.get(path).status_code == 200, (role, path)
+        assert httpx.get(f"{base}/", params={"q": "60601"}).status_code == 200
         grid = httpx.get(
             f"{base}/v1/providers/chi-0000/slots", params={"service": "covid-vaccine"}
         ).json()["slots"]
@@ -143,7 +156,7 @@ def test_demo_starts_serves_stops_and_keeps_bookings(tmp_path: Path) -> None:
     assert f"serving {base}" in out
     assert f"{base}/docs" in out
     assert f"curl '{base}/smart/$bulk-publish'" in out  # quoted: pastes into a shell
-    assert out.index("provisioning") < out.index("serving") < out.index("booking-client key")
+    assert out.index("provisioning") < out.index("serving") < out.index("booking-client: hbk_")
     assert "stopped cleanly" in out
     assert redis_servers_of(data) == [], "a redis-server of this data folder is still running"
 
