@@ -47,6 +47,7 @@ from engine.horizon import next_roll_at, plan_roll
 from engine.notices import Notice, Timers, notices_of
 from engine.provider import Provider
 from engine.records import (
+    AttendanceMarked,
     Booking,
     BookingCancelled,
     BookingRescheduled,
@@ -526,7 +527,7 @@ class ShardCore:
             elif isinstance(ev, BookingRescheduled):
                 touched[(pid, service, ev.old_start)] = None
                 touched[(pid, service, ev.new_start)] = None
-            elif isinstance(ev, PatientDataErased):
+            elif isinstance(ev, PatientDataErased | AttendanceMarked):
                 continue  # no place changed
             else:  # CapacityChanged, CalendarRolled: every slot may have changed
                 pending.whole[(pid, service)] = None

@@ -32,6 +32,7 @@ from engine.errors import (
 from engine.geo import DEFAULT_RESOLUTION, cells_covering, haversine_km, provider_cell
 from engine.provider import Provider
 from engine.records import (
+    AttendanceMarked,
     Booking,
     BookingCancelled,
     BookingRescheduled,
@@ -45,6 +46,7 @@ from engine.records import (
     HoldConfirmed,
     HoldPlaced,
     HoldReleased,
+    MarkAttendance,
     PlaceHold,
     ReleaseHold,
     RescheduleBooking,
@@ -55,6 +57,7 @@ from engine.search import AvailabilityGrid, Match
 
 __all__ = [
     "DEFAULT_RESOLUTION",
+    "AttendanceMarked",
     "AvailabilityGrid",
     "Blocked",
     "Booking",
@@ -80,6 +83,7 @@ __all__ = [
     "HoldReleased",
     "IdempotencyConflict",
     "InvalidRequest",
+    "MarkAttendance",
     "Match",
     "NotFound",
     "PlaceHold",

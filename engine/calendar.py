@@ -46,6 +46,7 @@ from engine.errors import (
     SlotUnavailable,
 )
 from engine.records import (
+    AttendanceMarked,
     Booking,
     BookingCancelled,
     BookingRescheduled,
@@ -65,6 +66,7 @@ from engine.records import (
     HoldPlaced,
     HoldReleased,
     IdempotencyEntry,
+    MarkAttendance,
     PatientDataErased,
     PlaceHold,
     ReleaseHold,
@@ -358,7 +360,9 @@ class Calendar:
         self.outbox.append(event)
         return self._on_hold_confirmed(event)
 
-    def _prologue(self, cmd: ReleaseHold | CancelBooking | RescheduleBooking) -> Result | None:
+    def _prologue(
+        self, cmd: ReleaseHold | CancelBooking | RescheduleBooking | MarkAttendance
+    ) -> Result | None:
         """Expire what is due, then the first result if this command is a repeat.
         (Place and confirm, the hot path, have this inlined.)"""
         if self._expiry and self._expiry[0].expires_at <= cmd.now:
@@ -379,6 +383,17 @@ class Calendar:
             return prior
         self._active_booking(cmd.booking_id)
         return self._emit(BookingCancelled(cmd.booking_id, cmd.now, cmd.key))
+
+    def _mark(self, cmd: MarkAttendance) -> Result:
+        if (prior := self._prologue(cmd)) is not None:
+            return prior
+        booking = self._active_booking(cmd.booking_id)
+        if booking.start > cmd.now:
+            raise InvalidRequest(
+                f"booking {cmd.booking_id!r} has not started yet; mark whether the patient "
+                "came once its slot has begun"
+            )
+        return self._emit(AttendanceMarked(cmd.booking_id, cmd.attendance, cmd.now, cmd.key))
 
     def _reschedule(self, cmd: RescheduleBooking) -> Result:
         if (prior := self._prologue(cmd)) is not None:
@@ -626,6 +641,11 @@ class Calendar:
         self.bookings[ev.booking_id] = booking
         return self._remember(ev, booking)
 
+    def _on_attendance_marked(self, ev: AttendanceMarked) -> Result:
+        booking = _replace(self.bookings[ev.booking_id], attendance=ev.attendance)
+        self.bookings[ev.booking_id] = booking
+        return self._remember(ev, booking)
+
     def _on_booking_rescheduled(self, ev: BookingRescheduled) -> Result:
         booking = _replace(self.bookings[ev.booking_id], start=ev.new_start)
         # Take the new place before giving the old one back: never a moment with neither.
@@ -656,6 +676,7 @@ _DECIDE: dict[type, Callable[[Calendar, Any], Result | None]] = {
     ReleaseHold: Calendar._release,
     CancelBooking: Calendar._cancel,
     RescheduleBooking: Calendar._reschedule,
+    MarkAttendance: Calendar._mark,
     ExpireHolds: Calendar._expire_cmd,
     SetCapacity: Calendar._set_capacity,
     RollCalendar: Calendar._roll,
@@ -667,6 +688,7 @@ _EVOLVE: dict[type, Callable[[Calendar, Any], Result | None]] = {
     HoldReleased: Calendar._on_hold_released,
     BookingCancelled: Calendar._on_booking_cancelled,
     BookingRescheduled: Calendar._on_booking_rescheduled,
+    AttendanceMarked: Calendar._on_attendance_marked,
     CapacityChanged: Calendar._on_capacity_changed,
     CalendarRolled: Calendar._on_calendar_rolled,
     PatientDataErased: Calendar._on_patient_data_erased,

@@ -23,6 +23,7 @@ from engine.eligibility import Attestation, Rule
 from engine.schedule import WeeklyTemplate
 
 __all__ = [
+    "AttendanceMarked",
     "Booking",
     "BookingCancelled",
     "BookingRescheduled",
@@ -44,6 +45,7 @@ __all__ = [
     "HoldPlaced",
     "HoldReleased",
     "IdempotencyEntry",
+    "MarkAttendance",
     "PatientDataErased",
     "PlaceHold",
     "Record",
@@ -106,6 +108,8 @@ class Booking(_Record, frozen=True, tag="booking.v1"):
     series_id: str | None = None
     contact: Contact | None = None
     erased_at: int | None = None  # when its patient data (attested, contact) was erased
+    # Whether the patient came, as the site marked it once the slot had started.
+    attendance: Literal["attended", "no_show"] | None = None
 
     @property
     def has_patient_data(self) -> bool:
@@ -217,6 +221,20 @@ class RescheduleBooking(_Record, frozen=True, tag="reschedule_booking.v1"):
         return ("reschedule", self.booking_id, self.new_start)
 
 
+class MarkAttendance(_Record, frozen=True, tag="mark_attendance.v1"):
+    """The site says whether the patient of a booking came (once its slot has started)."""
+
+    provider_id: str
+    service: str
+    key: str | None
+    now: int
+    booking_id: str
+    attendance: Literal["attended", "no_show"]
+
+    def fingerprint(self) -> Fingerprint:
+        return ("attendance", self.booking_id, self.attendance)
+
+
 class ExpireHolds(_Record, frozen=True, tag="expire_holds.v1"):
     """Release every hold whose expiry is at or before ``now`` (the periodic sweep)."""
 
@@ -278,6 +296,7 @@ Command = (
     | ReleaseHold
     | CancelBooking
     | RescheduleBooking
+    | MarkAttendance
     | ExpireHolds
     | SetCapacity
     | RollCalendar
@@ -359,6 +378,18 @@ class BookingRescheduled(_Record, frozen=True, tag="booking_rescheduled.v1"):
         return ("reschedule", self.booking_id, self.new_start)
 
 
+class AttendanceMarked(_Record, frozen=True, tag="attendance_marked.v1"):
+    """A booking's patient came, or did not (a no-show)."""
+
+    booking_id: str
+    attendance: Literal["attended", "no_show"]
+    at: int
+    key: str | None
+
+    def fingerprint(self) -> Fingerprint:
+        return ("attendance", self.booking_id, self.attendance)
+
+
 class CapacityChanged(_Record, frozen=True, tag="capacity_changed.v1"):
     """Capacity set from ``capacity`` (uint16 bytes per slot), see :class:`SetCapacity`."""
 
@@ -399,6 +430,7 @@ Event = (
     | HoldReleased
     | BookingCancelled
     | BookingRescheduled
+    | AttendanceMarked
     | CapacityChanged
     | CalendarRolled
     | PatientDataErased

@@ -29,6 +29,7 @@ class ModelBooking:
     hold_id: str
     created_at: int
     status: str = "active"
+    attendance: str | None = None
 
 
 @dataclass
@@ -64,6 +65,7 @@ class CalendarModel:
             b.hold_id,
             b.created_at,
             b.status,
+            b.attendance,
         )
 
     def _expire(self, now: int) -> None:
@@ -193,6 +195,22 @@ class CalendarModel:
         b.status = "cancelled"
         self.booked[b.slot] -= b.party
         self._give_back(b.slot)
+        result = self.booking_result(b)
+        self._remember(key, fp, result, now)
+        return result
+
+    def mark(
+        self, key: str | None, now: int, booking_id: str, attendance: str
+    ) -> tuple[object, ...]:
+        """Whether the patient came: an active booking whose slot has started."""
+        self._expire(now)
+        fp = ("attendance", booking_id, attendance)
+        if (r := self._repeat(key, fp)) is not None:
+            return r
+        b = self._active(booking_id)
+        if self.start + b.slot * self.slot_seconds > now:
+            raise errors.InvalidRequest("not started")
+        b.attendance = attendance
         result = self.booking_result(b)
         self._remember(key, fp, result, now)
         return result

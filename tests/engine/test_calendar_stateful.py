@@ -10,7 +10,7 @@ codec) rebuilds exactly the live state. The default run is at least 10,000 steps
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from hypothesis import HealthCheck, settings
@@ -35,6 +35,7 @@ from engine.records import (
     Hold,
     HoldConfirmed,
     HoldPlaced,
+    MarkAttendance,
     PlaceHold,
     ReleaseHold,
     RescheduleBooking,
@@ -76,6 +77,7 @@ def as_tuple(result: Hold | Booking | None) -> tuple[object, ...] | None:
             result.hold_id,
             result.created_at,
             result.status,
+            result.attendance,
         )
     return None
 
@@ -147,7 +149,7 @@ class CalendarMachine(RuleBasedStateMachine):
         assert got == expected, (name, got, expected)
 
     # --- rules -----------------------------------------------------------------------
-    @rule(dt=st.sampled_from([0, 1, 30, 120, 299, 300, 301, 900]), sweep=st.booleans())
+    @rule(dt=st.sampled_from([0, 1, 30, 120, 299, 300, 301, 900, 3600]), sweep=st.booleans())
     def advance(self, dt: int, sweep: bool) -> None:
         """Time passes; maybe the periodic sweep runs."""
         self.now += dt
@@ -204,6 +206,13 @@ class CalendarMachine(RuleBasedStateMachine):
         booking_id, now = pick_from(self.booking_ids, pick), self.now
         cmd = CancelBooking("p1", "vaccine", key, now, booking_id)
         self.run("cancel", cmd, lambda: self.model.cancel(key, now, booking_id))
+
+    @rule(mode=KEYS, kpick=PICK, pick=PICK, came=st.sampled_from(["attended", "no_show"]))
+    def mark(self, mode: str, kpick: int, pick: int, came: Literal["attended", "no_show"]) -> None:
+        key = self.key(mode, kpick)
+        booking_id, now = pick_from(self.booking_ids, pick), self.now
+        cmd = MarkAttendance("p1", "vaccine", key, now, booking_id, came)
+        self.run("mark", cmd, lambda: self.model.mark(key, now, booking_id, came))
 
     @rule(mode=KEYS, kpick=PICK, pick=PICK, slot=SLOTS)
     def reschedule(self, mode: str, kpick: int, pick: int, slot: int) -> None:
@@ -268,6 +277,7 @@ class CalendarMachine(RuleBasedStateMachine):
             "release": ("hold_id",),
             "cancel": ("booking_id",),
             "reschedule": ("booking_id", "new_start"),
+            "mark": ("booking_id", "attendance"),
         }[name]
         args = [fields[a] for a in model_args]
         method = getattr(self.model, name)
