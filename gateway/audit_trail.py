@@ -53,6 +53,9 @@ AUDITED: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {
     ("DELETE", "/v1/keys/{key_id}"): ("key.revoke", ("operator",)),
     ("GET", "/v1/bookings/{booking_id}"): ("booking.read", ("operator",)),
     ("DELETE", "/v1/bookings/{booking_id}"): ("booking.cancel", ("operator",)),
+    ("POST", "/v1/bookings/{booking_id}/attendance"): (
+        "booking.attendance", ("operator", "provider-admin"),
+    ),
     ("POST", "/v1/imports"): ("import.run", ("operator",)),
     ("POST", "/v1/imports/schedules"): ("import.schedule", ("operator",)),
     ("DELETE", "/v1/imports/schedules/{schedule_id}"): ("import.unschedule", ("operator",)),
@@ -160,7 +163,7 @@ _MAYBE: dict[str, tuple[frozenset[str], tuple[str, ...]]] = {
         frozenset(
             {"/v1/keys", "/v1/imports", "/v1/imports/schedules", "/v1/rooms", "/v1/erasures"}
         ),
-        (),
+        ("/v1/bookings/",),
     ),
     "PUT": (frozenset(), ("/v1/providers/", "/v1/rules/", "/v1/series-templates/")),
     "DELETE": (frozenset(), ("/v1/keys/", "/v1/bookings/", "/v1/imports/schedules/")),

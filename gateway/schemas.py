@@ -485,6 +485,12 @@ class WaitlistBookingIn(_Strict):
     """Accept the entry's offer (the body may be empty: the entry has the patient)."""
 
 
+class AttendanceIn(_Strict):
+    """Whether the patient of a booking came (once its slot has started)."""
+
+    attendance: Literal["attended", "no_show"]
+
+
 class RescheduleRequest(_Strict):
     provider_id: Id
     service: Id
@@ -706,6 +712,9 @@ class BookingOut(BaseModel):
     party_size: int
     status: Literal["active", "cancelled"]
     patient: Patient
+    attendance: Literal["attended", "no_show"] | None = Field(
+        None, description="whether the patient came, as the site marked it (none yet: null)"
+    )
 
 
 class OfferOut(BaseModel):

@@ -41,6 +41,7 @@ from engine.records import (
     ConfirmHold,
     Contact,
     Hold,
+    MarkAttendance,
     PlaceHold,
     ReleaseHold,
     RescheduleBooking,
@@ -61,6 +62,7 @@ from gateway.observe import Metrics
 from gateway.room import WaitingRooms
 from gateway.router import ShardRouter
 from gateway.schemas import (
+    AttendanceIn,
     AttestationIn,
     BookingRequest,
     ContactIn,
@@ -220,6 +222,7 @@ def booking_out(
         "party_size": b.party_size,
         "status": b.status,
         "patient": patient_out(b),
+        "attendance": b.attendance,
     }
 
 
@@ -566,6 +569,24 @@ class BookingService:
             cmd = CancelBooking(owner, service, None, self._now(), booking_id)
             check(await self.router.submit(cmd))
         self.metrics.cancellations.inc()
+
+    async def mark_attendance(
+        self, caller: Principal, booking_id: str, req: AttendanceIn, key: str | None
+    ) -> dict[str, Any]:
+        """Mark whether a booking's patient came (its site's provider-admin, or an
+        operator): the BookingOut with its ``attendance``."""
+        try:
+            provider_id, service = calendar_of(booking_id)
+        except InvalidRequest:
+            raise BookingNotFound(booking_id) from None
+        if caller.key is None or not caller.key.may_admin(provider_id):
+            raise Forbidden(f"this key may not mark the bookings of provider {provider_id!r}")
+        provider = await self.provider(provider_id)
+        scoped = await self.idempotency.scope(caller, key, "attendance", booking_id, req.attendance)
+        cmd = MarkAttendance(
+            provider_id, service, scoped.key, self._now(), booking_id, req.attendance
+        )
+        return booking_out(check(await self.router.submit(cmd)), provider, service)
 
     async def reschedule(
         self,

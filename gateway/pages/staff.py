@@ -31,7 +31,7 @@ from gateway.deps import Runtime, RuntimeDep
 from gateway.pages import web
 from gateway.pages.live import pulse_of
 from gateway.pages.web import PageRoute
-from gateway.schemas import ProviderIn, RoomPatch
+from gateway.schemas import AttendanceIn, ProviderIn, RoomPatch
 
 __all__ = ["router"]
 
@@ -121,6 +121,7 @@ async def room_control(room_id: str, request: Request, rt: RuntimeDep) -> Respon
     except ValidationError as exc:
         raise InvalidRequest(str(exc.errors()[0].get("msg"))) from None
     await rt.service.rooms.change(room_id, body)
+    await _audit(rt, session, "room.change", f"room_id={room_id}")
     return RedirectResponse("/dashboard", 303)
 
 
@@ -190,10 +191,10 @@ async def _site_context(
         )  # fmt: skip
         bookings += [(service, b) for b in got["bookings"]]
     on_day = sorted(
-        (b.start, service, b)
-        for service, b in bookings
-        if datetime.fromtimestamp(b.start, zone).date() == day
-    )
+        ((b.start, service, b) for service, b in bookings
+         if datetime.fromtimestamp(b.start, zone).date() == day),
+        key=lambda row: (row[0], row[1], row[2].booking_id),
+    )  # fmt: skip
     return {
         "provider": provider,
         "on": day,
@@ -203,6 +204,7 @@ async def _site_context(
         "fill": await _fill(rt, provider, bookings, _today(provider, rt)),
         "zone": zone,
         "clock": lambda ts: datetime.fromtimestamp(ts, zone).strftime("%H:%M"),
+        "now": rt.hexbook.clock.seconds(),
     }
 
 
@@ -223,10 +225,12 @@ async def _fill(
                 places[datetime.fromtimestamp(grid["start"] + i * step, zone).date()] += cap
     booked: dict[date, int] = defaultdict(int)
     cancelled: dict[date, int] = defaultdict(int)
+    no_shows: dict[date, int] = defaultdict(int)
     for _, b in bookings:
         d = datetime.fromtimestamp(b.start, zone).date()
         if b.status == "active":
             booked[d] += b.party_size
+            no_shows[d] += b.attendance == "no_show"
         else:
             cancelled[d] += 1
     days = [today + timedelta(days=k) for k in range(-7, 8)]
@@ -236,6 +240,7 @@ async def _fill(
             "places": places.get(d, 0),
             "booked": booked.get(d, 0),
             "cancelled": cancelled.get(d, 0),
+            "no_shows": no_shows.get(d, 0),
             "fill": round(100 * booked.get(d, 0) / places[d]) if places.get(d) else None,
         }
         for d in days
@@ -359,6 +364,7 @@ async def admin_schedule(provider_id: str, request: Request, rt: RuntimeDep) -> 
             }
         )  # fmt: skip
         await rt.service.put_provider(session.principal, provider_id, body)
+        await _audit(rt, session, "provider.put", f"provider_id={provider_id}")
         return RedirectResponse(f"/admin/{quote(provider_id)}?saved=1", 303)
     day = _day(None, today)
     return web.render(
@@ -397,17 +403,33 @@ def _preview(grid: Any, zone_name: str) -> list[tuple[str, list[tuple[str, int]]
 
 
 @router.post("/admin/{provider_id}/bookings/{booking_id}")
-async def admin_cancel(
+async def admin_booking(
     provider_id: str, booking_id: str, request: Request, rt: RuntimeDep
 ) -> Response:
-    """Cancel a booking of the roster (the patient is told, as for any cancellation)."""
+    """A booking of the roster: cancel it (the patient is told, as for any cancellation)
+    or, once its slot has started, mark whether the patient came."""
     session = web.allowed(await web.session_of(rt, request), ("provider-admin", "operator"))
     _may(session, provider_id)
     form = await web.form_of(request)
     web.check_csrf(session, form)
-    await rt.service.cancel_at_site(provider_id, booking_id)
+    action = form.get("action", "cancel")
+    if action == "cancel":
+        await rt.service.cancel_at_site(provider_id, booking_id)
+        await _audit(rt, session, "booking.cancel", f"booking_id={booking_id}")
+    elif action in ("attended", "no_show"):
+        body = AttendanceIn.model_validate({"attendance": action})
+        await rt.service.mark_attendance(session.principal, booking_id, body, None)
+        await _audit(rt, session, "booking.attendance", f"booking_id={booking_id}")
+    else:
+        raise InvalidRequest("action must be cancel, attended or no_show")
     query = urlencode({"day": form.get("day", "")})
     return RedirectResponse(f"/admin/{quote(provider_id)}?{query}", 303)
+
+
+async def _audit(rt: Runtime, session: web.Session, action: str, target: str) -> None:
+    """A page's admin action in the audit trail, as the API's are (docs/security.md)."""
+    if rt.audit is not None:
+        await rt.audit.record(session.principal.name, session.role, action, target, 200)
 
 
 @router.get("/admin/{provider_id}/export.{fmt}")
@@ -420,16 +442,17 @@ async def admin_export(provider_id: str, fmt: str, request: Request, rt: Runtime
     provider, roster = await _site(rt, provider_id)
     ctx = await _site_context(rt, provider, roster, _today(provider, rt))
     zone = ctx["zone"]
-    rows = [["booking_id", "service", "start", "party_size", "status", "patient_reference"]]
+    rows = [["booking_id", "service", "start", "party_size", "status", "attendance",
+             "patient_reference"]]  # fmt: skip
     services = list(provider.services)
     for service in services:
         got = check(await rt.service.router.call(provider_id, "roster", provider_id, service))
         for b in sorted(got["bookings"], key=lambda b: b.start):
             rows.append([b.booking_id, service,
                          datetime.fromtimestamp(b.start, zone).isoformat(),
-                         b.party_size, b.status, b.patient_ref])  # fmt: skip
-    fill = [["day", "places", "booked", "fill_percent", "cancelled"]] + [
-        [f["day"].isoformat(), f["places"], f["booked"], f["fill"], f["cancelled"]]
+                         b.party_size, b.status, b.attendance or "", b.patient_ref])  # fmt: skip
+    fill = [["day", "places", "booked", "fill_percent", "cancelled", "no_shows"]] + [
+        [f["day"].isoformat(), f["places"], f["booked"], f["fill"], f["cancelled"], f["no_shows"]]
         for f in ctx["fill"]
     ]
     name = f"{provider_id}-bookings"

@@ -5,9 +5,15 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Path, Response
 
 from gateway.answers import json_answer
-from gateway.deps import Booker, BookingToken, IdempotencyKey, Service, json_body
+from gateway.deps import Admin, Booker, BookingToken, IdempotencyKey, Service, json_body
 from gateway.openapi import errors
-from gateway.schemas import ROUTABLE_PATTERN, BookingOut, BookingRequest, RescheduleRequest
+from gateway.schemas import (
+    ROUTABLE_PATTERN,
+    AttendanceIn,
+    BookingOut,
+    BookingRequest,
+    RescheduleRequest,
+)
 
 router = APIRouter(prefix="/v1/bookings", tags=["bookings"])
 BookingId = Path(pattern=ROUTABLE_PATTERN, max_length=512, description="as the booking answer gave")
@@ -66,3 +72,21 @@ async def reschedule(
     """Move a booking; the old place is freed only when the new one is booked. To
     another provider or service the booking gets a new id and keeps its token."""
     return json_answer(await service.reschedule(caller, booking_id, token, body, key))
+
+
+@router.post(
+    "/{booking_id}/attendance",
+    response_model=BookingOut,
+    dependencies=[Depends(json_body)],
+    responses=errors(403, 404, 409),
+)
+async def attendance(
+    body: AttendanceIn,
+    caller: Admin,
+    service: Service,
+    key: IdempotencyKey,
+    booking_id: str = BookingId,
+) -> Response:
+    """Mark whether the patient came (``attended`` or ``no_show``), once the slot has
+    started: the site's provider-admin, or an operator."""
+    return json_answer(await service.mark_attendance(caller, booking_id, body, key))

@@ -9,8 +9,10 @@ import io
 import re
 import ssl
 from collections.abc import Iterator
+from datetime import datetime, time
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -355,7 +357,7 @@ def test_the_roster_cancels_and_exports_csv_and_xlsx(
         ids = [row[0] for row in book["bookings"].iter_rows(values_only=True)]
         assert booking_id in ids
         fill = list(book["fill by day"].iter_rows(values_only=True))
-        assert fill[0] == ("day", "places", "booked", "fill_percent", "cancelled")
+        assert fill[0] == ("day", "places", "booked", "fill_percent", "cancelled", "no_shows")
         assert any(r[0] == DAY.isoformat() and r[2] >= 1 for r in fill[1:]), fill
         csrf = fields(day.text)["csrf"]
         r = admin.post(
@@ -391,3 +393,46 @@ def test_a_template_edit_previews_then_saves_the_new_slots(
     slots = ops.get("/v1/providers/clinic-edit/slots", params={"service": SERVICE}).json()
     on_day = [s for s in slots["slots"] if s["start"].startswith(DAY.isoformat())]
     assert [(s["start"][11:16], s["capacity"]) for s in on_day] == [("13:00", 3), ("13:30", 3)]
+
+
+def test_once_its_slot_has_started_the_roster_marks_a_no_show(
+    sites: dict[str, list[str]], stack: tuple[str, Hexbook, FastAPI], keys: dict[str, str],
+    browser: httpx.Client, ops: httpx.Client, api: httpx.Client,
+) -> None:  # fmt: skip
+    """Last in the module: it moves the stack's clock to DAY 09:40 (and back)."""
+    booked = book_one(browser)
+    booking_id = booked.url.path.rsplit("/", 1)[1]
+    attendance = f"/v1/bookings/{booking_id}/attendance"
+    early = ops.post(attendance, json={"attendance": "no_show"})
+    assert early.status_code == 422 and "has not started yet" in early.text
+    hb = stack[1]
+    started = datetime.combine(DAY, time(9, 40), ZoneInfo("America/Chicago")).timestamp()
+    hb.set_clock(offset=started - hb.clock.now())
+    try:
+        refused = api.post(attendance, json={"attendance": "attended"})
+        assert refused.status_code == 403  # a booking client is no site
+        with httpx.Client(base_url=stack[0], follow_redirects=True, timeout=60) as admin:
+            sign_in(admin, keys["provider-admin"])
+            day = admin.get("/admin/clinic-p1", params={"day": DAY.isoformat()})
+            row = day.text.split(f'data-booking="{booking_id}"')[1].split("</tr>")[0]
+            assert "No-show</button>" in row and "Cancel</button>" not in row  # it started
+            csrf = fields(day.text)["csrf"]
+            marked = admin.post(
+                f"/admin/clinic-p1/bookings/{booking_id}",
+                data={"csrf": csrf, "day": str(DAY), "action": "no_show"},
+            )
+            assert marked.status_code == 200, marked.text
+            row = marked.text.split(f'data-booking="{booking_id}"')[1].split("</tr>")[0]
+            assert "no-show" in row
+            fill = admin.get("/admin/clinic-p1/export.csv")
+            mine = [
+                r for r in csv.DictReader(io.StringIO(fill.text)) if r["booking_id"] == booking_id
+            ]
+            assert mine[0]["attendance"] == "no_show"
+        read = ops.get(f"/v1/bookings/{booking_id}").json()
+        assert read["attendance"] == "no_show"
+        trail = ops.get("/v1/audit", params={"limit": 1000}).json()
+        actions = {(e["action"], e["target"]) for e in trail}
+        assert ("booking.attendance", f"booking_id={booking_id}") in actions
+    finally:
+        hb.set_clock(offset=0)
