@@ -7,8 +7,10 @@ widths (``make docs-images`` writes them to docs/img/pages/)."""
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -22,8 +24,8 @@ from tests.polling import until
 
 SERVICE = "covid-vaccine"
 DAY = ahead(4)
-PAGES = ("find", "book", "hold", "booking", "waitlist", "signin", "dashboard", "admin", "site",
-         "refused")  # fmt: skip
+PAGES = ("find", "book", "hold", "booking", "waitlist", "room", "signin", "dashboard", "admin",
+         "site", "refused")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +97,13 @@ def test_a_patient_finds_books_and_cancels_a_place(
     assert api.json()["status"] == "cancelled"
 
 
-def test_the_spanish_find_page_and_the_waitlist_pass_axe(sites: str, tmp_path: Path) -> None:
-    with page() as p:
+def test_use_my_location_spanish_and_the_waitlist(sites: str, tmp_path: Path) -> None:
+    where = {"latitude": 41.9229, "longitude": -87.6483}
+    with page(geolocation=where, permissions=["geolocation"]) as p:
+        p.goto(f"{sites}/")
+        p.get_by_role("button", name="Use my location").click()
+        p.wait_for_selector(".results .site")
+        assert "lat=41.92290" in p.url and p.locator(".results .site").count() == 3
         p.goto(f"{sites}/?q=60614&lang=es")
         p.wait_for_selector("text=Lugares cercanos")
         assert p.locator("html").get_attribute("lang") == "es"
@@ -108,6 +115,44 @@ def test_the_spanish_find_page_and_the_waitlist_pass_axe(sites: str, tmp_path: P
         checked(p, "waitlist", tmp_path)
         p.get_by_role("button", name="Leave the waitlist").click()
         p.wait_for_selector("text=Find a vaccination appointment")
+
+
+def test_a_waiting_room_queues_the_patient_then_lets_them_hold(
+    sites: str, ops: httpx.Client, tmp_path: Path
+) -> None:
+    """A room covers a site: the slot page sends the patient to its line; let in, they
+    come back to their slot and hold it with the admission (kept in a cookie)."""
+    starts = put_day_site(ops, "clinic-room", "flu-vaccine", DAY, lat=41.80, lng=-87.60)
+    room = {"room_id": "flu-launch", "service": "flu-vaccine", "lat": 41.80, "lng": -87.60,
+            "radius_km": 2, "per_minute": 600,
+            "opens_at": datetime.now(UTC).isoformat(timespec="seconds")}  # fmt: skip
+    assert ops.post("/v1/rooms", json=room).status_code == 201
+    assert ops.patch("/v1/rooms/flu-launch", json={"state": "paused"}).status_code == 200
+    try:
+        with page() as p:
+            p.goto(
+                f"{sites}/book?"
+                + urlencode(
+                    {"provider_id": "clinic-room", "service": "flu-vaccine", "start": starts[0]}
+                )
+            )
+            p.get_by_role("button", name="Join the waiting room").click()
+            p.wait_for_selector("h1:has-text('Waiting room')")
+            assert p.locator(".position").inner_text() == "1"
+            checked(p, "room", tmp_path)
+            ops.patch("/v1/rooms/flu-launch", json={"state": "open"})
+
+            def let_in() -> bool:  # the page refreshes itself; a test does not wait 60 s
+                p.reload()
+                return "Hold this place" in p.content()
+
+            until(let_in, 30)
+            p.get_by_role("button", name="Hold this place").click()
+            p.wait_for_selector("text=Confirm the booking")
+        slots = ops.get("/v1/providers/clinic-room/slots", params={"service": "flu-vaccine"})
+        assert slots.json()["slots"][0]["remaining"] == 0  # held with the admission
+    finally:
+        ops.patch("/v1/rooms/flu-launch", json={"state": "closed"})
 
 
 def test_the_dashboard_shows_a_booking_made_through_the_api_within_2_s(
