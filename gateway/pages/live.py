@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import functools
 import json
 import time
 from collections.abc import AsyncIterator
@@ -45,7 +44,7 @@ class Pulse:
         self.version = 0
         self.maps = ""
         self.maps_version = 0
-        self.changed = asyncio.Condition()
+        self.changed = asyncio.Event()  # set (and replaced) at each new snapshot
         self.viewers = 0
         self.shards: list[dict[str, Any]] = []
         self._shards_at = 0.0
@@ -149,13 +148,13 @@ class Pulse:
         snap = self.snapshot()
         maps = json.dumps({k: snap.pop(k) for k in MAPS}, separators=(",", ":"))
         text = json.dumps(snap, separators=(",", ":"))
-        async with self.changed:
-            self.latest = text
-            if maps != self.maps:  # the maps (most of the bytes) go out when they change
-                self.maps = maps
-                self.maps_version += 1
-            self.version += 1
-            self.changed.notify_all()
+        self.latest = text
+        if maps != self.maps:  # the maps (most of the bytes) go out when they change
+            self.maps = maps
+            self.maps_version += 1
+        self.version += 1
+        told, self.changed = self.changed, asyncio.Event()
+        told.set()  # every waiting stream writes the new snapshot
 
     async def run(self) -> None:
         while True:
@@ -168,9 +167,6 @@ class Pulse:
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self.run())
-
-    def _newer(self, seen: int) -> bool:
-        return self.version != seen
 
     def stop(self) -> None:
         if self._task is not None:
@@ -200,13 +196,13 @@ class Pulse:
 
     async def _wait(self, seen: int, timeout: float = 15.0) -> bool:
         """Until a snapshot newer than ``seen`` (``False``: none within ``timeout``)."""
-        async with self.changed:
-            try:
-                await asyncio.wait_for(
-                    self.changed.wait_for(functools.partial(self._newer, seen)), timeout
-                )
-            except TimeoutError:
-                return False
+        changed = self.changed
+        if self.version != seen:
+            return True
+        try:
+            await asyncio.wait_for(changed.wait(), timeout)
+        except TimeoutError:
+            return False
         return True
 
 

@@ -471,12 +471,19 @@ def part_notify(rounds: int) -> None:
     FIGURES.update(run(rounds))
 
 
+def part_pages(rounds: int) -> None:
+    from tests.bench.pages_load import part_pages as run
+
+    FIGURES.update(run(rounds))
+
+
 PARTS = {
     "engine": part_engine,
     "actors": part_actors,
     "gateway": part_gateway,
     "launch": part_launch,
     "notify": part_notify,
+    "pages": part_pages,
 }
 
 
