@@ -42,6 +42,9 @@ __all__ = [
     "wait_ready",
 ]
 
+# How `hexbook up --demo` prints the keys it made for the run, one line a role.
+BANNER_KEY = re.compile(r"^\s+(booking-client|provider-admin|operator):\s+(hbk_\S+)\s*$")
+
 _DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?")
 
 
@@ -252,8 +255,8 @@ def start_stack(
                 raise RuntimeError(f"the stack did not start; see {stack.log}")
             if echo is not None:
                 echo(line)
-            if "booking-client key" in line:
-                stack.keys["booking-client"] = line.split(": ", 1)[1].strip()
+            if got := BANNER_KEY.match(line):  # "    operator:       hbk_..." (one a role)
+                stack.keys[got.group(1)] = got.group(2)
             if "Ctrl-C" in line:
                 break
         wait_ready(stack.url, proc, stack.log, max(1.0, deadline - time.monotonic()))

@@ -21,11 +21,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from pydantic import ValidationError
 
-from engine.errors import HexbookError, InvalidRequest, NotFound
+from engine.errors import InvalidRequest, NotFound
 from gateway.auth import Principal, client_address
 from gateway.deps import RuntimeDep
 from gateway.pages.places import cell_map, locate
-from gateway.pages.web import PageRoute, degrees, form_of, number, page
+from gateway.pages.web import PageRoute, degrees, form_of, language_of, number, page
 from gateway.schemas import (
     BookingRequest,
     HoldRequest,
@@ -138,7 +138,7 @@ def _km(a: tuple[float, float], b: tuple[float, float]) -> float:
 async def pick(request: Request, rt: RuntimeDep) -> Response:
     """A slot chosen: what it is, the service's eligibility questions, the hold button
     (or the waiting room first, while one covers the site)."""
-    patient = _patient(rt, request)
+    _patient(rt, request)
     q = request.query_params
     provider_id, service, start = q.get("provider_id", ""), q.get("service", ""), q.get("start")
     try:
@@ -163,7 +163,6 @@ async def pick(request: Request, rt: RuntimeDep) -> Response:
         rule=rule,
         room=room if room is not None and not admission else None,
         idem=secrets.token_urlsafe(16),
-        visitor_of=patient.name,
     )
 
 
@@ -449,10 +448,4 @@ def _reference(form: dict[str, str]) -> str:
 
 
 def _lang(request: Request) -> str:
-    from gateway.pages.web import language_of
-
     return language_of(request)
-
-
-def errors_of(exc: HexbookError) -> str:
-    return exc.code

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import re
 from functools import cache
+from math import cos, radians
 from pathlib import Path
 
 import h3
@@ -59,8 +60,6 @@ def cell_map(
     lats = [p[0] for r in rings.values() for p in r]
     lngs = [p[1] for r in rings.values() for p in r]
     south, north, west, east = min(lats), max(lats), min(lngs), max(lngs)
-    from math import cos, radians
-
     squash = cos(radians((south + north) / 2))
     span_x = max((east - west) * squash, 1e-9)
     span_y = max(north - south, 1e-9)

@@ -184,11 +184,11 @@ async def _site_context(
     zone = ZoneInfo(provider.timezone)
     services = list(provider.services)
     bookings = []
+    pid = provider.provider_id
     for service in services:
-        got = roster if service == services[0] else check(
-            await rt.service.router.call(provider.provider_id, "roster", provider.provider_id,
-                                         service)
-        )  # fmt: skip
+        got = roster
+        if service != services[0]:
+            got = check(await rt.service.router.call(pid, "roster", pid, service))
         bookings += [(service, b) for b in got["bookings"]]
     on_day = sorted(
         ((b.start, service, b) for service, b in bookings

@@ -197,9 +197,7 @@ def render(
         t=lambda k: TEXT[k][LANGUAGES.index(lang)],
         day=lambda ts, zone: local_day(ts, zone, lang),
         time=lambda ts, zone: local_time(ts, zone, lang),
-        switch="?" + "&".join(f"{k}={v}" for k, v in query.items() if k != "token")
-        if "token" not in query
-        else None,
+        switch="?" + urlencode(query),
         session=session,
         role=session.role if session else "anonymous",
         csrf=session.csrf if session else "",

@@ -9,7 +9,7 @@ import io
 import re
 import ssl
 from collections.abc import Iterator
-from datetime import datetime, time
+from datetime import UTC, datetime, time
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -393,6 +393,31 @@ def test_a_template_edit_previews_then_saves_the_new_slots(
     slots = ops.get("/v1/providers/clinic-edit/slots", params={"service": SERVICE}).json()
     on_day = [s for s in slots["slots"] if s["start"].startswith(DAY.isoformat())]
     assert [(s["start"][11:16], s["capacity"]) for s in on_day] == [("13:00", 3), ("13:30", 3)]
+
+
+def test_the_dashboard_pauses_and_resumes_a_waiting_room(
+    stack: tuple[str, Hexbook, FastAPI], keys: dict[str, str], ops: httpx.Client
+) -> None:
+    room = {"room_id": "dash-room", "service": "dash-vaccine", "lat": 41.7, "lng": -87.7,
+            "radius_km": 1, "per_minute": 60,
+            "opens_at": datetime.now(UTC).isoformat(timespec="seconds")}  # fmt: skip
+    assert ops.post("/v1/rooms", json=room).status_code == 201
+    until(lambda: ops.get("/v1/rooms/dash-room").json()["state"] == "open", 30)
+    with httpx.Client(base_url=stack[0], follow_redirects=True, timeout=60) as client:
+        sign_in(client, keys["operator"])
+        until(lambda: "dash-room" in client.get("/dashboard").text, 10)
+        board = client.get("/dashboard")
+        csrf = fields(board.text)["csrf"]
+        forged = client.post("/dashboard/rooms/dash-room", data={"state": "paused"})
+        assert forged.status_code == 403
+        assert ops.get("/v1/rooms/dash-room").json()["state"] != "paused"
+        paused = client.post("/dashboard/rooms/dash-room", data={"csrf": csrf, "state": "paused"})
+        assert paused.status_code == 200
+        assert ops.get("/v1/rooms/dash-room").json()["state"] == "paused"
+        rate = client.post("/dashboard/rooms/dash-room", data={"csrf": csrf, "per_minute": "x"})
+        assert rate.status_code == 422
+        client.post("/dashboard/rooms/dash-room", data={"csrf": csrf, "state": "closed"})
+    assert ops.get("/v1/rooms/dash-room").json()["state"] == "closed"
 
 
 def test_once_its_slot_has_started_the_roster_marks_a_no_show(

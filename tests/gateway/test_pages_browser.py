@@ -225,6 +225,28 @@ def test_a_booking_client_key_cannot_open_the_admin_pages(
         checked(p, "refused", tmp_path)
 
 
+def test_the_find_and_book_path_works_from_the_keyboard(sites: str) -> None:
+    """Tab to the first slot (the focus ring shows where), Enter, then Enter on the
+    hold button: no mouse."""
+    with page() as p:
+        p.goto(f"{sites}/?q=60614")
+        p.wait_for_selector(".results .site")
+        for _ in range(40):
+            p.keyboard.press("Tab")
+            if p.evaluate("() => document.activeElement.classList.contains('slot')"):
+                break
+        else:
+            raise AssertionError("no slot is reachable with Tab")
+        ring = p.evaluate("() => getComputedStyle(document.activeElement).outlineStyle")
+        assert ring not in ("none", ""), ring
+        p.keyboard.press("Enter")
+        p.wait_for_selector("text=Hold this place")
+        p.get_by_role("button", name="Hold this place").focus()
+        p.keyboard.press("Enter")
+        p.wait_for_selector("text=Confirm the booking")
+        assert "/hold/" in p.url
+
+
 def test_every_page_has_its_screenshots_in_the_docs() -> None:
     """``make docs-images`` made them; a page added here needs its pictures there."""
     missing = [
