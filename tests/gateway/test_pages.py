@@ -54,8 +54,8 @@ def _search(client: httpx.Client) -> list[dict[str, Any]]:
     return list(r.json()["results"])
 
 
-def _remaining(ops: httpx.Client, pid: str, start: str) -> int:
-    r = ops.get(f"/v1/providers/{pid}/slots", params={"service": SERVICE})
+def _remaining(ops: httpx.Client, pid: str, start: str, service: str = SERVICE) -> int:
+    r = ops.get(f"/v1/providers/{pid}/slots", params={"service": service})
     return next(int(s["remaining"]) for s in r.json()["slots"] if s["start"] == start)
 
 
@@ -233,6 +233,26 @@ def test_a_waitlist_entry_where_nothing_is_free_waits_and_can_leave(
     assert bad.status_code == 422 and "lat must be a number" in bad.text
 
 
+def test_the_services_eligibility_questions_are_asked_and_checked_at_the_hold(
+    sites: dict[str, list[str]], browser: httpx.Client, ops: httpx.Client
+) -> None:
+    starts = put_day_site(ops, "clinic-elig", "elig-vaccine", DAY, lat=41.9, lng=-87.6)
+    rule = {"ages": [{"min_years": 65}], "residence": {"postal_codes": ["60614"]}}
+    assert ops.put("/v1/rules/elig-vaccine", json=rule).status_code == 201
+    query = {"provider_id": "clinic-elig", "service": "elig-vaccine", "start": starts[0]}
+    picked = browser.get("/book", params=query)
+    assert 'name="birth_date"' in picked.text and 'name="postal_code"' in picked.text
+    form = {k: v for k, v in fields(picked.text).items() if k != "lang"}
+    young = browser.post("/book", data={**form, "birth_date": "2001-05-05",
+                                        "postal_code": "60614"})  # fmt: skip
+    assert young.status_code == 403 and 'data-code="not_eligible"' in young.text, young.text
+    assert _remaining(ops, "clinic-elig", starts[0], "elig-vaccine") == 1
+    old = browser.post("/book", data={**form, "idem": "an-eligible-one", "birth_date":
+                                      "1950-05-05", "postal_code": "60614"})  # fmt: skip
+    assert old.status_code == 200 and "/hold/" in old.url.path, old.text
+    assert _remaining(ops, "clinic-elig", starts[0], "elig-vaccine") == 0
+
+
 # --- sign-in, roles, CSRF ------------------------------------------------------------
 
 
@@ -385,6 +405,15 @@ def test_a_template_edit_previews_then_saves_the_new_slots(
         preview = admin.post("/admin/clinic-edit", data={**form, "action": "preview"})
         assert preview.status_code == 200
         assert f"{DAY.isoformat()} (2 slots, 6 places)" in preview.text
+        closed = admin.post(
+            "/admin/clinic-edit", data={**form, "closed_dates": str(DAY), "action": "preview"}
+        )
+        assert DAY.isoformat() not in closed.text.split('class="preview"')[1]
+        blocked = {**form, "blocked": f"{DAY}T13:00 {DAY}T13:30", "action": "preview"}
+        half = admin.post("/admin/clinic-edit", data=blocked)
+        assert f"{DAY.isoformat()} (1 slot, 3 places)" in half.text
+        bad_block = admin.post("/admin/clinic-edit", data={**blocked, "blocked": "noon"})
+        assert bad_block.status_code == 422 and "blocked period" in html.unescape(bad_block.text)
         unchanged = ops.get("/v1/providers/clinic-edit/slots", params={"service": SERVICE})
         assert [s["start"][11:16] for s in unchanged.json()["slots"]][:1] == ["09:00"]
         saved = admin.post("/admin/clinic-edit", data={**form, "action": "save"})
