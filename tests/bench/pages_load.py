@@ -149,6 +149,7 @@ def part_pages(rounds: int, seconds: float = 6.0) -> dict[str, float]:
             runs = iter(pool[i : i + per_run] for i in range(0, len(pool), per_run))
             wrk(url, script_flow(demo.key, next(runs)), CONNECTIONS, 2)  # warm up
             got: dict[int, list[float]] = {0: [], DASHBOARDS: []}
+            rps: dict[int, list[float]] = {0: [], DASHBOARDS: []}
             for _ in range(rounds):
                 for n in (0, DASHBOARDS):
                     script = script_flow(demo.key, next(runs))
@@ -158,11 +159,15 @@ def part_pages(rounds: int, seconds: float = 6.0) -> dict[str, float]:
                         with Dashboards(url, cookie, n):
                             r = wrk(url, script, CONNECTIONS, seconds)
                     got[n].append(r["counts"].get("booking:201", 0) / r["seconds"])
+                    rps[n].append(r["rps"])
             alone, watched = statistics.median(got[0]), statistics.median(got[DASHBOARDS])
+            rps_alone, rps_watched = statistics.median(rps[0]), statistics.median(rps[DASHBOARDS])
             print(
-                f"hold-then-book at {CONNECTIONS} connections: {alone:,.0f} bookings/s with no "
-                f"dashboard, {watched:,.0f} with {DASHBOARDS} open (medians of {rounds}); "
-                f"ratio {watched / alone:.2f}"
+                f"hold-then-book at {CONNECTIONS} connections (medians of {rounds} alternating "
+                f"rounds):\n  no dashboard:  {rps_alone:,.0f} req/s (holds and bookings), "
+                f"{alone:,.0f} bookings/s\n  {DASHBOARDS} dashboards: {rps_watched:,.0f} req/s, "
+                f"{watched:,.0f} bookings/s\n  ratio {rps_watched / rps_alone:.2f} (req/s), "
+                f"{watched / alone:.2f} (bookings/s)"
             )
             figures |= {
                 "pages_bookings_per_s_no_dashboard": alone,
