@@ -477,6 +477,12 @@ def part_pages(rounds: int) -> None:
     FIGURES.update(run(rounds))
 
 
+def part_peers(rounds: int) -> None:
+    from tests.bench.peers_load import part_peers as run
+
+    FIGURES.update(run(rounds))
+
+
 PARTS = {
     "engine": part_engine,
     "actors": part_actors,
@@ -484,6 +490,7 @@ PARTS = {
     "launch": part_launch,
     "notify": part_notify,
     "pages": part_pages,
+    "peers": part_peers,
 }
 
 

@@ -1,0 +1,272 @@
+"""hexbook against what users would build instead, in one run, one method.
+
+The city: 1,500 sites x 14 days x 36 slots (08:00-17:00, 15 minutes) of capacity 4.
+Each system gets the same wrk script (hold, then book with the hold's id) and the same
+bodies: uniform over every slot, or launch-skewed (80% of holds to 5% of the sites, on
+day one). Rounds alternate the systems; bookings/s are counted from 201 answers.
+
+- ``redis``: tests/bench/peers.py's Lua peer, uvicorn ``--workers N``, a redis-server of
+  its own with ``appendfsync always``;
+- ``postgres``: the asyncpg peer, ``--workers N``, PostgreSQL (Debian's) with
+  synchronous commits; skipped, saying why, when PostgreSQL is not installed;
+- ``hexbook``: the gateway in this process (as ``hexbook up`` serves it), 1 shard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+__all__ = ["part_peers"]
+
+ROOT = Path(__file__).resolve().parents[2]
+SITES, DAYS, SLOTS, CAPACITY = 1500, 14, 36, 4
+TZ = ZoneInfo("America/Chicago")
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+SECONDS = float(os.environ.get("HEXBOOK_BENCH_SECONDS", "6"))  # each wrk run
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def city(first: date) -> list[tuple[str, int, int]]:
+    """Every slot: (provider_id, start, capacity)."""
+    out = []
+    for i in range(SITES):
+        for d in range(DAYS):
+            day = first + timedelta(days=d)
+            t0 = datetime(day.year, day.month, day.day, 8, 0, tzinfo=TZ)
+            out += [
+                (f"site-{i:04d}", int((t0 + timedelta(minutes=15 * k)).timestamp()), CAPACITY)
+                for k in range(SLOTS)
+            ]
+    return out
+
+
+def bodies(first: date, n: int, skewed: bool, rng: random.Random) -> list[str]:
+    """``n`` hold bodies: uniform, each place at most once (no 409 from a full slot), or
+    launch-skewed, 80% to 5% of the sites on the first day (those run out: 409s)."""
+    hot = [f"site-{i:04d}" for i in rng.sample(range(SITES), SITES // 20)]
+    seen: set[tuple[str, int]] = set()
+    out: list[str] = []
+    tries = 0
+    while len(out) < n and tries < 50 * n:
+        tries += 1
+        if skewed and rng.random() < 0.8:
+            pid, d = rng.choice(hot), 0
+        else:
+            pid, d = f"site-{rng.randrange(SITES):04d}", rng.randrange(DAYS)
+        day = first + timedelta(days=d)
+        start = datetime(day.year, day.month, day.day, 8, 0, tzinfo=TZ)
+        start += timedelta(minutes=15 * rng.randrange(SLOTS))
+        k = (pid, int(start.timestamp()))
+        body = {"provider_id": pid, "service": "covid-vaccine", "start": start.isoformat()}
+        text = json.dumps(body, separators=(",", ":"))
+        if skewed:  # a launch: the hot places run out, and the rest are 409s
+            out.append(text)
+            continue
+        if k in seen:
+            continue
+        seen.add(k)
+        out += [text] * CAPACITY
+    rng.shuffle(out)
+    return out[:n]
+
+
+@contextlib.contextmanager
+def postgres() -> Iterator[str | None]:
+    """A PostgreSQL of its own (synchronous commits), as the ``postgres`` user; its DSN,
+    or ``None`` (saying why) when Debian's PostgreSQL is not installed."""
+    if not (PG_BIN / "initdb").exists():
+        print("   postgres: skipped, PostgreSQL is not installed (apt-get install postgresql)")
+        yield None
+        return
+    folder = Path(tempfile.mkdtemp(prefix="hexbook-pg-"))
+    shutil.chown(folder, "postgres")
+    port = _port()
+    run = ["runuser", "-u", "postgres", "--"]
+    subprocess.run([*run, str(PG_BIN / "initdb"), "-D", str(folder / "db"), "-U", "postgres",
+                    "--auth=trust", "-E", "UTF8"], check=True, capture_output=True)  # fmt: skip
+    opts = (f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c max_connections=300 "
+            "-c shared_buffers=512MB -c synchronous_commit=on -c fsync=on")  # fmt: skip
+    ctl = [*run, str(PG_BIN / "pg_ctl"), "-D", str(folder / "db")]
+    subprocess.run([*ctl, "-o", opts, "-w", "-l", str(folder / "log"), "start"], check=True,
+                   capture_output=True)  # fmt: skip
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*ctl, "-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def peer(app: str, env: dict[str, str], workers: int) -> Iterator[str]:
+    """``uvicorn --factory tests.bench.peers:<app> --workers N``; its URL once it answers."""
+    import httpx
+
+    port = _port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory", f"tests.bench.peers:{app}",
+         "--port", str(port), "--workers", str(workers), "--loop", "uvloop",
+         "--http", "httptools", "--no-access-log", "--log-level", "warning"],
+        cwd=ROOT, env={**os.environ, **env},
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.post(f"{url}/v1/bookings", json={"hold_id": "0" * 32,
+                              "patient": {"reference": "x"}}).status_code == 404:  # fmt: skip
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the {app} peer did not start")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def part_peers(rounds: int, seconds: float = SECONDS) -> dict[str, float]:
+    import ray
+
+    from actors.api import Hexbook
+    from actors.embedded_redis import EmbeddedRedis
+    from actors.sealing import Keyring
+    from engine.provider import Provider
+    from engine.schedule import WEEKDAYS, WeeklyTemplate
+    from gateway.app import create_app
+    from gateway.keys import KeyStore
+    from gateway.settings import Settings
+    from tests.bench.gateway_load import script_flow, serve, wrk
+    from tests.bench.peers import seed_pg, seed_redis
+
+    if shutil.which("wrk") is None:
+        print("== peers: skipped, wrk is not installed (Debian: apt-get install wrk)")
+        return {}
+    first = datetime.now(TZ).date() + timedelta(days=1)
+    slots = city(first)
+    print(f"== peers: {SITES} sites x {DAYS} days x {SLOTS} slots of capacity {CAPACITY} "
+          f"({len(slots):,} slots), hold then book, {rounds} alternating rounds")  # fmt: skip
+    rng = random.Random(20)
+    per_run = int(seconds * 6_000)
+    results: Results = {}
+    plan = [(shape, c) for shape in ("uniform", "skewed") for c in (32, 256)]
+    with contextlib.ExitStack() as stack:
+        systems: dict[str, str] = {}
+        data = stack.enter_context(tempfile.TemporaryDirectory())
+        r_server = stack.enter_context(EmbeddedRedis(Path(data) / "peer-redis"))
+        seed_redis(r_server.url, slots)
+        for workers, label in ((1, "redis-1w"), (2, "redis-2w")):
+            systems[label] = stack.enter_context(
+                peer("redis_app", {"HEXBOOK_PEER_REDIS_URL": r_server.url}, workers)
+            )
+        dsn = stack.enter_context(postgres())
+        if dsn is not None:
+            asyncio.run(seed_pg(dsn, slots))
+            for workers, label in ((1, "postgres-1w"), (2, "postgres-2w")):
+                systems[label] = stack.enter_context(
+                    peer("pg_app", {"HEXBOOK_PEER_PG_DSN": dsn}, workers)
+                )
+        # hexbook, on a redis-server of its own, the same city.
+        h_server = stack.enter_context(EmbeddedRedis(Path(data) / "hexbook"))
+        ns = f"peers-{uuid.uuid4().hex[:6]}"
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace=ns)
+        stack.callback(ray.shutdown)
+        hb = Hexbook.connect(h_server.url, namespace=ns, shards=1, keyring=Keyring.generate())
+        template = WeeklyTemplate.uniform(WEEKDAYS, "08:00", "17:00", CAPACITY)
+        sites = [
+            (
+                Provider(
+                    provider_id=f"site-{i:04d}",
+                    name=f"Site {i}",
+                    lat=41.7 + (i % 50) * 0.006,
+                    lng=-87.8 + (i // 50) * 0.008,
+                    timezone="America/Chicago",
+                    services=("covid-vaccine",),
+                ),
+                template,
+            )
+            for i in range(SITES)
+        ]
+        hb.provision_many(sites, first, DAYS, 15)
+        key = KeyStore(hb.redis).create("booking-client", "bench", rate_per_second=1e7)[0]
+        app = create_app(Settings(redis_url=h_server.url, namespace=ns), hexbook=hb)
+        systems["hexbook"] = stack.enter_context(serve(app))
+        # Every run gets places nobody took yet (holds are booked at once).
+        runs = rounds * len(plan) * len(systems) + len(systems)
+        uniform = iter(bodies(first, per_run * runs, False, rng)[i * per_run:(i + 1) * per_run]
+                       for i in range(runs))  # fmt: skip
+        skewed_pool = bodies(first, per_run * runs, True, rng)
+        skewed = iter(skewed_pool[i * per_run : (i + 1) * per_run] for i in range(runs))
+        for url in systems.values():
+            wrk(url, script_flow(key, next(uniform)), 32, 2)  # warm up
+        for _ in range(rounds):
+            for shape, c in plan:
+                for name, url in systems.items():
+                    pool = next(uniform if shape == "uniform" else skewed)
+                    r = wrk(url, script_flow(key, pool), c, seconds)
+                    results.setdefault((name, shape, c), []).append(r)
+    return _report(results, rounds)
+
+
+Results = dict[tuple[str, str, int], list[dict[str, Any]]]
+
+
+def _report(results: Results, rounds: int) -> dict[str, float]:
+    figures: dict[str, float] = {}
+    print(f"{'system':12} {'load':8} {'conn':>4} {'bookings/min median':>20} {'best':>10} "
+          f"{'p50 ms':>7} {'p99 ms':>7} {'worst p99/median p99':>21}  answers")  # fmt: skip
+    order = sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][0]))
+    for (name, shape, c), rs in order:
+        per_min = [r["counts"].get("booking:201", 0) / r["seconds"] * 60 for r in rs]
+        p99 = [r["p99_ms"] for r in rs]
+        statuses: dict[str, int] = {}
+        for r in rs:
+            for k, v in r["counts"].items():
+                if not k.endswith(":201"):
+                    statuses[k] = statuses.get(k, 0) + v
+        print(f"{name:12} {shape:8} {c:>4} {statistics.median(per_min):>20,.0f} "
+              f"{max(per_min):>10,.0f} {statistics.median(r['p50_ms'] for r in rs):>7.1f} "
+              f"{statistics.median(p99):>7.1f} {max(p99) / statistics.median(p99):>21.2f}  "
+              f"{statuses or 'all 201'}")  # fmt: skip
+        figures[f"peers_{name}_{shape}_{c}_bookings_per_min"] = statistics.median(per_min)
+        figures[f"peers_{name}_{shape}_{c}_p99_ms"] = statistics.median(p99)
+    print("targets (issue: at least 2x the strongest peer; p99 under skew no worse than its;"
+          " no round's p99 over 4x the median round's):")  # fmt: skip
+    for shape, c in sorted({(k[1], k[2]) for k in results}):
+        peers = {n: figures[f"peers_{n}_{shape}_{c}_bookings_per_min"]
+                 for n, sh, cc in results if (sh, cc) == (shape, c) and n != "hexbook"}  # fmt: skip
+        if not peers or ("hexbook", shape, c) not in results:
+            continue
+        best = max(peers, key=lambda n: peers[n])
+        mine = figures[f"peers_hexbook_{shape}_{c}_bookings_per_min"]
+        p99_mine = figures[f"peers_hexbook_{shape}_{c}_p99_ms"]
+        p99_peer = figures[f"peers_{best}_{shape}_{c}_p99_ms"]
+        rounds_p99 = [r["p99_ms"] for r in results[("hexbook", shape, c)]]
+        spread = max(rounds_p99) / statistics.median(rounds_p99)
+        print(f"  {shape:8} {c:>4} conn.: hexbook / {best} = {mine / peers[best]:.2f}x "
+              f"(target 2x); p99 {p99_mine:.0f} vs {p99_peer:.0f} ms; worst round p99 / median "
+              f"{spread:.2f} (target <= 4)")  # fmt: skip
+        figures[f"peers_ratio_{shape}_{c}"] = mine / peers[best]
+    return figures
