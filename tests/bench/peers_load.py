@@ -9,7 +9,9 @@ day one). Rounds alternate the systems; bookings/s are counted from 201 answers.
   its own with ``appendfsync always``;
 - ``postgres``: the asyncpg peer, ``--workers N``, PostgreSQL (Debian's) with
   synchronous commits; skipped, saying why, when PostgreSQL is not installed;
-- ``hexbook``: the gateway in this process (as ``hexbook up`` serves it), 1 shard.
+- ``hexbook``: ``hexbook up`` in a process of its own (its Ray, its redis-server with
+  ``appendfsync always``, the default shard count: 1 on 2 cores), the city put through
+  ``PUT /v1/providers``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -147,18 +148,47 @@ def peer(app: str, env: dict[str, str], workers: int) -> Iterator[str]:
         proc.wait(30)
 
 
-def part_peers(rounds: int, seconds: float = SECONDS) -> dict[str, float]:
-    import ray
+def _unlimited_key(data_dir: Path, role: str) -> str:
+    """A key of ``role`` that no rate limit slows (the load is the point)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "keys", "create", "--role", role, "--name",
+         "bench", "--rate", "10000000", "--data-dir", str(data_dir)],
+        capture_output=True, text=True, check=True, cwd=ROOT,
+    )  # fmt: skip
+    return done.stdout.split()[0]
 
-    from actors.api import Hexbook
+
+def _provision(url: str, operator: str, first: date) -> None:
+    """The city's sites through ``PUT /v1/providers`` (8 at a time), 14 days each."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    week = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+    window = [{"opens": "08:00", "closes": "17:00", "capacity": CAPACITY}]
+    headers = {"Authorization": f"Bearer {operator}"}
+
+    def put(i: int) -> None:
+        body = {
+            "name": f"Site {i}", "lat": 41.7 + (i % 50) * 0.006,
+            "lng": -87.8 + (i // 50) * 0.008, "timezone": "America/Chicago",
+            "services": ["covid-vaccine"], "schedule": {"days": dict.fromkeys(week, window)},
+            "first_day": first.isoformat(), "days": DAYS, "horizon_days": 0,
+        }  # fmt: skip
+        r = httpx.put(f"{url}/v1/providers/site-{i:04d}", json=body, headers=headers, timeout=60)
+        if r.status_code not in (200, 201):
+            raise RuntimeError(f"site-{i:04d}: {r.status_code} {r.text[:200]}")
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(put, range(SITES)))
+    print(f"hexbook: {SITES} sites put through the API in {time.perf_counter() - t0:.0f} s")
+
+
+def part_peers(rounds: int, seconds: float = SECONDS) -> dict[str, float]:
     from actors.embedded_redis import EmbeddedRedis
-    from actors.sealing import Keyring
-    from engine.provider import Provider
-    from engine.schedule import WEEKDAYS, WeeklyTemplate
-    from gateway.app import create_app
-    from gateway.keys import KeyStore
-    from gateway.settings import Settings
-    from tests.bench.gateway_load import script_flow, serve, wrk
+    from simulators.toolkit import start_stack
+    from tests.bench.gateway_load import script_flow, wrk
     from tests.bench.peers import seed_pg, seed_redis
 
     if shutil.which("wrk") is None:
@@ -188,31 +218,12 @@ def part_peers(rounds: int, seconds: float = SECONDS) -> dict[str, float]:
                 systems[label] = stack.enter_context(
                     peer("pg_app", {"HEXBOOK_PEER_PG_DSN": dsn}, workers)
                 )
-        # hexbook, on a redis-server of its own, the same city.
-        h_server = stack.enter_context(EmbeddedRedis(Path(data) / "hexbook"))
-        ns = f"peers-{uuid.uuid4().hex[:6]}"
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace=ns)
-        stack.callback(ray.shutdown)
-        hb = Hexbook.connect(h_server.url, namespace=ns, shards=1, keyring=Keyring.generate())
-        template = WeeklyTemplate.uniform(WEEKDAYS, "08:00", "17:00", CAPACITY)
-        sites = [
-            (
-                Provider(
-                    provider_id=f"site-{i:04d}",
-                    name=f"Site {i}",
-                    lat=41.7 + (i % 50) * 0.006,
-                    lng=-87.8 + (i // 50) * 0.008,
-                    timezone="America/Chicago",
-                    services=("covid-vaccine",),
-                ),
-                template,
-            )
-            for i in range(SITES)
-        ]
-        hb.provision_many(sites, first, DAYS, 15)
-        key = KeyStore(hb.redis).create("booking-client", "bench", rate_per_second=1e7)[0]
-        app = create_app(Settings(redis_url=h_server.url, namespace=ns), hexbook=hb)
-        systems["hexbook"] = stack.enter_context(serve(app))
+        # hexbook as `hexbook up` serves it (its own Ray, redis-server and process; the
+        # default shards: 1 here), the same city put through the API.
+        hexbook = stack.enter_context(start_stack(Path(data) / "hexbook"))
+        key = _unlimited_key(hexbook.data_dir, "booking-client")
+        _provision(hexbook.url, _unlimited_key(hexbook.data_dir, "operator"), first)
+        systems["hexbook"] = hexbook.url
         # Every run gets places nobody took yet (holds are booked at once).
         runs = rounds * len(plan) * len(systems) + len(systems)
         uniform = iter(bodies(first, per_run * runs, False, rng)[i * per_run:(i + 1) * per_run]
