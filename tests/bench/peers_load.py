@@ -124,6 +124,8 @@ def peer(app: str, env: dict[str, str], workers: int) -> Iterator[str]:
     """``uvicorn --factory tests.bench.peers:<app> --workers N``; its URL once it answers."""
     import httpx
 
+    from tests.polling import until
+
     port = _port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "--factory", f"tests.bench.peers:{app}",
@@ -133,15 +135,16 @@ def peer(app: str, env: dict[str, str], workers: int) -> Iterator[str]:
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
+
+        def answers() -> bool:  # a 404 for a hold nobody made: the app is up
+            if proc.poll() is not None:
+                raise RuntimeError(f"the {app} peer exited ({proc.returncode})")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.post(f"{url}/v1/bookings", json={"hold_id": "0" * 32,
-                              "patient": {"reference": "x"}}).status_code == 404:  # fmt: skip
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the {app} peer did not start")
-            time.sleep(0.2)
+                body = {"hold_id": "0" * 32, "patient": {"reference": "x"}}
+                return httpx.post(f"{url}/v1/bookings", json=body).status_code == 404
+            return False
+
+        until(answers, 60)
         yield url
     finally:
         proc.terminate()
