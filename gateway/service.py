@@ -269,8 +269,7 @@ class BookingService:
         self.metrics = metrics
         self.hold_ttl_seconds = hold_ttl_seconds
         self.providers = index.providers  # provider records, refreshed by PUT and imports
-        # Searches by area (H3 cell) and service, and those that found nothing.
-        self.searched: collections.Counter[tuple[str, str]] = collections.Counter()
+        # Searches that found nothing, by area (H3 cell) and service (the dashboard's map).
         self.unserved: collections.Counter[tuple[str, str]] = collections.Counter()
 
     def _now(self) -> int:
@@ -308,7 +307,8 @@ class BookingService:
             insurance=q.insurance,
             order=q.order,
         )
-        self._count_search(q.lat, q.lng, q.service, not matches)
+        if not matches:
+            self._unserved(q.lat, q.lng, q.service)
         return {
             "results": [
                 {
@@ -417,15 +417,11 @@ class BookingService:
         hold = check(await self.router.call(provider_id, "hold", provider_id, service, hold_id))
         return hold_out(hold, await self.provider(provider_id), service)
 
-    def _count_search(self, lat: float, lng: float, service: str, unserved: bool) -> None:
-        """Count a search by its area, and whether it found nothing (the dashboard's map)."""
-        if len(self.searched) >= 50_000:  # searches from all over the world: keep it flat
-            self.searched.clear()
+    def _unserved(self, lat: float, lng: float, service: str) -> None:
+        """Count a search that found nothing, by its area (the dashboard's map)."""
+        if len(self.unserved) >= 50_000:  # searches from all over the world: keep it flat
             self.unserved.clear()
-        cell = h3.latlng_to_cell(lat, lng, UNSERVED_RESOLUTION)
-        self.searched[(cell, service)] += 1
-        if unserved:
-            self.unserved[(cell, service)] += 1
+        self.unserved[(h3.latlng_to_cell(lat, lng, UNSERVED_RESOLUTION), service)] += 1
 
     async def booking(
         self, caller: Principal, booking_id: str, token: str | None

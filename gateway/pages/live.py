@@ -79,22 +79,19 @@ class Pulse:
         now = rt.hexbook.clock.seconds()
         sites = []
         by_cell: dict[str, float] = {}
-        for service in sorted({s for _, s in rt.index.calendars()}):
-            lats, lngs, free = rt.index.places_rows(service, now)
-            for lat, lng, n in zip(lats.tolist(), lngs.tolist(), free.tolist(), strict=True):
-                cell = self._cells.get((lat, lng))
-                if cell is None:
-                    cell = self._cells[(lat, lng)] = h3.latlng_to_cell(lat, lng, MAP_RESOLUTION)
-                by_cell[cell] = by_cell.get(cell, 0) + n
-        for pid, service in sorted(rt.index.calendars()):
+        for pid, service in sorted(rt.index.calendars()):  # one pass: each site's places left
             grid = rt.index.free_of(pid, service)
-            if grid is None:
+            provider = rt.service.providers.get(pid)
+            if grid is None or provider is None:
                 continue
             start, step, free = grid
-            first = max(0, (now - start) // step + 1)
-            left = int(free[first:].sum())
-            provider = rt.service.providers.get(pid)
-            sites.append((left, pid, service, provider.name if provider else pid))
+            left = int(free[max(0, (now - start) // step + 1) :].sum())
+            sites.append((left, pid, service, provider.name))
+            at = (provider.lat, provider.lng)  # a site that moves gets its new cell
+            cell = self._cells.get(at)
+            if cell is None:
+                cell = self._cells[at] = h3.latlng_to_cell(*at, MAP_RESOLUTION)
+            by_cell[cell] = by_cell.get(cell, 0) + left
         sites.sort(key=lambda s: (-s[0], s[1]))
         unserved: dict[str, float] = {}
         for (cell, _), n in rt.service.unserved.items():

@@ -22,10 +22,10 @@ from fastapi.responses import RedirectResponse, Response
 from pydantic import ValidationError
 
 from engine.errors import InvalidRequest, NotFound
-from gateway.auth import Principal, client_address
+from gateway.auth import Principal
 from gateway.deps import RuntimeDep
 from gateway.pages.places import cell_map, locate
-from gateway.pages.web import PageRoute, degrees, form_of, language_of, number, page
+from gateway.pages.web import PageRoute, anonymous, degrees, form_of, language_of, number, page
 from gateway.schemas import (
     BookingRequest,
     HoldRequest,
@@ -46,9 +46,7 @@ IDEM = re.compile(r"[A-Za-z0-9_-]{8,64}")
 
 def _patient(rt: RuntimeDep, request: Request) -> Principal:
     """The patient as the API sees them: anonymous, from their address, rate-limited."""
-    principal = Principal(None, client_address(request.scope, rt.trusted_proxies))
-    rt.auth.limit(principal)
-    return principal
+    return anonymous(rt, request)
 
 
 def _invalid(exc: ValidationError) -> InvalidRequest:
@@ -188,7 +186,7 @@ async def hold(request: Request, rt: RuntimeDep) -> Response:
     except ValidationError as exc:
         raise _invalid(exc) from None
     out = await rt.service.hold(patient, req, _idem(form))
-    where = f"/hold/{quote(out['hold_id'])}?" + urlencode({"lang": _lang(request)})
+    where = f"/hold/{quote(out['hold_id'])}?" + urlencode({"lang": language_of(request)})
     response = RedirectResponse(where, 303)
     if admission:
         response.delete_cookie(ADMISSION_COOKIE)  # spent on this hold
@@ -220,8 +218,8 @@ async def confirm(hold_id: str, request: Request, rt: RuntimeDep) -> Response:
     form = await form_of(request)
     if form.get("action") == "release":
         await rt.service.release(patient, hold_id, _idem(form))
-        return RedirectResponse("/?" + urlencode({"lang": _lang(request)}), 303)
-    contact: dict[str, str] = {"language": _lang(request)}
+        return RedirectResponse("/?" + urlencode({"lang": language_of(request)}), 303)
+    contact: dict[str, str] = {"language": language_of(request)}
     if form.get("email"):
         contact["email"] = form["email"]
     try:
@@ -238,7 +236,7 @@ async def confirm(hold_id: str, request: Request, rt: RuntimeDep) -> Response:
 
 
 def _booking_link(booking_id: str, token: str, request: Request) -> str:
-    query = urlencode({"token": token, "lang": _lang(request)})
+    query = urlencode({"token": token, "lang": language_of(request)})
     return f"/booking/{quote(booking_id)}?{query}"
 
 
@@ -326,7 +324,7 @@ async def room_join(room_id: str, request: Request, rt: RuntimeDep) -> Response:
     back = form.get("next", "/")
     if not back.startswith("/book?"):
         back = "/"
-    query = urlencode({"next": back, "lang": _lang(request)})
+    query = urlencode({"next": back, "lang": language_of(request)})
     return RedirectResponse(f"/room/{quote(room_id)}/{quote(view['visitor_id'])}?{query}", 303)
 
 
@@ -364,7 +362,7 @@ async def waitlist_join(request: Request, rt: RuntimeDep) -> Response:
     patient = _patient(rt, request)
     form = await form_of(request)
     now = rt.hexbook.clock.seconds()
-    contact: dict[str, str] = {"language": _lang(request)}
+    contact: dict[str, str] = {"language": language_of(request)}
     if form.get("email"):
         contact["email"] = form["email"]
     try:
@@ -387,7 +385,7 @@ async def waitlist_join(request: Request, rt: RuntimeDep) -> Response:
     waitlists = rt.waitlists
     assert waitlists is not None
     out = await waitlists.join(patient, req, _idem(form))
-    query = urlencode({"token": out["waitlist_token"], "lang": _lang(request)})
+    query = urlencode({"token": out["waitlist_token"], "lang": language_of(request)})
     return RedirectResponse(f"/waitlist/{quote(out['entry_id'])}?{query}", 303)
 
 
@@ -424,7 +422,7 @@ async def waitlist_act(entry_id: str, request: Request, rt: RuntimeDep) -> Respo
     token = form.get("token")
     if form.get("action") == "leave":
         await waitlists.leave(patient, entry_id, token)
-        return RedirectResponse("/?" + urlencode({"lang": _lang(request)}), 303)
+        return RedirectResponse("/?" + urlencode({"lang": language_of(request)}), 303)
     out = await waitlists.accept(patient, entry_id, token, _idem(form))
     return RedirectResponse(_booking_link(out["booking_id"], out["booking_token"], request), 303)
 

@@ -26,7 +26,7 @@ from actors.shard import check
 from engine.errors import HexbookError, InvalidRequest, NotFound
 from engine.provider import Provider
 from engine.schedule import Blocked, WeeklyTemplate, Window, build_grid
-from gateway.auth import Forbidden, Principal, Unauthorized, client_address
+from gateway.auth import Forbidden, Unauthorized
 from gateway.deps import Runtime, RuntimeDep
 from gateway.pages import web
 from gateway.pages.live import pulse_of
@@ -55,7 +55,7 @@ async def signin(request: Request, rt: RuntimeDep) -> Response:
     """Sign in with an API key: a session cookie, then the page the role opens."""
     form = await web.form_of(request)
     key = form.get("api_key", "")
-    rt.auth.limit(Principal(None, client_address(request.scope, rt.trusted_proxies)))
+    web.anonymous(rt, request)  # limited per address: guessing keys is slow
     try:
         cookie, session = await web.start_session(rt, request, key)
     except Unauthorized:
@@ -201,6 +201,7 @@ async def _site_context(
         "prev_day": day - timedelta(days=1),
         "next_day": day + timedelta(days=1),
         "roster": on_day,
+        "bookings": bookings,
         "fill": await _fill(rt, provider, bookings, _today(provider, rt)),
         "zone": zone,
         "clock": lambda ts: datetime.fromtimestamp(ts, zone).strftime("%H:%M"),
@@ -444,13 +445,9 @@ async def admin_export(provider_id: str, fmt: str, request: Request, rt: Runtime
     zone = ctx["zone"]
     rows = [["booking_id", "service", "start", "party_size", "status", "attendance",
              "patient_reference"]]  # fmt: skip
-    services = list(provider.services)
-    for service in services:
-        got = check(await rt.service.router.call(provider_id, "roster", provider_id, service))
-        for b in sorted(got["bookings"], key=lambda b: b.start):
-            rows.append([b.booking_id, service,
-                         datetime.fromtimestamp(b.start, zone).isoformat(),
-                         b.party_size, b.status, b.attendance or "", b.patient_ref])  # fmt: skip
+    for service, b in sorted(ctx["bookings"], key=lambda sb: (sb[0], sb[1].start)):
+        rows.append([b.booking_id, service, datetime.fromtimestamp(b.start, zone).isoformat(),
+                     b.party_size, b.status, b.attendance or "", b.patient_ref])  # fmt: skip
     fill = [["day", "places", "booked", "fill_percent", "cancelled", "no_shows"]] + [
         [f["day"].isoformat(), f["places"], f["booked"], f["fill"], f["cancelled"], f["no_shows"]]
         for f in ctx["fill"]

@@ -53,6 +53,7 @@ __all__ = [
     "STATIC",
     "PageRoute",
     "Session",
+    "anonymous",
     "end_session",
     "form_of",
     "language_of",
@@ -278,6 +279,13 @@ async def start_session(rt: Runtime, request: Request, api_key: str) -> tuple[st
 
 def _address(rt: Runtime, request: Request) -> str:
     return client_address(request.scope, rt.trusted_proxies)
+
+
+def anonymous(rt: Runtime, request: Request) -> Principal:
+    """The caller as the open API sees one without a key: its address, rate-limited."""
+    principal = Principal(None, _address(rt, request))
+    rt.auth.limit(principal)
+    return principal
 
 
 async def session_of(rt: Runtime, request: Request) -> Session | None:
