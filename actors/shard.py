@@ -31,6 +31,7 @@ from redis.exceptions import RedisError
 
 from actors import archive, journal
 from actors.clock import CLOCK_KEY, Clock, clock_from_redis
+from actors.journal import ShardSnapshot
 from actors.sealing import Keyring
 from actors.shard_core import Outcome, RecoveryStats, ShardCore
 from engine.codec import decode_commands
@@ -92,6 +93,10 @@ class ShardActor:
         self._queue: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         self._wake: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        # The snapshot being sealed and stored beside the writer (one at a time), and
+        # the callers of write_snapshot waiting for the next one.
+        self._storing: asyncio.Task[None] | None = None
+        self._snapshot_waiters: list[asyncio.Future[str]] = []
         self.last_recovery: RecoveryStats | None = None
         self.batches = 0
 
@@ -310,11 +315,13 @@ class ShardActor:
         return await self.write_snapshot()
 
     async def write_snapshot(self) -> str:
-        """Snapshot now and trim the journal; return the journal id it covers."""
+        """Snapshot now (everything committed before this call, and maybe more) and trim
+        the journal; return the journal id it covers."""
         await self._ready()
-        await self._enqueue(lambda: None)
-        await self._core.write_snapshot()
-        return self._core.last_id
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._snapshot_waiters.append(fut)
+        self._start().set()
+        return await fut
 
     async def sweep(self, now: int) -> int:
         """Expire due holds now (the periodic sweep calls this too)."""
@@ -367,50 +374,91 @@ class ShardActor:
 
     async def _write_loop(self) -> None:
         assert self._wake is not None
-        core = self._core
         while True:
             await self._wake.wait()
             self._wake.clear()
             batch, self._queue = self._queue, []
-            if not batch:
-                continue
-            if not core.recovered:
-                try:
-                    if (kept := clock_from_redis(await self._redis.hgetall(CLOCK_KEY))) is not None:
-                        self.clock.set(*kept)  # the stack's clock, if a test or soak moved it
-                    self.last_recovery = await core.recover(now=self.clock.seconds())
-                    log.info("shard %s recovered: %s", self.name, self.last_recovery)
-                except (RedisError, OSError) as exc:
-                    _answer_all(batch, Unavailable(f"shard {self.name} cannot reach Redis: {exc}"))
-                    continue
-                except KeyringError as exc:  # nothing is served that cannot be read whole
-                    log.error("shard %s cannot recover: %s", self.name, exc)
-                    _answer_all(batch, Unavailable(f"shard {self.name} cannot recover: {exc}"))
-                    continue
-            outcomes: list[Any] = []
-            for work, _ in batch:
-                try:
-                    outcomes.append(work())
-                except HexbookError as exc:
-                    outcomes.append(exc)
+            if batch:
+                await self._step(batch)
+            self._snapshot_if_due()
+
+    async def _step(self, batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]]) -> None:
+        """Apply a batch and commit it, then answer its callers (or fail stop)."""
+        core = self._core
+        if not core.recovered:
+            if self._storing is not None:  # recovery reads the snapshot the store writes
+                await asyncio.wait([self._storing])
             try:
-                await core.make_offers(self.clock.seconds())  # the batch's freed places
-                await core.commit()
+                if (kept := clock_from_redis(await self._redis.hgetall(CLOCK_KEY))) is not None:
+                    self.clock.set(*kept)  # the stack's clock, if a test or soak moved it
+                self.last_recovery = await core.recover(now=self.clock.seconds())
+                log.info("shard %s recovered: %s", self.name, self.last_recovery)
             except (RedisError, OSError) as exc:
-                # Memory may now be ahead of Redis: forget it, rebuild before serving.
-                core.fail_stop()
-                log.error("shard %s: journal append failed, failing stop: %s", self.name, exc)
-                _answer_all(batch, Unavailable(f"shard {self.name} journal unavailable: {exc}"))
-                continue
-            self.batches += 1
-            for (_, fut), out in zip(batch, outcomes, strict=True):
-                if not fut.done():
-                    fut.set_result(out)
-            if core.snapshot_due():
-                try:
-                    await core.write_snapshot()
-                except (RedisError, OSError) as exc:  # the journal still has everything
-                    log.warning("shard %s: snapshot failed: %s", self.name, exc)
+                _answer_all(batch, Unavailable(f"shard {self.name} cannot reach Redis: {exc}"))
+                return
+            except KeyringError as exc:  # nothing is served that cannot be read whole
+                log.error("shard %s cannot recover: %s", self.name, exc)
+                _answer_all(batch, Unavailable(f"shard {self.name} cannot recover: {exc}"))
+                return
+        outcomes: list[Any] = []
+        for work, _ in batch:
+            try:
+                outcomes.append(work())
+            except HexbookError as exc:
+                outcomes.append(exc)
+        try:
+            await core.make_offers(self.clock.seconds())  # the batch's freed places
+            await core.commit()
+        except (RedisError, OSError) as exc:
+            # Memory may now be ahead of Redis: forget it, rebuild before serving.
+            core.fail_stop()
+            log.error("shard %s: journal append failed, failing stop: %s", self.name, exc)
+            _answer_all(batch, Unavailable(f"shard {self.name} journal unavailable: {exc}"))
+            return
+        self.batches += 1
+        for (_, fut), out in zip(batch, outcomes, strict=True):
+            if not fut.done():
+                fut.set_result(out)
+
+    def _snapshot_if_due(self) -> None:
+        """Between two batches, with nothing pending: copy the state for a snapshot when
+        one is due or asked for, and seal and store it beside the writer, which goes on
+        serving (a snapshot of 100,000 bookings takes about half a second to seal and
+        write; done in the writer's step, every caller waited that long)."""
+        core = self._core
+        if not core.recovered:  # failed stop: nothing to copy until it has recovered
+            waiters, self._snapshot_waiters = self._snapshot_waiters, []
+            for fut in waiters:
+                fut.set_exception(Unavailable(f"shard {self.name} is recovering; retry shortly"))
+            return
+        if self._storing is not None or core.has_pending:
+            return  # a store is running: the next one starts when it ends
+        if not (self._snapshot_waiters or core.snapshot_due()):
+            return
+        waiters, self._snapshot_waiters = self._snapshot_waiters, []
+        self._storing = asyncio.get_running_loop().create_task(
+            self._store(core.take_snapshot(), core.keyring, waiters)
+        )
+
+    async def _store(
+        self, snap: ShardSnapshot, ring: Keyring | None, waiters: list[asyncio.Future[str]]
+    ) -> None:
+        outcome: str | Exception = snap.last_id
+        try:
+            await self._core.store_snapshot(snap, ring)
+        except (RedisError, OSError) as exc:  # the journal still has everything
+            log.warning("shard %s: snapshot failed: %s", self.name, exc)
+            outcome = Unavailable(f"shard {self.name}: the snapshot was not stored: {exc}")
+        finally:
+            self._storing = None
+            if self._wake is not None:
+                self._wake.set()  # whoever asked for a snapshot meanwhile gets the next
+        for fut in waiters:
+            if not fut.done():
+                if isinstance(outcome, Exception):
+                    fut.set_exception(outcome)
+                else:
+                    fut.set_result(outcome)
 
     async def _sweep_loop(self) -> None:
         while True:

@@ -13,6 +13,7 @@ changes Redis does not, so the shard forgets everything and rebuilds from Redis.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -139,6 +140,7 @@ class ShardCore:
         self.recovered = False
         self.last_id = "0-0"
         self.events_since_snapshot = 0
+        self.snapshot_missed = False  # a store failed: the next one is due at once
         self.last_snapshot_at = time.monotonic()
         self._pending = _Pending()
         # When each calendar next needs a roll (its next local midnight), so that a check
@@ -684,9 +686,13 @@ class ShardCore:
         return self.last_id
 
     def snapshot_due(self) -> bool:
-        return self.events_since_snapshot >= self.snapshot_every_events or (
-            self.events_since_snapshot > 0
-            and time.monotonic() - self.last_snapshot_at >= self.snapshot_every_seconds
+        return (
+            self.snapshot_missed
+            or self.events_since_snapshot >= self.snapshot_every_events
+            or (
+                self.events_since_snapshot > 0
+                and time.monotonic() - self.last_snapshot_at >= self.snapshot_every_seconds
+            )
         )
 
     def shard_snapshot(self) -> ShardSnapshot:
@@ -700,16 +706,37 @@ class ShardCore:
             waitlist=self.waitlist.entries(),
         )
 
-    async def write_snapshot(self) -> None:
-        """Store a snapshot and trim the journal up to it, atomically."""
+    def take_snapshot(self) -> ShardSnapshot:
+        """The state as of the last commit, to store with :meth:`store_snapshot`; the
+        events toward the next snapshot count from here. Call it only between a commit
+        and the next batch (the writer does): the copy is of arrays and of frozen
+        records, so later batches do not change it."""
         snap = self.shard_snapshot()
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.set(
-            journal.snapshot_key(self.name), journal.seal_snapshot(snap, self.keyring, self.name)
-        )
-        # Through last_id itself: every entry the snapshot covers goes (recovery reads
-        # after last_id), so no entry sealed with an older key outlives a snapshot.
-        pipe.xtrim(journal.journal_key(self.name), minid=_after(snap.last_id), approximate=False)
-        await pipe.execute()
         self.events_since_snapshot = 0
+        self.snapshot_missed = False
         self.last_snapshot_at = time.monotonic()
+        return snap
+
+    async def store_snapshot(self, snap: ShardSnapshot, ring: Keyring | None) -> None:
+        """Seal ``snap`` (off the event loop) and store it, trimming the journal through
+        its last id, atomically. The writer may go on committing meanwhile: what it
+        appends comes after ``snap.last_id`` and stays. One store at a time (an older
+        snapshot stored after a newer one would lose what the newer one trimmed). Raises
+        Redis errors; then the journal still has everything and the next is due."""
+        try:
+            blob = await asyncio.to_thread(journal.seal_snapshot, snap, ring, self.name)
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.set(journal.snapshot_key(self.name), blob)
+            # Through last_id itself: every entry the snapshot covers goes (recovery
+            # reads after last_id), so no entry sealed with an older key outlives it.
+            pipe.xtrim(
+                journal.journal_key(self.name), minid=_after(snap.last_id), approximate=False
+            )
+            await pipe.execute()
+        except BaseException:
+            self.snapshot_missed = True
+            raise
+
+    async def write_snapshot(self) -> None:
+        """Store a snapshot now and trim the journal up to it (nothing else running)."""
+        await self.store_snapshot(self.take_snapshot(), self.keyring)

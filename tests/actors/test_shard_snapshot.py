@@ -1,0 +1,134 @@
+"""The shard's snapshots are sealed and stored beside the writer, never in its step.
+
+The shard actor runs here as a plain object on this test's event loop (no Ray), on a
+real redis-server. A snapshot's sealing is held at a gate (a wrapper of the real
+``journal.seal_snapshot`` that waits for the test), so the test sees what the writer
+does while a snapshot is being made."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from actors import journal
+from actors.embedded_redis import EmbeddedRedis
+from actors.shard import ShardActor
+from actors.shard_core import ShardCore
+from engine.codec import encode_commands
+from engine.records import Booking, ConfirmHold, Hold, PlaceHold
+from tests.actors.test_shard_core import provider, snaps
+
+GATE_SECONDS = 20  # a gate never opened lets the seal go on after this long
+
+
+class Gate:
+    """Holds every snapshot's sealing until opened; counts the seals that waited."""
+
+    def __init__(self) -> None:
+        self.opened = threading.Event()
+        self.waiting = threading.Event()
+        self.timed_out = False
+        self.seals = 0
+
+    def wrap(self, seal: Any) -> Any:
+        def gated(*args: Any) -> bytes:
+            self.seals += 1
+            self.waiting.set()
+            if not self.opened.wait(GATE_SECONDS):
+                self.timed_out = True
+            return seal(*args)  # type: ignore[no-any-return]
+
+        return gated
+
+
+@pytest.fixture
+def gate(monkeypatch: pytest.MonkeyPatch) -> Gate:
+    g = Gate()
+    monkeypatch.setattr(journal, "seal_snapshot", g.wrap(journal.seal_snapshot))
+    return g
+
+
+def hold(pid: str, k: int, start: int) -> bytes:
+    return encode_commands([PlaceHold(pid, "vaccine", f"k{k}", 1000 + k, f"h{k}", start, 1, 600)])
+
+
+async def open_starts(shard: ShardActor, pid: str) -> list[int]:
+    grid = await shard.slots(pid, "vaccine")
+    assert isinstance(grid, dict)
+    return [grid["start"] + i * grid["slot_seconds"]
+            for i, c in enumerate(grid["capacity"]) if c > 0]  # fmt: skip
+
+
+async def rebuilt(url: str) -> bytes:
+    core = ShardCore("s0", aioredis.from_url(url))
+    await core.recover()
+    await core.redis.aclose()
+    return journal.encode(core.shard_snapshot())
+
+
+def test_the_writer_serves_while_a_snapshot_is_sealed_and_stored(
+    redis_server: EmbeddedRedis, redis_client: object, gate: Gate
+) -> None:
+    async def go() -> None:
+        shard = ShardActor("s0", redis_server.url, snapshot_every_events=1, sweep_seconds=0,
+                           roll_seconds=0)  # fmt: skip
+        p = provider(0)
+        await shard.provision(p, snaps(p))
+        starts = await open_starts(shard, "p0")
+        first = await shard.submit(hold("p0", 0, starts[0]))  # an event: a snapshot is due
+        assert await asyncio.to_thread(gate.waiting.wait, GATE_SECONDS)
+        # The snapshot is held at its seal; the writer still applies and commits.
+        served = [await asyncio.wait_for(shard.submit(hold("p0", k, starts[k])), 10)
+                  for k in range(1, 4)]  # fmt: skip
+        assert not gate.opened.is_set() and not gate.timed_out
+        assert all(isinstance(o[0], Hold) for o in [first, *served])
+        gate.opened.set()
+        covered = await asyncio.wait_for(shard.write_snapshot(), 10)
+        assert not gate.timed_out
+        # The last snapshot covers every commit; the journal kept what came after each.
+        live = await shard.committed_state()
+        assert covered == journal.decode_shard_snapshot(live).last_id
+        assert await rebuilt(redis_server.url) == live
+        assert gate.seals >= 2
+
+    asyncio.run(go())
+
+
+def test_a_snapshot_asked_for_under_load_covers_what_was_committed(
+    redis_server: EmbeddedRedis, redis_client: object
+) -> None:
+    """``write_snapshot`` while batches commit: each snapshot is of a committed state
+    (never of a batch still on its way to Redis, which a replay would apply twice)."""
+
+    async def go() -> None:
+        shard = ShardActor("s0", redis_server.url, snapshot_every_events=10**9,
+                           sweep_seconds=0, roll_seconds=0)  # fmt: skip
+        for i in range(3):
+            p = provider(i)
+            await shard.provision(p, snaps(p))
+        starts = [await open_starts(shard, f"p{i}") for i in range(3)]
+
+        async def client(c: int) -> int:
+            booked = 0
+            for k in range(c * 1000, c * 1000 + 40):
+                pid = f"p{k % 3}"
+                out = (await shard.submit(hold(pid, k, starts[k % 3][k % 4])))[0]
+                if isinstance(out, Hold):
+                    confirm = ConfirmHold(pid, "vaccine", f"c{k}", 1001 + k, out.hold_id,
+                                          f"b{k}", b"", "r")  # fmt: skip
+                    booked += isinstance((await shard.submit(encode_commands([confirm])))[0],
+                                         Booking)  # fmt: skip
+            return booked
+
+        async def snapshots() -> list[str]:
+            return [await shard.write_snapshot() for _ in range(15)]
+
+        *booked, ids = await asyncio.gather(*(client(c) for c in range(8)), snapshots())
+        assert sum(booked) > 0 and len(set(ids)) > 1  # snapshots were taken among batches
+        assert await rebuilt(redis_server.url) == await shard.committed_state()
+
+    asyncio.run(go())
