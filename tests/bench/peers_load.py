@@ -229,10 +229,11 @@ def part_peers(rounds: int, seconds: float = SECONDS) -> dict[str, float]:
         systems["hexbook"] = hexbook.url
         # Every run gets places nobody took yet (holds are booked at once).
         runs = rounds * len(plan) * len(systems) + len(systems)
-        uniform = iter(bodies(first, per_run * runs, False, rng)[i * per_run:(i + 1) * per_run]
-                       for i in range(runs))  # fmt: skip
+        # (each pool is drawn once: a generator's element expression runs per element)
+        uniform_pool = bodies(first, per_run * runs, False, rng)
         skewed_pool = bodies(first, per_run * runs, True, rng)
-        skewed = iter(skewed_pool[i * per_run : (i + 1) * per_run] for i in range(runs))
+        uniform = iter([uniform_pool[i * per_run : (i + 1) * per_run] for i in range(runs)])
+        skewed = iter([skewed_pool[i * per_run : (i + 1) * per_run] for i in range(runs)])
         for url in systems.values():
             wrk(url, script_flow(key, next(uniform)), 32, 2)  # warm up
         for _ in range(rounds):
