@@ -22,6 +22,7 @@ from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from actors import archive, availability, journal, outbox
 from actors import waitlist as claims
@@ -724,15 +725,20 @@ class ShardCore:
         snapshot stored after a newer one would lose what the newer one trimmed). Raises
         Redis errors; then the journal still has everything and the next is due."""
         try:
-            blob = await asyncio.to_thread(journal.seal_snapshot, snap, ring, self.name)
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.set(journal.snapshot_key(self.name), blob)
+            blob = memoryview(await asyncio.to_thread(journal.seal_snapshot, snap, ring, self.name))
+            staged, part = journal.staged_snapshot_key(self.name), journal.SNAPSHOT_PART
+            # A part per command: the writer's commits go in between (module journal).
+            await self.redis.set(staged, blob[:part])
+            for i in range(part, len(blob), part):
+                await self.redis.append(staged, blob[i : i + part])
             # Through last_id itself: every entry the snapshot covers goes (recovery
             # reads after last_id), so no entry sealed with an older key outlives it.
-            pipe.xtrim(
-                journal.journal_key(self.name), minid=_after(snap.last_id), approximate=False
+            keys = [staged, journal.snapshot_key(self.name), journal.journal_key(self.name)]
+            done = await self.redis.eval(
+                journal.PROMOTE_LUA, len(keys), *keys, len(blob), _after(snap.last_id)
             )
-            await pipe.execute()
+            if not done:
+                raise RedisError(f"the staged snapshot of {self.name} was not whole")
         except BaseException:
             self.snapshot_missed = True
             raise

@@ -160,7 +160,7 @@ def test_shard_snapshots_by_itself_every_n_events(
 
     raw = client.get(journal.snapshot_key("shard-0"))
     assert raw is not None, "no snapshot was written"
-    snap = journal.decode_shard_snapshot(raw)  # type: ignore[arg-type]
+    snap = journal.open_snapshot(raw, None, "shard-0")  # type: ignore[arg-type]
     assert len(snap.calendars[0].holds) >= 10
     # The journal was trimmed up to the snapshot: at most the entries written after it.
     assert client.xlen(journal.journal_key("shard-0")) <= 12 - len(snap.calendars[0].holds) + 1
