@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.hexbook-installed
 LOCK   := requirements/lock.txt
 EXTRAS := dev,sim,load
 
-.PHONY: help install browser redis-tls test lint types deps advisories unit bench soak demo docs-images lock clean
+.PHONY: help install browser redis-tls wrk test lint types deps advisories unit bench soak demo docs-images lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -44,6 +44,16 @@ redis-tls: ## Debian's redis-server, built with TLS, for the rediss:// test (apt
 	    echo "note: the rediss:// test needs a redis-server built with TLS: sudo apt-get install redis-server (or set HEXBOOK_REDIS_SERVER)"; \
 	  fi; }
 
+wrk: ## Debian's wrk, the benchmarks' load generator (apt-get, when missing and run as root)
+	@command -v wrk >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's wrk for the benchmarks"; \
+	    apt-get install -y -q --no-install-recommends wrk >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends wrk >/dev/null; }; \
+	  else \
+	    echo "note: the HTTP benchmarks need wrk: sudo apt-get install wrk"; \
+	  fi; }
+
 lint: $(STAMP) ## ruff lint and format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -63,7 +73,7 @@ unit: $(STAMP) ## the tests only
 
 test: lint types deps unit ## lint, types, the dependency audit and the whole test suite (what CI runs)
 
-bench: $(STAMP) ## benchmarks: print figures and ratios measured in one run
+bench: $(STAMP) wrk ## benchmarks: print figures and ratios measured in one run
 	$(BIN)/python tests/bench/run.py
 
 soak: $(STAMP) ## 90 days on an accelerated clock, the OpenAPI fuzz for every role, 200,000 stateful steps (~30 min)
