@@ -22,6 +22,7 @@ they are durable together (with ``appendfsync always``, before Redis answers).
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
 
 import msgspec
 
@@ -48,6 +49,7 @@ __all__ = [
     "seal_batch",
     "seal_snapshot",
     "snapshot_key",
+    "snapshot_parts",
     "staged_snapshot_key",
 ]
 
@@ -136,6 +138,34 @@ def encode(record: JournalBatch | ShardSnapshot) -> bytes:
     return _encoder.encode(record)
 
 
+def snapshot_parts(snap: ShardSnapshot) -> Iterator[bytes]:
+    """``encode(snap)``, in pieces: the head, each calendar, the waitlist. One encoder
+    call holds the GIL until it is done; one call for a launch city's 95 MB held the
+    shard's event loop (its writer) 0.2 s when idle and 1.3 s on a busy machine, while a
+    call per calendar lets the loop in between. The pieces are msgpack's layout of the
+    struct (an array: its tag, then its fields), so they join to ``encode(snap)``'s
+    bytes exactly (a test holds them to it) and a snapshot reads with one decoder."""
+    fields = len(ShardSnapshot.__struct_fields__)
+    yield (
+        _array_head(1 + fields)
+        + _encoder.encode(ShardSnapshot.__struct_config__.tag)
+        + _encoder.encode(snap.last_id)
+        + _encoder.encode(snap.providers)
+        + _array_head(len(snap.calendars))
+    )
+    for calendar in snap.calendars:
+        yield _encoder.encode(calendar)
+    yield _encoder.encode(snap.waitlist)
+
+
+def _array_head(n: int) -> bytes:
+    if n < 16:
+        return bytes([0x90 | n])
+    if n < 1 << 16:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
+
 def decode_batch(data: bytes) -> JournalBatch:
     return _batch_decoder.decode(data)
 
@@ -160,7 +190,10 @@ def open_batch(data: bytes, ring: Keyring | None, shard: str) -> JournalBatch:
 def seal_snapshot(snap: ShardSnapshot, ring: Keyring | None, shard: str) -> bytes:
     """A snapshot's value as stored: compressed, then sealed with ``ring``'s current key
     (zlib releases the GIL: sealed in a thread, the writer's loop keeps running)."""
-    return (ring or _NO_KEYS).seal(zlib.compress(encode(snap), 1), snapshot_key(shard).encode())
+    z = zlib.compressobj(1)
+    packed = [z.compress(part) for part in snapshot_parts(snap)]
+    packed.append(z.flush())
+    return (ring or _NO_KEYS).seal(b"".join(packed), snapshot_key(shard).encode())
 
 
 def open_snapshot(data: bytes, ring: Keyring | None, shard: str) -> ShardSnapshot:
