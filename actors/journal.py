@@ -47,6 +47,7 @@ __all__ = [
     "open_batch",
     "open_snapshot",
     "seal_batch",
+    "seal_compressed",
     "seal_snapshot",
     "snapshot_key",
     "snapshot_parts",
@@ -188,12 +189,18 @@ def open_batch(data: bytes, ring: Keyring | None, shard: str) -> JournalBatch:
 
 
 def seal_snapshot(snap: ShardSnapshot, ring: Keyring | None, shard: str) -> bytes:
-    """A snapshot's value as stored: compressed, then sealed with ``ring``'s current key
-    (zlib releases the GIL: sealed in a thread, the writer's loop keeps running)."""
+    """A snapshot's value as stored: compressed (zlib, level 1), then sealed with
+    ``ring``'s current key. The shard makes the same value a piece at a time
+    (``ShardCore.store_snapshot``); this is the whole of it in one call."""
     z = zlib.compressobj(1)
     packed = [z.compress(part) for part in snapshot_parts(snap)]
     packed.append(z.flush())
-    return (ring or _NO_KEYS).seal(b"".join(packed), snapshot_key(shard).encode())
+    return seal_compressed(b"".join(packed), ring, shard)
+
+
+def seal_compressed(packed: bytes, ring: Keyring | None, shard: str) -> bytes:
+    """The compressed encoding of a snapshot, sealed for ``shard``'s snapshot key."""
+    return (ring or _NO_KEYS).seal(packed, snapshot_key(shard).encode())
 
 
 def open_snapshot(data: bytes, ring: Keyring | None, shard: str) -> ShardSnapshot:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -725,7 +726,7 @@ class ShardCore:
         snapshot stored after a newer one would lose what the newer one trimmed). Raises
         Redis errors; then the journal still has everything and the next is due."""
         try:
-            blob = memoryview(await asyncio.to_thread(journal.seal_snapshot, snap, ring, self.name))
+            blob = memoryview(await self._seal(snap, ring))
             staged, part = journal.staged_snapshot_key(self.name), journal.SNAPSHOT_PART
             # A part per command: the writer's commits go in between (module journal).
             await self.redis.set(staged, blob[:part])
@@ -742,6 +743,25 @@ class ShardCore:
         except BaseException:
             self.snapshot_missed = True
             raise
+
+    async def _seal(self, snap: ShardSnapshot, ring: Keyring | None) -> bytes:
+        """``journal.seal_snapshot(snap, ring, ...)``, made without holding the writer's
+        loop: the calendars are encoded here a few at a time (a msgspec call holds the
+        GIL, and a thread holding it between the loop's every syscall slowed each batch
+        by up to the 5 ms switch interval per syscall), each megabyte is compressed in a
+        thread (zlib lets the GIL go), and the seal of the whole is a thread's too."""
+        z = zlib.compressobj(1)
+        packed: list[bytes] = []
+        parts: list[bytes] = []
+        size = 0
+        for part in journal.snapshot_parts(snap):
+            parts.append(part)
+            size += len(part)
+            if size >= journal.SNAPSHOT_PART:
+                packed.append(await asyncio.to_thread(z.compress, b"".join(parts)))
+                parts, size = [], 0
+        packed.append(await asyncio.to_thread(lambda: z.compress(b"".join(parts)) + z.flush()))
+        return await asyncio.to_thread(journal.seal_compressed, b"".join(packed), ring, self.name)
 
     async def write_snapshot(self) -> None:
         """Store a snapshot now and trim the journal up to it (nothing else running)."""
