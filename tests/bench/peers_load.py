@@ -280,8 +280,12 @@ def _report(results: Results, rounds: int) -> dict[str, float]:
         p99_peer = figures[f"peers_{best}_{shape}_{c}_p99_ms"]
         rounds_p99 = [r["p99_ms"] for r in results[("hexbook", shape, c)]]
         spread = max(rounds_p99) / statistics.median(rounds_p99)
+        one = {n: v for n, v in peers.items() if n.endswith("-1w")}
+        best1 = max(one, key=lambda n: one[n]) if one else best
         print(f"  {shape:8} {c:>4} conn.: hexbook / {best} = {mine / peers[best]:.2f}x "
-              f"(target 2x); p99 {p99_mine:.0f} vs {p99_peer:.0f} ms; worst round p99 / median "
-              f"{spread:.2f} (target <= 4)")  # fmt: skip
+              f"(target 2x; / {best1}, one worker as hexbook's one gateway: "
+              f"{mine / peers[best1]:.2f}x); p99 {p99_mine:.0f} vs {p99_peer:.0f} ms; worst "
+              f"round p99 / median {spread:.2f} (target <= 4)")  # fmt: skip
         figures[f"peers_ratio_{shape}_{c}"] = mine / peers[best]
+        figures[f"peers_ratio_1w_{shape}_{c}"] = mine / peers[best1]
     return figures
