@@ -22,37 +22,31 @@ $(STAMP): $(BIN)/python pyproject.toml $(LOCK)
 	@$(MAKE) --no-print-directory browser redis-tls
 	touch $(STAMP)
 
+# $(call apt_get,package,what it is for,how to get it without root): install a Debian
+# package when run as root (apt-get update only when the first try fails), else say how.
+define apt_get
+if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing Debian's $(1) for $(2)"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(1) >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(1) >/dev/null; }; \
+	else \
+	  echo "note: Debian's $(1) is missing (for $(2)): $(3)"; \
+	fi
+endef
+
 install: $(STAMP) ## create .venv and install hexbook with its extras, as pinned in requirements/lock.txt
 
 browser: ## Debian's chromium for the browser tests (apt-get, when missing and run as root)
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing Debian's chromium for the browser tests"; \
-	    apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 || \
-	      { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends chromium >/dev/null; }; \
-	  else \
-	    echo "note: the browser tests need Chromium: sudo apt-get install chromium (or set HEXBOOK_CHROMIUM)"; \
-	  fi; }
+	  $(call apt_get,chromium,the browser tests,sudo apt-get install chromium (or set HEXBOOK_CHROMIUM)); }
 
 redis-tls: ## Debian's redis-server, built with TLS, for the rediss:// test (apt-get, when missing and run as root)
 	@{ command -v redis-server >/dev/null 2>&1 && redis-server --version | grep -q 'v=[67]'; } || [ -n "$$HEXBOOK_REDIS_SERVER" ] || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing Debian's redis-server (TLS) for the external-Redis test"; \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server >/dev/null 2>&1 || \
-	      { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server >/dev/null; }; \
-	  else \
-	    echo "note: the rediss:// test needs a redis-server built with TLS: sudo apt-get install redis-server (or set HEXBOOK_REDIS_SERVER)"; \
-	  fi; }
+	  $(call apt_get,redis-server,the rediss:// test: a redis-server built with TLS,sudo apt-get install redis-server (or set HEXBOOK_REDIS_SERVER)); }
 
 wrk: ## Debian's wrk, the benchmarks' load generator (apt-get, when missing and run as root)
 	@command -v wrk >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing Debian's wrk for the benchmarks"; \
-	    apt-get install -y -q --no-install-recommends wrk >/dev/null 2>&1 || \
-	      { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends wrk >/dev/null; }; \
-	  else \
-	    echo "note: the HTTP benchmarks need wrk: sudo apt-get install wrk"; \
-	  fi; }
+	  $(call apt_get,wrk,the HTTP benchmarks,sudo apt-get install wrk); }
 
 lint: $(STAMP) ## ruff lint and format check
 	$(BIN)/ruff check .

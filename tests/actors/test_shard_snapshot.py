@@ -70,6 +70,15 @@ async def rebuilt(url: str) -> bytes:
     return journal.encode(core.shard_snapshot())
 
 
+async def three_sites(url: str) -> ShardActor:
+    """A shard that snapshots only when asked, with three providers' calendars."""
+    shard = ShardActor("s0", url, snapshot_every_events=10**9, sweep_seconds=0, roll_seconds=0)
+    for i in range(3):
+        p = provider(i)
+        await shard.provision(p, snaps(p))
+    return shard
+
+
 def test_the_writer_serves_while_a_snapshot_is_sealed_and_stored(
     redis_server: EmbeddedRedis, redis_client: object, gate: Gate
 ) -> None:
@@ -105,11 +114,7 @@ def test_a_snapshot_asked_for_under_load_covers_what_was_committed(
     (never of a batch still on its way to Redis, which a replay would apply twice)."""
 
     async def go() -> None:
-        shard = ShardActor("s0", redis_server.url, snapshot_every_events=10**9,
-                           sweep_seconds=0, roll_seconds=0)  # fmt: skip
-        for i in range(3):
-            p = provider(i)
-            await shard.provision(p, snaps(p))
+        shard = await three_sites(redis_server.url)
         starts = [await open_starts(shard, f"p{i}") for i in range(3)]
 
         async def client(c: int) -> int:
@@ -143,11 +148,7 @@ def test_a_snapshot_is_stored_a_part_at_a_time_and_commits_go_in_between(
     monkeypatch.setattr(journal, "SNAPSHOT_PART", 64)
 
     async def go() -> None:
-        shard = ShardActor("s0", redis_server.url, snapshot_every_events=10**9,
-                           sweep_seconds=0, roll_seconds=0)  # fmt: skip
-        for i in range(3):
-            p = provider(i)
-            await shard.provision(p, snaps(p))
+        shard = await three_sites(redis_server.url)
         starts = await open_starts(shard, "p0")
         redis = shard._core.redis
         real_append = redis.append
