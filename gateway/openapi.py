@@ -17,7 +17,7 @@ from fastapi.openapi.utils import get_openapi
 from gateway.problems import MEDIA_TYPE, TITLES
 from gateway.schemas import Problem
 
-__all__ = ["ANONYMOUS", "errors", "install"]
+__all__ = ["ANONYMOUS", "errors", "event_stream", "install"]
 
 ANONYMOUS: dict[str, Any] = {"x-anonymous": True}
 _DESCRIPTIONS = {
@@ -50,6 +50,32 @@ _WWW_AUTHENTICATE = {
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """``responses=`` for a route: these error statuses (given the problem schema here)."""
     return {s: {"description": _DESCRIPTIONS.get(s, TITLES.get(s, "Error"))} for s in statuses}
+
+
+def event_stream(events: list[str], data: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a server-sent events route: the schema of one event as a client
+    reads it (``event`` one of ``events``, ``data`` JSON of the schema ``data``; an ``id``
+    and a ``retry`` where the stream sends them), the way OpenAPI 3.1 describes a stream."""
+    event = {
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"type": "string", "enum": events},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": data,
+            },
+            "id": {"type": "string"},
+            "retry": {"type": "integer", "minimum": 0},
+        },
+    }
+    return {
+        200: {
+            "description": "Server-sent events",
+            "content": {"text/event-stream": {"schema": event}},
+        }
+    }
 
 
 def _problem(status: int, response: dict[str, Any]) -> dict[str, Any]:

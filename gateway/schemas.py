@@ -303,6 +303,10 @@ class SeriesTemplateIn(_Strict):
     same_provider: bool = False
 
 
+class SeriesTemplateOut(SeriesTemplateIn):
+    service: Id = Field(description="the service the template is for")
+
+
 class SecondDoseIn(_Strict):
     provider_id: Id | None = Field(None, description="default: the first dose's provider")
     start: Instant | None = Field(None, description="default: the earliest slot in the window")

@@ -24,13 +24,32 @@ from redis.exceptions import RedisError
 from actors.availability import AvailabilityEntry, SlotFree, entry_id_key, parse_entry_id
 from engine.errors import InvalidRequest, Unavailable
 from gateway.deps import Caller, Runtime, RuntimeDep
-from gateway.openapi import ANONYMOUS
+from gateway.openapi import ANONYMOUS, event_stream
 from gateway.schemas import ENTRY_ID_PATTERN, FeedQuery
 
 router = APIRouter(prefix="/v1", tags=["search"])
-_STREAM: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}
+_CHANGE: dict[str, Any] = {
+    "type": "object",
+    "required": ["provider_id", "service"],
+    "properties": {
+        "provider_id": {"type": "string"},
+        "service": {"type": "string"},
+        "start": {"type": "string", "format": "date-time"},
+        "remaining": {"type": "integer", "minimum": 0},
+        "calendar": {"type": "string", "enum": ["changed"]},
+    },
 }
+# ``availability``: a shard's committed changes; ``reset``: ``{}``, reload and follow on.
+_STREAM = event_stream(
+    ["availability", "reset"],
+    {
+        "type": "object",
+        "properties": {
+            "shard": {"type": "integer", "minimum": 0},
+            "changes": {"type": "array", "items": _CHANGE},
+        },
+    },
+)
 
 
 def _utc(ts: int) -> str:

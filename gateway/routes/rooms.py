@@ -18,7 +18,7 @@ from engine.errors import HexbookError
 from gateway.answers import json_answer
 from gateway.auth import Principal
 from gateway.deps import Caller, Operator, RuntimeDep, Service, json_body
-from gateway.openapi import ANONYMOUS, errors
+from gateway.openapi import ANONYMOUS, errors, event_stream
 from gateway.room import POLL_SECONDS, RoomState, WaitingRooms, visitor_answer
 from gateway.schemas import (
     ID_PATTERN,
@@ -34,9 +34,7 @@ from gateway.schemas import (
 router = APIRouter(prefix="/v1/rooms", tags=["waiting room"])
 RoomId = Path(pattern=ID_PATTERN, max_length=128)
 VisitorId = Path(pattern=VISITOR_PATTERN, max_length=128)
-_STREAM: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}
-}
+_STREAM = event_stream(["visitor"], {"$ref": "#/components/schemas/VisitorOut"})
 
 
 def room_out(room: RoomState) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from gateway.schemas import (
     SeriesOut,
     SeriesRescheduleRequest,
     SeriesTemplateIn,
+    SeriesTemplateOut,
 )
 from gateway.service import series_out
 
@@ -24,7 +25,7 @@ SeriesId = Path(pattern=ROUTABLE_PATTERN, max_length=512)
 
 @router.put(
     "/v1/series-templates/{service_id}",
-    response_model=SeriesTemplateIn,
+    response_model=SeriesTemplateOut,
     dependencies=[Depends(json_body)],
     responses=errors(403),
 )

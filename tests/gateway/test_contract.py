@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import logging
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import jsonschema
 import pytest
 from fastapi import FastAPI
 
@@ -17,8 +19,10 @@ from actors.api import Hexbook
 from gateway.schemas import BookingOut, HoldOut, ProviderOut, SearchOut, SlotsOut
 from tests.gateway.test_api import D1, SCHEDULE, assert_problem, slots
 from tests.gateway.test_ops import events
+from tests.polling import until
 
 pytestmark = pytest.mark.integration
+VISITOR = {"visitor_id": "v1", "lat": 41.88, "lng": -87.63}
 ARABIC_NINE = "\u0660\u0669:\u0660\u0660"  # 09:00 in Arabic-Indic digits
 
 
@@ -317,6 +321,60 @@ def test_every_success_answer_matches_its_response_model(
         ]["schema"]["$ref"]
         required = doc["components"]["schemas"][ref.rsplit("/", 1)[1]]["required"]
         assert set(required) <= set(answer.json()), (path, required)
+
+
+def _conforms(doc: dict[str, Any], schema: dict[str, Any], instance: Any) -> None:
+    """Validate ``instance`` against a schema of the served document, its refs resolved."""
+    jsonschema.Draft202012Validator({**schema, "components": doc["components"]}).validate(instance)
+
+
+def _sse(text: str) -> list[dict[str, str]]:
+    """The events of a server-sent stream as a client reads them (comments and a lone
+    ``retry`` left out)."""
+    events = []
+    for block in text.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if line and ": " in line)
+        if "data" in fields:
+            events.append({k: v for k, v in fields.items() if k != "retry"})
+    return events
+
+
+def test_the_series_template_and_the_visitor_stream_answer_as_documented(
+    stack: tuple[str, Hexbook, FastAPI], api: httpx.Client, ops: httpx.Client
+) -> None:
+    """Both were found by the OpenAPI fuzz: the template's answer carries ``service``,
+    which its documented model forbade; the visitor stream's events were documented as
+    one string, while a client reads each event as an object whose data is a visitor."""
+    base, hb, _ = stack
+    doc = httpx.get(f"{base}/openapi.json").json()
+    put = ops.put("/v1/series-templates/mmr", json={"min_days": 2, "max_days": 9})
+    assert put.status_code == 200, put.text
+    documented = doc["paths"]["/v1/series-templates/{service_id}"]["put"]["responses"]["200"]
+    _conforms(doc, documented["content"]["application/json"]["schema"], put.json())
+    assert put.json()["service"] == "mmr"
+    # A room for a service no site offers: its visitor is told at once that nothing is
+    # left, and the stream carries that one event and ends.
+    opens = datetime.fromtimestamp(int(hb.clock.seconds()), UTC).isoformat()
+    room = {"room_id": "empty", "service": "nothing-here", "lat": 41.88, "lng": -87.63,
+            "radius_km": 10, "opens_at": opens, "per_minute": 600}  # fmt: skip
+    assert ops.post("/v1/rooms", json=room).status_code == 201
+    assert api.post("/v1/rooms/empty/visitors", json=VISITOR).status_code == 201
+    until(lambda: api.get("/v1/rooms/empty/visitors/v1").json()["status"] == "sold_out", 30)
+    stream = api.get("/v1/rooms/empty/visitors/v1/events", timeout=30)
+    assert stream.status_code == 200
+    events = _sse(stream.text)
+    assert [e["event"] for e in events] == ["visitor"], stream.text
+    path = doc["paths"]["/v1/rooms/{room_id}/visitors/{visitor_id}/events"]["get"]
+    per_event = path["responses"]["200"]["content"]["text/event-stream"]["schema"]
+    for event in events:
+        _conforms(doc, per_event, event)
+        data = per_event["properties"]["data"]
+        assert data["contentMediaType"] == "application/json"
+        _conforms(doc, data["contentSchema"], json.loads(event["data"]))
+    assert json.loads(events[0]["data"])["status"] == "sold_out"
+    # The feed's events are documented the same way.
+    feed = doc["paths"]["/v1/feed"]["get"]["responses"]["200"]["content"]["text/event-stream"]
+    assert feed["schema"]["properties"]["event"]["enum"] == ["availability", "reset"]
 
 
 # 14. The API docs work offline.

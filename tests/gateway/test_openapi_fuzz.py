@@ -10,8 +10,8 @@ HEXBOOK_FUZZ_EXAMPLES (default 20) sets the cases per operation, HEXBOOK_FUZZ_RO
 roles (default operator: every operation is open to it, the widest surface) and
 HEXBOOK_FUZZ_PHASES schemathesis' phases (default examples, coverage and fuzzing);
 ``make soak`` runs all four roles with 100 cases each, in every phase (stateful too).
-A failure prints the seed, and ``schemathesis run ... --seed N`` replays it. Each run
-draws a new seed, so the cases differ from run to run."""
+A failure prints the seed, and ``HEXBOOK_FUZZ_SEED=N`` replays it. Each run draws a new
+seed otherwise, so the cases differ from run to run."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def test_every_operation_keeps_its_documented_contract(
     role: str,
     tmp_path: Path,
 ) -> None:
-    seed = random.randrange(1 << 30)
+    seed = int(os.environ.get("HEXBOOK_FUZZ_SEED") or random.randrange(1 << 30))
     examples = os.environ.get("HEXBOOK_FUZZ_EXAMPLES", "20")
     headers = [] if role == "anonymous" else ["-H", f"Authorization: Bearer {keys[role]}"]
     command = [str(SCHEMATHESIS), "run", f"{base}/openapi.json", "--checks", CHECKS]
