@@ -33,7 +33,7 @@ from actors.policy import PolicyCache, PolicyStore
 from actors.series import SeriesBook
 from gateway import openapi, problems
 from gateway.audit_trail import AuditMiddleware, AuditTrail
-from gateway.auth import Authenticator
+from gateway.auth import Authenticator, SharedBuckets
 from gateway.deliver import Deliverer, deliverer_of
 from gateway.deps import Runtime
 from gateway.fast import FastPath
@@ -80,8 +80,19 @@ async def _runtime(
 ) -> Runtime:
     """Build the gateway's parts on a connected ``hb``; ``stack`` stops them."""
     keys = KeyStore(hb.redis)
+    # Rate limits shared with every gateway of the deployment (gateway.auth): a small
+    # pool of its own, quick to give up, so that an unreachable Redis falls back to this
+    # process's buckets within a second.
+    limits_pool = aioredis.BlockingConnectionPool.from_url(
+        hb.redis_url, max_connections=16, timeout=1.0, socket_timeout=1.0,
+        socket_connect_timeout=1.0,
+    )  # fmt: skip
+    limits_redis = aioredis.Redis(connection_pool=limits_pool)
+    stack.push_async_callback(limits_pool.disconnect)
+    stack.push_async_callback(limits_redis.aclose)
     auth = Authenticator(
         keys,
+        SharedBuckets(limits_redis),
         cache_seconds=settings.key_cache_seconds,
         rate_per_key=settings.rate_per_key,
         rate_per_address=settings.rate_per_address,

@@ -6,18 +6,27 @@ client address; everything else needs a key of the right role. Key lookups are c
 for ``key_cache_seconds`` (a revocation takes at most that long to reach a gateway), so
 the booking path does not pay a Redis round trip per request.
 
-Rate limits are token buckets in this process: per key (the key's own rate, else the
-default) and per address for anonymous callers. Over the limit is a 429 with the
-``Retry-After`` the bucket needs; a gateway whose shards are saturated says 503.
+Rate limits are token buckets kept in Redis (:class:`SharedBuckets`), so that every
+gateway of a deployment draws on the same bucket: per key (the key's own rate, else the
+default) and per address for anonymous callers. A gateway takes a bucket's tokens a
+lease at a time (a tenth of a second's worth, at least one), so a busy key costs a Redis
+call per lease, not per request, and all gateways together get the rate (plus at most a
+lease each). Over the limit is a 429 with the ``Retry-After`` the bucket needs (a
+gateway remembers it and answers the next ones without asking). While Redis is away the
+buckets of this process (:class:`TokenBuckets`) hold the same rates. A gateway whose
+shards are saturated says 503.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
+import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from starlette.types import Scope
 
@@ -29,6 +38,7 @@ __all__ = [
     "Forbidden",
     "Principal",
     "RateLimited",
+    "SharedBuckets",
     "TokenBuckets",
     "Unauthorized",
     "authorize",
@@ -98,6 +108,92 @@ class TokenBuckets:
         return (1.0 - tokens) / rate
 
 
+log = logging.getLogger("hexbook.auth")
+BUCKET_PREFIX = "hexbook:rate:"
+LEASE_SECONDS = 0.1  # a lease is this much of a bucket's rate (at least one token)
+LEASE_LIFE = 1.0  # tokens of a lease not used within this long are dropped
+# A bucket in Redis: refilled at ARGV[1] a second up to ARGV[2], then up to ARGV[3]
+# tokens taken. Redis's clock: one time for every gateway, on any machine.
+_TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local rate, burst, want = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'last')
+local tokens = tonumber(b[1]) or burst
+local last = tonumber(b[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - last) * rate)
+local grant = math.min(want, math.floor(tokens))
+tokens = tokens - grant
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'last', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+if grant > 0 then return {grant, '0'} end
+return {0, tostring((1 - tokens) / rate)}
+"""
+
+
+@dataclass(slots=True)
+class _Lease:
+    tokens: int = 0
+    expires: float = 0.0
+    denied_until: float = 0.0
+    waiting: int = 0
+
+
+class SharedBuckets:
+    """Token buckets in Redis, shared by every gateway: ``rate`` tokens a second, bursts
+    up to ``2 * rate`` (as :class:`TokenBuckets`), taken here a lease at a time."""
+
+    def __init__(self, client: aioredis.Redis, max_entries: int = 100_000) -> None:
+        self.redis = client
+        self._script = client.register_script(_TAKE)
+        self._leases: dict[str, _Lease] = {}
+        self._asks: dict[str, asyncio.Future[None]] = {}
+        self.local = TokenBuckets(max_entries)  # while Redis is away
+        self.max_entries = max_entries
+        self.asked = 0  # Redis calls made (a lease each)
+
+    async def take(self, name: str, rate: float) -> float:
+        """Take one token; 0.0 when granted, else the seconds until one is there."""
+        lease = self._leases.get(name)
+        if lease is None:
+            if len(self._leases) >= self.max_entries:
+                self._leases.clear()
+            lease = self._leases[name] = _Lease()
+        for _ in range(3):
+            now = time.monotonic()
+            if lease.tokens >= 1 and lease.expires > now:
+                lease.tokens -= 1
+                return 0.0
+            if lease.denied_until > now:
+                return lease.denied_until - now
+            lease.waiting += 1
+            try:
+                ask = self._asks.get(name)
+                if ask is None:
+                    ask = asyncio.ensure_future(self._ask(name, rate, lease))
+                    self._asks[name] = ask
+                    ask.add_done_callback(lambda _: self._asks.pop(name, None))
+                await asyncio.shield(ask)
+            except RedisError as exc:
+                log.warning("rate limits held in this gateway (Redis: %s)", exc)
+                return self.local.take(name, rate)
+            finally:
+                lease.waiting -= 1
+        return 1.0 / rate  # others took the lease first: come back soon
+
+    async def _ask(self, name: str, rate: float, lease: _Lease) -> None:
+        want = max(1, int(rate * LEASE_SECONDS), lease.waiting)
+        burst = max(2.0 * rate, 1.0)
+        self.asked += 1
+        got: Any = await self._script(keys=[BUCKET_PREFIX + name], args=[rate, burst, want])
+        granted, wait = int(got[0]), float(got[1])
+        now = time.monotonic()
+        if granted:
+            lease.tokens, lease.expires, lease.denied_until = granted, now + LEASE_LIFE, 0.0
+        else:
+            lease.tokens, lease.denied_until = 0, now + wait
+
+
 class Authenticator:
     """Key lookups (cached) and rate limits for one gateway process: the one place that
     turns an ``Authorization`` header into a :class:`Principal` (the FastAPI routes and
@@ -106,6 +202,7 @@ class Authenticator:
     def __init__(
         self,
         store: KeyStore,
+        buckets: SharedBuckets,
         *,
         cache_seconds: float,
         rate_per_key: float,
@@ -115,7 +212,7 @@ class Authenticator:
         self.cache_seconds = cache_seconds
         self.rate_per_key = rate_per_key
         self.rate_per_address = rate_per_address
-        self.buckets = TokenBuckets()
+        self.buckets = buckets
         self._cache: dict[str, tuple[ApiKey | None, float]] = {}
         self._lookups: dict[str, asyncio.Future[ApiKey | None]] = {}
 
@@ -154,15 +251,16 @@ class Authenticator:
             if record is None:
                 raise Unauthorized("unknown or revoked API key")
             principal = Principal(record, address)
-        self.limit(principal)
+        await self.limit(principal)
         return principal
 
-    def limit(self, principal: Principal) -> None:
+    async def limit(self, principal: Principal) -> None:
+        """Take a token of the caller's bucket, or :class:`RateLimited`."""
         if principal.key is not None:
             rate = principal.key.rate_per_second or self.rate_per_key
         else:
             rate = self.rate_per_address
-        wait = self.buckets.take(principal.name, rate)
+        wait = await self.buckets.take(principal.name, rate)
         if wait:
             raise RateLimited(
                 f"rate limit of {rate:g} requests/s for {principal.name} reached; "

@@ -44,9 +44,9 @@ ADMISSION_COOKIE = "hb_admission"
 IDEM = re.compile(r"[A-Za-z0-9_-]{8,64}")
 
 
-def _patient(rt: RuntimeDep, request: Request) -> Principal:
+async def _patient(rt: RuntimeDep, request: Request) -> Principal:
     """The patient as the API sees them: anonymous, from their address, rate-limited."""
-    return anonymous(rt, request)
+    return await anonymous(rt, request)
 
 
 def _invalid(exc: ValidationError) -> InvalidRequest:
@@ -62,7 +62,7 @@ def _services(rt: RuntimeDep) -> list[str]:
 @router.get("/")
 async def find(request: Request, rt: RuntimeDep) -> Response:
     """The find page: a search form; with ``q`` (or ``lat`` and ``lng``) the places near."""
-    _patient(rt, request)
+    await _patient(rt, request)
     q = request.query_params
     services = _services(rt)
     service = q.get("service") or services[0]
@@ -136,7 +136,7 @@ def _km(a: tuple[float, float], b: tuple[float, float]) -> float:
 async def pick(request: Request, rt: RuntimeDep) -> Response:
     """A slot chosen: what it is, the service's eligibility questions, the hold button
     (or the waiting room first, while one covers the site)."""
-    _patient(rt, request)
+    await _patient(rt, request)
     q = request.query_params
     provider_id, service, start = q.get("provider_id", ""), q.get("service", ""), q.get("start")
     try:
@@ -167,7 +167,7 @@ async def pick(request: Request, rt: RuntimeDep) -> Response:
 @router.post("/book")
 async def hold(request: Request, rt: RuntimeDep) -> Response:
     """Hold the chosen place, then the hold's page (its patient details and confirm)."""
-    patient = _patient(rt, request)
+    patient = await _patient(rt, request)
     form = await form_of(request)
     body: dict[str, Any] = {
         "provider_id": form.get("provider_id", ""),
@@ -196,7 +196,7 @@ async def hold(request: Request, rt: RuntimeDep) -> Response:
 @router.get("/hold/{hold_id}")
 async def held(hold_id: str, request: Request, rt: RuntimeDep) -> Response:
     """The hold: until when it is kept, the patient's details, confirm or let go."""
-    _patient(rt, request)
+    await _patient(rt, request)
     hold_ = await rt.service.hold_of(hold_id)
     provider = await rt.service.provider(hold_["provider_id"])
     return await page(
@@ -214,7 +214,7 @@ async def held(hold_id: str, request: Request, rt: RuntimeDep) -> Response:
 @router.post("/hold/{hold_id}")
 async def confirm(hold_id: str, request: Request, rt: RuntimeDep) -> Response:
     """Confirm (or let go of) a hold; a booking goes to its own page, the token link."""
-    patient = _patient(rt, request)
+    patient = await _patient(rt, request)
     form = await form_of(request)
     if form.get("action") == "release":
         await rt.service.release(patient, hold_id, _idem(form))
@@ -243,7 +243,7 @@ def _booking_link(booking_id: str, token: str, request: Request) -> str:
 @router.get("/booking/{booking_id}")
 async def booking(booking_id: str, request: Request, rt: RuntimeDep) -> Response:
     """The booking's page (its token in the link): when and where, cancel, move."""
-    patient = _patient(rt, request)
+    patient = await _patient(rt, request)
     token = request.query_params.get("token")
     out = await rt.service.booking(patient, booking_id, token)
     provider = await rt.service.provider(out["provider_id"])
@@ -282,7 +282,7 @@ def _free_starts(rt: RuntimeDep, provider_id: str, service: str, party: int) -> 
 @router.post("/booking/{booking_id}")
 async def change(booking_id: str, request: Request, rt: RuntimeDep) -> Response:
     """Cancel or move a booking, by its token."""
-    patient = _patient(rt, request)
+    patient = await _patient(rt, request)
     form = await form_of(request)
     token = form.get("token")
     if form.get("action") == "cancel":
@@ -312,7 +312,7 @@ async def change(booking_id: str, request: Request, rt: RuntimeDep) -> Response:
 @router.post("/room/{room_id}")
 async def room_join(room_id: str, request: Request, rt: RuntimeDep) -> Response:
     """Join a room's line from the slot page; its page says where one stands."""
-    patient = _patient(rt, request)
+    patient = await _patient(rt, request)
     form = await form_of(request)
     try:
         body = JoinIn.model_validate(
@@ -332,7 +332,7 @@ async def room_join(room_id: str, request: Request, rt: RuntimeDep) -> Response:
 async def room_wait(room_id: str, visitor_id: str, request: Request, rt: RuntimeDep) -> Response:
     """Where the visitor stands; it refreshes itself (no script) until they are let in,
     then sends them back to their slot with the admission kept in a cookie."""
-    patient = _patient(rt, request)
+    patient = await _patient(rt, request)
     view = await rt.service.rooms.visitor(room_id, visitor_id, patient)
     back = request.query_params.get("next", "/")
     if not back.startswith("/book?"):
@@ -359,7 +359,7 @@ async def room_wait(room_id: str, visitor_id: str, request: Request, rt: Runtime
 @router.post("/waitlist")
 async def waitlist_join(request: Request, rt: RuntimeDep) -> Response:
     """Join the waitlist for places near the search, over the next two weeks."""
-    patient = _patient(rt, request)
+    patient = await _patient(rt, request)
     form = await form_of(request)
     now = rt.hexbook.clock.seconds()
     contact: dict[str, str] = {"language": language_of(request)}
@@ -392,7 +392,7 @@ async def waitlist_join(request: Request, rt: RuntimeDep) -> Response:
 @router.get("/waitlist/{entry_id}")
 async def waitlist_entry(entry_id: str, request: Request, rt: RuntimeDep) -> Response:
     """The entry's page (its token link): waiting, or the place offered and a button."""
-    patient = _patient(rt, request)
+    patient = await _patient(rt, request)
     waitlists = rt.waitlists
     assert waitlists is not None
     token = request.query_params.get("token")
@@ -415,7 +415,7 @@ async def waitlist_entry(entry_id: str, request: Request, rt: RuntimeDep) -> Res
 @router.post("/waitlist/{entry_id}")
 async def waitlist_act(entry_id: str, request: Request, rt: RuntimeDep) -> Response:
     """Accept the offer (a booking, to its page) or leave the waitlist."""
-    patient = _patient(rt, request)
+    patient = await _patient(rt, request)
     form = await form_of(request)
     waitlists = rt.waitlists
     assert waitlists is not None

@@ -55,7 +55,7 @@ async def signin(request: Request, rt: RuntimeDep) -> Response:
     """Sign in with an API key: a session cookie, then the page the role opens."""
     form = await web.form_of(request)
     key = form.get("api_key", "")
-    web.anonymous(rt, request)  # limited per address: guessing keys is slow
+    await web.anonymous(rt, request)  # limited per address: guessing keys is slow
     try:
         cookie, session = await web.start_session(rt, request, key)
     except Unauthorized:

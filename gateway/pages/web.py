@@ -281,10 +281,10 @@ def _address(rt: Runtime, request: Request) -> str:
     return client_address(request.scope, rt.trusted_proxies)
 
 
-def anonymous(rt: Runtime, request: Request) -> Principal:
+async def anonymous(rt: Runtime, request: Request) -> Principal:
     """The caller as the open API sees one without a key: its address, rate-limited."""
     principal = Principal(None, _address(rt, request))
-    rt.auth.limit(principal)
+    await rt.auth.limit(principal)
     return principal
 
 
@@ -301,7 +301,7 @@ async def session_of(rt: Runtime, request: Request) -> Session | None:
     if record is None or not record.active:
         return None
     session = Session(record, data["csrf"], _address(rt, request))
-    rt.auth.limit(session.principal)  # a signed-in browser counts against its key's rate
+    await rt.auth.limit(session.principal)  # a signed-in browser counts against its key's rate
     return session
 
 

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from actors.api import Hexbook
-from gateway.auth import client_address
+from actors.embedded_redis import EmbeddedRedis
+from gateway.app import create_app
+from gateway.auth import SharedBuckets, client_address
+from gateway.settings import Settings
+from tests.gateway.conftest import serving
 from tests.gateway.test_api import SCHEDULE, assert_problem, slots
+from tests.polling import until
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +135,74 @@ def test_rate_limit_per_key_says_when_to_come_back(base: str, ops: httpx.Client)
     assert int(limited.headers["retry-after"]) >= 1
     # Other callers are not affected.
     assert ops.get("/v1/providers/clinic-1").status_code == 200
+
+
+def test_two_gateways_share_a_keys_rate_and_its_revocation(
+    base: str, stack: tuple[str, Hexbook, FastAPI], ops: httpx.Client
+) -> None:
+    """A key limited to 10/s gets 10/s in total from two gateways, not 10/s from each
+    (a burst of 20, then 10 a second, from one bucket in Redis); revoked at one gateway,
+    it stops at the other."""
+    _, hb, _ = stack
+    made = ops.post(
+        "/v1/keys", json={"role": "booking-client", "name": "ten", "rate_per_second": 10}
+    ).json()
+    headers = {"Authorization": f"Bearer {made['key']}"}
+    settings = Settings(redis_url=hb.redis_url, key_cache_seconds=0.5, index_first_day=None,
+                        index_days=4)  # fmt: skip
+    with serving(create_app(settings, hexbook=hb)) as base2:
+        served: Counter[str] = Counter()
+        codes: Counter[int] = Counter()
+        began = time.monotonic()
+        ends = began + 3.0
+
+        def hammer(url: str) -> None:
+            with httpx.Client(base_url=url, headers=headers, timeout=30) as http:
+                while time.monotonic() < ends:
+                    r = http.get("/v1/providers/clinic-1")
+                    codes[r.status_code] += 1
+                    served[url] += r.status_code == 200
+
+        threads = [threading.Thread(target=hammer, args=(u,)) for u in (base, base, base2, base2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.monotonic() - began
+        assert set(codes) == {200, 429}, codes
+        total = served[base] + served[base2]
+        # One bucket: at most the burst and the rate over the time taken, plus a lease
+        # (one token at 10/s) per gateway. Two buckets would have let about twice this.
+        assert 20 <= total <= 20 + 10 * elapsed + 2, (total, elapsed, served)
+        assert served[base] >= 1 and served[base2] >= 1, served
+        # Revoked through the first gateway: the second refuses it too (its cache of
+        # key lookups lasts key_cache_seconds).
+        assert ops.delete(f"/v1/keys/{made['key_id']}").status_code == 200
+        with httpx.Client(base_url=base2, headers=headers) as http:
+            until(lambda: http.get("/v1/providers/clinic-1").status_code == 401, 10)
+
+
+def test_the_shared_buckets_hold_their_rates_in_the_gateway_while_redis_is_away(
+    tmp_path: Path,
+) -> None:
+    """Redis stops: a bucket is still taken from (this process's), never an error."""
+
+    async def run(url: str, server: EmbeddedRedis) -> tuple[list[float], list[float]]:
+        client = aioredis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        buckets = SharedBuckets(client)
+        shared = [await buckets.take("key:k", 2.0) for _ in range(6)]  # burst of 4
+        asked = buckets.asked
+        server.stop()
+        alone = [await buckets.take("key:other", 2.0) for _ in range(6)]
+        await client.aclose()
+        assert asked >= 4  # the shared ones were asked of Redis, a token each at 2/s
+        return shared, alone
+
+    with EmbeddedRedis(tmp_path) as server:
+        shared, alone = asyncio.run(run(server.url, server))
+    assert [w == 0.0 for w in shared] == [True] * 4 + [False] * 2, shared
+    assert [w == 0.0 for w in alone] == [True] * 4 + [False] * 2, alone
+    assert all(0 < w <= 0.5 for w in shared[4:] + alone[4:])
 
 
 def test_anonymous_search_is_limited_per_address(base: str) -> None:
