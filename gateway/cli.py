@@ -3,6 +3,8 @@
 hexbook up --demo          # local Ray + embedded redis-server + shards + gateway,
                            # with a demo city; Ctrl-C stops it, data/ keeps bookings
 hexbook up --redis-url redis://... --ray-address ray://...   # against a cluster
+hexbook up --gateways 2    # two gateway processes on one port
+hexbook gateway --redis-url redis://... --ray-address HOST:6379   # one more gateway
 hexbook keys create --role operator --name alice   # API keys (shown once)
 hexbook keys list
 hexbook keys revoke KEY_ID
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from gateway import cli_outbox
+from gateway import cli_gateway, cli_outbox
 from gateway.cli_support import embedded_redis_wanted, keyring_for, on_data
 from simulators.toolkit import duration_type, progress
 
@@ -54,19 +56,13 @@ def _parser() -> argparse.ArgumentParser:
         "28 days ahead) unless the data already holds one",
     )
     up.add_argument("--sites", type=int, default=1500, help="demo city size (default 1500)")
-    up.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
-    up.add_argument("--port", type=int, default=8000, help="listen port (default 8000)")
+    cli_gateway.add_serving_arguments(up)
     up.add_argument(
-        "--tls-cert",
-        type=Path,
-        default=os.environ.get("HEXBOOK_TLS_CERT") or None,
-        help="serve HTTPS with this certificate chain (PEM; default $HEXBOOK_TLS_CERT)",
-    )
-    up.add_argument(
-        "--tls-key",
-        type=Path,
-        default=os.environ.get("HEXBOOK_TLS_KEY") or None,
-        help="the certificate's private key (PEM; default $HEXBOOK_TLS_KEY)",
+        "--gateways",
+        type=int,
+        default=1,
+        help="gateway processes sharing the port (default 1): this one and N-1 `hexbook "
+        "gateway` processes, each started again if it dies",
     )
     up.add_argument(
         "--data-dir",
@@ -95,9 +91,6 @@ def _parser() -> argparse.ArgumentParser:
         default="always",
         help="embedded Redis AOF fsync: always (default, no acknowledged booking "
         "lost) or everysec (faster; may lose up to 1 s on a crash)",
-    )
-    up.add_argument(
-        "--access-log", action="store_true", help="log every request as a JSON line on stderr"
     )
 
     keys = sub.add_parser(
@@ -308,6 +301,7 @@ def _parser() -> argparse.ArgumentParser:
     revoke = actions.add_parser("revoke", parents=[where], help="revoke a key by its id")
     revoke.add_argument("key_id", help="the 8-character id (hbk_<id>_...)")
     cli_outbox.add_parsers(sub, where)
+    cli_gateway.add_parser(sub)
     return parser
 
 
@@ -323,34 +317,26 @@ def up(args: argparse.Namespace) -> int:
     )
     from engine.errors import HexbookError
     from gateway.app import create_app
-    from gateway.server import PortInUse, bind, check_tls, loopback, server, when_started
+    from gateway.server import PortInUse, bind, server, when_started
     from gateway.settings import Settings
 
     if (
         not 1 <= args.port <= 65535
         or args.sites < 1
         or (args.shards is not None and args.shards < 1)
+        or not 1 <= args.gateways <= 64
     ):
-        print("hexbook: --port must be 1-65535, --sites and --shards at least 1", file=sys.stderr)
-        return 2
-    tls = None
-    if (args.tls_cert is None) != (args.tls_key is None):
-        print("hexbook: HTTPS needs both --tls-cert and --tls-key", file=sys.stderr)
-        return 2
-    if args.tls_cert is not None:
-        if (why := check_tls(args.tls_cert, args.tls_key)) is not None:
-            print(f"hexbook: {why}", file=sys.stderr)
-            return 2
-        tls = (args.tls_cert, args.tls_key)
-    elif not loopback(args.host):
         print(
-            f"hexbook: WARNING: serving plain HTTP on {args.host}, reachable from other "
-            "machines: API keys, booking tokens and patient references cross the network "
-            "in clear. Give --tls-cert and --tls-key, or serve behind a TLS proxy.",
+            "hexbook: --port must be 1-65535, --sites and --shards at least 1, --gateways 1-64",
             file=sys.stderr,
         )
-    try:
-        sock = bind(args.host, args.port)  # before anything starts: a taken port says so
+        return 2
+    tls = cli_gateway.tls_of(args)
+    if isinstance(tls, str):
+        print(f"hexbook: {tls}", file=sys.stderr)
+        return 2
+    try:  # before anything starts: a taken port says so
+        sock = bind(args.host, args.port, reuse_port=args.gateways > 1)
     except OSError as exc:
         print(f"hexbook: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
         return 2 if isinstance(exc, PortInUse) else 1
@@ -401,13 +387,41 @@ def up(args: argparse.Namespace) -> int:
         host = f"[{args.host}]" if ":" in args.host else args.host
         scheme = "https" if tls else "http"
         keys = _demo_keys(hb) if args.demo else None
-        when_started(
-            srv, lambda: print(_banner(f"{scheme}://{host}:{args.port}", keys), flush=True)
-        )
+        more = None
+        if args.gateways > 1:
+            more = _more_gateways(args, url, ray.get_runtime_context().gcs_address, ring)
+            stack.callback(more.stop)
+
+        def started() -> None:
+            print(_banner(f"{scheme}://{host}:{args.port}", keys), flush=True)
+            if more is not None:
+                print(f"hexbook: starting {more.count} more gateway processes on port "
+                      f"{args.port}", flush=True)  # fmt: skip
+                more.start()
+
+        when_started(srv, started)
         with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C once shut down
             srv.run(sockets=[sock])
     print("hexbook: stopped cleanly")
     return 0
+
+
+def _more_gateways(
+    args: argparse.Namespace, url: str, ray_address: str, ring: Any
+) -> cli_gateway.GatewayProcesses:
+    """The N-1 `hexbook gateway` processes of ``up --gateways N``, on this one's port,
+    Redis, Ray and data keys (the Redis URL and key file passed in the environment, not
+    on a command line others can read)."""
+    command = [sys.executable, "-m", "gateway.cli", "gateway", "--host", args.host,
+               "--port", str(args.port), "--reuse-port", "--ray-address", ray_address]  # fmt: skip
+    if args.tls_cert is not None:
+        command += ["--tls-cert", str(args.tls_cert), "--tls-key", str(args.tls_key)]
+    if args.access_log:
+        command.append("--access-log")
+    env = {**os.environ, "REDIS_URL": url}
+    if ring.path is not None:
+        env["HEXBOOK_DATA_KEYS_FILE"] = str(ring.path)
+    return cli_gateway.GatewayProcesses(command, env, args.gateways - 1)
 
 
 def _channels(settings: Any) -> str:
@@ -813,6 +827,11 @@ def main(argv: list[str] | None = None) -> int:
         configure_logging("INFO")
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         return up(args)
+    if args.command == "gateway":
+        from gateway.observe import configure_logging
+
+        configure_logging("INFO")
+        return cli_gateway.gateway(args)
     if args.command == "keys":
         return keys(args)
     if args.command == "audit":

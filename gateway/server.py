@@ -27,11 +27,15 @@ class PortInUse(OSError):
     """The address to listen on is taken."""
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A socket bound to ``host:port`` (``port`` 0: a free one), or :class:`PortInUse`."""
+def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A socket bound to ``host:port`` (``port`` 0: a free one), or :class:`PortInUse`.
+    ``reuse_port``: shared with the other gateway processes of this machine that bind it
+    so (SO_REUSEPORT; the kernel spreads new connections over them)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
@@ -40,7 +44,12 @@ def bind(host: str, port: int) -> socket.socket:
             raise PortInUse(
                 exc.errno,
                 f"{host}:{port} is in use (another hexbook up?); stop it or choose "
-                "another port with --port",
+                "another port with --port"
+                + (
+                    " (a gateway that shares a port needs every holder to share it)"
+                    if reuse_port
+                    else ""
+                ),
             ) from None
         raise
     sock.set_inheritable(True)
