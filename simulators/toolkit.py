@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,16 +224,19 @@ def start_stack(
     env: Mapping[str, str] | None = None,
     seconds: float = 180,
     echo: Callable[[str], None] | None = None,
+    args: Sequence[str] = (),
 ) -> LocalStack:
     """Start ``hexbook up`` in ``folder`` (its data in ``folder/data``, its log in
     ``folder/stack.log``) on a free port, with a demo city of ``demo_sites`` sites if
-    given, and wait until it is ready. ``echo`` sees each line it prints."""
+    given, and wait until it is ready. ``echo`` sees each line it prints; ``args`` are
+    more options of ``hexbook up`` (``--gateways 2``)."""
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     cmd = [sys.executable, "-m", "gateway.cli", "up", "--data-dir", str(folder / "data"),
            "--port", str(port)]  # fmt: skip
     if demo_sites is not None:
         cmd += ["--demo", "--sites", str(demo_sites)]
+    cmd += list(args)
     (folder / "stack.log").write_text("")
     # both the child's stderr and its printed lines append (O_APPEND): neither overwrites
     with open(folder / "stack.log", "a") as log:  # the child keeps its own copy

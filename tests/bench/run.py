@@ -483,6 +483,12 @@ def part_peers(rounds: int) -> None:
     FIGURES.update(run(rounds))
 
 
+def part_scaling(rounds: int) -> None:
+    from tests.bench.scaling_load import part_scaling as run
+
+    FIGURES.update(run(rounds))
+
+
 PARTS = {
     "engine": part_engine,
     "actors": part_actors,
@@ -491,6 +497,7 @@ PARTS = {
     "notify": part_notify,
     "pages": part_pages,
     "peers": part_peers,
+    "scaling": part_scaling,
 }
 
 

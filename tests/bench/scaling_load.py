@@ -1,0 +1,103 @@
+"""hexbook with more gateway processes and more shards, on this machine, in one run.
+
+The peers part's city (1,500 sites x 14 days x 36 slots of capacity 4) and its wrk
+script (hold, then book), uniform bodies (each place taken once), 32 and 256
+connections. Two data folders, one of 1 shard and one of 2, each put through the API
+once; each round starts ``hexbook up --gateways G`` on each folder in turn (G = 1, 2),
+so every figure of a round comes from the same machine minutes apart. Prints
+bookings/min (from 201 answers), p99, and the ratios 2 gateways / 1 and 2 shards / 1.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import statistics
+import tempfile
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from tests.bench.peers_load import SECONDS, SITES, TZ, _provision, _unlimited_key, bodies
+
+__all__ = ["part_scaling"]
+
+CONFIGS = [(g, s) for s in (1, 2) for g in (1, 2)]  # (gateways, shards)
+CONNECTIONS = (32, 256)
+
+
+def _wait_gateways(log: Path, more: int, seconds: float = 120) -> None:
+    """Until ``more`` extra gateway processes say they serve (their lines in the log)."""
+    deadline = time.monotonic() + seconds
+    while log.read_text().count(") serving http") < more:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the extra gateways did not start; see {log}")
+        time.sleep(0.2)
+
+
+def part_scaling(rounds: int, seconds: float = SECONDS) -> dict[str, float]:
+    from simulators.toolkit import start_stack
+    from tests.bench.gateway_load import script_flow, wrk
+
+    if shutil.which("wrk") is None:
+        print("== scaling: skipped, wrk is not installed (Debian: apt-get install wrk)")
+        return {}
+    first = datetime.now(TZ).date() + timedelta(days=1)
+    print(f"== scaling: hexbook up --gateways 1/2 on 1 and 2 shards, {SITES} sites, hold "
+          f"then book, uniform, {rounds} rounds")  # fmt: skip
+    per_run = int(seconds * 6_000)
+    runs = rounds * len(CONFIGS) * (len(CONNECTIONS) + 1)
+    pool = bodies(first, per_run * runs, False, random.Random(19))
+    chunks = iter([pool[i * per_run : (i + 1) * per_run] for i in range(runs)])
+    results: dict[tuple[int, int, int], list[dict[str, Any]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        keys: dict[int, str] = {}
+        for shards in (1, 2):
+            folder = Path(tmp) / f"shards-{shards}"
+            with start_stack(folder, args=["--shards", str(shards)]) as stack:
+                keys[shards] = _unlimited_key(stack.data_dir, "booking-client")
+                _provision(stack.url, _unlimited_key(stack.data_dir, "operator"), first)
+        for _ in range(rounds):
+            for gateways, shards in CONFIGS:
+                folder = Path(tmp) / f"shards-{shards}"
+                with start_stack(folder, args=["--gateways", str(gateways)]) as stack:
+                    _wait_gateways(stack.log, gateways - 1)
+                    wrk(stack.url, script_flow(keys[shards], next(chunks)), 32, 2)  # warm up
+                    for c in CONNECTIONS:
+                        r = wrk(stack.url, script_flow(keys[shards], next(chunks)), c, seconds)
+                        results.setdefault((gateways, shards, c), []).append(r)
+    return _report(results)
+
+
+def _report(results: dict[tuple[int, int, int], list[dict[str, Any]]]) -> dict[str, float]:
+    figures: dict[str, float] = {}
+    print(f"{'gateways':>8} {'shards':>6} {'conn':>4} {'bookings/min median':>20} "
+          f"{'best':>10} {'p99 ms':>7}  answers")  # fmt: skip
+    for (g, s, c), rs in sorted(results.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0])):
+        per_min = [r["counts"].get("booking:201", 0) / r["seconds"] * 60 for r in rs]
+        statuses: dict[str, int] = {}
+        for r in rs:
+            for k, v in r["counts"].items():
+                if not k.endswith(":201"):
+                    statuses[k] = statuses.get(k, 0) + v
+        p99 = statistics.median(r["p99_ms"] for r in rs)
+        print(f"{g:>8} {s:>6} {c:>4} {statistics.median(per_min):>20,.0f} "
+              f"{max(per_min):>10,.0f} {p99:>7.1f}  {statuses or 'all 201'}")  # fmt: skip
+        figures[f"scaling_{g}gw_{s}sh_{c}_bookings_per_min"] = statistics.median(per_min)
+        figures[f"scaling_{g}gw_{s}sh_{c}_p99_ms"] = p99
+    print("scaling ratios (medians):")
+    for c in CONNECTIONS:
+        for s in (1, 2):
+            one = figures.get(f"scaling_1gw_{s}sh_{c}_bookings_per_min")
+            two = figures.get(f"scaling_2gw_{s}sh_{c}_bookings_per_min")
+            if one and two:
+                print(f"  {c:>3} conn., {s} shard(s): 2 gateways / 1 = {two / one:.2f}x")
+                figures[f"scaling_gateways_{s}sh_{c}"] = two / one
+        for g in (1, 2):
+            one = figures.get(f"scaling_{g}gw_1sh_{c}_bookings_per_min")
+            two = figures.get(f"scaling_{g}gw_2sh_{c}_bookings_per_min")
+            if one and two:
+                print(f"  {c:>3} conn., {g} gateway(s): 2 shards / 1 = {two / one:.2f}x")
+                figures[f"scaling_shards_{g}gw_{c}"] = two / one
+    return figures
