@@ -317,7 +317,7 @@ def up(args: argparse.Namespace) -> int:
     )
     from engine.errors import HexbookError
     from gateway.app import create_app
-    from gateway.server import PortInUse, bind, server, when_started
+    from gateway.server import server, when_started
     from gateway.settings import Settings
 
     if (
@@ -335,11 +335,9 @@ def up(args: argparse.Namespace) -> int:
     if isinstance(tls, str):
         print(f"hexbook: {tls}", file=sys.stderr)
         return 2
-    try:  # before anything starts: a taken port says so
-        sock = bind(args.host, args.port, reuse_port=args.gateways > 1)
-    except OSError as exc:
-        print(f"hexbook: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
-        return 2 if isinstance(exc, PortInUse) else 1
+    sock = cli_gateway.listen(args, args.gateways > 1)  # before anything: a taken port says so
+    if isinstance(sock, int):
+        return sock
     with contextlib.ExitStack() as stack:
         stack.callback(sock.close)
         try:

@@ -15,13 +15,21 @@ import argparse
 import contextlib
 import logging
 import os
+import socket
 import subprocess
 import sys
 import threading
 from pathlib import Path
 from typing import Any
 
-__all__ = ["GatewayProcesses", "add_parser", "add_serving_arguments", "gateway", "tls_of"]
+__all__ = [
+    "GatewayProcesses",
+    "add_parser",
+    "add_serving_arguments",
+    "gateway",
+    "listen",
+    "tls_of",
+]
 
 log = logging.getLogger("hexbook.gateways")
 
@@ -100,6 +108,17 @@ def tls_of(args: argparse.Namespace) -> tuple[Path, Path] | str | None:
     return None
 
 
+def listen(args: argparse.Namespace, reuse_port: bool) -> socket.socket | int:
+    """The socket of --host and --port, or the exit status after saying why not."""
+    from gateway.server import PortInUse, bind
+
+    try:
+        return bind(args.host, args.port, reuse_port=reuse_port)
+    except OSError as exc:
+        print(f"hexbook: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
+        return 2 if isinstance(exc, PortInUse) else 1
+
+
 def gateway(args: argparse.Namespace) -> int:
     """``hexbook gateway``: serve until stopped; 2 for a bad command line or deployment."""
     import redis
@@ -110,7 +129,7 @@ def gateway(args: argparse.Namespace) -> int:
     from actors.embedded_redis import redacted
     from engine.errors import HexbookError
     from gateway.app import create_app
-    from gateway.server import PortInUse, bind, server, when_started
+    from gateway.server import server, when_started
     from gateway.settings import Settings, data_keyring
 
     if not args.redis_url or not args.ray_address:
@@ -150,11 +169,9 @@ def gateway(args: argparse.Namespace) -> int:
     except HexbookError as exc:
         print(f"hexbook: {exc}", file=sys.stderr)
         return 2
-    try:
-        sock = bind(args.host, args.port, reuse_port=args.reuse_port)
-    except OSError as exc:
-        print(f"hexbook: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
-        return 2 if isinstance(exc, PortInUse) else 1
+    sock = listen(args, args.reuse_port)
+    if isinstance(sock, int):
+        return sock
     import ray
 
     with contextlib.ExitStack() as stack:

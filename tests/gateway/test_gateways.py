@@ -177,8 +177,8 @@ def test_two_gateways_on_one_port_serve_through_one_killed_under_load(tmp_path: 
         }
         acks = tmp_path / "acks.jsonl"
 
-        def kill_soon() -> None:
-            time.sleep(2.0)
+        def kill_soon() -> None:  # once the load is booking
+            until(lambda: acks.exists() and len(acks.read_text().splitlines()) >= 30, 60)
             psutil.Process(child).send_signal(signal.SIGKILL)
 
         killer = threading.Thread(target=kill_soon)
