@@ -25,6 +25,7 @@ import ray
 import redis
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
 
+from actors import moves
 from actors.clock import CLOCK_KEY, Clock, clock_from_redis, stored
 from actors.directory import Directory, default_shards
 from actors.ids import calendar_of, new_secret, routable_id, token_digest
@@ -32,7 +33,7 @@ from actors.sealing import Keyring
 from actors.shard import ShardActor, check
 from engine.calendar import Calendar
 from engine.codec import encode_commands
-from engine.errors import CalendarNotFound, HexbookError, InvalidRequest, Unavailable
+from engine.errors import CalendarNotFound, HexbookError, InvalidRequest, Moving, Unavailable
 from engine.horizon import RETENTION_SECONDS
 from engine.provider import Provider
 from engine.records import (
@@ -126,8 +127,9 @@ class Hexbook:
         """The synchronous Redis client of this connection (directory, keys, imports)."""
         return self._redis
 
-    def shard(self, name: str) -> Any:
-        """The handle of shard ``name``, creating the actor if it does not exist."""
+    def shard(self, name: str, *, detached: bool | None = None) -> Any:
+        """The handle of shard ``name``, creating the actor if it does not exist
+        (``detached``: it outlives this process; default: this connection's choice)."""
         handle = self._handles.get(name)
         if handle is None:
             options: dict[str, Any] = {
@@ -138,7 +140,7 @@ class Hexbook:
                 "max_task_retries": 0,  # retried here, with the same idempotency key
                 "max_concurrency": 1000,
             }
-            if self.detached:
+            if self.detached if detached is None else detached:
                 options["lifetime"] = "detached"
             extra = self.actor_options
             options.update(extra(name) if callable(extra) else extra)
@@ -223,7 +225,7 @@ class Hexbook:
     def _one(self, command: Command) -> Result:
         shard = self.shard_of(command.provider_id)
         outcome = self.submit(shard, [command])[0]
-        if isinstance(outcome, CalendarNotFound) and (
+        if isinstance(outcome, CalendarNotFound | Moving) and (
             moved := self.relocated(command.provider_id, shard)
         ):
             outcome = self.submit(moved, [command])[0]
@@ -308,26 +310,21 @@ class Hexbook:
         return done
 
     def move_cell(self, cell: str, to_shard: str) -> list[str]:
-        """Map ``cell`` to ``to_shard`` and move its providers' calendars there.
+        """Map ``cell`` to ``to_shard`` and move its providers there, online and
+        resumable (:mod:`actors.moves`); returns the ids moved."""
+        return moves.move_cell(self, cell, to_shard)
 
-        Per provider: the old shard gives its calendars up (journaled with their full
-        state), the new shard takes them (journaled), then the directory points to it."""
-        self.directory.assign_cell(cell, to_shard)
-        moved = []
-        res = self.directory.resolution
-        for provider_id, shard in self.directory.providers().items():
-            if shard == to_shard:
-                continue
-            out = check(self._call(shard, "remove_provider", provider_id))
-            provider, snaps = out
-            if provider.cell(res) != cell:
-                check(self._call(shard, "provision", provider, snaps))  # not ours: put back
-                continue
-            check(self._call(to_shard, "provision", provider, snaps))
-            self.directory.set_provider_shard(provider_id, to_shard)
-            self._placement[provider_id] = to_shard
-            moved.append(provider_id)
-        return moved
+    def move_provider(self, provider_id: str, to_shard: str) -> bool:
+        """Move one provider to ``to_shard`` (:func:`actors.moves.move_provider`)."""
+        return moves.move_provider(self, provider_id, to_shard)
+
+    def promote(self, provider_id: str) -> str:
+        """Give a hot site a shard of its own (:func:`actors.moves.promote`)."""
+        return moves.promote(self, provider_id)
+
+    def resume_moves(self) -> list[str]:
+        """Finish every move a crash cut short (:func:`actors.moves.resume`)."""
+        return moves.resume(self)
 
     # --- the booking verbs ---------------------------------------------------------------
 
@@ -543,7 +540,9 @@ class Hexbook:
         """A calendar's grid, read from its shard (authoritative)."""
         shard = self.shard_of(provider_id)
         outcome = self._call(shard, "slots", provider_id, service)
-        if isinstance(outcome, CalendarNotFound) and (moved := self.relocated(provider_id, shard)):
+        if isinstance(outcome, CalendarNotFound | Moving) and (
+            moved := self.relocated(provider_id, shard)
+        ):
             outcome = self._call(moved, "slots", provider_id, service)
         return check(outcome)  # type: ignore[no-any-return]
 

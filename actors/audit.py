@@ -37,7 +37,8 @@ import numpy as np
 import redis
 
 from actors import archive, journal
-from actors.journal import CalendarAdded, CalendarEvents
+from actors.directory import Directory
+from actors.journal import CalendarAdded, CalendarEvents, CalendarRemoved, HandOffEnded
 from actors.policy import decode_rule, rules_key
 from actors.sealing import Keyring
 from actors.series import INFLIGHT_KEY, decode_series
@@ -127,18 +128,25 @@ def audit(
     """Check the journals in ``client``'s Redis against ``acks`` (``keyring`` opens
     what the shards sealed)."""
     report = AuditReport()
-    calendars: dict[tuple[str, str], Calendar] = {}
+    # Each shard's calendars as its journal leaves them; a provider that moved is in
+    # the journals of both shards, and counts where the directory says it lives.
+    by_shard: dict[str, dict[tuple[str, str], Calendar]] = {}
+    parked: dict[tuple[str, str], Calendar] = {}  # handed off, not yet taken over
     hold_expiry: dict[str, int] = {}
     hold_keys: Counter[str] = Counter()
     offers: dict[str, str] = {}  # offer hold id -> waitlist entry id
     confirm_keys: Counter[str] = Counter()
     for shard in _shards(client):
         report.shards += 1
+        calendars = by_shard.setdefault(shard, {})
         raw: Any = client.get(journal.snapshot_key(shard))
         after = "0-0"
         if raw is not None:
             snap = journal.open_snapshot(raw, keyring, shard)
             after = snap.last_id
+            for h_off in snap.handed:
+                for cs in h_off.calendars:
+                    parked[(cs.provider_id, cs.service)] = Calendar.from_snapshot(cs)
             for cs in snap.calendars:
                 cal = Calendar.from_snapshot(cs)
                 calendars[(cs.provider_id, cs.service)] = cal
@@ -158,9 +166,21 @@ def audit(
                     if isinstance(entry, CalendarAdded):
                         cs = entry.snapshot
                         calendars[(cs.provider_id, cs.service)] = Calendar.from_snapshot(cs)
+                        for h in cs.holds:
+                            hold_expiry.setdefault(h.hold_id, h.expires_at)
+                        continue
+                    if isinstance(entry, CalendarRemoved):  # moved away: see its new shard
+                        gone = (entry.snapshot.provider_id, entry.snapshot.service)
+                        calendars.pop(gone, None)
+                        if entry.provider is not None:
+                            parked[gone] = Calendar.from_snapshot(entry.snapshot)
+                        continue
+                    if isinstance(entry, HandOffEnded):
+                        for ended in [c for c in parked if c[0] == entry.provider_id]:
+                            del parked[ended]
                         continue
                     if not isinstance(entry, CalendarEvents):
-                        continue  # moved away: its new shard's journal has it
+                        continue
                     cal = calendars[(entry.provider_id, entry.service)]
                     for ev in entry.events:
                         report.events += 1
@@ -182,6 +202,9 @@ def audit(
                             if ev.key:
                                 confirm_keys[f"{entry.provider_id}/{entry.service}/{ev.key}"] += 1
                     cal.replay(list(entry.events), rebuild_expiry=False)
+    calendars = _served(by_shard, Directory(client).providers())
+    for ck, cal in parked.items():
+        calendars.setdefault(ck, cal)
     bookings: dict[str, str] = {}
     every: dict[str, tuple[Booking, Calendar | None]] = {}
     for (pid, service), cal in calendars.items():
@@ -212,6 +235,19 @@ def audit(
                 report.violations.append(f"idempotency key {k!r} made {n} {what}")
     _check_acks(report, bookings, acks)
     return report
+
+
+def _served(
+    by_shard: dict[str, dict[tuple[str, str], Calendar]], placed: dict[str, str]
+) -> dict[tuple[str, str], Calendar]:
+    """One calendar per key: the one on the shard the directory names (a move cut short
+    between its new shard's take-over and the directory's switch: the one there is)."""
+    out: dict[tuple[str, str], Calendar] = {}
+    for shard, calendars in by_shard.items():
+        for key, cal in calendars.items():
+            if key not in out or placed.get(key[0]) == shard:
+                out[key] = cal
+    return out
 
 
 def _check_series(

@@ -37,6 +37,8 @@ __all__ = [
     "CalendarAdded",
     "CalendarEvents",
     "CalendarRemoved",
+    "HandOffEnded",
+    "HandedOff",
     "JournalBatch",
     "ShardSnapshot",
     "WaitlistEvents",
@@ -93,9 +95,25 @@ class CalendarAdded(_Entry, frozen=True, tag="calendar_added.v1"):
 
 
 class CalendarRemoved(_Entry, frozen=True, tag="calendar_removed.v1"):
-    """A calendar left this shard (moved away); its last state is kept in the entry."""
+    """A calendar left this shard (moved away); its last state is kept in the entry.
+    With ``provider`` it is handed off: the shard keeps that state, serving nothing
+    from it, until :class:`HandOffEnded` (a move that is cut short resumes from it)."""
 
     snapshot: CalendarSnapshot
+    provider: Provider | None = None
+
+
+class HandOffEnded(_Entry, frozen=True, tag="hand_off_ended.v1"):
+    """The provider's handed-off calendars are the new shard's now: forgotten here."""
+
+    provider_id: str
+
+
+class HandedOff(_Entry, frozen=True, tag="handed_off.v1"):
+    """A provider this shard gave up whose move has not ended (in a snapshot)."""
+
+    provider: Provider
+    calendars: list[CalendarSnapshot]
 
 
 class CalendarEvents(_Entry, frozen=True, tag="calendar_events.v1"):
@@ -112,7 +130,7 @@ class WaitlistEvents(_Entry, frozen=True, tag="waitlist_events.v1"):
     events: list[WaitEvent]
 
 
-JournalEntry = CalendarAdded | CalendarRemoved | CalendarEvents | WaitlistEvents
+JournalEntry = CalendarAdded | CalendarRemoved | CalendarEvents | WaitlistEvents | HandOffEnded
 
 
 class JournalBatch(_Entry, frozen=True, tag="journal_batch.v1"):
@@ -128,6 +146,7 @@ class ShardSnapshot(_Entry, frozen=True, tag="shard_snapshot.v1"):
     providers: list[Provider]
     calendars: list[CalendarSnapshot]
     waitlist: list[WaitEntry] = []
+    handed: list[HandedOff] = []
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -140,8 +159,8 @@ def encode(record: JournalBatch | ShardSnapshot) -> bytes:
 
 
 def snapshot_parts(snap: ShardSnapshot) -> Iterator[bytes]:
-    """``encode(snap)``, in pieces: the head, each calendar, the waitlist. One encoder
-    call holds the GIL until it is done; one call for a launch city's 95 MB held the
+    """``encode(snap)``, in pieces: the head, each calendar, the waitlist, the hand-offs.
+    One encoder call holds the GIL until it is done; one call for a launch city's 95 MB held the
     shard's event loop (its writer) 0.2 s when idle and 1.3 s on a busy machine, while a
     call per calendar lets the loop in between. The pieces are msgpack's layout of the
     struct (an array: its tag, then its fields), so they join to ``encode(snap)``'s
@@ -157,6 +176,7 @@ def snapshot_parts(snap: ShardSnapshot) -> Iterator[bytes]:
     for calendar in snap.calendars:
         yield _encoder.encode(calendar)
     yield _encoder.encode(snap.waitlist)
+    yield _encoder.encode(snap.handed)
 
 
 def _array_head(n: int) -> bytes:

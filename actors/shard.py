@@ -31,14 +31,13 @@ from redis.exceptions import RedisError
 
 from actors import archive, journal
 from actors.clock import CLOCK_KEY, Clock, clock_from_redis
-from actors.journal import ShardSnapshot
+from actors.journal import HandedOff, ShardSnapshot
 from actors.sealing import Keyring
 from actors.shard_core import Outcome, RecoveryStats, ShardCore
 from engine.codec import decode_commands
 from engine.eligibility import Rule, refusals
 from engine.errors import (
     BookingNotFound,
-    CalendarNotFound,
     HexbookError,
     HoldNotFound,
     KeyringError,
@@ -129,11 +128,36 @@ class ShardActor:
 
         return await self._enqueue(work)  # type: ignore[no-any-return]
 
-    async def remove_provider(
-        self, provider_id: str
-    ) -> tuple[Provider, list[CalendarSnapshot]] | HexbookError:
-        """Take a provider's calendars off this shard (journaled), to move them."""
-        return await self._enqueue(lambda: self._core.remove_provider(provider_id))  # type: ignore[no-any-return]
+    async def hand_off(self, provider_id: str) -> HandedOff | HexbookError:
+        """Give a provider's calendars up to move them (journaled; asked again, the same
+        state): from here on its commands answer "unavailable, retry" until it is served
+        from its new shard (:mod:`actors.moves`)."""
+        return await self._enqueue(lambda: self._core.hand_off(provider_id))  # type: ignore[no-any-return]
+
+    async def take_over(self, handed: HandedOff) -> Outcome:
+        """Take a provider's calendars handed off by another shard (journaled)."""
+        return await self._enqueue(  # type: ignore[no-any-return]
+            lambda: self._core.add_calendars(handed.provider, handed.calendars, take_over=True)
+        )
+
+    async def end_hand_off(self, provider_id: str) -> bool | HexbookError:
+        """Forget a handed-off provider once its new shard serves it (journaled)."""
+        return await self._enqueue(lambda: self._core.end_hand_off(provider_id))  # type: ignore[no-any-return]
+
+    async def handed_off(self) -> list[str]:
+        """The providers handed off from here whose move has not ended."""
+        await self._ready()
+        return sorted(self._core.handed)
+
+    async def providers_in(self, cell: str, resolution: int) -> list[str]:
+        """The providers on this shard whose H3 cell at ``resolution`` is ``cell``."""
+        await self._ready()
+        return sorted(pid for pid, p in self._core.providers.items() if p.cell(resolution) == cell)
+
+    async def waitlist_entries(self) -> list[WaitEntry]:
+        """Every entry waiting here (a new shard joins them: every shard holds all)."""
+        await self._ready()
+        return self._core.waitlist.entries()
 
     async def slots(self, provider_id: str, service: str) -> dict[str, Any] | HexbookError:
         """A calendar's grid: start, slot length, capacity, booked, held (lists), and the
@@ -141,7 +165,7 @@ class ShardActor:
         await self._ready()
         cal = self._core.calendars.get((provider_id, service))
         if cal is None:
-            return CalendarNotFound(provider_id, service)
+            return self._core.missing(provider_id, service)
         return {
             "start": cal.start,
             "slot_seconds": cal.slot_seconds,
@@ -197,7 +221,10 @@ class ShardActor:
         """The provider record, if it lives on this shard."""
         await self._ready()
         found = self._core.providers.get(provider_id)
-        return ProviderNotFound(provider_id) if found is None else found
+        if found is None:
+            gone = self._core.missing(provider_id, "")
+            return gone if isinstance(gone, Unavailable) else ProviderNotFound(provider_id)
+        return found
 
     async def booking(self, provider_id: str, service: str, booking_id: str) -> Outcome:
         """One booking as the shard holds it, or from the archive when its day has left
@@ -205,7 +232,7 @@ class ShardActor:
         await self._ready()
         cal = self._core.calendars.get((provider_id, service))
         if cal is None:
-            return CalendarNotFound(provider_id, service)
+            return self._core.missing(provider_id, service)
         found = cal.bookings.get(booking_id)
         if found is None:
             try:
@@ -221,7 +248,7 @@ class ShardActor:
         await self._ready()
         cal = self._core.calendars.get((provider_id, service))
         if cal is None:
-            return CalendarNotFound(provider_id, service)
+            return self._core.missing(provider_id, service)
         found = cal.holds.get(hold_id)
         if found is None or found.expires_at <= self.clock.seconds():
             return HoldNotFound(hold_id)
@@ -232,7 +259,7 @@ class ShardActor:
         await self._ready()
         cal = self._core.calendars.get((provider_id, service))
         if cal is None:
-            return CalendarNotFound(provider_id, service)
+            return self._core.missing(provider_id, service)
         return {"schedule": cal.schedule, "bookings": list(cal.bookings.values())}
 
     async def waitlist_join(self, entry: WaitEntry) -> bool:

@@ -32,6 +32,8 @@ from actors.journal import (
     CalendarAdded,
     CalendarEvents,
     CalendarRemoved,
+    HandedOff,
+    HandOffEnded,
     JournalBatch,
     JournalEntry,
     ShardSnapshot,
@@ -43,6 +45,7 @@ from engine.errors import (
     CalendarNotFound,
     HexbookError,
     InvalidRequest,
+    Moving,
     ScheduleConflict,
     Unavailable,
 )
@@ -139,6 +142,10 @@ class ShardCore:
         self.availability_maxlen = availability_maxlen
         self.calendars: dict[CalendarKey, Calendar] = {}
         self.providers: dict[str, Provider] = {}
+        # Providers handed off to another shard whose move has not ended: their last
+        # state, kept (journaled) so that a move cut short resumes; nothing is served
+        # from it (their commands are "unavailable, retry": the move is under way).
+        self.handed: dict[str, HandedOff] = {}
         self.recovered = False
         self.last_id = "0-0"
         self.events_since_snapshot = 0
@@ -175,7 +182,7 @@ class ShardCore:
                 gc.enable()
 
     async def _recover(self, chunk: int, t0: float, now: int) -> RecoveryStats:
-        self.calendars, self.providers = {}, {}
+        self.calendars, self.providers, self.handed = {}, {}, {}
         self._pending = _Pending()
         self._roll_due = {}
         stats = RecoveryStats()
@@ -189,6 +196,7 @@ class ShardCore:
             self.last_id = snap.last_id
             self.waitlist = Waitlist(snap.waitlist)
             self.providers = {p.provider_id: p for p in snap.providers}
+            self.handed = {h.provider.provider_id: h for h in snap.handed}
             for cs in snap.calendars:
                 self.calendars[(cs.provider_id, cs.service)] = Calendar.from_snapshot(cs)
         after = self.last_id
@@ -232,9 +240,18 @@ class ShardCore:
             elif isinstance(entry, WaitlistEvents):
                 for event in entry.events:
                     self.waitlist.apply(event)
+            elif isinstance(entry, HandOffEnded):
+                self.handed.pop(entry.provider_id, None)
             else:
                 self._remove(entry.snapshot.provider_id, entry.snapshot.service)
+                if entry.provider is not None:
+                    self._keep_handed(entry.provider, entry.snapshot)
         return events
+
+    def _keep_handed(self, provider: Provider, snap: CalendarSnapshot) -> None:
+        had = self.handed.get(provider.provider_id)
+        kept = [c for c in had.calendars if c.service != snap.service] if had else []
+        self.handed[provider.provider_id] = HandedOff(provider, [*kept, snap])
 
     async def _reconcile_claims(self, now: int, chunk: int = 500) -> None:
         """After a recovery: take back the claims of offers this shard made but never
@@ -252,7 +269,13 @@ class ShardCore:
                 if held is not None and claim.hold_id != held:
                     self._release_offer(held, now)
                 if claim.state == "offered":
-                    if claim.shard == self.name and claim.hold_id not in self.offers.by_hold:
+                    # An offer this shard claimed for a site it still hosts, not in its
+                    # journal: never committed. (A site that moved took its offers along.)
+                    if (
+                        claim.shard == self.name
+                        and claim.provider_id in self.providers
+                        and claim.hold_id not in self.offers.by_hold
+                    ):
                         key = claims.claim_key(entry_id)
                         await self._unclaim(keys=[key], args=[claim.hold_id or ""])
                 elif claim.state != "waiting":
@@ -268,7 +291,7 @@ class ShardCore:
     def fail_stop(self) -> None:
         """Forget all state: memory may be ahead of Redis. The next call recovers."""
         self.recovered = False
-        self.calendars, self.providers = {}, {}
+        self.calendars, self.providers, self.handed = {}, {}, {}
         self._pending = _Pending()
         self._roll_due = {}
         self.waitlist, self.offers = Waitlist(), Offers()
@@ -280,6 +303,7 @@ class ShardCore:
     # --- applying --------------------------------------------------------------------
 
     def _add(self, provider: Provider, cal: Calendar) -> None:
+        self.handed.pop(provider.provider_id, None)  # it came back: the move is over
         self.providers[provider.provider_id] = provider
         self.calendars[(cal.provider_id, cal.service)] = cal
 
@@ -289,15 +313,25 @@ class ShardCore:
             self.providers.pop(provider_id, None)
         return cal
 
-    def add_calendars(self, provider: Provider, snapshots: Sequence[CalendarSnapshot]) -> None:
-        """Add (or replace) a provider's calendars; journaled with the next commit."""
+    def add_calendars(
+        self,
+        provider: Provider,
+        snapshots: Sequence[CalendarSnapshot],
+        *,
+        take_over: bool = False,
+    ) -> None:
+        """Add (or replace) a provider's calendars; journaled with the next commit.
+
+        ``take_over``: the calendars come from another shard (a move); they replace
+        what is here whatever it holds (a move that resumes sends them again, to a
+        shard nobody was routed to yet), and their offers and reminders go on here."""
         for snap in snapshots:
             if snap.provider_id != provider.provider_id or snap.service not in provider.services:
                 raise InvalidRequest(
                     f"calendar {snap.provider_id}/{snap.service} does not belong to provider "
                     f"{provider.provider_id!r} with services {list(provider.services)}"
                 )
-        for snap in snapshots:
+        for snap in [] if take_over else snapshots:
             current = self.calendars.get((snap.provider_id, snap.service))
             if current is not None:
                 active = sum(b.status == "active" for b in current.bookings.values())
@@ -308,12 +342,23 @@ class ShardCore:
                         "would drop them. Nothing was changed."
                     )
         for snap in snapshots:
-            self._add(provider, Calendar.from_snapshot(snap))
+            cal = Calendar.from_snapshot(snap)
+            self._add(provider, cal)
             self._pending.entries.append(CalendarAdded(provider, snap))
             self._pending.whole[(snap.provider_id, snap.service)] = None
+            if take_over:
+                for hold in cal.holds.values():
+                    if hold.offer is not None:
+                        self.offers.by_hold[hold.hold_id] = hold.offer
+                        self.offers.by_entry[hold.offer] = hold.hold_id
+                self.timers.arm_all([cal])
 
-    def remove_provider(self, provider_id: str) -> tuple[Provider, list[CalendarSnapshot]]:
-        """Take a provider's calendars off this shard (to move them); journaled."""
+    def hand_off(self, provider_id: str) -> HandedOff:
+        """Give a provider's calendars up (to move them to another shard); journaled,
+        and kept here, unserved, until :meth:`end_hand_off`. Asked again (a move that
+        resumes), it answers the state it gave up the first time."""
+        if (handed := self.handed.get(provider_id)) is not None:
+            return handed
         provider = self.providers.get(provider_id)
         if provider is None:
             raise InvalidRequest(f"provider {provider_id!r} is not on shard {self.name}")
@@ -323,9 +368,27 @@ class ShardCore:
             if cal is not None:
                 snap = cal.snapshot()
                 snaps.append(snap)
-                self._pending.entries.append(CalendarRemoved(snap))
+                self._pending.entries.append(CalendarRemoved(snap, provider))
                 self._pending.whole[(provider_id, service)] = None
-        return provider, snaps
+        self.handed[provider_id] = handed = HandedOff(provider, snaps)
+        self.offers = Offers.of(self.calendars.values())  # its offers went with it
+        return handed
+
+    def end_hand_off(self, provider_id: str) -> bool:
+        """Forget a handed-off provider (its new shard serves it); journaled. ``False``
+        if there was nothing to forget (a move that resumes)."""
+        if self.handed.pop(provider_id, None) is None:
+            return False
+        self._pending.entries.append(HandOffEnded(provider_id))
+        return True
+
+    def missing(self, provider_id: str, service: str) -> HexbookError:
+        """What a call for a calendar that is not here answers: "unavailable, retry"
+        while the provider is being moved away, else "not found" (the caller looks in
+        the directory again: it may have moved)."""
+        if provider_id in self.handed:
+            return Moving(f"provider {provider_id!r} is moving to another shard; retry shortly")
+        return CalendarNotFound(provider_id, service)
 
     def apply(self, commands: Iterable[Command]) -> list[Outcome]:
         """Apply commands in order, with no await: one outcome (result or error) each."""
@@ -334,7 +397,7 @@ class ShardCore:
         for cmd in commands:
             cal = self.calendars.get((cmd.provider_id, cmd.service))
             if cal is None:
-                out.append(CalendarNotFound(cmd.provider_id, cmd.service))
+                out.append(self.missing(cmd.provider_id, cmd.service))
                 continue
             try:
                 out.append(cal.handle(cmd))
@@ -706,6 +769,7 @@ class ShardCore:
             providers=list(self.providers.values()),
             calendars=[c.snapshot() for c in self.calendars.values()],
             waitlist=self.waitlist.entries(),
+            handed=list(self.handed.values()),
         )
 
     def take_snapshot(self) -> ShardSnapshot:

@@ -49,6 +49,7 @@ __all__ = [
     "IdempotencyConflict",
     "InvalidRequest",
     "KeyringError",
+    "Moving",
     "NoOffer",
     "NotEligible",
     "NotFound",
@@ -328,3 +329,9 @@ class Unavailable(HexbookError):
     Nothing was acknowledged: retry with the same idempotency key after a short wait."""
 
     code = "unavailable"
+
+
+class Moving(Unavailable):
+    """The provider is being moved to another shard (an operator's move, or one that
+    resumes): retry shortly; the caller may look in the directory again, where the
+    provider is found on its new shard once the move has routed it there."""

@@ -25,12 +25,15 @@ from ray.exceptions import RayActorError, RayError
 from actors.api import Hexbook
 from actors.shard_core import Outcome
 from engine.codec import encode_commands
-from engine.errors import CalendarNotFound, Unavailable
+from engine.errors import CalendarNotFound, Moving, ProviderNotFound, Unavailable
 from engine.records import Command
 
 __all__ = ["ShardRouter"]
 
 log = logging.getLogger("hexbook.gateway")
+# What a shard answers for a provider it does not serve (any more): the directory is
+# read again, and the command goes once to the shard it names if that is another.
+_ELSEWHERE = (CalendarNotFound, Moving)
 
 
 class ShardRouter:
@@ -80,7 +83,7 @@ class ShardRouter:
         try:
             shard = await self.shard_of(command.provider_id)
             out = await self._enqueue(shard, command)
-            if isinstance(out, CalendarNotFound) and (
+            if isinstance(out, _ELSEWHERE) and (
                 moved := await self._relocated(command.provider_id, shard)
             ):
                 out = await self._enqueue(moved, command)
@@ -149,7 +152,7 @@ class ShardRouter:
         moved is looked up again, once."""
         shard = await self.shard_of(provider_id)
         out = await self._call(shard, method, *args)
-        if isinstance(out, CalendarNotFound) and (
+        if isinstance(out, (*_ELSEWHERE, ProviderNotFound)) and (
             moved := await self._relocated(provider_id, shard)
         ):
             out = await self._call(moved, method, *args)
