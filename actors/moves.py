@@ -13,8 +13,9 @@ A provider moves from shard A to shard B in five steps, each durable before the 
 5. **ended**: A forgets what it handed off (journaled), and the intent is deleted.
 
 Every step repeats safely: A answers a second hand-off with the state it gave up the
-first time; B is sent that state again only while nobody is routed to it (before step
-4); after step 4 only step 5 is left. So whoever finds an intent (the operator calling
+first time; B keeps what it took over the first time (it may have served commands
+since); the switch and the end are idempotent. Two movers at once (two gateways
+resuming) therefore end where one would. So whoever finds an intent (the operator calling
 again, :func:`resume` at a gateway's start) finishes the move, and an acknowledged
 booking is in exactly one served calendar at every moment.
 """
@@ -81,10 +82,19 @@ def move_provider(hb: Hexbook, provider_id: str, to_shard: str, *, on_step: OnSt
         from_shard = hb.directory.shard_of(provider_id)
         if from_shard == to_shard:
             return False
-        hb.redis.hset(MOVES, field, json.dumps({"from": from_shard, "to": to_shard}))
+        if not hb.redis.hsetnx(MOVES, field, json.dumps({"from": from_shard, "to": to_shard})):
+            return move_provider(hb, provider_id, to_shard, on_step=on_step)  # one began
     on_step("intent", provider_id)
     if hb.directory.shard_of(provider_id) != to_shard:
-        handed = check(hb._call(from_shard, "hand_off", provider_id))
+        try:
+            handed = check(hb._call(from_shard, "hand_off", provider_id))
+        except InvalidRequest:
+            if hb.directory.shard_of(provider_id) != to_shard:
+                raise
+            handed = None  # another mover finished meanwhile: only the end is left
+    else:
+        handed = None
+    if handed is not None:
         on_step("handed", provider_id)
         check(hb._call(to_shard, "take_over", handed))
         on_step("taken", provider_id)

@@ -321,17 +321,23 @@ class ShardCore:
         take_over: bool = False,
     ) -> None:
         """Add (or replace) a provider's calendars; journaled with the next commit.
+        A provider handed off from here is :class:`Moving` (its move ends first).
 
-        ``take_over``: the calendars come from another shard (a move); they replace
-        what is here whatever it holds (a move that resumes sends them again, to a
-        shard nobody was routed to yet), and their offers and reminders go on here."""
+        ``take_over``: the calendars come from another shard (a move); their offers and
+        reminders go on here. A provider hosted here already took them over before (a
+        move that resumes, or two movers at once): what is here is kept, since it
+        derives from the same hand-off and may have served commands since."""
+        if take_over and provider.provider_id in self.providers:
+            return
+        if not take_over and provider.provider_id in self.handed:
+            raise self.missing(provider.provider_id, "")
         for snap in snapshots:
             if snap.provider_id != provider.provider_id or snap.service not in provider.services:
                 raise InvalidRequest(
                     f"calendar {snap.provider_id}/{snap.service} does not belong to provider "
                     f"{provider.provider_id!r} with services {list(provider.services)}"
                 )
-        for snap in [] if take_over else snapshots:
+        for snap in snapshots:
             current = self.calendars.get((snap.provider_id, snap.service))
             if current is not None:
                 active = sum(b.status == "active" for b in current.bookings.values())

@@ -5,6 +5,8 @@ no command from a stale copy."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import ray
 
@@ -88,6 +90,54 @@ def test_a_move_cut_short_at_any_step_is_finished_by_resume(
     # Served from the new shard, and a further booking lands there.
     more = book_some(later, {pid: starts[pid][4:5]}, pid, 1)
     assert set(more) <= set(active_bookings({target: committed(later)[target]}))
+
+
+def test_a_mover_that_lags_behind_another_keeps_what_the_new_shard_served(
+    module_redis: EmbeddedRedis, namespace: str
+) -> None:
+    """Two gateways resume one move: the second got the hand-off before the first
+    switched the directory, and takes over after bookings were made on the new shard."""
+    hb, starts = setup_city(module_redis.url, namespace)
+    pid = sorted(starts)[0]
+    source = hb.directory.shard_of(pid)
+    target = next(s for s in hb.directory.shards if s != source)
+    booked = book_some(hb, starts, pid, 2)
+    first_taken, go_first = threading.Event(), threading.Event()
+    second_handed, go_second = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def pause(step: moves.Step, reached: threading.Event, go: threading.Event) -> moves.OnStep:
+        def hook(at: moves.Step, _: str) -> None:
+            if at == step:
+                reached.set()
+                assert go.wait(60)
+
+        return hook
+
+    def mover(hook: moves.OnStep) -> None:
+        try:
+            moves.move_provider(
+                Hexbook(module_redis.url, namespace=namespace), pid, target, on_step=hook
+            )
+        except BaseException as exc:  # the test fails on it below
+            errors.append(exc)
+
+    first = threading.Thread(target=mover, args=(pause("taken", first_taken, go_first),))
+    second = threading.Thread(target=mover, args=(pause("handed", second_handed, go_second),))
+    first.start()
+    assert first_taken.wait(60)
+    second.start()
+    assert second_handed.wait(60)
+    go_first.set()
+    first.join(60)
+    assert hb.directory.shard_of(pid) == target
+    served = book_some(Hexbook(module_redis.url, namespace=namespace), starts, pid, 4)[2:]
+    go_second.set()
+    second.join(60)
+    assert errors == []
+    assert moves.pending(hb) == {}
+    live = active_bookings({target: committed(hb)[target]})
+    assert set(booked + served) <= set(live), "the late mover dropped what the shard served"
 
 
 def test_a_move_to_another_shard_waits_for_the_one_under_way(
