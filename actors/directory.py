@@ -135,6 +135,10 @@ class Directory:
         """The whole cell map."""
         return {_s(k): _s(v) for k, v in self.redis.hgetall(CELLS).items()}
 
+    def dedicated(self) -> dict[str, str]:
+        """Every provider given a shard of its own, and that shard."""
+        return {_s(k): _s(v) for k, v in self.redis.hgetall(DEDICATED).items()}
+
     def providers(self) -> dict[str, str]:
         """Every provider and its shard."""
         return {_s(k): _s(v) for k, v in self.redis.hgetall(PROVIDERS).items()}

@@ -134,6 +134,7 @@ def promote(hb: Hexbook, provider_id: str, *, on_step: OnStep = _noop) -> str:
     source = hb.directory.shard_of(provider_id)
     shard = hb.directory.dedicate(provider_id)
     hb.shard(shard, detached=True)
+    hb._call(shard, "info")  # started and recovered before the site stops being served
     if source != shard:
         for entry in hb._call(source, "waitlist_entries"):
             hb._call(shard, "waitlist_join", entry)

@@ -383,9 +383,12 @@ class ShardCore:
     def end_hand_off(self, provider_id: str) -> bool:
         """Forget a handed-off provider (its new shard serves it); journaled. ``False``
         if there was nothing to forget (a move that resumes)."""
-        if self.handed.pop(provider_id, None) is None:
+        handed = self.handed.pop(provider_id, None)
+        if handed is None:
             return False
         self._pending.entries.append(HandOffEnded(provider_id))
+        for cal in handed.calendars:  # gateways read them whole again, from the new shard
+            self._pending.whole[(provider_id, cal.service)] = None
         return True
 
     def missing(self, provider_id: str, service: str) -> HexbookError:

@@ -25,7 +25,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-from actors import outbox
+from actors import moves, outbox
 from actors.api import Hexbook
 from actors.availability import AvailabilityReader
 from actors.embedded_redis import EmbeddedRedis, redis_endpoint
@@ -202,6 +202,8 @@ async def _runtime(
         stack.callback(delivering.cancel)
     watching = asyncio.create_task(_watch_outbox(hb, metrics))
     stack.callback(watching.cancel)
+    resuming = asyncio.create_task(_resume_moves(hb))
+    stack.callback(resuming.cancel)
     return Runtime(
         settings=settings,
         metrics=metrics,
@@ -237,6 +239,21 @@ async def _watch_outbox(hb: Hexbook, metrics: Metrics, every: float = 2.0) -> No
         except Exception as exc:  # Redis away: the gauges keep their last values
             log.debug("outbox stats: %s", exc)
         await asyncio.sleep(every)
+
+
+async def _resume_moves(hb: Hexbook, every: float = 5.0) -> None:
+    """Finish the moves a crash cut short (every gateway as it starts; two at once end
+    where one would), trying again while a shard or Redis is away."""
+    while True:
+        try:
+            done = await asyncio.to_thread(moves.resume, hb)
+        except Exception as exc:  # a shard or Redis away: again shortly
+            log.warning("moves: %s: %s; trying again", type(exc).__name__, exc)
+            await asyncio.sleep(every)
+            continue
+        if done:
+            log.info("moves: finished %s", ", ".join(done))
+        return
 
 
 async def _sweep_series(series: SeriesBook, policies: PolicyCache, every: float) -> None:

@@ -67,6 +67,9 @@ AUDITED: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {
         "rule.put_provider", ("operator", "provider-admin"),
     ),
     ("PUT", "/v1/series-templates/{service_id}"): ("series_template.put", ("operator",)),
+    ("PUT", "/v1/cells/{cell}/shard"): ("cell.move", ("operator",)),
+    ("POST", "/v1/providers/{provider_id}/dedicated-shard"): ("provider.promote", ("operator",)),
+    ("POST", "/v1/moves/resume"): ("moves.resume", ("operator",)),
 }  # fmt: skip
 
 
@@ -161,11 +164,21 @@ _MAYBE: dict[str, tuple[frozenset[str], tuple[str, ...]]] = {
     "GET": (frozenset(), ("/v1/bookings/",)),
     "POST": (
         frozenset(
-            {"/v1/keys", "/v1/imports", "/v1/imports/schedules", "/v1/rooms", "/v1/erasures"}
+            {
+                "/v1/keys",
+                "/v1/imports",
+                "/v1/imports/schedules",
+                "/v1/rooms",
+                "/v1/erasures",
+                "/v1/moves/resume",
+            }
         ),
-        ("/v1/bookings/",),
+        ("/v1/bookings/", "/v1/providers/"),
     ),
-    "PUT": (frozenset(), ("/v1/providers/", "/v1/rules/", "/v1/series-templates/")),
+    "PUT": (
+        frozenset(),
+        ("/v1/providers/", "/v1/rules/", "/v1/series-templates/", "/v1/cells/"),
+    ),
     "DELETE": (frozenset(), ("/v1/keys/", "/v1/bookings/", "/v1/imports/schedules/")),
     "PATCH": (frozenset(), ("/v1/rooms/",)),
 }

@@ -617,6 +617,10 @@ class KeyIn(_Strict):
 Connector = Literal["smart", "fhir", "csv"]
 
 
+class CellShardIn(_Strict):
+    shard: str = Field(pattern=ID_PATTERN, max_length=140, description="a shard of GET /v1/shards")
+
+
 class ImportIn(_Strict):
     connector: Connector = Field(
         description="smart: a SMART Scheduling Links manifest (url); fhir: a FHIR R4 Bundle of "
@@ -680,6 +684,41 @@ class Ready(BaseModel):
     status: Literal["ready"]
     shards: int
     redis_restarts: int = Field(0, description="restarts of the embedded redis-server")
+
+
+class ShardOut(BaseModel):
+    name: str
+    providers: int = Field(description="providers the directory places on it")
+    cells: int = Field(description="H3 cells mapped to it (new providers there land on it)")
+    dedicated_to: str | None = Field(None, description="the hot site it was made for")
+
+
+class MoveOut(BaseModel):
+    kind: Literal["provider", "cell"]
+    id: str = Field(description="the provider id or the H3 cell")
+    from_shard: str | None = None
+    to_shard: str
+
+
+class ShardsOut(BaseModel):
+    resolution: int = Field(description="the H3 resolution of the directory's cells")
+    shards: list[ShardOut]
+    moves: list[MoveOut] = Field(description="moves under way (a crash cut them short)")
+
+
+class CellMoveOut(BaseModel):
+    cell: str
+    shard: str
+    moved: list[str] = Field(description="providers this call moved (none: there already)")
+
+
+class PromotionOut(BaseModel):
+    provider_id: str
+    shard: str = Field(description="the shard of its own it is served from now")
+
+
+class MovesResumed(BaseModel):
+    finished: list[str] = Field(description="moves finished, as provider:{id} or cell:{cell}")
 
 
 class ProviderOut(BaseModel):

@@ -19,6 +19,7 @@ from gateway.routes import (
     rules,
     search,
     series,
+    shards,
     smart,
     waitlist,
 )
@@ -41,4 +42,5 @@ ROUTERS: tuple[APIRouter, ...] = (
     audit.router,
     erasures.router,
     smart.router,
+    shards.router,
 )
