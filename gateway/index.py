@@ -77,6 +77,7 @@ class AvailabilityIndex:
         self._stale: set[tuple[str, str]] = set()
         self._stale_added = asyncio.Event()
         self.reload_seconds = 5.0  # one round of calendar reads at most, then again
+        self.unread: set[str] = set()  # shards not read whole yet (away at the start)
 
     def _yesterday(self) -> int:
         now = self.clock.seconds()
@@ -99,14 +100,45 @@ class AvailabilityIndex:
         await self._load()
         self.last_entry_ms = int(time.time() * 1000)
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._follow()), loop.create_task(self._reload_stale())]
+        self._tasks = [
+            loop.create_task(self._follow()),
+            loop.create_task(self._reload_stale()),
+            loop.create_task(self._read_unread()),
+        ]
         if not self.fixed:
             self._tasks.append(loop.create_task(self._follow_the_clock()))
 
     async def _load(self) -> None:
+        """Read every shard's calendars whole. A shard that does not answer (its node
+        lost, it restarts elsewhere) is read later, in the background: a gateway starts
+        and serves the others' meanwhile (its own commands get 503 until it is back)."""
         for shard in self.hexbook.directory.shards:
-            for row in await self.hexbook.shard(shard).availability.remote():
-                self._upsert(*row)
+            try:
+                await self._load_shard(shard)
+            except Exception as exc:  # a shard away: read again soon
+                log.warning(
+                    "index: shard %s not read (%s: %s); reading it in the background",
+                    shard, type(exc).__name__, str(exc)[:200],
+                )  # fmt: skip
+                self.unread.add(shard)
+
+    async def _load_shard(self, shard: str) -> None:
+        ref = self.hexbook.shard(shard).availability.remote()
+        for row in await asyncio.wait_for(ref, self.reload_seconds):
+            self._upsert(*row)
+
+    async def _read_unread(self, every: float = 1.0) -> None:
+        """Read the shards :meth:`_load` could not, as they come back."""
+        while True:
+            await asyncio.sleep(every)
+            for shard in sorted(self.unread):
+                try:
+                    await self._load_shard(shard)
+                except Exception as exc:  # still away
+                    log.debug("index: shard %s not read yet: %s", shard, exc)
+                    continue
+                self.unread.discard(shard)
+                log.info("index: shard %s read", shard)
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -221,6 +221,41 @@ def test_a_stalled_shard_holds_back_its_own_calendars_only_in_the_index(faulty: 
     _until(lambda: ("south", "vaccine") not in index._stale, 30)
 
 
+def test_a_gateway_starts_while_a_shard_is_away_and_reads_it_when_it_answers(
+    faulty: Stack,
+) -> None:
+    """A gateway that joins while a shard's node is lost (the shard restarting
+    elsewhere) starts and serves; it reads that shard's calendars once it answers. It
+    failed its startup instead, again and again while the shard was away."""
+    south = faulty.hb.shard_of("south")
+    for i in range(40):  # a provider on the other shard (placed by a hash of its cell)
+        other = f"other-{i}"
+        body = {**SCHEDULE, "lat": 41.60 - i * 0.004, "lng": -87.50, "schedule": _day(50)}
+        r = httpx.put(f"{faulty.url}/v1/providers/{other}", json=body,
+                      headers=faulty.operator, timeout=60)  # fmt: skip
+        assert r.status_code in (200, 201), r.text
+        if faulty.hb.shard_of(other, refresh=True) != south:
+            break
+    assert faulty.hb.shard_of(other) != south
+    pid = _shard_pid(faulty, "south")
+    settings = faulty.app.state.runtime.settings
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        late = create_app(settings, hexbook=faulty.hb)
+        with serving(late) as url:  # started, though one shard does not answer
+            index = late.state.runtime.index
+            assert index.unread == {south}
+            assert (other, "vaccine") in index.calendars()
+            assert ("south", "vaccine") not in index.calendars()
+            os.kill(pid, signal.SIGCONT)
+            _until(lambda: ("south", "vaccine") in index.calendars(), 60)
+            assert index.unread == set()
+            r = httpx.get(f"{url}/v1/providers/south/slots", params={"service": "vaccine"})
+            assert r.status_code == 200, r.text
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
 def test_a_stalled_shard_gets_503_within_the_deadline_and_a_retry_books_once(
     faulty: Stack,
 ) -> None:

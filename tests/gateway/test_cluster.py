@@ -1,0 +1,219 @@
+"""A deployment on a local 3-node Ray cluster (``ray.cluster_utils.Cluster``: a head
+with no CPU for shards, two nodes hosting one shard each), two ``hexbook gateway``
+processes joining it as they would from other machines (each supervised, on its own
+port), one supervised redis-server. Under 32 clients holding and booking through both
+gateways: the node hosting a shard is removed, a gateway is killed, Redis is killed.
+Every request is answered 201, 409 or 503 (none 500, none hangs; a request cut by a
+kill is repeated, with its Idempotency-Key, at the other gateway), the service comes
+back without a person, and the audit finds every acknowledged booking, none over
+capacity."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import sys
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from actors.api import NAMESPACE, Hexbook
+from actors.audit import audit
+from actors.embedded_redis import EmbeddedRedis
+from actors.sealing import Keyring
+from engine.provider import Provider
+from engine.schedule import WEEKDAYS, WeeklyTemplate
+from gateway.cli_gateway import GatewayProcesses
+from gateway.keys import KeyStore
+from tests.dates import ahead
+from tests.gateway.test_gateways import free_port
+from tests.polling import until
+
+pytestmark = pytest.mark.integration
+SERVICE = "vaccine"
+SITES = [f"site-{i}" for i in range(8)]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    c.add_node(num_cpus=1)
+    c.add_node(num_cpus=1)
+    c.wait_for_nodes()
+    ray.init(address=c.address, namespace=NAMESPACE, log_to_driver=False)
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
+def ready(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/readyz", timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+class Load:
+    """32 clients, half on each gateway, holding then booking for ``seconds``; a
+    request cut by a kill goes to the other gateway with the same Idempotency-Key."""
+
+    def __init__(self, bases: list[str], key: str, grids: dict[str, list[int]]) -> None:
+        self.bases, self.key, self.grids = bases, key, grids
+        self.codes: Counter[int] = Counter()
+        self.booked: list[str] = []
+        self.moved_over = 0
+        self.stop = threading.Event()
+
+    async def send(self, clients: list[httpx.AsyncClient], i: int, path: str, body: Any) -> Any:
+        headers = {"Idempotency-Key": uuid.uuid4().hex}
+        for attempt in range(60):
+            http = clients[(i + attempt) % 2] if attempt else clients[i % 2]
+            try:
+                r = await http.post(path, json=body, headers=headers)
+            except httpx.TimeoutException as exc:
+                raise AssertionError(f"{path} hung: {exc!r}") from exc
+            except httpx.TransportError:  # its gateway was killed: the other one
+                self.moved_over += 1
+                await asyncio.sleep(0.05)
+                continue
+            self.codes[r.status_code] += 1
+            if r.status_code == 503:
+                await asyncio.sleep(0.2)
+                continue
+            return r
+        raise AssertionError(f"{path}: no answer after 60 tries")
+
+    async def client(self, i: int) -> None:
+        rng = random.Random(i)
+        auth = {"Authorization": f"Bearer {self.key}"}
+        limits = httpx.Limits(max_connections=1)
+        clients = [
+            httpx.AsyncClient(base_url=b, headers=auth, limits=limits, timeout=30)
+            for b in self.bases
+        ]
+        try:
+            while not self.stop.is_set():
+                pid = rng.choice(SITES)
+                body = {
+                    "provider_id": pid,
+                    "service": SERVICE,
+                    "start": rng.choice(self.grids[pid]),
+                }
+                hold = await self.send(clients, i, "/v1/holds", body)
+                if hold.status_code != 201:
+                    continue
+                booking = {"hold_id": hold.json()["hold_id"], "patient": {"reference": f"p{i}"}}
+                b = await self.send(clients, i, "/v1/bookings", booking)
+                if b.status_code == 201:
+                    self.booked.append(b.json()["booking_id"])
+        finally:
+            for c in clients:
+                await c.aclose()
+
+    def run(self) -> None:
+        async def everyone() -> None:
+            await asyncio.gather(*(self.client(i) for i in range(32)))
+
+        asyncio.run(everyone())
+
+
+def test_a_cluster_serves_through_a_lost_node_a_killed_gateway_and_a_killed_redis(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    workers = [n.node_id for n in cluster.worker_nodes]
+
+    def on_its_own_node(shard: str) -> dict[str, object]:
+        node = workers[int(shard.rsplit("-", 1)[1]) % len(workers)]
+        return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)}
+
+    ring = Keyring.generate()
+    server = EmbeddedRedis(tmp_path / "redis").start()
+    server.supervise()
+    gateways: list[GatewayProcesses] = []
+    try:
+        hb = Hexbook.connect(
+            server.url, shards=2, actor_options=on_its_own_node, keyring=ring, retry_seconds=120
+        )
+        template = WeeklyTemplate.uniform(WEEKDAYS, "08:00", "20:00", 2)
+        grids = {}
+        for i, pid in enumerate(SITES):
+            site = Provider(provider_id=pid, name=f"Site {i}", lat=41.7 + 0.04 * i,
+                            lng=-87.6 - 0.03 * i, timezone="America/Chicago",
+                            services=(SERVICE,))  # fmt: skip
+            hb.provision(site, template, ahead(), days=2)
+            g = hb.slots(pid, SERVICE)
+            open_ = [g["start"] + j * g["slot_seconds"] for j, c in enumerate(g["capacity"]) if c]
+            grids[pid] = open_[-8:]  # few slots: the clients race for the same places
+        nodes = {s: hb._call(s, "info")["node_id"] for s in hb.directory.shards}
+        assert len(set(nodes.values())) == 2, f"the shards did not spread: {nodes}"
+        key = KeyStore(hb.redis).create("booking-client", "cluster")[0]
+        env = {**os.environ, "HEXBOOK_DATA_KEYS": ring.as_env()}
+        ports = [free_port(), free_port()]
+        for port in ports:
+            command = [sys.executable, "-m", "gateway.cli", "gateway", "--redis-url", server.url,
+                       "--ray-address", cluster.address, "--port", str(port)]  # fmt: skip
+            gateways.append(GatewayProcesses(command, env, 1))
+            gateways[-1].start()
+        bases = [f"http://127.0.0.1:{p}" for p in ports]
+        for base in bases:
+            until(lambda b=base: ready(b), 180)
+        # The times are ISO strings at the API: what the grids hold in UTC seconds.
+        iso = {pid: [_iso(t) for t in starts] for pid, starts in grids.items()}
+        load = Load(bases, key, iso)
+        runner = threading.Thread(target=load.run)
+        runner.start()
+        try:
+
+            def after(n: int) -> None:
+                target = len(load.booked) + n
+                until(lambda: len(load.booked) >= target, 120)
+
+            after(20)
+            victim = next(n for n in cluster.worker_nodes if n.node_id == nodes["shard-0"])
+            cluster.remove_node(victim, allow_graceful=False)
+            after(20)
+            killed = gateways[0].processes[0].pid
+            psutil.Process(killed).send_signal(signal.SIGKILL)
+            after(20)
+            restarts = server.restarts
+            server.kill()  # SIGKILL; its supervisor starts it again
+            until(lambda: server.restarts > restarts, 60)
+            after(20)
+        finally:
+            load.stop.set()
+            runner.join(timeout=120)
+        assert set(load.codes) <= {201, 409, 503}, load.codes
+        # Back without a person: the shard on the remaining node, the gateway again.
+        info = hb._call("shard-0", "info")
+        assert info["node_id"] != nodes["shard-0"] and info["calendars"] > 0
+        assert gateways[0].restarts >= 1 and gateways[0].processes[0].pid != killed
+        until(lambda: all(ready(b) for b in bases), 120)
+        report = audit(hb.redis, [{"op": "booked", "booking_id": b} for b in load.booked], ring)
+        assert report.ok, report.violations[:5]
+        assert report.acknowledged == len(load.booked) > 80
+        print(
+            f"answers {dict(load.codes)}, {len(load.booked)} booked, "
+            f"{load.moved_over} requests moved to the other gateway"
+        )
+        hb.close()
+    finally:
+        for g in gateways:
+            g.stop()
+        server.stop()
+
+
+def _iso(start: int) -> str:
+    return datetime.fromtimestamp(start, UTC).isoformat()
