@@ -362,7 +362,10 @@ def up(args: argparse.Namespace) -> int:
             print(f"hexbook: {exc}", file=sys.stderr)
             return 2
         print(f"hexbook: patient data sealed, data key {ring.current} ({_keys_where(ring)})")
-        hb = Hexbook.connect(url, ray_address=args.ray_address, shards=args.shards, keyring=ring)
+        # On a Ray cluster the shards are the cluster's: detached, they outlive this
+        # process (a front node lost, `up` restarted); a local Ray ends with `up`.
+        hb = Hexbook.connect(url, ray_address=args.ray_address, shards=args.shards,
+                             keyring=ring, detached=args.ray_address is not None)  # fmt: skip
         stack.callback(ray.shutdown)
         stack.callback(hb.close)
         if embedded is not None:  # `hexbook keyring` reaches the shards through it

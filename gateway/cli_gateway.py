@@ -177,7 +177,11 @@ def gateway(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         stack.callback(sock.close)
         try:
-            hb = Hexbook.connect(args.redis_url, ray_address=args.ray_address, keyring=ring)
+            # A shard this gateway has to create (one whose actor was lost for good) is
+            # the cluster's, not this process's: detached.
+            hb = Hexbook.connect(
+                args.redis_url, ray_address=args.ray_address, keyring=ring, detached=True
+            )
         except ConnectionError as exc:
             print(f"hexbook: cannot join Ray at {args.ray_address}: {exc}", file=sys.stderr)
             return 1
