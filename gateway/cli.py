@@ -76,7 +76,10 @@ def _parser() -> argparse.ArgumentParser:
         help="use this Redis instead of starting one (default: $REDIS_URL)",
     )
     up.add_argument(
-        "--ray-address", default=None, help="join this Ray cluster instead of starting a local Ray"
+        "--ray-address",
+        default=os.environ.get("RAY_ADDRESS") or None,
+        help="join this Ray cluster (host:port of its head) instead of starting a local Ray; "
+        "its shards are then the cluster's, detached (default $RAY_ADDRESS)",
     )
     up.add_argument(
         "--shards",
