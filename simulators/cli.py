@@ -6,6 +6,8 @@
     hexbook-sim compare simulators/scenarios/chicago.toml \
         simulators/scenarios/chicago-mass-sites.toml --out build/what-if
     hexbook-sim live simulators/scenarios/small.toml --stack --speed 30 --out build/live
+    hexbook-sim plan --requests-per-minute 300000 --bookings-per-minute 750 \
+        --bench build/bench.json
 
 Exit status: 0 done, 2 bad usage or a scenario that cannot be run.
 """
@@ -112,6 +114,33 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("b", type=Path, help="the changed scenario (TOML)")
     common(cmp_, "build/compare")
 
+    plan = sub.add_parser(
+        "plan",
+        help="how many gateways, shards, Redis servers and nodes a known peak needs",
+        description=(
+            "Plan for a peak you know (no simulation): gateway processes for the requests, "
+            "shards for the holds and bookings, Redis servers for their journal events, "
+            "nodes for all, each run at --utilization of what one process takes: the "
+            "figures `make bench` measured (--bench build/bench.json) or the defaults. "
+            "Example, Chicago's 2021 launch: --requests-per-minute 300000 "
+            "--bookings-per-minute 750."
+        ),
+    )
+    plan.add_argument("--requests-per-minute", type=float, required=True,
+                      help="peak requests a minute at the gateways (searches, pages, holds, "
+                      "bookings)")  # fmt: skip
+    plan.add_argument("--bookings-per-minute", type=float, required=True,
+                      help="peak bookings confirmed a minute")  # fmt: skip
+    plan.add_argument("--holds-per-booking", type=float, default=1.2,
+                      help="holds placed per booking (some lapse; default 1.2)")  # fmt: skip
+    plan.add_argument("--cores-per-node", type=int, default=16, help="cores of a node (16)")
+    plan.add_argument("--utilization", type=float, default=0.7,
+                      help="share of a process's capacity to plan for (0.7: 30%% "
+                      "headroom)")  # fmt: skip
+    plan.add_argument("--bench", type=Path,
+                      help="the per-process figures `make bench` measured "
+                      "(build/bench.json)")  # fmt: skip
+
     room = sub.add_parser(
         "room",
         help="simulate a launch without and with its waiting room, side by side",
@@ -185,26 +214,78 @@ def _load(path: Path, args: argparse.Namespace) -> Scenario:
     return s
 
 
+# What `make bench` measures per process (tests/bench/run.py writes build/bench.json).
+BENCH_FIGURES = (
+    "shard_ops_per_second",
+    "gateway_requests_per_second",
+    "redis_events_per_second",
+)
+
+
+def plan(args: argparse.Namespace) -> int:
+    """``hexbook-sim plan``: the counts for a known peak."""
+    import dataclasses
+
+    from simulators.plan import plan_for_peak
+    from simulators.scenario import Capacity
+
+    if args.cores_per_node < 1 or not 0 < args.utilization <= 1:
+        raise ScenarioError("--cores-per-node must be at least 1 and --utilization in (0, 1]")
+    k = Capacity(cores_per_node=args.cores_per_node, utilization=args.utilization)
+    if args.bench is not None:
+        k = _bench_figures(args.bench, k)
+    try:
+        p = plan_for_peak(
+            args.requests_per_minute, args.bookings_per_minute, k, args.holds_per_booking
+        )
+    except ValueError as exc:
+        raise ScenarioError(str(exc)) from None
+    where = f"measured ({args.bench})" if args.bench is not None else "defaults, not measured"
+    print(
+        f"capacity per process ({where}): gateway {k.gateway_requests_per_second:,.0f} "
+        f"requests/s, shard {k.shard_ops_per_second:,.0f} ops/s, Redis "
+        f"{k.redis_events_per_second:,.0f} journal events/s; planned at {k.utilization:.0%}"
+    )
+    print(
+        f"peak: {p.requests_per_second:,.0f} requests/s, {p.shard_ops_per_second:,.0f} "
+        "holds + bookings/s"
+    )
+    print(
+        f"needs: {_count(p.gateways, 'gateway process', 'gateway processes')}, "
+        f"{_count(p.shards, 'shard')}, {_count(p.redis_servers, 'Redis server')}, "
+        f"{_count(p.nodes, 'node')} of {k.cores_per_node} cores"
+    )
+    print(json.dumps(dataclasses.asdict(p)))
+    return 0
+
+
 def _bench_capacity(path: Path, s: Scenario) -> Any:
-    """The scenario's capacity with the figures `make bench` measured (either or both of
-    per-shard ops/s and per-gateway requests/s)."""
+    return _bench_figures(path, s.capacity)
+
+
+def _bench_figures(path: Path, k: Any) -> Any:
+    """``k`` with the figures `make bench` measured (any of per-shard ops/s,
+    per-gateway requests/s, per-Redis journal events/s)."""
     import msgspec
 
     try:
         figures = json.loads(path.read_text())
-        shard = figures.get("shard_ops_per_second", s.capacity.shard_ops_per_second)
-        gateway = figures.get("gateway_requests_per_second", s.capacity.gateway_requests_per_second)
-        if not {"shard_ops_per_second", "gateway_requests_per_second"} & set(figures):
-            raise KeyError("no shard_ops_per_second or gateway_requests_per_second")
-        shard, gateway = float(shard), float(gateway)
-        if shard <= 0 or gateway <= 0:
+        if not set(BENCH_FIGURES) & set(figures):
+            raise KeyError(f"none of {', '.join(BENCH_FIGURES)}")
+        shard = float(figures.get("shard_ops_per_second", k.shard_ops_per_second))
+        gateway = float(figures.get("gateway_requests_per_second", k.gateway_requests_per_second))
+        redis = float(figures.get("redis_events_per_second", k.redis_events_per_second))
+        if min(shard, gateway, redis) <= 0:
             raise ValueError("rates must be positive")
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ScenarioError(
             f"--bench {path}: not a `make bench` figures file ({exc}); run `make bench` first"
         ) from None
     return msgspec.structs.replace(
-        s.capacity, shard_ops_per_second=shard, gateway_requests_per_second=gateway
+        k,
+        shard_ops_per_second=shard,
+        gateway_requests_per_second=gateway,
+        redis_events_per_second=redis,
     )
 
 
@@ -254,8 +335,14 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"  needs: {_count(plan.shards, 'shard') if plan.shards else 'more than 256 shards'}, "
         f"{_count(plan.gateways, 'gateway process', 'gateway processes')}, "
+        f"{_count(plan.redis_servers, 'Redis server')}, "
         f"{_count(plan.nodes, 'node')} (peak {plan.peak_gateway_rps:,.0f} requests/s)"
     )
+    if plan.redis_servers > 1:
+        print(
+            "  note: hexbook journals every shard to one Redis today; this launch needs "
+            f"{plan.redis_servers} (docs/deployment.md, limits)"
+        )
     print(f"report: {page}")
     return 0
 
@@ -413,9 +500,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args = _parser().parse_args(argv)
     try:
-        handler = {"run": run, "compare": compare, "room": room, "live": live, "sweep": sweep}[
-            args.command
-        ]
+        handlers = {"run": run, "compare": compare, "room": room, "live": live, "sweep": sweep}
+        handler = {**handlers, "plan": plan}[args.command]
         return handler(args)
     except ScenarioError as exc:
         print(f"hexbook-sim: {exc}", file=sys.stderr)

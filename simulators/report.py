@@ -53,6 +53,7 @@ class Plan:
     peak_gateway_rps: float
     shards: int  # 0 when no shard count up to MAX_SHARDS is enough (a cell is too hot)
     gateways: int
+    redis_servers: int  # for the journals; hexbook journals to one Redis today
     nodes: int
     hottest_shard_rps: float  # at ``shards`` shards
     hottest_cell_rps: float
@@ -109,7 +110,10 @@ def plan_capacity(r: SimResult, resolution: int = 8) -> Plan:
         1,
         math.ceil(float(gateway.max(initial=0)) / (k.gateway_requests_per_second * k.utilization)),
     )
-    nodes = math.ceil((max(chosen, 1) + gateways) / k.cores_per_node)
+    # Every hold and booking is a journal event in some shard's Redis.
+    journal = float((holds + books).max(initial=0))
+    redis_servers = max(1, math.ceil(journal / (k.redis_events_per_second * k.utilization)))
+    nodes = math.ceil((max(chosen, 1) + gateways + redis_servers) / k.cores_per_node)
     return Plan(
         peak_search_rps=float(search.max(initial=0)),
         peak_holds_rps=float(holds.max(initial=0)),
@@ -117,6 +121,7 @@ def plan_capacity(r: SimResult, resolution: int = 8) -> Plan:
         peak_gateway_rps=float(gateway.max(initial=0)),
         shards=chosen,
         gateways=gateways,
+        redis_servers=redis_servers,
         nodes=nodes,
         hottest_shard_rps=chosen_peak,
         hottest_cell_rps=hottest_cell,
@@ -510,8 +515,10 @@ Seed {s.seed}: the same scenario gives the same figures.</p>
 {plan.peak_holds_rps:,.0f} holds, {plan.peak_bookings_rps:,.0f} bookings per second).
 With {k.shard_ops_per_second:,.0f} ops/s per shard,
 {k.gateway_requests_per_second:,.0f} requests/s per
-gateway process, run at {k.utilization:.0%} of capacity ({1 - k.utilization:.0%} headroom):
+gateway process, {k.redis_events_per_second:,.0f} journal events/s per Redis,
+run at {k.utilization:.0%} of capacity ({1 - k.utilization:.0%} headroom):
 {shards}, <b>{plan.gateways}</b> gateway process{"" if plan.gateways == 1 else "es"},
+<b>{plan.redis_servers}</b> Redis server{"" if plan.redis_servers == 1 else "s"},
 <b>{plan.nodes}</b> node{"" if plan.nodes == 1 else "s"} of {k.cores_per_node} cores.</p></div>
 <h2>Key figures</h2><table>{rows}</table>
 {body}

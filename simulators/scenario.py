@@ -143,6 +143,8 @@ class Capacity(_Table):
     searches_per_try: float = 2.0
     shard_ops_per_second: float = 1000.0
     gateway_requests_per_second: float = 900.0
+    # journal events (holds, bookings) one Redis makes durable per second, fsync always
+    redis_events_per_second: float = 20_000.0
     cores_per_node: int = 2
     # plan to run at most this share of what a shard or a gateway takes (0.7: 30% headroom)
     utilization: float = 0.7

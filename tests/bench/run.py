@@ -172,6 +172,54 @@ def _redis_reference(url: str) -> tuple[float, float]:
     return single, piped
 
 
+def _redis_journal_capacity(url: str, seconds: float = 3.0, batch: int = 200) -> float:
+    """Journal events/s one Redis makes durable (appendfsync always) when two writers
+    commit as shards do: one MULTI per batch of ``batch`` real hold and booking events
+    (sealed as a shard seals them), with its availability entry. What one Redis server
+    carries in the capacity plan (hexbook-sim --bench: redis_events_per_second)."""
+    import threading
+
+    import redis
+
+    from actors import journal
+    from actors.journal import CalendarEvents, JournalBatch
+    from actors.sealing import Keyring
+
+    cal = _calendars(1)[0]
+    now = int(time.time())
+    starts = [cal.start + i * cal.slot_seconds for i in range(cal.n_slots) if cal.capacity[i]]
+    for n in range(batch // 2):
+        hid, bid = f"h{n:06d}{secrets.token_hex(8)}", f"b{n:06d}{secrets.token_hex(8)}"
+        cal.handle(PlaceHold("p0", "vaccine", secrets.token_hex(8), now, hid, starts[n], 1, 300))
+        cal.handle(
+            ConfirmHold("p0", "vaccine", secrets.token_hex(8), now, hid, bid, b"d" * 32, "r")
+        )
+    events = cal.drain()
+    ring = Keyring.generate()
+    blob = journal.seal_batch(JournalBatch([CalendarEvents("p0", "vaccine", events)]), ring, "b")
+    counts = [0, 0]
+    ends = time.monotonic() + seconds
+
+    def writer(i: int) -> None:
+        client = redis.Redis.from_url(url)
+        while time.monotonic() < ends:
+            pipe = client.pipeline(transaction=True)
+            pipe.xadd(f"bench:journal:{i}", {"b": blob})
+            pipe.xadd("bench:availability", {"s": b"x" * 200}, maxlen=10_000, approximate=True)
+            pipe.execute()
+            counts[i] += len(events)
+        client.delete(f"bench:journal:{i}", "bench:availability")
+        client.close()
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.monotonic() - t0)
+
+
 def durable_holds(
     hb: object, starts: dict[str, list[int]], batch: int, in_flight: int, seconds: float
 ) -> tuple[float, int]:
@@ -379,6 +427,12 @@ def part_actors(rounds: int) -> None:
         print(
             f"reference: XADD one at a time {single:>9,.0f}/s   pipelined MULTI x1000 "
             f"{piped:>9,.0f}/s"
+        )
+        capacity = statistics.median(_redis_journal_capacity(server.url) for _ in range(3))
+        FIGURES["redis_events_per_second"] = capacity
+        print(
+            f"one Redis, 2 writers committing batches of 200 sealed events: "
+            f"{capacity:>9,.0f} journal events/s (the planner's Redis capacity)"
         )
         ns = f"bench-{uuid.uuid4().hex[:6]}"
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace=ns)
