@@ -367,7 +367,10 @@ def up(args: argparse.Namespace) -> int:
         print(f"hexbook: patient data sealed, data key {ring.current} ({_keys_where(ring)})")
         # On a Ray cluster the shards are the cluster's: detached, they outlive this
         # process (a front node lost, `up` restarted); a local Ray ends with `up`.
-        hb = Hexbook.connect(url, ray_address=args.ray_address, shards=args.shards,
+        # No --ray-address: a Ray of our own ("local"), never one found on this machine
+        # (ray.init(None) joins a cluster that `ray start` left running, and with it
+        # another deployment's shards of the same names).
+        hb = Hexbook.connect(url, ray_address=args.ray_address or "local", shards=args.shards,
                              keyring=ring, detached=args.ray_address is not None)  # fmt: skip
         stack.callback(ray.shutdown)
         stack.callback(hb.close)

@@ -25,19 +25,15 @@ from tests.actors.test_shard_faults import (
     providers,
 )
 from tests.dates import ahead
+from tests.raycluster import three_nodes
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    # The head runs no shard (no CPU); two more nodes of one CPU each host them.
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    c.add_node(num_cpus=1)
-    c.add_node(num_cpus=1)
-    c.wait_for_nodes()
-    ray.init(address=c.address, namespace="hexbook-multinode", log_to_driver=False)
-    yield c
-    ray.shutdown()
-    c.shutdown()
+    with three_nodes() as c:
+        ray.init(address=c.address, namespace="hexbook-multinode", log_to_driver=False)
+        yield c
+        ray.shutdown()
 
 
 def test_shards_survive_the_loss_of_their_node(cluster: Cluster, tmp_path: Path) -> None:

@@ -4,8 +4,11 @@ The peers part's city (1,500 sites x 14 days x 36 slots of capacity 4) and its w
 script (hold, then book), uniform bodies (each place taken once), 32 and 256
 connections. Two data folders, one of 1 shard and one of 2, each put through the API
 once; each round starts ``hexbook up --gateways G`` on each folder in turn (G = 1, 2),
-so every figure of a round comes from the same machine minutes apart. Prints
-bookings/min (from 201 answers), p99, and the ratios 2 gateways / 1 and 2 shards / 1.
+so every figure of a round comes from the same machine minutes apart. Then the same
+flow through a local 3-node Ray cluster (``ray.cluster_utils.Cluster``: a head with no
+CPU for shards, two worker nodes of one CPU), ``hexbook up --ray-address`` on a third
+folder of 2 shards, with 1 and 2 gateways. Prints bookings/min (from 201 answers), p99,
+and the ratios 2 gateways / 1, 2 shards / 1, 3-node cluster / one node.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from tests.bench.peers_load import SECONDS, SITES, TZ, _provision, _unlimited_ke
 __all__ = ["part_scaling"]
 
 CONFIGS = [(g, s) for s in (1, 2) for g in (1, 2)]  # (gateways, shards)
+CLUSTER = [(1, 2), (2, 2)]  # through the 3-node cluster
+ONE, THREE = "1 node", "3 nodes"
 CONNECTIONS = (32, 256)
 
 
@@ -47,34 +52,41 @@ def part_scaling(rounds: int, seconds: float = SECONDS) -> dict[str, float]:
     print(f"== scaling: hexbook up --gateways 1/2 on 1 and 2 shards, {SITES} sites, hold "
           f"then book, uniform, {rounds} rounds")  # fmt: skip
     per_run = int(seconds * 6_000)
-    runs = rounds * len(CONFIGS) * (len(CONNECTIONS) + 1)
+    runs = rounds * (len(CONFIGS) + len(CLUSTER)) * (len(CONNECTIONS) + 1)
     pool = bodies(first, per_run * runs, False, random.Random(19))
     chunks = iter([pool[i * per_run : (i + 1) * per_run] for i in range(runs)])
-    results: dict[tuple[int, int, int], list[dict[str, Any]]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        keys: dict[int, str] = {}
-        for shards in (1, 2):
-            folder = Path(tmp) / f"shards-{shards}"
-            with start_stack(folder, args=["--shards", str(shards)]) as stack:
-                keys[shards] = _unlimited_key(stack.data_dir, "booking-client")
+    results: dict[tuple[str, int, int, int], list[dict[str, Any]]] = {}
+    from tests.raycluster import three_nodes
+
+    with three_nodes() as cluster, tempfile.TemporaryDirectory() as tmp:
+        on_cluster = ["--ray-address", cluster.address]
+        keys: dict[str, str] = {}
+        for name, extra in (("shards-1", ["--shards", "1"]), ("shards-2", ["--shards", "2"]),
+                            ("cluster", ["--shards", "2", *on_cluster])):  # fmt: skip
+            with start_stack(Path(tmp) / name, args=extra) as stack:
+                keys[name] = _unlimited_key(stack.data_dir, "booking-client")
                 _provision(stack.url, _unlimited_key(stack.data_dir, "operator"), first)
+        runs_of = [(ONE, g, s, f"shards-{s}", []) for g, s in CONFIGS] + [
+            (THREE, g, s, "cluster", on_cluster) for g, s in CLUSTER
+        ]
         for _ in range(rounds):
-            for gateways, shards in CONFIGS:
-                folder = Path(tmp) / f"shards-{shards}"
-                with start_stack(folder, args=["--gateways", str(gateways)]) as stack:
+            for where, gateways, shards, name, extra in runs_of:
+                args = ["--gateways", str(gateways), *extra]
+                with start_stack(Path(tmp) / name, args=args) as stack:
                     _wait_gateways(stack.log, gateways - 1)
-                    wrk(stack.url, script_flow(keys[shards], next(chunks)), 32, 2)  # warm up
+                    wrk(stack.url, script_flow(keys[name], next(chunks)), 32, 2)  # warm up
                     for c in CONNECTIONS:
-                        r = wrk(stack.url, script_flow(keys[shards], next(chunks)), c, seconds)
-                        results.setdefault((gateways, shards, c), []).append(r)
+                        r = wrk(stack.url, script_flow(keys[name], next(chunks)), c, seconds)
+                        results.setdefault((where, gateways, shards, c), []).append(r)
     return _report(results)
 
 
-def _report(results: dict[tuple[int, int, int], list[dict[str, Any]]]) -> dict[str, float]:
+def _report(results: dict[tuple[str, int, int, int], list[dict[str, Any]]]) -> dict[str, float]:
     figures: dict[str, float] = {}
-    print(f"{'gateways':>8} {'shards':>6} {'conn':>4} {'bookings/min median':>20} "
+    print(f"{'ray':>7} {'gateways':>8} {'shards':>6} {'conn':>4} {'bookings/min median':>20} "
           f"{'best':>10} {'p99 ms':>7}  answers")  # fmt: skip
-    for (g, s, c), rs in sorted(results.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0])):
+    order = sorted(results.items(), key=lambda kv: (kv[0][3], kv[0][0], kv[0][2], kv[0][1]))
+    for (where, g, s, c), rs in order:
         per_min = [r["counts"].get("booking:201", 0) / r["seconds"] * 60 for r in rs]
         statuses: dict[str, int] = {}
         for r in rs:
@@ -82,10 +94,11 @@ def _report(results: dict[tuple[int, int, int], list[dict[str, Any]]]) -> dict[s
                 if not k.endswith(":201"):
                     statuses[k] = statuses.get(k, 0) + v
         p99 = statistics.median(r["p99_ms"] for r in rs)
-        print(f"{g:>8} {s:>6} {c:>4} {statistics.median(per_min):>20,.0f} "
+        print(f"{where:>7} {g:>8} {s:>6} {c:>4} {statistics.median(per_min):>20,.0f} "
               f"{max(per_min):>10,.0f} {p99:>7.1f}  {statuses or 'all 201'}")  # fmt: skip
-        figures[f"scaling_{g}gw_{s}sh_{c}_bookings_per_min"] = statistics.median(per_min)
-        figures[f"scaling_{g}gw_{s}sh_{c}_p99_ms"] = p99
+        tag = "" if where == ONE else "cluster_"
+        figures[f"scaling_{tag}{g}gw_{s}sh_{c}_bookings_per_min"] = statistics.median(per_min)
+        figures[f"scaling_{tag}{g}gw_{s}sh_{c}_p99_ms"] = p99
     print("scaling ratios (medians):")
     for c in CONNECTIONS:
         for s in (1, 2):
@@ -100,4 +113,11 @@ def _report(results: dict[tuple[int, int, int], list[dict[str, Any]]]) -> dict[s
             if one and two:
                 print(f"  {c:>3} conn., {g} gateway(s): 2 shards / 1 = {two / one:.2f}x")
                 figures[f"scaling_shards_{g}gw_{c}"] = two / one
+        for g, s in CLUSTER:
+            one = figures.get(f"scaling_{g}gw_{s}sh_{c}_bookings_per_min")
+            three = figures.get(f"scaling_cluster_{g}gw_{s}sh_{c}_bookings_per_min")
+            if one and three:
+                print(f"  {c:>3} conn., {g} gateway(s), {s} shards: 3-node cluster / one node "
+                      f"= {three / one:.2f}x")  # fmt: skip
+                figures[f"scaling_cluster_{g}gw_{c}"] = three / one
     return figures

@@ -41,6 +41,7 @@ from gateway.keys import KeyStore
 from tests.dates import ahead
 from tests.gateway.test_gateways import free_port
 from tests.polling import until
+from tests.raycluster import three_nodes
 
 pytestmark = pytest.mark.integration
 SERVICE = "vaccine"
@@ -49,14 +50,10 @@ SITES = [f"site-{i}" for i in range(8)]
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    c.add_node(num_cpus=1)
-    c.add_node(num_cpus=1)
-    c.wait_for_nodes()
-    ray.init(address=c.address, namespace=NAMESPACE, log_to_driver=False)
-    yield c
-    ray.shutdown()
-    c.shutdown()
+    with three_nodes() as c:
+        ray.init(address=c.address, namespace=NAMESPACE, log_to_driver=False)
+        yield c
+        ray.shutdown()
 
 
 def ready(base: str) -> bool:
@@ -212,3 +209,17 @@ def test_a_cluster_serves_through_a_lost_node_a_killed_gateway_and_a_killed_redi
 
 def _iso(start: int) -> str:
     return datetime.fromtimestamp(start, UTC).isoformat()
+
+
+def test_hexbook_up_without_a_ray_address_starts_its_own_ray_beside_a_cluster(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """With a cluster running on the machine, `hexbook up` (no --ray-address) joined it
+    (ray.init without an address finds one) and took its shards' names."""
+    from simulators.toolkit import start_stack
+
+    with start_stack(tmp_path / "alone") as stack:
+        r = httpx.get(f"{stack.url}/readyz", timeout=10)
+        assert r.status_code == 200, r.text
+        own = (stack.data_dir / "ray.address").read_text().strip()
+        assert own and own != cluster.address, "hexbook up joined the cluster"

@@ -18,6 +18,8 @@ from fastapi import FastAPI
 from actors import moves
 from actors.api import Hexbook
 from actors.audit import audit
+from gateway.app import create_app
+from tests.gateway.conftest import serving
 from tests.gateway.test_api import SCHEDULE, assert_problem, slots
 from tests.polling import until
 
@@ -160,6 +162,25 @@ def test_a_move_cut_short_is_listed_and_finished_by_resume(
     assert ops.get("/v1/shards").json()["moves"] == []
     r = ops.post("/v1/holds", json={"provider_id": "move-c", "service": "vaccine", "start": start})
     assert r.status_code == 201, r.text
+
+
+def test_a_gateway_that_starts_finishes_a_move_cut_short(
+    stack: tuple[str, Hexbook, FastAPI], ops: httpx.Client, sites: dict[str, list[str]]
+) -> None:
+    _, hb, app = stack
+
+    def crash(step: moves.Step, _: str) -> None:
+        if step == "taken":
+            raise RuntimeError("the mover died")
+
+    source = hb.directory.shard_of("move-c")
+    target = next(s for s in hb.directory.shards if s != source)
+    with pytest.raises(RuntimeError):
+        moves.move_provider(hb, "move-c", target, on_step=crash)
+    assert moves.pending(hb) != {}
+    with serving(create_app(app.state.runtime.settings, hexbook=hb)):  # no one asks it
+        until(lambda: moves.pending(hb) == {}, seconds=60)
+    assert hb.directory.shard_of("move-c", refresh=True) == target
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,23 @@
+"""A local 3-node Ray cluster (``ray.cluster_utils.Cluster``), as the multi-node tests and
+the bench use it: a head with no CPU for shards (as `ray start --head --num-cpus=0` on a
+real cluster) and two worker nodes of one CPU each, sized for this 2-core machine."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from ray.cluster_utils import Cluster
+
+
+@contextlib.contextmanager
+def three_nodes() -> Iterator[Cluster]:
+    """The cluster, its nodes up; shut down after (the driver, if any, joins it itself)."""
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    try:
+        for _ in range(2):
+            cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        yield cluster
+    finally:
+        cluster.shutdown()
