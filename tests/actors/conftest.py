@@ -13,7 +13,13 @@ from actors.embedded_redis import EmbeddedRedis
 
 @pytest.fixture(scope="module")
 def ray_local() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="hexbook-tests")
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        namespace="hexbook-tests",
+    )
     yield
     ray.shutdown()
 

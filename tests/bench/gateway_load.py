@@ -355,7 +355,9 @@ def demo_stack(today: date) -> Iterator[DemoStack]:
 
     with tempfile.TemporaryDirectory() as data, EmbeddedRedis(data) as server:
         ns = f"bench-{uuid.uuid4().hex[:6]}"
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace=ns)
+        ray.init(
+            address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, namespace=ns
+        )
         try:
             hb = Hexbook.connect(server.url, namespace=ns, keyring=Keyring.generate())
             city = demo_city(1500)

@@ -291,7 +291,13 @@ def part_launch(arrivals: int = 50_000, seconds: float = 60.0) -> dict[str, floa
     for mode in ("without", "with"):
         with tempfile.TemporaryDirectory() as data, EmbeddedRedis(data) as server:
             ns = f"launch-{uuid.uuid4().hex[:6]}"
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace=ns)
+            ray.init(
+                address="local",
+                num_cpus=2,
+                include_dashboard=False,
+                log_to_driver=False,
+                namespace=ns,
+            )
             try:
                 hb = Hexbook.connect(server.url, namespace=ns)
                 city = demo_city(1500)

@@ -55,7 +55,13 @@ def stack(
     gateway_settings: dict[str, Any],
     shard_options: dict[str, Any],
 ) -> Iterator[tuple[str, Hexbook, FastAPI]]:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="hexbook-gw")
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        namespace="hexbook-gw",
+    )
     try:
         with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as server:
             hb = Hexbook.connect(

@@ -96,7 +96,13 @@ def test_the_stack_runs_on_a_tls_redis_with_an_acl_user(
     settings = Settings(redis_url=url, data_keys=ring.as_env(), shards=1)
     client = redis.Redis.from_url(url)
     operator = KeyStore(client).create("operator", "tls test")[0]
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="hexbook-tls")
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        namespace="hexbook-tls",
+    )
     try:
         with (
             serving(create_app(settings)) as base,

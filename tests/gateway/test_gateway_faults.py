@@ -54,7 +54,13 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="hexbook-gwf")
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        namespace="hexbook-gwf",
+    )
     server = EmbeddedRedis(tmp_path_factory.mktemp("redis")).start()
     server.supervise()
     hb = Hexbook.connect(server.url, shards=2, namespace=f"gwf-{uuid.uuid4().hex[:6]}")

@@ -180,7 +180,7 @@ def test_a_gateway_that_starts_finishes_a_move_cut_short(
     assert moves.pending(hb) != {}
     with serving(create_app(app.state.runtime.settings, hexbook=hb)):  # no one asks it
         until(lambda: moves.pending(hb) == {}, seconds=60)
-    assert hb.directory.shard_of("move-c", refresh=True) == target
+    assert hb.directory.shard_of("move-c") == target
 
 
 @pytest.mark.parametrize(

@@ -322,7 +322,9 @@ def run(days: int, seconds_per_day: float) -> int:
     rate = DAY / seconds_per_day
     with tempfile.TemporaryDirectory() as data, EmbeddedRedis(data) as server:
         ns = f"soak-{uuid.uuid4().hex[:6]}"
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace=ns)
+        ray.init(
+            address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, namespace=ns
+        )
         try:
             hb = Hexbook.connect(
                 server.url,
