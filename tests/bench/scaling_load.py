@@ -56,23 +56,42 @@ def part_scaling(rounds: int, seconds: float = SECONDS) -> dict[str, float]:
     pool = bodies(first, per_run * runs, False, random.Random(19))
     chunks = iter([pool[i * per_run : (i + 1) * per_run] for i in range(runs)])
     results: dict[tuple[str, int, int, int], list[dict[str, Any]]] = {}
+    import redis
+
+    from actors.embedded_redis import EmbeddedRedis
+    from actors.sealing import Keyring
+    from gateway.keys import KeyStore
     from tests.raycluster import three_nodes
 
-    with three_nodes() as cluster, tempfile.TemporaryDirectory() as tmp:
+    with (
+        three_nodes() as cluster,
+        tempfile.TemporaryDirectory() as tmp,
+        EmbeddedRedis(Path(tmp) / "cluster-redis") as redis_server,
+    ):
+        # On the cluster, as a deployment runs there: its own Redis, at one address for
+        # every start (the shards are the cluster's, detached, and keep their Redis).
         on_cluster = ["--ray-address", cluster.address]
+        env = {"REDIS_URL": redis_server.url, "HEXBOOK_DATA_KEYS": Keyring.generate().as_env()}
+        envs = {"shards-1": {}, "shards-2": {}, "cluster": env}
+        store = KeyStore(redis.Redis.from_url(redis_server.url))
         keys: dict[str, str] = {}
         for name, extra in (("shards-1", ["--shards", "1"]), ("shards-2", ["--shards", "2"]),
                             ("cluster", ["--shards", "2", *on_cluster])):  # fmt: skip
-            with start_stack(Path(tmp) / name, args=extra) as stack:
-                keys[name] = _unlimited_key(stack.data_dir, "booking-client")
-                _provision(stack.url, _unlimited_key(stack.data_dir, "operator"), first)
+            with start_stack(Path(tmp) / name, args=extra, env=envs[name]) as stack:
+                if name == "cluster":
+                    keys[name] = store.create("booking-client", "bench", (), 10_000_000)[0]
+                    operator = store.create("operator", "bench", (), 10_000_000)[0]
+                else:
+                    keys[name] = _unlimited_key(stack.data_dir, "booking-client")
+                    operator = _unlimited_key(stack.data_dir, "operator")
+                _provision(stack.url, operator, first)
         runs_of = [(ONE, g, s, f"shards-{s}", []) for g, s in CONFIGS] + [
             (THREE, g, s, "cluster", on_cluster) for g, s in CLUSTER
         ]
         for _ in range(rounds):
             for where, gateways, shards, name, extra in runs_of:
                 args = ["--gateways", str(gateways), *extra]
-                with start_stack(Path(tmp) / name, args=args) as stack:
+                with start_stack(Path(tmp) / name, args=args, env=envs[name]) as stack:
                     _wait_gateways(stack.log, gateways - 1)
                     wrk(stack.url, script_flow(keys[name], next(chunks)), 32, 2)  # warm up
                     for c in CONNECTIONS:
