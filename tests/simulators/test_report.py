@@ -50,7 +50,8 @@ def test_run_writes_the_report(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert main(["run", str(scenario), "--out", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "booked:" in printed and f"report: {out / 'index.html'}" in printed
-    assert "needs: 1 shard, 1 gateway process, 1 node (peak" in printed  # the town is small
+    # the town is small: one of each, on two 2-core nodes (Redis takes a core too)
+    assert "needs: 1 shard, 1 gateway process, 1 Redis server, 2 nodes (peak" in printed
     page_text = (out / "index.html").read_text()
     assert "run at 70% of capacity (30% headroom)" in page_text
     for name in PLOTS:
