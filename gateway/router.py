@@ -34,6 +34,7 @@ log = logging.getLogger("hexbook.gateway")
 # What a shard answers for a provider it does not serve (any more): the directory is
 # read again, and the command goes once to the shard it names if that is another.
 _ELSEWHERE = (CalendarNotFound, Moving)
+_ELSEWHERE_READ = (*_ELSEWHERE, ProviderNotFound)  # a read of the provider record too
 
 
 class ShardRouter:
@@ -152,7 +153,7 @@ class ShardRouter:
         moved is looked up again, once."""
         shard = await self.shard_of(provider_id)
         out = await self._call(shard, method, *args)
-        if isinstance(out, (*_ELSEWHERE, ProviderNotFound)) and (
+        if isinstance(out, _ELSEWHERE_READ) and (
             moved := await self._relocated(provider_id, shard)
         ):
             out = await self._call(moved, method, *args)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+import ray
 from ray.cluster_utils import Cluster
 
 
@@ -21,3 +22,15 @@ def three_nodes() -> Iterator[Cluster]:
         yield cluster
     finally:
         cluster.shutdown()
+
+
+def start_local_ray(namespace: str) -> None:
+    """A local Ray of this process's own, sized for 2 cores: ``address="local"``, never a
+    cluster found running on the machine (ray.init without an address would join it)."""
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        namespace=namespace,
+    )

@@ -9,17 +9,12 @@ import pytest
 import ray
 
 from actors.embedded_redis import EmbeddedRedis
+from tests.raycluster import start_local_ray
 
 
 @pytest.fixture(scope="module")
 def ray_local() -> Iterator[None]:
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        namespace="hexbook-tests",
-    )
+    start_local_ray("hexbook-tests")
     yield
     ray.shutdown()
 

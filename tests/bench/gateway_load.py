@@ -355,9 +355,9 @@ def demo_stack(today: date) -> Iterator[DemoStack]:
 
     with tempfile.TemporaryDirectory() as data, EmbeddedRedis(data) as server:
         ns = f"bench-{uuid.uuid4().hex[:6]}"
-        ray.init(
-            address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, namespace=ns
-        )
+        from tests.raycluster import start_local_ray
+
+        start_local_ray(ns)
         try:
             hb = Hexbook.connect(server.url, namespace=ns, keyring=Keyring.generate())
             city = demo_city(1500)

@@ -37,6 +37,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from tests.raycluster import start_local_ray
+
 __all__ = ["part_launch"]
 
 SOUTH, NORTH, WEST, EAST = 41.70, 41.98, -87.85, -87.55
@@ -291,13 +293,7 @@ def part_launch(arrivals: int = 50_000, seconds: float = 60.0) -> dict[str, floa
     for mode in ("without", "with"):
         with tempfile.TemporaryDirectory() as data, EmbeddedRedis(data) as server:
             ns = f"launch-{uuid.uuid4().hex[:6]}"
-            ray.init(
-                address="local",
-                num_cpus=2,
-                include_dashboard=False,
-                log_to_driver=False,
-                namespace=ns,
-            )
+            start_local_ray(ns)
             try:
                 hb = Hexbook.connect(server.url, namespace=ns)
                 city = demo_city(1500)

@@ -435,9 +435,9 @@ def part_actors(rounds: int) -> None:
             f"{capacity:>9,.0f} journal events/s (the planner's Redis capacity)"
         )
         ns = f"bench-{uuid.uuid4().hex[:6]}"
-        ray.init(
-            address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, namespace=ns
-        )
+        from tests.raycluster import start_local_ray
+
+        start_local_ray(ns)
         try:
             hb = Hexbook.connect(
                 server.url,

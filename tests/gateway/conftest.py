@@ -23,6 +23,7 @@ from gateway.keys import KeyStore
 from gateway.server import in_thread
 from gateway.settings import Settings
 from tests.dates import dst_saturday
+from tests.raycluster import start_local_ray
 
 
 def serving(app: FastAPI) -> contextlib.AbstractContextManager[str]:
@@ -55,13 +56,7 @@ def stack(
     gateway_settings: dict[str, Any],
     shard_options: dict[str, Any],
 ) -> Iterator[tuple[str, Hexbook, FastAPI]]:
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        namespace="hexbook-gw",
-    )
+    start_local_ray("hexbook-gw")
     try:
         with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as server:
             hb = Hexbook.connect(

@@ -27,6 +27,7 @@ from tests.gateway.conftest import serving
 from tests.gateway.test_api import SCHEDULE, slots
 from tests.gateway.test_security import _self_signed
 from tests.polling import until
+from tests.raycluster import start_local_ray
 
 pytestmark = pytest.mark.integration
 PASSWORD = "s3cret/with:odd@chars"
@@ -96,13 +97,7 @@ def test_the_stack_runs_on_a_tls_redis_with_an_acl_user(
     settings = Settings(redis_url=url, data_keys=ring.as_env(), shards=1)
     client = redis.Redis.from_url(url)
     operator = KeyStore(client).create("operator", "tls test")[0]
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        namespace="hexbook-tls",
-    )
+    start_local_ray("hexbook-tls")
     try:
         with (
             serving(create_app(settings)) as base,

@@ -33,6 +33,7 @@ from gateway.settings import Settings
 from tests.dates import dst_saturday
 from tests.gateway.conftest import serving
 from tests.gateway.test_api import SCHEDULE, assert_problem
+from tests.raycluster import start_local_ray
 
 pytestmark = pytest.mark.integration
 DEADLINE = 2.0  # seconds a shard may take before its callers hear 503
@@ -54,13 +55,7 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        namespace="hexbook-gwf",
-    )
+    start_local_ray("hexbook-gwf")
     server = EmbeddedRedis(tmp_path_factory.mktemp("redis")).start()
     server.supervise()
     hb = Hexbook.connect(server.url, shards=2, namespace=f"gwf-{uuid.uuid4().hex[:6]}")

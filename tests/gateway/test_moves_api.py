@@ -19,6 +19,7 @@ from actors import moves
 from actors.api import Hexbook
 from actors.audit import audit
 from gateway.app import create_app
+from tests.actors.test_moves import Crash, crash_at
 from tests.gateway.conftest import serving
 from tests.gateway.test_api import SCHEDULE, assert_problem, slots
 from tests.polling import until
@@ -135,19 +136,20 @@ def test_shards_move_and_promote_online_under_racing_clients(
     assert r.status_code == 200, r.text
 
 
+def cut_short(hb: Hexbook, provider_id: str, step: moves.Step) -> tuple[str, str]:
+    """Move ``provider_id`` to another shard, the mover dying at ``step``: (from, to)."""
+    source = hb.directory.shard_of(provider_id)
+    target = next(s for s in hb.directory.shards if s != source)
+    with pytest.raises(Crash):
+        moves.move_provider(hb, provider_id, target, on_step=crash_at(step))
+    return source, target
+
+
 def test_a_move_cut_short_is_listed_and_finished_by_resume(
     stack: tuple[str, Hexbook, FastAPI], ops: httpx.Client, sites: dict[str, list[str]]
 ) -> None:
     _, hb, _ = stack
-
-    def crash(step: moves.Step, _: str) -> None:
-        if step == "handed":
-            raise RuntimeError("the mover died")
-
-    source = hb.directory.shard_of("move-c")
-    target = next(s for s in hb.directory.shards if s != source)
-    with pytest.raises(RuntimeError):
-        moves.move_provider(hb, "move-c", target, on_step=crash)
+    source, target = cut_short(hb, "move-c", "handed")
     assert ops.get("/v1/shards").json()["moves"] == [
         {"kind": "provider", "id": "move-c", "from_shard": source, "to_shard": target}
     ]
@@ -168,15 +170,7 @@ def test_a_gateway_that_starts_finishes_a_move_cut_short(
     stack: tuple[str, Hexbook, FastAPI], ops: httpx.Client, sites: dict[str, list[str]]
 ) -> None:
     _, hb, app = stack
-
-    def crash(step: moves.Step, _: str) -> None:
-        if step == "taken":
-            raise RuntimeError("the mover died")
-
-    source = hb.directory.shard_of("move-c")
-    target = next(s for s in hb.directory.shards if s != source)
-    with pytest.raises(RuntimeError):
-        moves.move_provider(hb, "move-c", target, on_step=crash)
+    _, target = cut_short(hb, "move-c", "taken")
     assert moves.pending(hb) != {}
     with serving(create_app(app.state.runtime.settings, hexbook=hb)):  # no one asks it
         until(lambda: moves.pending(hb) == {}, seconds=60)

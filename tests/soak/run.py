@@ -322,9 +322,9 @@ def run(days: int, seconds_per_day: float) -> int:
     rate = DAY / seconds_per_day
     with tempfile.TemporaryDirectory() as data, EmbeddedRedis(data) as server:
         ns = f"soak-{uuid.uuid4().hex[:6]}"
-        ray.init(
-            address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, namespace=ns
-        )
+        from tests.raycluster import start_local_ray
+
+        start_local_ray(ns)
         try:
             hb = Hexbook.connect(
                 server.url,
