@@ -55,6 +55,7 @@ from engine.schedule import WeeklyTemplate
 __all__ = ["NAMESPACE", "Hexbook", "calendar_of", "new_secret", "routable_id", "token_digest"]
 
 NAMESPACE = "hexbook"
+SyncRedis = redis.Redis
 DEFAULT_HORIZON_DAYS = 28  # a template's calendar keeps this many local days ahead open
 _RETRYABLE = (RayActorError, ActorDiedError, ActorUnavailableError, Unavailable)
 
@@ -88,6 +89,7 @@ class Hexbook:
         self.actor_options = actor_options or {}
         self._redis = redis.Redis.from_url(redis_url)
         self.directory = Directory(self._redis)
+        self._journal_clients: dict[str, SyncRedis] = {}
         self._handles: dict[str, Any] = {}
         self._placement: dict[str, str] = {}
         # The stack's time (holds, rolls); set_clock moves it here and on every shard.
@@ -101,12 +103,14 @@ class Hexbook:
         ray_address: str | None = None,
         shards: int | None = None,
         resolution: int = 8,
+        journals: list[str] | None = None,
         **kwargs: Any,
     ) -> Hexbook:
         """Join (or start) Ray, configure the directory if new, and start the shards.
 
-        ``shards`` counts the shards of a new directory (default: :func:`default_shards`);
-        a directory already in Redis keeps its own."""
+        ``shards`` counts the shards of a new directory (default: :func:`default_shards`),
+        ``journals`` names the Redis servers besides this one that its shards journal to
+        (spread in turn); a directory already in Redis keeps its own."""
         if not ray.is_initialized():
             ray.init(
                 address=ray_address,
@@ -117,7 +121,7 @@ class Hexbook:
         if (settings := clock_from_redis(hb._redis.hgetall(CLOCK_KEY))) is not None:
             hb.clock.set(*settings)  # a clock moved by an earlier process of this stack
         count = default_shards() if shards is None else shards
-        hb.directory.configure([f"shard-{i}" for i in range(count)], resolution)
+        hb.directory.configure([f"shard-{i}" for i in range(count)], resolution, journals)
         for name in hb.directory.shards:
             hb.shard(name)
         return hb
@@ -126,6 +130,27 @@ class Hexbook:
     def redis(self) -> redis.Redis:
         """The synchronous Redis client of this connection (directory, keys, imports)."""
         return self._redis
+
+    def stream_urls(self) -> list[str]:
+        """The Redis servers shards journal to, this one first (each has its own
+        availability stream and outbox; ADR 0025)."""
+        return [self.redis_url, *self.directory.journal_urls()]
+
+    def journal_redis(self, shard: str) -> SyncRedis:
+        """A synchronous client of the Redis ``shard`` journals to."""
+        return self._client_of(self.directory.journal_of(shard))
+
+    def stream_clients(self) -> list[SyncRedis]:
+        """A synchronous client of each of :meth:`stream_urls`, in that order."""
+        return [self._client_of(url) for url in self.stream_urls()]
+
+    def _client_of(self, url: str | None) -> SyncRedis:
+        if url is None or url == self.redis_url:
+            return self._redis
+        client = self._journal_clients.get(url)
+        if client is None:
+            client = self._journal_clients[url] = redis.Redis.from_url(url)
+        return client
 
     def shard(self, name: str, *, detached: bool | None = None) -> Any:
         """The handle of shard ``name``, creating the actor if it does not exist
@@ -146,7 +171,13 @@ class Hexbook:
             options.update(extra(name) if callable(extra) else extra)
             remote = ray.remote(ShardActor).options(**options)
             handle = remote.remote(
-                name, self.redis_url, **{"clock": self.clock, **self.shard_options}
+                name,
+                self.redis_url,
+                **{
+                    "clock": self.clock,
+                    "journal_url": self.directory.journal_of(name),
+                    **self.shard_options,
+                },
             )
             self._handles[name] = handle
         return handle

@@ -37,7 +37,7 @@ import numpy as np
 import redis
 
 from actors import archive, journal
-from actors.directory import Directory
+from actors.directory import Directory, servers_of
 from actors.journal import CalendarAdded, CalendarEvents, CalendarRemoved, HandOffEnded
 from actors.policy import decode_rule, rules_key
 from actors.sealing import Keyring
@@ -125,8 +125,9 @@ def _shards(client: redis.Redis) -> list[str]:
 def audit(
     client: redis.Redis, acks: Iterable[dict[str, Any]] = (), keyring: Keyring | None = None
 ) -> AuditReport:
-    """Check the journals in ``client``'s Redis against ``acks`` (``keyring`` opens
-    what the shards sealed)."""
+    """Check the journals of the deployment whose Redis ``client`` is against ``acks``
+    (``keyring`` opens what the shards sealed): those in it and those of the Redis
+    servers its directory has shards journal to."""
     report = AuditReport()
     # Each shard's calendars as its journal leaves them; a provider that moved is in
     # the journals of both shards, and counts where the directory says it lives.
@@ -136,10 +137,11 @@ def audit(
     hold_keys: Counter[str] = Counter()
     offers: dict[str, str] = {}  # offer hold id -> waitlist entry id
     confirm_keys: Counter[str] = Counter()
-    for shard in _shards(client):
+    servers = servers_of(client)
+    for server, shard in ((c, name) for c in servers for name in _shards(c)):
         report.shards += 1
         calendars = by_shard.setdefault(shard, {})
-        raw: Any = client.get(journal.snapshot_key(shard))
+        raw: Any = server.get(journal.snapshot_key(shard))
         after = "0-0"
         if raw is not None:
             snap = journal.open_snapshot(raw, keyring, shard)
@@ -156,7 +158,7 @@ def audit(
                         offers[h.hold_id] = h.offer
         key = journal.journal_key(shard)
         while True:
-            rows: Any = client.xrange(key, min=f"({after}", max="+", count=500)
+            rows: Any = server.xrange(key, min=f"({after}", max="+", count=500)
             if not rows:
                 break
             for entry_id, fields in rows:
@@ -220,7 +222,8 @@ def audit(
         for b in cal.bookings.values():
             bookings[b.booking_id] = b.status
             every[b.booking_id] = (b, cal)
-    for pid, service, b in archive.export(client, keyring):  # days that left their windows
+    archived = (row for c in servers for row in archive.export(c, keyring))
+    for pid, service, b in archived:  # days that left their windows
         bookings.setdefault(b.booking_id, b.status)
         every.setdefault(b.booking_id, (b, calendars.get((pid, service))))
         report.archived += 1

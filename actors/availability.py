@@ -14,11 +14,19 @@ index and the live feed follow the stream through :class:`AvailabilityReader`, w
 Redis client waits longer than its blocking reads (a client whose socket timeout is
 shorter than ``BLOCK`` drops every idle reader).
 
+Where shards journal to more than one Redis (ADR 0025), each server has its own stream
+(each written in the MULTI of its shards' batches) and :class:`AvailabilityStreams`
+reads them as one: its cursor is the ids of every stream's last entry read, in the
+order of the servers, joined by ``.`` (``1712-0.1713-4``); with one server it is that
+stream's entry id, as before.
+
 >>> entries, last = read_availability(client, after="0-0")   # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 from collections.abc import Iterable
 from typing import Any, NamedTuple
@@ -31,6 +39,7 @@ __all__ = [
     "AVAILABILITY_STREAM",
     "AvailabilityEntry",
     "AvailabilityReader",
+    "AvailabilityStreams",
     "CalendarChanged",
     "Change",
     "SlotFree",
@@ -45,6 +54,7 @@ AVAILABILITY_STREAM = "hexbook:availability"
 _WHOLE = -1  # start and remaining of a CalendarChanged on the wire
 _MAX_PART = 2**64 - 1  # Redis stream ids are two unsigned 64-bit integers
 _ENTRY_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
+CURSOR_PATTERN = r"^[0-9]{1,20}-[0-9]{1,20}(\.[0-9]{1,20}-[0-9]{1,20}){0,63}$"
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(list[tuple[str, str, int, int]])
@@ -157,3 +167,109 @@ class AvailabilityReader:
 
     async def close(self) -> None:
         await self.redis.aclose()
+
+
+class AvailabilityStreams:
+    """The streams of several Redis servers read as one (the first: the deployment's
+    Redis, then the servers shards journal to). Cursors: see the module's text."""
+
+    def __init__(self, urls: list[str], *, max_block_seconds: float = 30.0) -> None:
+        if not urls:
+            raise ValueError("no Redis to read the availability stream from")
+        self.urls = list(urls)
+        self.readers = [AvailabilityReader(u, max_block_seconds=max_block_seconds) for u in urls]
+
+    def parse(self, cursor: str) -> list[str] | None:
+        """The per-stream ids of ``cursor``; ``None`` if it is not a cursor of these
+        streams (malformed, or of another number of servers)."""
+        parts = cursor.split(".")
+        if len(parts) != len(self.readers) or any(parse_entry_id(p) is None for p in parts):
+            return None
+        return parts
+
+    @staticmethod
+    def join(ids: list[str]) -> str:
+        return ".".join(ids)
+
+    async def newest(self) -> list[str]:
+        """Each stream's last entry id (``0-0`` for an empty one)."""
+        return [await r.newest() or "0-0" for r in self.readers]
+
+    async def oldest(self) -> list[str | None]:
+        """Each stream's first entry id still kept (``None``: empty)."""
+        return [await r.oldest() for r in self.readers]
+
+    def follow(self, ids: list[str]) -> StreamsFollower:
+        """A reader of every stream from ``ids`` on (:meth:`StreamsFollower.read`)."""
+        return StreamsFollower(self, list(ids))
+
+    async def close(self) -> None:
+        for r in self.readers:
+            await r.close()
+
+
+class StreamsFollower:
+    """Follows every stream of an :class:`AvailabilityStreams` at once: one blocking read
+    per stream stays under way between calls, so an idle stream delays no other, and a
+    stream whose Redis is away is tried again each ``retry_seconds`` while the others
+    flow (:attr:`failing` says which and why)."""
+
+    def __init__(
+        self, streams: AvailabilityStreams, ids: list[str], retry_seconds: float = 1.0
+    ) -> None:
+        self.streams = streams
+        self.ids = ids
+        self.retry_seconds = retry_seconds
+        self.failing: dict[str, BaseException] = {}  # server URL -> its last error
+        self._reads: dict[int, asyncio.Task[list[AvailabilityEntry]]] = {}
+        self._retry_at: dict[int, float] = {}
+
+    @property
+    def cursor(self) -> str:
+        return AvailabilityStreams.join(self.ids)
+
+    async def read(self, count: int, block_ms: int) -> list[tuple[AvailabilityEntry, str]]:
+        """The entries that came (each with the cursor after it), waiting up to
+        ``block_ms`` for one. With one stream its errors are raised (the caller retries);
+        with several, a failing one is noted in :attr:`failing` and retried."""
+        readers = self.streams.readers
+        if len(readers) == 1:  # the plain case: no task needed
+            entries = await readers[0].read(self.ids[0], count, block_ms)
+            out = []
+            for e in entries:
+                self.ids[0] = e.entry_id
+                out.append((e, e.entry_id))
+            return out
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for i, reader in enumerate(readers):
+            if i not in self._reads and self._retry_at.get(i, 0.0) <= now:
+                self._reads[i] = loop.create_task(reader.read(self.ids[i], count, block_ms))
+        if not self._reads:  # every stream away: wait for the first retry
+            await asyncio.sleep(max(0.0, min(self._retry_at.values()) - now))
+            return []
+        done, _ = await asyncio.wait(
+            self._reads.values(), timeout=block_ms / 1000, return_when=asyncio.FIRST_COMPLETED
+        )
+        out = []
+        for i, task in sorted(self._reads.items()):
+            if task not in done:
+                continue
+            del self._reads[i]
+            url = self.streams.urls[i]
+            if (exc := task.exception()) is not None:
+                self.failing[url] = exc
+                self._retry_at[i] = loop.time() + self.retry_seconds
+                continue
+            self.failing.pop(url, None)
+            for e in task.result():
+                self.ids[i] = e.entry_id
+                out.append((e, self.cursor))
+        return out
+
+    async def close(self) -> None:
+        for task in self._reads.values():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        self._reads = {}

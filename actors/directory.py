@@ -3,7 +3,9 @@ every process connected to the same Redis (gateway workers, CLIs) sees one map.
 
 Keys: ``hexbook:directory:meta`` (``resolution``, ``shards``: comma-separated names),
 ``hexbook:directory:cells`` (cell -> shard), ``hexbook:directory:providers``
-(provider id -> shard), ``hexbook:directory:dedicated`` (provider id -> its own shard).
+(provider id -> shard), ``hexbook:directory:dedicated`` (provider id -> its own shard),
+``hexbook:directory:journals`` (shard -> the URL of the Redis it journals to, when not
+this one: ADR 0025).
 
 A cell is assigned to a shard the first time a provider lands in it (by a stable hash
 of the cell, so neighbouring processes agree without coordination; ``HSETNX`` makes
@@ -22,12 +24,13 @@ from engine.errors import InvalidRequest, ProviderNotFound
 from engine.geo import DEFAULT_RESOLUTION
 from engine.provider import Provider
 
-__all__ = ["Directory", "default_shards", "home_shard"]
+__all__ = ["Directory", "default_shards", "home_shard", "servers_of"]
 
 META = "hexbook:directory:meta"
 CELLS = "hexbook:directory:cells"
 PROVIDERS = "hexbook:directory:providers"
 DEDICATED = "hexbook:directory:dedicated"
+JOURNALS = "hexbook:directory:journals"
 
 
 def _s(value: bytes | str) -> str:
@@ -50,18 +53,69 @@ def home_shard(cell: str, count: int) -> int:
     return zlib.crc32(cell.encode()) % count
 
 
+def servers_of(client: redis.Redis) -> list[redis.Redis]:
+    """``client`` (a deployment's Redis) and a client of every other Redis its directory
+    has shards journal to: where journals, archives and outboxes are (ADR 0025)."""
+    return [client, *map(redis.Redis.from_url, Directory(client).journal_urls())]
+
+
 class Directory:
     """Cells and providers mapped to shards, stored in Redis."""
 
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
 
-    def configure(self, shards: list[str], resolution: int = DEFAULT_RESOLUTION) -> None:
-        """Set the shard list and cell resolution unless already set (first one wins)."""
+    def configure(
+        self,
+        shards: list[str],
+        resolution: int = DEFAULT_RESOLUTION,
+        journals: list[str] | None = None,
+    ) -> None:
+        """Set the shard list and cell resolution unless already set (first one wins).
+
+        ``journals``: Redis URLs besides this one for shards to journal to; the shards of
+        a new directory are spread over this Redis and them in turn (shard-0 here,
+        shard-1 on the first of them, ...). A directory set already keeps its map."""
         if not shards or not 0 <= resolution <= 15:
             raise InvalidRequest("need at least one shard and an H3 resolution of 0 to 15")
-        self.redis.hsetnx(META, "shards", ",".join(shards))
+        new = bool(self.redis.hsetnx(META, "shards", ",".join(shards)))
         self.redis.hsetnx(META, "resolution", str(resolution))
+        if new and journals:
+            servers: list[str | None] = [None, *journals]
+            for i, shard in enumerate(shards):
+                url = servers[i % len(servers)]
+                if url is not None:
+                    self.redis.hsetnx(JOURNALS, shard, url)
+
+    def journal_of(self, shard: str) -> str | None:
+        """The URL of the Redis ``shard`` journals to; ``None``: this one."""
+        raw = self.redis.hget(JOURNALS, shard)
+        return None if raw is None else _s(raw)
+
+    def journals(self) -> dict[str, str]:
+        """Every shard that journals to another Redis, and that Redis's URL."""
+        return {_s(k): _s(v) for k, v in self.redis.hgetall(JOURNALS).items()}
+
+    def journal_urls(self) -> list[str]:
+        """The other Redis servers shards journal to (each once, in a stable order)."""
+        return sorted(set(self.journals().values()))
+
+    def place_journal(self, shard: str) -> str | None:
+        """Give a new shard (a dedicated one) the journal server with the fewest shards
+        (this Redis on a tie); returns its URL, ``None`` for this one."""
+        known = self.journal_of(shard)
+        if known is not None:
+            return known
+        mapped = self.journals()
+        load: dict[str | None, int] = {None: 0, **dict.fromkeys(mapped.values(), 0)}
+        for name in self.shards:
+            if name != shard:
+                load[mapped.get(name)] = load.get(mapped.get(name), 0) + 1
+        choice = min(load, key=lambda url: (load[url], url is not None, url or ""))
+        if choice is not None:
+            self.redis.hsetnx(JOURNALS, shard, choice)
+            return self.journal_of(shard)
+        return None
 
     @property
     def shards(self) -> list[str]:
@@ -120,6 +174,7 @@ class Directory:
         shard = f"dedicated-{provider_id}"
         self.redis.hset(DEDICATED, provider_id, shard)
         self.add_shard(shard)
+        self.place_journal(shard)
         return shard
 
     def set_provider_shard(self, provider_id: str, shard: str) -> None:

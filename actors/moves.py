@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import h3
 
+from actors import archive
 from actors.shard import check
 from engine.errors import InvalidRequest, ScheduleConflict
 
@@ -96,15 +97,47 @@ def move_provider(hb: Hexbook, provider_id: str, to_shard: str, *, on_step: OnSt
         handed = None
     if handed is not None:
         on_step("handed", provider_id)
+        _carry_archive(hb, provider_id, from_shard, to_shard)
         check(hb._call(to_shard, "take_over", handed))
         on_step("taken", provider_id)
         hb.directory.set_provider_shard(provider_id, to_shard)
         hb._placement[provider_id] = to_shard
         on_step("routed", provider_id)
     check(hb._call(from_shard, "end_hand_off", provider_id))
+    _drop_archive(hb, provider_id, from_shard, to_shard)
     on_step("ended", provider_id)
     hb.redis.hdel(MOVES, field)
     return True
+
+
+def _archive_keys(client: Any, provider_id: str) -> list[Any]:
+    return list(client.scan_iter(match=f"{archive.PREFIX}{provider_id}/*", count=500))
+
+
+def _carry_archive(hb: Hexbook, provider_id: str, from_shard: str, to_shard: str) -> None:
+    """Copy a provider's archived days to the Redis its new shard journals to, when that
+    is another server (ADR 0025): before the take-over, while neither shard rolls its
+    calendars, and again if a move resumes (the same values)."""
+    src, dst = hb.journal_redis(from_shard), hb.journal_redis(to_shard)
+    if src is dst:
+        return
+    for key in _archive_keys(src, provider_id):
+        rows: dict[Any, Any] = {}
+        for field, value in src.hscan_iter(key, count=500):
+            rows[field] = value
+            if len(rows) >= 500:
+                dst.hset(key, mapping=rows)
+                rows = {}
+        if rows:
+            dst.hset(key, mapping=rows)
+
+
+def _drop_archive(hb: Hexbook, provider_id: str, from_shard: str, to_shard: str) -> None:
+    """Delete the old server's copy of a moved provider's archive (after the switch:
+    no patient data left behind where nothing erases it)."""
+    src, dst = hb.journal_redis(from_shard), hb.journal_redis(to_shard)
+    if src is not dst and (keys := _archive_keys(src, provider_id)):
+        src.delete(*keys)
 
 
 def move_cell(hb: Hexbook, cell: str, to_shard: str, *, on_step: OnStep = _noop) -> list[str]:

@@ -41,6 +41,7 @@ __all__ = [
     "replay",
     "seal_notice",
     "stats",
+    "stats_of",
 ]
 
 OUTBOX = "hexbook:outbox"
@@ -104,6 +105,23 @@ def replay(client: redis.Redis, ids: list[str] | None = None) -> int:
         pipe.execute()
         moved += 1
     return moved
+
+
+def stats_of(clients: list[redis.Redis]) -> dict[str, Any]:
+    """:func:`stats` of the outboxes of several Redis servers (shards journaling to
+    more than one, ADR 0025), added up; the oldest is the oldest of all."""
+    parts = [stats(c) for c in clients]
+    counters: dict[str, int] = {}
+    for part in parts:
+        for k, v in part["counters"].items():
+            counters[k] = counters.get(k, 0) + v
+    return {
+        "waiting": sum(p["waiting"] for p in parts),
+        "pending": sum(p["pending"] for p in parts),
+        "oldest_seconds": max((p["oldest_seconds"] for p in parts), default=0.0),
+        "dead": sum(p["dead"] for p in parts),
+        "counters": counters,
+    }
 
 
 def stats(client: redis.Redis) -> dict[str, Any]:

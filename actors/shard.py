@@ -69,25 +69,34 @@ class ShardActor:
         clock: Clock | None = None,
         keyring: Keyring | None = None,
         offer_seconds: int = 900,
+        journal_url: str | None = None,
     ) -> None:
-        client = aioredis.from_url(
-            redis_url,
-            socket_timeout=redis_timeout,
-            socket_connect_timeout=redis_timeout,
-            retry_on_timeout=False,
-        )
+        def connect(url: str) -> aioredis.Redis:
+            return aioredis.from_url(
+                url,
+                socket_timeout=redis_timeout,
+                socket_connect_timeout=redis_timeout,
+                retry_on_timeout=False,
+            )
+
+        # ``redis_url``: the deployment's Redis (directory, claims, clock); ``journal_url``:
+        # where this shard journals, when the directory gives it a server of its own.
+        control = connect(redis_url)
+        journal_client = control if journal_url in (None, redis_url) else connect(journal_url)
         self.name = name
         self._core = ShardCore(
             name,
-            client,
+            journal_client,
             snapshot_every_events=snapshot_every_events,
             snapshot_every_seconds=snapshot_every_seconds,
             keyring=keyring,
             offer_seconds=offer_seconds,
+            control=control,
         )
         self._sweep_seconds = sweep_seconds
         self._roll_seconds = roll_seconds  # how often calendars are checked for a new day
-        self._redis = client
+        self._redis = control
+        self._journal = journal_client
         self.clock = clock or Clock()
         self._queue: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         self._wake: asyncio.Event | None = None
@@ -237,7 +246,7 @@ class ShardActor:
         if found is None:
             try:
                 found = await archive.read_booking(
-                    self._redis, provider_id, service, booking_id, self._core.keyring
+                    self._journal, provider_id, service, booking_id, self._core.keyring
                 )
             except RedisError as exc:
                 return Unavailable(f"the archive is unreachable: {exc}")

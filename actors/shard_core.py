@@ -74,6 +74,7 @@ from engine.waitlist import (
     Offers,
     WaitEntry,
     Waitlist,
+    WaitlistLeft,
     freed_starts,
     offer_hold,
     open_starts,
@@ -84,6 +85,9 @@ __all__ = ["Outcome", "RecoveryStats", "ShardCore"]
 
 Outcome = Result | HexbookError | None
 CalendarKey = tuple[str, str]
+
+
+_OFFER_ENDS = frozenset(("booked", "declined", "lapsed"))
 
 
 def _after(entry_id: str) -> str:
@@ -131,9 +135,14 @@ class ShardCore:
         availability_maxlen: int = 1_000_000,
         keyring: Keyring | None = None,
         offer_seconds: int = 900,
+        control: aioredis.Redis | None = None,
     ) -> None:
         self.name = name
+        # The shard's own Redis (journal, snapshot, archive, outbox, availability stream)
+        # and the deployment's (directory, waitlist claims): the same server unless the
+        # directory gives the shard a journal of its own (ADR 0025).
         self.redis = redis_client
+        self.control = redis_client if control is None else control
         # Seals what is written (journal, snapshot, archive) and opens what is read;
         # without keys, values are written clear (engine benches, tests of the format).
         self.keyring = keyring
@@ -163,9 +172,13 @@ class ShardCore:
         self.offer_seconds = offer_seconds
         # Notices due at a time (reminders, offers about to lapse; engine.notices).
         self.timers = Timers(lead=max(1, offer_seconds // 3))
-        self._claim = redis_client.register_script(claims.CLAIM)
-        self._finish = redis_client.register_script(claims.FINISH)
-        self._unclaim = redis_client.register_script(claims.UNCLAIM)
+        self._claim = self.control.register_script(claims.CLAIM)
+        self._finish = self.control.register_script(claims.FINISH)
+        self._unclaim = self.control.register_script(claims.UNCLAIM)
+        # Offers ended in the journal since the snapshot (entry id -> how), seen
+        # while replaying: their claims may not have been finished (a crash between the
+        # commit and the claim's end), and recovery finishes them.
+        self._ended: dict[str, str] = {}
 
     # --- recovery --------------------------------------------------------------------
 
@@ -185,6 +198,7 @@ class ShardCore:
         self.calendars, self.providers, self.handed = {}, {}, {}
         self._pending = _Pending()
         self._roll_due = {}
+        self._ended = {}
         stats = RecoveryStats()
         if self.keyring is not None:
             self.keyring = self.keyring.reload()  # a key rotated since this shard began
@@ -240,6 +254,8 @@ class ShardCore:
             elif isinstance(entry, WaitlistEvents):
                 for event in entry.events:
                     self.waitlist.apply(event)
+                    if isinstance(event, WaitlistLeft) and event.reason in _OFFER_ENDS:
+                        self._ended[event.entry_id] = event.reason
             elif isinstance(entry, HandOffEnded):
                 self.handed.pop(entry.provider_id, None)
             else:
@@ -254,21 +270,35 @@ class ShardCore:
         self.handed[provider.provider_id] = HandedOff(provider, [*kept, snap])
 
     async def _reconcile_claims(self, now: int, chunk: int = 500) -> None:
-        """After a recovery: take back the claims of offers this shard made but never
-        committed, take off the entries that are over, and give back an offer held for
-        an entry whose claim is no longer that offer (its owner left meanwhile). Raises
-        Redis errors."""
+        """After a recovery: finish the claims of offers the journal ended (a crash came
+        between the commit and the claim's end), take back the claims of offers this
+        shard made but never committed, take off the entries that are over, and give
+        back an offer held for an entry whose claim is no longer that offer (its owner
+        left meanwhile). Raises Redis errors."""
         ids = [e.entry_id for e in self.waitlist.entries()]
         ids += [e for e in self.offers.by_entry if e not in self.waitlist]
+        ids += [e for e in self._ended if e not in self.waitlist and e not in self.offers.by_entry]
         for i in range(0, len(ids), chunk):
             part = ids[i : i + chunk]
-            raws = await self.redis.mget([claims.claim_key(e) for e in part])
+            raws = await self.control.mget([claims.claim_key(e) for e in part])
             for entry_id, raw in zip(part, raws, strict=True):
                 claim = claims.parse_claim(raw)
                 held = self.offers.by_entry.get(entry_id)
                 if held is not None and claim.hold_id != held:
                     self._release_offer(held, now)
-                if claim.state == "offered":
+                how = self._ended.get(entry_id)
+                if (
+                    how is not None
+                    and claim.state == "offered"
+                    and claim.hold_id not in self.offers.by_hold
+                ):
+                    # The entry's offer ended in the journal (an entry is over once its
+                    # offer ends, so no later offer was claimed): that is this claim.
+                    await self._finish(
+                        keys=[claims.claim_key(entry_id)],
+                        args=[claim.hold_id or "", f"done:{how}", claims.DONE_TTL_SECONDS],
+                    )
+                elif claim.state == "offered":
                     # An offer this shard claimed for a site it still hosts, not in its
                     # journal: never committed. (A site that moved took its offers along.)
                     if (
@@ -280,6 +310,7 @@ class ShardCore:
                         await self._unclaim(keys=[key], args=[claim.hold_id or ""])
                 elif claim.state != "waiting":
                     self.waitlist.leave(entry_id, "taken", now)
+        self._ended = {}
         self._journal_waitlist()
 
     def _release_offer(self, hold_id: str, now: int) -> None:
@@ -568,7 +599,7 @@ class ShardCore:
             ended = self.offers.observe(events)
             for entry_id, hold_id, how in ended:
                 pending.ended.append((entry_id, hold_id, how))
-                self.waitlist.leave(entry_id, how, events[-1].at)
+                self.waitlist.end_offer(entry_id, how, events[-1].at)
         if len(self.waitlist):
             freed = freed_starts(cal, events)
             if freed:
@@ -667,7 +698,7 @@ class ShardCore:
                     plans.append((offer, routable_id(pid, service)))
             if not plans:
                 break
-            pipe = self.redis.pipeline(transaction=False)
+            pipe = self.control.pipeline(transaction=False)  # claims: the deployment's
             expires = now + self.offer_seconds
             for offer, hold_id in plans:
                 value = claims.offered_value(
@@ -715,6 +746,7 @@ class ShardCore:
         """Make the pending batch durable (one MULTI/EXEC); return its journal id.
 
         Raises Redis errors; then the caller must :meth:`fail_stop`."""
+        self._journal_waitlist()  # the waitlist's events go with the batch that made them
         pending = self._pending
         if not pending.entries:
             return None
@@ -726,15 +758,8 @@ class ShardCore:
             cal = self.calendars.get((pid, service))
             if cal is not None:
                 slots.append((pid, service, start, cal.remaining_at(start)))
-        self._journal_waitlist()
         pipe = self.redis.pipeline(transaction=True)
         ring = self.keyring
-        for entry_id, hold_id, how in pending.ended:  # the offer's end ends its entry
-            await self._finish(
-                keys=[claims.claim_key(entry_id)],
-                args=[hold_id, f"done:{how}", claims.DONE_TTL_SECONDS],
-                client=pipe,
-            )
         pipe.xadd(
             journal.journal_key(self.name),
             {"b": journal.seal_batch(JournalBatch(pending.entries), ring, self.name)},
@@ -754,9 +779,23 @@ class ShardCore:
             approximate=True,
         )
         results = await pipe.execute()
-        entry_id = results[len(pending.ended)]
+        entry_id = results[0]
         self.last_id = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
         self.events_since_snapshot += pending.events
+        if pending.ended:
+            # The offers' ends end their entries' claims, after the commit (the claims are
+            # the deployment's, the journal may be on another server): a crash between
+            # the two is mended by the next recovery, which finds these ends in the
+            # journal (_reconcile_claims). A failure here fails the shard stop like a
+            # failed commit, so that recovery runs before anything else.
+            async with self.control.pipeline(transaction=False) as finish:
+                for ended_entry, hold_id, how in pending.ended:
+                    await self._finish(
+                        keys=[claims.claim_key(ended_entry)],
+                        args=[hold_id, f"done:{how}", claims.DONE_TTL_SECONDS],
+                        client=finish,
+                    )
+                await finish.execute()
         return self.last_id
 
     def snapshot_due(self) -> bool:

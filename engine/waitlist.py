@@ -219,6 +219,12 @@ class Waitlist:
         self._emit(WaitlistLeft(entry_id, reason, now))
         return True
 
+    def end_offer(self, entry_id: str, reason: LeftReason, now: int) -> None:
+        """An offer held for ``entry_id`` ended (``booked``, ``declined``, ``lapsed``):
+        the entry leaves, and the event is journaled even when the entry had left this
+        list already (it expired meanwhile), so that a replay knows the offer ended."""
+        self._emit(WaitlistLeft(entry_id, reason, now))
+
     def expire(self, now: int) -> int:
         """Take off every entry whose time ran out; return how many."""
         due = [e.entry_id for e in self._entries.values() if e.expires_at <= now]

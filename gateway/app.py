@@ -27,7 +27,7 @@ from fastapi.staticfiles import StaticFiles
 
 from actors import moves, outbox
 from actors.api import Hexbook
-from actors.availability import AvailabilityReader
+from actors.availability import AvailabilityStreams
 from actors.embedded_redis import EmbeddedRedis, redis_endpoint
 from actors.policy import PolicyCache, PolicyStore
 from actors.series import SeriesBook
@@ -108,7 +108,7 @@ async def _runtime(
     first = settings.index_first_day
     index = AvailabilityIndex(
         hb,
-        hb.redis_url,
+        hb.stream_urls(),
         None
         if first is None
         else int(datetime(first.year, first.month, first.day, tzinfo=UTC).timestamp()),
@@ -116,7 +116,9 @@ async def _runtime(
     )
     await index.load_and_follow()
     stack.push_async_callback(index.stop)
-    stream = AvailabilityReader(hb.redis_url, max_block_seconds=settings.feed_keepalive_seconds + 1)
+    stream = AvailabilityStreams(
+        hb.stream_urls(), max_block_seconds=settings.feed_keepalive_seconds + 1
+    )
     stack.push_async_callback(stream.close)
     configured = settings.token_secret.get_secret_value() if settings.token_secret else None
     secret = await asyncio.to_thread(token_secret, hb.redis, configured)
@@ -196,8 +198,7 @@ async def _runtime(
     )
     purging = asyncio.create_task(eraser.run(settings.retention_sweep_seconds))
     stack.callback(purging.cancel)
-    deliverer = await _deliverer(settings, hb, stack)
-    if deliverer is not None:
+    for deliverer in await _deliverers(settings, hb, stack):
         delivering = asyncio.create_task(deliverer.run())
         stack.callback(delivering.cancel)
     watching = asyncio.create_task(_watch_outbox(hb, metrics))
@@ -222,20 +223,21 @@ async def _runtime(
     )
 
 
-async def _deliverer(
+async def _deliverers(
     settings: Settings, hb: Hexbook, stack: contextlib.AsyncExitStack
-) -> Deliverer | None:
-    """This gateway's deliverer of notifications, if it runs one and a channel is set."""
+) -> list[Deliverer]:
+    """This gateway's deliverers of notifications, if it runs them and a channel is set:
+    one per outbox (each Redis shards journal to has its own)."""
     if not settings.notify or not (settings.smtp_url or settings.webhook_url):
-        return None
-    return await deliverer_of(settings, hb.redis_url, hb.keyring, stack)
+        return []
+    return [await deliverer_of(settings, url, hb.keyring, stack) for url in hb.stream_urls()]
 
 
 async def _watch_outbox(hb: Hexbook, metrics: Metrics, every: float = 2.0) -> None:
     """Keep the outbox gauges of /metrics current."""
     while True:
         try:
-            metrics.show_outbox(await asyncio.to_thread(outbox.stats, hb.redis))
+            metrics.show_outbox(await asyncio.to_thread(outbox.stats_of, hb.stream_clients()))
         except Exception as exc:  # Redis away: the gauges keep their last values
             log.debug("outbox stats: %s", exc)
         await asyncio.sleep(every)
@@ -293,6 +295,7 @@ def create_app(
                     url,
                     ray_address=settings.ray_address,
                     shards=settings.shards,
+                    journals=settings.journal_redis_urls,
                     namespace=settings.namespace,
                     keyring=data_keyring(settings, embedded=not external, create=True),
                 )

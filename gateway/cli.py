@@ -89,6 +89,15 @@ def _parser() -> argparse.ArgumentParser:
         "gateway uses, at least 1); an existing deployment keeps its own",
     )
     up.add_argument(
+        "--journal-redis",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="one more Redis for shards to journal to (repeat for more): a new "
+        "deployment's shards are spread over --redis-url and these in turn, so durability "
+        "grows with the servers; an existing deployment keeps its map (docs/deployment.md)",
+    )
+    up.add_argument(
         "--fsync",
         choices=["always", "everysec"],
         default="always",
@@ -338,6 +347,9 @@ def up(args: argparse.Namespace) -> int:
     if isinstance(tls, str):
         print(f"hexbook: {tls}", file=sys.stderr)
         return 2
+    if (bad := _journal_servers_problem(args.journal_redis)) is not None:
+        print(f"hexbook: {bad}", file=sys.stderr)
+        return 2
     sock = cli_gateway.listen(args, args.gateways > 1)  # before anything: a taken port says so
     if isinstance(sock, int):
         return sock
@@ -371,7 +383,8 @@ def up(args: argparse.Namespace) -> int:
         # (ray.init(None) joins a cluster that `ray start` left running, and with it
         # another deployment's shards of the same names).
         hb = Hexbook.connect(url, ray_address=args.ray_address or "local", shards=args.shards,
-                             keyring=ring, detached=args.ray_address is not None)  # fmt: skip
+                             journals=args.journal_redis, keyring=ring,
+                             detached=args.ray_address is not None)  # fmt: skip
         stack.callback(ray.shutdown)
         stack.callback(hb.close)
         if embedded is not None:  # `hexbook keyring` reaches the shards through it
@@ -379,7 +392,9 @@ def up(args: argparse.Namespace) -> int:
             address.write_text(ray.get_runtime_context().gcs_address + "\n")
             stack.callback(address.unlink, missing_ok=True)
         count = len(hb.directory.shards)
-        print(f"hexbook: {count} shard{'' if count == 1 else 's'}")
+        servers = len(hb.stream_urls())
+        print(f"hexbook: {count} shard{'' if count == 1 else 's'}"
+              + (f", journaling to {servers} Redis servers" if servers > 1 else ""))  # fmt: skip
         if args.demo:
             _provision_demo(hb, args.sites)
         settings = Settings(
@@ -387,6 +402,7 @@ def up(args: argparse.Namespace) -> int:
             ray_address=args.ray_address,
             data_dir=args.data_dir,
             shards=args.shards,
+            journal_redis_urls=args.journal_redis,
             access_log=args.access_log,
         )
         print(f"hexbook: notifications: {_channels(settings)}")
@@ -411,6 +427,25 @@ def up(args: argparse.Namespace) -> int:
             srv.run(sockets=[sock])
     print("hexbook: stopped cleanly")
     return 0
+
+
+def _journal_servers_problem(urls: list[str]) -> str | None:
+    """Why ``--journal-redis`` URLs cannot be used (not Redis URLs, not answering), or
+    ``None``."""
+    import redis
+
+    from actors.embedded_redis import redacted
+
+    for url in urls:
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            return f"--journal-redis {redacted(url)}: not a redis://, rediss:// or unix:// URL"
+        try:
+            redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5).ping()
+        except (redis.RedisError, OSError, ValueError) as exc:
+            return f"--journal-redis {redacted(url)} does not answer: {exc}"
+    if len(set(urls)) != len(urls):
+        return "--journal-redis names a server twice"
+    return None
 
 
 def _more_gateways(
@@ -679,8 +714,11 @@ def keyring(args: argparse.Namespace) -> int:
         # local cluster); a driver given its address sends it only when told to, and
         # Ray reads this when it is imported.
         os.environ["RAY_AUTH_MODE"] = "token"
+    from collections import Counter
+
     import ray
 
+    from actors.directory import servers_of
     from actors.sealed_data import CLEAR, census, reseal_archive
     from actors.sealing import Keyring, write_key_file
     from gateway.audit_trail import append_sync
@@ -689,10 +727,14 @@ def keyring(args: argparse.Namespace) -> int:
         print(f"HEXBOOK_DATA_KEYS={Keyring.generate().as_env()}")
         return 0
 
+    def counted(servers: list[Any]) -> Counter[str]:
+        return sum((census(c) for c in servers), Counter())
+
     def work(client: Any) -> int:
         ring = keyring_for(args, embedded=embedded_redis_wanted(args))
+        servers = servers_of(client)  # and the Redis servers shards journal to
         if args.action == "status":
-            counts = census(client)
+            counts = counted(servers)
             print(f"{'key id':10}  {'values':>10}")
             for kid in [*ring.keys, *(k for k in counts if k not in ring.keys)]:
                 mark = (
@@ -733,10 +775,10 @@ def keyring(args: argparse.Namespace) -> int:
             return 2
         ray.get([h.use_keyring.remote(ring) for h in shards.values()])
         ray.get([h.reseal.remote() for h in shards.values()])
-        rewritten = reseal_archive(client, ring)
+        rewritten = sum(reseal_archive(c, ring) for c in servers)
         append_sync(client, time.time(), _cli_who(), "cli", "keyring.reencrypt",
                     f"key_id={ring.current}")  # fmt: skip
-        counts = census(client)
+        counts = counted(servers)
         print(
             f"re-encrypted with {ring.current}: {len(shards)} shard snapshot(s), "
             f"{rewritten:,} archived booking(s); values by key: "

@@ -58,9 +58,12 @@ def outbox(args: argparse.Namespace) -> int:
         print("hexbook: name the dead letters to replay, or give --all", file=sys.stderr)
         return 2
 
-    def work(client: Any) -> int:
+    def work(control: Any) -> int:
+        from actors.directory import servers_of
+
+        clients = servers_of(control)  # its outbox and those of the shards' other servers
         if args.action == "status":
-            s = box.stats(client)
+            s = box.stats_of(clients)
             print(f"waiting    {s['waiting']:>10,}   (oldest {s['oldest_seconds']:.1f} s)")
             print(f"in delivery{s['pending']:>10,}")
             print(f"dead       {s['dead']:>10,}")
@@ -68,14 +71,14 @@ def outbox(args: argparse.Namespace) -> int:
                 print(f"{name:11}{value:>10,}")
             return 0
         if args.action == "dead":
-            rows = box.dead_letters(client, args.limit)
+            rows = [r for c in clients for r in box.dead_letters(c, args.limit)][: args.limit]
             if not rows:
                 print("no dead letters")
             for r in rows:
                 when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["at"]))
                 print(f"{r['id']}  {when}Z  {r['kind']:20} tries={r['attempts']}  {r['reason']}")
             return 0
-        moved = box.replay(client, None if args.all else list(args.ids))
+        moved = sum(box.replay(c, None if args.all else list(args.ids)) for c in clients)
         print(f"{moved} dead letter(s) back in the outbox")
         return 0 if moved or args.all else 1
 
@@ -102,12 +105,24 @@ def deliver(args: argparse.Namespace) -> int:
     ring = keyring_for(args, embedded=embedded_redis_wanted(args))
 
     async def run(url: str) -> None:
+        import redis
+
+        from actors.directory import Directory
+
+        # The outbox of this Redis and of every Redis shards journal to (ADR 0025).
+        urls = [url, *Directory(redis.Redis.from_url(url)).journal_urls()]
         async with contextlib.AsyncExitStack() as stack:
-            d = await deliverer_of(settings, url, ring, stack)
-            d.claim_idle_ms = int(args.claim_idle * 1000)
+            ds = [await deliverer_of(settings, u, ring, stack) for u in urls]
+            for d in ds:
+                d.claim_idle_ms = int(args.claim_idle * 1000)
+            d = ds[0]
             channels = [c.name for c in (d.email, d.webhook) if c is not None]
-            print(f"hexbook deliver: {d.consumer} delivering by {', '.join(channels)}", flush=True)
-            await d.run()
+            print(
+                f"hexbook deliver: {d.consumer} delivering by {', '.join(channels)} "
+                f"from {len(ds)} outbox{'es' if len(ds) > 1 else ''}",
+                flush=True,
+            )
+            await asyncio.gather(*(d.run() for d in ds))
 
     try:
         with (

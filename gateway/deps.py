@@ -26,7 +26,7 @@ from gateway.service import BookingService
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
-    from actors.availability import AvailabilityReader
+    from actors.availability import AvailabilityStreams
     from actors.embedded_redis import EmbeddedRedis
     from gateway.index import AvailabilityIndex
     from gateway.interop.publish import SmartPublisher
@@ -63,7 +63,7 @@ class Runtime:
     auth: Authenticator
     keys: KeyStore
     index: AvailabilityIndex
-    stream: AvailabilityReader
+    stream: AvailabilityStreams
     smart: SmartPublisher
     imports: ImportScheduler
     redis_server: EmbeddedRedis | None = None  # the supervised embedded redis-server

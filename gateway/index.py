@@ -27,7 +27,8 @@ from typing import Any, Literal
 import numpy as np
 
 from actors.api import Hexbook
-from actors.availability import AvailabilityReader, CalendarChanged, Change
+from actors.availability import AvailabilityStreams, CalendarChanged, Change
+from actors.embedded_redis import redacted
 from engine.geo import haversine_km
 from engine.search import AvailabilityGrid, Match
 
@@ -44,7 +45,7 @@ class AvailabilityIndex:
     def __init__(
         self,
         hexbook: Hexbook,
-        redis_url: str,
+        stream_urls: list[str],
         start: int | None = None,
         days: int = 31,
         gather_seconds: float = 0.01,
@@ -54,14 +55,15 @@ class AvailabilityIndex:
         self.clock = hexbook.clock
         self.gather_seconds = gather_seconds  # after a read, wait this long for more
         self.roll_check_seconds = roll_check_seconds
-        self.stream = AvailabilityReader(redis_url)
+        # The stream of every Redis shards journal to (one, unless ADR 0025's split).
+        self.streams = AvailabilityStreams(stream_urls)
+        self.follower = self.streams.follow(["0-0"] * len(stream_urls))
         # A fixed start (tests) keeps the window where it is; None: yesterday, moving.
         self.fixed = start is not None
         self.start = start if start is not None else self._yesterday()
         self.days = days
         self.grids: dict[int, AvailabilityGrid] = {}
         self._grid_of: dict[tuple[str, str], AvailabilityGrid] = {}
-        self.last_id = "0-0"
         self.last_entry_ms = 0
         self.applied = 0
         self.moves = 0  # times the window moved on
@@ -96,7 +98,7 @@ class AvailabilityIndex:
 
     async def load_and_follow(self) -> None:
         """Load from the shards, then follow the stream (and the clock) in the background."""
-        self.last_id = await self.stream.newest() or "0-0"
+        self.follower = self.streams.follow(await self.streams.newest())
         await self._load()
         self.last_entry_ms = int(time.time() * 1000)
         loop = asyncio.get_running_loop()
@@ -145,7 +147,8 @@ class AvailabilityIndex:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.stream.close()
+        await self.follower.close()
+        await self.streams.close()
 
     def _upsert(
         self, provider: Any, service: str, start: int, slot_seconds: int, remaining: bytes
@@ -164,25 +167,37 @@ class AvailabilityIndex:
         self._grid_of[key] = grid
         grid.upsert(provider, service, start, np.frombuffer(remaining, dtype="<i4"))
 
+    @property
+    def last_id(self) -> str:
+        """The cursor of the last entry applied (of every stream)."""
+        return self.follower.cursor
+
     async def _follow(self) -> None:
+        follower = self.follower
+        pending: list[Any] = []  # entries read, not applied yet (a shard restarting)
         while True:
+            if not pending:
+                try:
+                    pending = await follower.read(count=500, block_ms=1000)
+                except Exception as exc:  # Redis away: keep serving what we have, retry
+                    log.warning("availability stream unreachable: %s", exc)
+                    await asyncio.sleep(1)
+                    continue
+                for url, why in follower.failing.items():
+                    log.warning("availability stream of %s unreachable: %s", redacted(url), why)
+            read = len(pending)
             try:
-                entries = await self.stream.read(self.last_id, count=500, block_ms=1000)
-            except Exception as exc:  # Redis away: keep serving what we have, retry
-                log.warning("availability stream unreachable: %s", exc)
-                await asyncio.sleep(1)
-                continue
-            try:
-                for entry in entries:
+                while pending:
+                    entry, _cursor = pending[0]
                     await self._apply(entry.changes)
-                    self.last_id = entry.entry_id
-                    self.last_entry_ms = int(self.last_id.split("-")[0])
+                    pending.pop(0)
+                    self.last_entry_ms = max(self.last_entry_ms, int(entry.entry_id.split("-")[0]))
                     self.applied += 1
             except Exception as exc:  # a shard restarting: apply this entry again shortly
                 log.warning("index: a change could not be applied yet: %s", exc)
                 await asyncio.sleep(0.5)
                 continue
-            if 0 < len(entries) < 500 and self.gather_seconds:
+            if 0 < read < 500 and self.gather_seconds:
                 # Under load every shard call adds an entry; reading them one XREAD each
                 # cost the gateway's loop 9% of a hold (py-spy). A short wait gathers them.
                 await asyncio.sleep(self.gather_seconds)

@@ -31,6 +31,7 @@ from pydantic import (
     model_validator,
 )
 
+from actors.availability import CURSOR_PATTERN
 from engine.provider import ID_RULE
 from engine.schedule import FIRST_DAY_MAX, FIRST_DAY_MIN, zone_names
 from gateway.timefmt import RFC3339, rfc3339_seconds
@@ -83,6 +84,7 @@ __all__ = [
 ID_PATTERN = f"^{ID_RULE}$"  # pydantic's regex engine: $ is the very end
 ROUTABLE_PATTERN = r"^[A-Za-z0-9_-]{2,480}\.[A-Za-z0-9_-]{22,32}$"
 ENTRY_ID_PATTERN = r"^[0-9]{1,20}-[0-9]{1,20}$"
+FEED_CURSOR_PATTERN = CURSOR_PATTERN  # one entry id per stream (actors.availability)
 IDEMPOTENCY_KEY = r"^[!-~]{1,200}$"  # visible ASCII, as an HTTP header carries it
 _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY.strip("^$"))
 
@@ -559,7 +561,7 @@ class AuditEntryOut(BaseModel):
 
 class FeedQuery(_Query):
     after: str | None = Field(
-        None, pattern=ENTRY_ID_PATTERN, description="resume after this event id"
+        None, pattern=FEED_CURSOR_PATTERN, description="resume after this event id"
     )
 
 

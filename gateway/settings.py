@@ -26,6 +26,12 @@ class Settings(BaseSettings):
     shards: int | None = Field(
         None, ge=1, le=1024, description="shards of a new deployment; none: a core each, less one"
     )
+    journal_redis_urls: list[str] = Field(
+        default_factory=list,
+        max_length=63,
+        description="more Redis servers the shards of a new deployment journal to, in turn "
+        "with redis_url (ADR 0025); an existing deployment keeps its map",
+    )
     namespace: str = "hexbook"
     hold_ttl_seconds: int = Field(300, ge=10, le=3600)
     # Eligibility rules and series templates are read at most this long after a change

@@ -1,7 +1,9 @@
 """``GET /v1/feed``: availability changes as server-sent events, resumable.
 
 Each event is one entry of the availability stream (one committed shard batch): its
-``id`` is the stream entry id, its ``data`` the changed slots with their free places.
+``id`` is the stream's cursor after it (the stream entry id; with shards journaling to
+several Redis servers, every stream's id joined by ``.``, see :mod:`actors.availability`),
+its ``data`` the changed slots with their free places.
 A client that reconnects with ``Last-Event-ID`` (browsers' ``EventSource`` does this by
 itself) or ``?after=`` gets every entry after that one, then live ones. When the id it
 gives is older than the stream keeps, or newer than its newest entry (another
@@ -21,11 +23,11 @@ from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 from redis.exceptions import RedisError
 
-from actors.availability import AvailabilityEntry, SlotFree, entry_id_key, parse_entry_id
+from actors.availability import AvailabilityEntry, SlotFree, entry_id_key
 from engine.errors import InvalidRequest, Unavailable
 from gateway.deps import Caller, Runtime, RuntimeDep
 from gateway.openapi import ANONYMOUS, event_stream
-from gateway.schemas import ENTRY_ID_PATTERN, FeedQuery
+from gateway.schemas import FEED_CURSOR_PATTERN, FeedQuery
 
 router = APIRouter(prefix="/v1", tags=["search"])
 _CHANGE: dict[str, Any] = {
@@ -56,7 +58,7 @@ def _utc(ts: int) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
-def _event(entry: AvailabilityEntry) -> str:
+def _event(entry: AvailabilityEntry, cursor: str) -> str:
     changes = [
         {"provider_id": c.provider_id, "service": c.service, "start": _utc(c.start),
          "remaining": c.remaining}
@@ -65,36 +67,37 @@ def _event(entry: AvailabilityEntry) -> str:
         for c in entry.changes
     ]  # fmt: skip
     data = json.dumps({"shard": entry.shard, "changes": changes})
-    return f"id: {entry.entry_id}\nevent: availability\ndata: {data}\n\n"
+    return f"id: {cursor}\nevent: availability\ndata: {data}\n\n"
 
 
 async def _events(
-    rt: Runtime, resume: str | None, newest: str, oldest: str | None
+    rt: Runtime, resume: list[str] | None, newest: list[str], oldest: list[str | None]
 ) -> AsyncIterator[str]:
     rt.feed_clients += 1
     rt.metrics.feed_clients.inc()
     keepalive_ms = int(rt.settings.feed_keepalive_seconds * 1000)
+    follower = rt.stream.follow(resume or newest)
     try:
-        cursor = resume or newest
-        if resume is not None and (
-            (oldest is not None and entry_id_key(resume) < entry_id_key(oldest))
-            or entry_id_key(resume) > entry_id_key(newest)
+        if resume is not None and any(
+            (old is not None and entry_id_key(mine) < entry_id_key(old))
+            or entry_id_key(mine) > entry_id_key(new)
+            for mine, old, new in zip(resume, oldest, newest, strict=True)
         ):
             # Entries after ``resume`` were trimmed, or never were: the client must reload.
-            cursor = newest
-            yield f"id: {newest}\nevent: reset\ndata: {{}}\n\n"
+            follower = rt.stream.follow(newest)
+            yield f"id: {follower.cursor}\nevent: reset\ndata: {{}}\n\n"
         yield "retry: 2000\n\n"
         while True:
             try:
-                entries = await rt.stream.read(cursor, count=200, block_ms=keepalive_ms)
+                entries = await follower.read(count=200, block_ms=keepalive_ms)
             except RedisError:
                 return  # the client reconnects with Last-Event-ID and misses nothing
             if not entries:
                 yield ": keep-alive\n\n"
-            for entry in entries:
-                cursor = entry.entry_id
-                yield _event(entry)
+            for entry, cursor in entries:
+                yield _event(entry, cursor)
     finally:
+        await follower.close()
         rt.feed_clients -= 1
         rt.metrics.feed_clients.dec()
 
@@ -105,18 +108,22 @@ async def feed(
     _: Caller,
     rt: RuntimeDep,
     last_event_id: Annotated[
-        str | None, Header(alias="Last-Event-ID", pattern=ENTRY_ID_PATTERN)
+        str | None, Header(alias="Last-Event-ID", pattern=FEED_CURSOR_PATTERN)
     ] = None,
 ) -> StreamingResponse:
     """Availability changes as server-sent events (``event: availability``), from now,
     or after ``Last-Event-ID`` / ``?after=`` when resuming."""
-    resume = last_event_id or q.after
-    if resume is not None and parse_entry_id(resume) is None:
-        raise InvalidRequest("Last-Event-ID / after must be a feed event id like 1712-0")
+    given = last_event_id or q.after
+    resume = None if given is None else rt.stream.parse(given)
+    if given is not None and resume is None:
+        example = rt.stream.join(["1712-0"] * len(rt.stream.readers))
+        raise InvalidRequest(
+            f"Last-Event-ID / after must be an event id of this feed, like {example}"
+        )
     if rt.feed_clients >= rt.settings.feed_max_clients:
         raise Unavailable(f"the feed serves {rt.settings.feed_max_clients} clients at most")
     try:
-        newest = await rt.stream.newest() or "0-0"
+        newest = await rt.stream.newest()
         oldest = await rt.stream.oldest()
     except RedisError as exc:
         raise Unavailable("the availability stream is unreachable; retry shortly") from exc
