@@ -22,10 +22,11 @@ import pytest
 import ray
 import redis
 
-from actors import journal
+from actors import archive, journal
 from actors.api import Hexbook
 from actors.audit import audit
 from actors.embedded_redis import EmbeddedRedis
+from engine.records import Booking
 from gateway.app import create_app
 from gateway.keys import KeyStore
 from gateway.settings import Settings
@@ -226,3 +227,31 @@ def test_a_journal_server_killed_under_load_stops_only_its_shards_and_they_come_
     report = audit(redis.Redis.from_url(split.control.url))
     assert report.ok, report.violations
     assert ray.get(split.hb.shard("shard-1").info.remote(), timeout=30)["calendars"] >= 1
+
+
+def test_a_site_promoted_to_a_shard_on_the_other_server_takes_its_archive_along(
+    split: Split,
+) -> None:
+    """A moved site's archived days (bookings whose day left the window) are read by its
+    new shard from the new shard's server: the move copies them there before the
+    take-over and deletes the old copy after the switch (no patient data left where
+    nothing erases it)."""
+    pid = split.on["shard-1"]  # journals to the other server
+    old = redis.Redis.from_url(split.other.url)
+    past = Booking("bk-past", 1_700_000_000, 1, "ref-past", b"\x00" * 32, "h-past", 1_699_999_000)
+    old.hset(archive.archive_key(pid, "vaccine"), past.booking_id,
+             archive.seal_booking(None, pid, "vaccine", past))  # fmt: skip
+    r = httpx.post(f"{split.url}/v1/providers/{pid}/dedicated-shard", headers=split.operator,
+                   timeout=120)  # fmt: skip
+    assert r.status_code == 200, r.text
+    shard = split.hb.directory.shard_of(pid)
+    assert shard == f"dedicated-{pid}"
+    assert split.hb.directory.journal_of(shard) is None  # the deployment's: fewer shards
+    new = redis.Redis.from_url(split.control.url)
+    assert not old.exists(archive.archive_key(pid, "vaccine"))
+    found = ray.get(split.hb.shard(shard).booking.remote(pid, "vaccine", "bk-past"), timeout=30)
+    assert isinstance(found, Booking) and found.patient_ref == "ref-past", found
+    assert new.hexists(archive.archive_key(pid, "vaccine"), "bk-past")
+    report = audit(new)
+    assert report.ok, report.violations
+    assert report.archived == 1
