@@ -358,6 +358,16 @@ def up(args: argparse.Namespace) -> int:
         try:
             embedded = None
             url = args.redis_url or os.environ.get("REDIS_URL") or None
+            if url is None and args.ray_address:
+                # The shards of a cluster are detached and keep the URL they were made
+                # with; an embedded Redis listens on this machine's loopback, on a new
+                # port each start: they would lose it at the first restart.
+                print(
+                    "hexbook: --ray-address needs --redis-url: a Redis at a fixed address "
+                    "that every node reaches (docs/deployment.md)",
+                    file=sys.stderr,
+                )
+                return 2
             if url is None:
                 embedded = stack.enter_context(EmbeddedRedis(args.data_dir, fsync=args.fsync))
                 embedded.supervise()  # a redis-server that dies is started again
@@ -617,6 +627,7 @@ def backup_(args: argparse.Namespace) -> int:
             progress(100, "backup", sys.stderr.isatty()) as shown,
         ):
             size = backup(url, args.file, lambda done, total: shown(done * 100 // total))
+            journals = _journal_servers_of(url)
     except NoHexbookData as exc:
         print(f"hexbook: {exc}", file=sys.stderr)
         return 2
@@ -624,7 +635,25 @@ def backup_(args: argparse.Namespace) -> int:
         print(f"hexbook: backup failed: {exc}", file=sys.stderr)
         return 1
     print(f"backup: {args.file} ({size:,} bytes, {time.monotonic() - started:.1f} s)")
+    if journals:
+        print(
+            f"hexbook: shards of this deployment journal to {len(journals)} more Redis "
+            "server(s), not in this file; back each up too:\n"
+            + "\n".join(f"  hexbook backup --redis-url {u} FILE" for u in journals),
+            file=sys.stderr,
+        )
     return 0
+
+
+def _journal_servers_of(url: str) -> list[str]:
+    """The other Redis servers (redacted URLs) the directory in ``url`` has shards
+    journal to."""
+    import redis
+
+    from actors.directory import Directory
+    from actors.embedded_redis import redacted
+
+    return [redacted(u) for u in Directory(redis.Redis.from_url(url)).journal_urls()]
 
 
 def restore_(args: argparse.Namespace) -> int:

@@ -265,3 +265,38 @@ def test_up_refuses_half_a_tls_setup_and_warns_of_plain_http_beyond_loopback(
     assert [loopback(h) for h in ("127.0.0.1", "::1", "localhost", "0.0.0.0", "10.0.0.5")] == [
         True, True, True, False, False,
     ]  # fmt: skip
+
+
+def test_up_refuses_journal_servers_it_cannot_use_and_an_embedded_redis_on_a_cluster(
+    tmp_path: Path,
+) -> None:
+    run = [sys.executable, "-m", "gateway.cli", "up", "--data-dir", str(tmp_path / "d")]
+    cases = [
+        (["--journal-redis", "localhost:6379"], "not a redis://, rediss:// or unix:// URL"),
+        (["--journal-redis", "redis://:secret@127.0.0.1:1/0"], "does not answer"),
+        (["--ray-address", "127.0.0.1:1"], "--ray-address needs --redis-url"),
+    ]
+    for extra, said in cases:
+        done = subprocess.run([*run, *extra], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and said in done.stderr, (extra, done.stderr)
+        assert "secret" not in done.stderr  # the password is not printed
+    assert not (tmp_path / "d").exists()  # refused before anything started
+
+
+def test_a_backup_names_the_journal_servers_it_does_not_hold(tmp_path: Path) -> None:
+    import redis
+
+    from actors.directory import Directory
+
+    with EmbeddedRedis(tmp_path / "c") as control, EmbeddedRedis(tmp_path / "j") as other:
+        Directory(redis.Redis.from_url(control.url)).configure(
+            ["shard-0", "shard-1"], 8, [other.url]
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "backup", str(tmp_path / "b.rdb"),
+             "--redis-url", control.url],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "journal to 1 more Redis server(s), not in this file" in done.stderr
+    assert f"hexbook backup --redis-url redis://:***@{other.where}/0 FILE" in done.stderr
