@@ -255,8 +255,18 @@ def plan(args: argparse.Namespace) -> int:
         f"{_count(p.shards, 'shard')}, {_count(p.redis_servers, 'Redis server')}, "
         f"{_count(p.nodes, 'node')} of {k.cores_per_node} cores"
     )
+    if p.redis_servers > 1:
+        print(_spread_note(p.redis_servers))
     print(json.dumps(dataclasses.asdict(p)))
     return 0
+
+
+def _spread_note(servers: int, indent: str = "") -> str:
+    more = " ".join(f"--journal-redis URL{i}" for i in range(2, servers + 1))
+    return (
+        f"{indent}note: spread the shards' journals over {servers} Redis servers: "
+        f"`hexbook up --redis-url URL1 {more}` (docs/deployment.md)"
+    )
 
 
 def _bench_capacity(path: Path, s: Scenario) -> Any:
@@ -339,10 +349,7 @@ def run(args: argparse.Namespace) -> int:
         f"{_count(plan.nodes, 'node')} (peak {plan.peak_gateway_rps:,.0f} requests/s)"
     )
     if plan.redis_servers > 1:
-        print(
-            "  note: hexbook journals every shard to one Redis today; this launch needs "
-            f"{plan.redis_servers} (docs/deployment.md, limits)"
-        )
+        print(_spread_note(plan.redis_servers, "  "))
     print(f"report: {page}")
     return 0
 

@@ -44,7 +44,8 @@ def plan_for_peak(
     rps = requests_per_minute / 60
     ops = bookings_per_minute / 60 * (1 + holds_per_booking)
     gateways = max(1, math.ceil(rps / (k.gateway_requests_per_second * u)))
-    shards = max(1, math.ceil(ops / (k.shard_ops_per_second * u)))
     redis = max(1, math.ceil(ops / (k.redis_events_per_second * u)))
+    # A shard journals to one server: as many shards as servers at least (ADR 0025).
+    shards = max(redis, math.ceil(ops / (k.shard_ops_per_second * u)))
     nodes = math.ceil((gateways + shards + redis) / k.cores_per_node)
     return PeakPlan(rps, ops, gateways, shards, redis, nodes)

@@ -53,7 +53,7 @@ class Plan:
     peak_gateway_rps: float
     shards: int  # 0 when no shard count up to MAX_SHARDS is enough (a cell is too hot)
     gateways: int
-    redis_servers: int  # for the journals; hexbook journals to one Redis today
+    redis_servers: int  # for the journals, shards spread over them (ADR 0025)
     nodes: int
     hottest_shard_rps: float  # at ``shards`` shards
     hottest_cell_rps: float
@@ -113,6 +113,8 @@ def plan_capacity(r: SimResult, resolution: int = 8) -> Plan:
     # Every hold and booking is a journal event in some shard's Redis.
     journal = float((holds + books).max(initial=0))
     redis_servers = max(1, math.ceil(journal / (k.redis_events_per_second * k.utilization)))
+    if chosen:
+        chosen = max(chosen, redis_servers)  # a shard journals to one server
     nodes = math.ceil((max(chosen, 1) + gateways + redis_servers) / k.cores_per_node)
     return Plan(
         peak_search_rps=float(search.max(initial=0)),

@@ -42,6 +42,7 @@ def test_more_load_never_needs_fewer(r1: float, b1: float, r2: float, b2: float)
     # and every count carries its load at the utilization
     assert hi.gateways * K.gateway_requests_per_second * K.utilization >= hi.requests_per_second
     assert hi.shards * K.shard_ops_per_second * K.utilization >= hi.shard_ops_per_second - 1e-6
+    assert hi.shards >= hi.redis_servers  # each server journals a shard at least
 
 
 def test_the_command_reads_the_bench_figures(
@@ -57,6 +58,14 @@ def test_the_command_reads_the_bench_figures(
     assert "measured" in out
     assert main(args) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["gateways"] == 8
+    # A Redis measured to take little: more servers, a shard for each, and how to run it.
+    bench.write_text(json.dumps({"redis_events_per_second": 10.0}))
+    assert main([*args, "--bench", str(bench)]) == 0
+    out = capsys.readouterr().out
+    plan = json.loads(out.strip().splitlines()[-1])
+    assert plan["redis_servers"] == 4  # 750 x 2.2 / 60 = 27.5 events/s over 10 x 0.7
+    assert plan["shards"] >= 4
+    assert "--journal-redis URL2 --journal-redis URL3 --journal-redis URL4" in out
 
 
 @pytest.mark.parametrize(

@@ -150,12 +150,12 @@ def test_bench_figures_set_the_capacity(tmp_path: Path) -> None:
     assert int(summary["plan gateways"]) > 1
     bench.write_text("{}")
     assert main(["run", str(scenario), "--out", str(out), "--quiet", "--bench", str(bench)]) == 2
-    # A Redis measured to take little: the plan counts more than one, and says hexbook
-    # journals to one today.
+    # A Redis measured to take little: the plan counts more than one, and a shard each.
     bench.write_text(json.dumps({"redis_events_per_second": 0.01}))
     assert main(["run", str(scenario), "--out", str(out), "--quiet", "--bench", str(bench)]) == 0
     summary = {r["metric"]: r["value"] for r in rows(out / "summary.csv")}
     assert int(summary["plan redis_servers"]) > 1
+    assert int(summary["plan shards"]) >= int(summary["plan redis_servers"])
     assert int(summary["plan nodes"]) >= int(summary["plan redis_servers"]) // 2
 
 
