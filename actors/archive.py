@@ -2,7 +2,8 @@
 
 When a calendar rolls on, the bookings of the slots that leave are written here in the
 same MULTI/EXEC as the journal entry that drops them (:mod:`actors.shard_core`), so a
-booking is always in exactly one of the two. Key ``hexbook:archive:{provider}/{service}``,
+booking is always in exactly one of the two (on the shard's journal server; a move
+carries it to the new shard's). Key ``hexbook:archive:{provider}/{service}``,
 a hash of booking id -> msgpack of the :class:`~engine.records.Booking`, sealed
 (:mod:`actors.sealing`, bound to the key and the booking id). A booking stays
 readable by id (``GET /v1/bookings/{id}`` falls back to the archive); :func:`export`

@@ -12,8 +12,11 @@ Keys (``{shard}`` is the shard's name):
   command (Redis runs one command at a time: one 95 MB SET held every commit back for
   0.8 s, a 1 MB part holds them for a few ms), then renamed onto the snapshot key with
   the journal's trim in one script (:data:`PROMOTE_LUA`).
-- ``hexbook:availability``: a stream shared by all shards, one entry per batch; its
-  format is :mod:`actors.availability`'s alone.
+- ``hexbook:availability``: a stream shared by the shards journaling to this server,
+  one entry per batch; its format is :mod:`actors.availability`'s alone.
+
+All of these are on the Redis the directory maps the shard to (ADR 0025): the
+deployment's, unless it journals to a server of its own.
 
 A batch's journal entry and its availability entry are written in one MULTI/EXEC, so
 they are durable together (with ``appendfsync always``, before Redis answers).

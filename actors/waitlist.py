@@ -11,8 +11,9 @@ is the entry's *claim*, one Redis string per entry:
   offer is journaled, so of two shards racing for one entry exactly one offers;
 - ``done:{reason}`` or ``done:{reason}:{json}`` (with the offer it had): the entry is
   over (``booked``, ``declined``, ``lapsed``, ``cancelled``): the shard whose offer
-  ended writes it in the commit that ended it (:data:`FINISH`, only if its own offer is
-  still the claim), the gateway when its owner leaves (:data:`LEAVE`). A shard that
+  ended writes it right after the commit that ended it (:data:`FINISH`, only if its own
+  offer is still the claim; its recovery finishes an end a crash cut off, ADR 0025),
+  the gateway when its owner leaves (:data:`LEAVE`). A shard that
   finds ``done`` takes the entry off its list.
 
 A claim a shard made for an offer it never committed (its commit failed: fail stop) is
