@@ -7,8 +7,9 @@ once; each round starts ``hexbook up --gateways G`` on each folder in turn (G = 
 so every figure of a round comes from the same machine minutes apart. Then the same
 flow through a local 3-node Ray cluster (``ray.cluster_utils.Cluster``: a head with no
 CPU for shards, two worker nodes of one CPU), ``hexbook up --ray-address`` on a third
-folder of 2 shards, with 1 and 2 gateways. Prints bookings/min (from 201 answers), p99,
-and the ratios 2 gateways / 1, 2 shards / 1, 3-node cluster / one node.
+folder of 2 shards, with 1 and 2 gateways; and 2 shards on one node journaling to two
+Redis servers (``--journal-redis``, ADR 0025). Prints bookings/min (from 201 answers),
+p99, and the ratios 2 gateways / 1, 2 shards / 1, 3-node cluster / one node, 2 Redis / 1.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ __all__ = ["part_scaling"]
 
 CONFIGS = [(g, s) for s in (1, 2) for g in (1, 2)]  # (gateways, shards)
 CLUSTER = [(1, 2), (2, 2)]  # through the 3-node cluster
-ONE, THREE = "1 node", "3 nodes"
+JOURNALS = [(1, 2), (2, 2)]  # on one node, shard-1 journaling to a second Redis
+ONE, THREE, SPLIT = "1 node", "3 nodes", "1 node, 2 Redis"
 CONNECTIONS = (32, 256)
 
 
@@ -52,7 +54,7 @@ def part_scaling(rounds: int, seconds: float = SECONDS) -> dict[str, float]:
     print(f"== scaling: hexbook up --gateways 1/2 on 1 and 2 shards, {SITES} sites, hold "
           f"then book, uniform, {rounds} rounds")  # fmt: skip
     per_run = int(seconds * 6_000)
-    runs = rounds * (len(CONFIGS) + len(CLUSTER)) * (len(CONNECTIONS) + 1)
+    runs = rounds * (len(CONFIGS) + len(CLUSTER) + len(JOURNALS)) * (len(CONNECTIONS) + 1)
     pool = bodies(first, per_run * runs, False, random.Random(19))
     chunks = iter([pool[i * per_run : (i + 1) * per_run] for i in range(runs)])
     results: dict[tuple[str, int, int, int], list[dict[str, Any]]] = {}
@@ -67,16 +69,19 @@ def part_scaling(rounds: int, seconds: float = SECONDS) -> dict[str, float]:
         three_nodes() as cluster,
         tempfile.TemporaryDirectory() as tmp,
         EmbeddedRedis(Path(tmp) / "cluster-redis") as redis_server,
+        EmbeddedRedis(Path(tmp) / "journal-redis") as journal_server,
     ):
         # On the cluster, as a deployment runs there: its own Redis, at one address for
         # every start (the shards are the cluster's, detached, and keep their Redis).
         on_cluster = ["--ray-address", cluster.address]
         env = {"REDIS_URL": redis_server.url, "HEXBOOK_DATA_KEYS": Keyring.generate().as_env()}
-        envs = {"shards-1": {}, "shards-2": {}, "cluster": env}
+        envs = {"shards-1": {}, "shards-2": {}, "cluster": env, "journals-2": {}}
+        split = ["--shards", "2", "--journal-redis", journal_server.url]
         store = KeyStore(redis.Redis.from_url(redis_server.url))
         keys: dict[str, str] = {}
         for name, extra in (("shards-1", ["--shards", "1"]), ("shards-2", ["--shards", "2"]),
-                            ("cluster", ["--shards", "2", *on_cluster])):  # fmt: skip
+                            ("cluster", ["--shards", "2", *on_cluster]),
+                            ("journals-2", split)):  # fmt: skip
             with start_stack(Path(tmp) / name, args=extra, env=envs[name]) as stack:
                 if name == "cluster":
                     keys[name] = store.create("booking-client", "bench", (), 10_000_000)[0]
@@ -85,8 +90,10 @@ def part_scaling(rounds: int, seconds: float = SECONDS) -> dict[str, float]:
                     keys[name] = _unlimited_key(stack.data_dir, "booking-client")
                     operator = _unlimited_key(stack.data_dir, "operator")
                 _provision(stack.url, operator, first)
-        runs_of = [(ONE, g, s, f"shards-{s}", []) for g, s in CONFIGS] + [
-            (THREE, g, s, "cluster", on_cluster) for g, s in CLUSTER
+        runs_of = [
+            *((ONE, g, s, f"shards-{s}", []) for g, s in CONFIGS),
+            *((THREE, g, s, "cluster", on_cluster) for g, s in CLUSTER),
+            *((SPLIT, g, s, "journals-2", split[2:]) for g, s in JOURNALS),
         ]
         for _ in range(rounds):
             for where, gateways, shards, name, extra in runs_of:
@@ -102,7 +109,7 @@ def part_scaling(rounds: int, seconds: float = SECONDS) -> dict[str, float]:
 
 def _report(results: dict[tuple[str, int, int, int], list[dict[str, Any]]]) -> dict[str, float]:
     figures: dict[str, float] = {}
-    print(f"{'ray':>7} {'gateways':>8} {'shards':>6} {'conn':>4} {'bookings/min median':>20} "
+    print(f"{'ray':>15} {'gateways':>8} {'shards':>6} {'conn':>4} {'bookings/min median':>20} "
           f"{'best':>10} {'p99 ms':>7}  answers")  # fmt: skip
     order = sorted(results.items(), key=lambda kv: (kv[0][3], kv[0][0], kv[0][2], kv[0][1]))
     for (where, g, s, c), rs in order:
@@ -113,9 +120,9 @@ def _report(results: dict[tuple[str, int, int, int], list[dict[str, Any]]]) -> d
                 if not k.endswith(":201"):
                     statuses[k] = statuses.get(k, 0) + v
         p99 = statistics.median(r["p99_ms"] for r in rs)
-        print(f"{where:>7} {g:>8} {s:>6} {c:>4} {statistics.median(per_min):>20,.0f} "
+        print(f"{where:>15} {g:>8} {s:>6} {c:>4} {statistics.median(per_min):>20,.0f} "
               f"{max(per_min):>10,.0f} {p99:>7.1f}  {statuses or 'all 201'}")  # fmt: skip
-        tag = "" if where == ONE else "cluster_"
+        tag = {ONE: "", THREE: "cluster_", SPLIT: "journals2_"}[where]
         figures[f"scaling_{tag}{g}gw_{s}sh_{c}_bookings_per_min"] = statistics.median(per_min)
         figures[f"scaling_{tag}{g}gw_{s}sh_{c}_p99_ms"] = p99
     print("scaling ratios (medians):")
@@ -139,4 +146,11 @@ def _report(results: dict[tuple[str, int, int, int], list[dict[str, Any]]]) -> d
                 print(f"  {c:>3} conn., {g} gateway(s), {s} shards: 3-node cluster / one node "
                       f"= {three / one:.2f}x")  # fmt: skip
                 figures[f"scaling_cluster_{g}gw_{c}"] = three / one
+        for g, s in JOURNALS:
+            one = figures.get(f"scaling_{g}gw_{s}sh_{c}_bookings_per_min")
+            two = figures.get(f"scaling_journals2_{g}gw_{s}sh_{c}_bookings_per_min")
+            if one and two:
+                print(f"  {c:>3} conn., {g} gateway(s), {s} shards: 2 Redis servers / 1 "
+                      f"= {two / one:.2f}x")  # fmt: skip
+                figures[f"scaling_journals_{g}gw_{c}"] = two / one
     return figures
