@@ -139,18 +139,14 @@ def _report(results: dict[tuple[str, int, int, int], list[dict[str, Any]]]) -> d
             if one and two:
                 print(f"  {c:>3} conn., {g} gateway(s): 2 shards / 1 = {two / one:.2f}x")
                 figures[f"scaling_shards_{g}gw_{c}"] = two / one
-        for g, s in CLUSTER:
-            one = figures.get(f"scaling_{g}gw_{s}sh_{c}_bookings_per_min")
-            three = figures.get(f"scaling_cluster_{g}gw_{s}sh_{c}_bookings_per_min")
-            if one and three:
-                print(f"  {c:>3} conn., {g} gateway(s), {s} shards: 3-node cluster / one node "
-                      f"= {three / one:.2f}x")  # fmt: skip
-                figures[f"scaling_cluster_{g}gw_{c}"] = three / one
-        for g, s in JOURNALS:
-            one = figures.get(f"scaling_{g}gw_{s}sh_{c}_bookings_per_min")
-            two = figures.get(f"scaling_journals2_{g}gw_{s}sh_{c}_bookings_per_min")
-            if one and two:
-                print(f"  {c:>3} conn., {g} gateway(s), {s} shards: 2 Redis servers / 1 "
-                      f"= {two / one:.2f}x")  # fmt: skip
-                figures[f"scaling_journals_{g}gw_{c}"] = two / one
+        for tag, pairs, what in (("cluster", CLUSTER, "3-node cluster / one node"),
+                                 ("journals", JOURNALS, "2 Redis servers / 1")):  # fmt: skip
+            prefix = "cluster" if tag == "cluster" else "journals2"
+            for g, s in pairs:
+                one = figures.get(f"scaling_{g}gw_{s}sh_{c}_bookings_per_min")
+                other = figures.get(f"scaling_{prefix}_{g}gw_{s}sh_{c}_bookings_per_min")
+                if one and other:
+                    print(f"  {c:>3} conn., {g} gateway(s), {s} shards: {what} "
+                          f"= {other / one:.2f}x")  # fmt: skip
+                    figures[f"scaling_{tag}_{g}gw_{c}"] = other / one
     return figures

@@ -85,6 +85,23 @@ def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     ray.shutdown()
 
 
+async def hold_and_book(
+    http: httpx.AsyncClient, body: dict[str, Any], ref: str
+) -> tuple[list[httpx.Response], tuple[str, str] | None]:
+    """Hold ``body``'s place and book it: the answers, and (booking id, token) when it
+    was booked."""
+    hold = await http.post("/v1/holds", json=body)
+    if hold.status_code != 201:
+        return [hold], None
+    booking = await http.post(
+        "/v1/bookings", json={"hold_id": hold.json()["hold_id"], "patient": {"reference": ref}}
+    )
+    if booking.status_code != 201:
+        return [hold, booking], None
+    b = booking.json()
+    return [hold, booking], (b["booking_id"], b["booking_token"])
+
+
 def _day(capacity: int) -> dict[str, Any]:
     window = [{"opens": "09:00", "closes": "12:00", "capacity": capacity}]
     return {"days": dict.fromkeys(("mon", "tue", "wed", "thu", "fri", "sat", "sun"), window)}
@@ -121,19 +138,11 @@ def test_redis_killed_under_load_gives_201_409_or_503_and_comes_back_by_itself(
             n += 1
             body = {"provider_id": "north", "service": "vaccine", "start": starts[(i + n) % 12]}
             try:
-                hold = await http.post("/v1/holds", json=body)
-                answers = [hold]
-                if hold.status_code == 201:
-                    booking = await http.post(
-                        "/v1/bookings",
-                        json={"hold_id": hold.json()["hold_id"], "patient": {"reference": f"p{i}"}},
-                    )
-                    answers.append(booking)
-                    if booking.status_code == 201:
-                        b = booking.json()
-                        acked.append((b["booking_id"], b["booking_token"]))
+                answers, booked = await hold_and_book(http, body, f"p{i}")
             except httpx.TransportError:
                 continue
+            if booked is not None:
+                acked.append(booked)
             for r in answers:
                 statuses[r.status_code] += 1
                 if r.status_code == 503 and "retry-after" not in r.headers:

@@ -33,6 +33,7 @@ from gateway.settings import Settings
 from tests.dates import dst_saturday
 from tests.gateway.conftest import serving
 from tests.gateway.test_api import SCHEDULE, assert_problem
+from tests.gateway.test_gateway_faults import hold_and_book
 from tests.gateway.test_ops import events
 from tests.polling import until
 from tests.raycluster import start_local_ray
@@ -177,20 +178,13 @@ def test_a_journal_server_killed_under_load_stops_only_its_shards_and_they_come_
             n += 1
             body = {"provider_id": pid, "service": "vaccine", "start": starts[pid][(i + n) % 12]}
             try:
-                answers = [hold := await http.post("/v1/holds", json=body)]
-                if hold.status_code == 201:
-                    booking = await http.post(
-                        "/v1/bookings",
-                        json={"hold_id": hold.json()["hold_id"], "patient": {"reference": f"p{i}"}},
-                    )
-                    answers.append(booking)
-                    if booking.status_code == 201:
-                        b = booking.json()
-                        acked.append((b["booking_id"], b["booking_token"]))
-                        if down.is_set():
-                            down_201[pid] += 1
+                answers, booked = await hold_and_book(http, body, f"p{i}")
             except httpx.TransportError:
                 continue
+            if booked is not None:
+                acked.append(booked)
+                if down.is_set():
+                    down_201[pid] += 1
             for r in answers:
                 statuses[pid][r.status_code] += 1
             if any(r.status_code == 503 for r in answers):
