@@ -78,14 +78,16 @@ class Directory:
         shard-1 on the first of them, ...). A directory set already keeps its map."""
         if not shards or not 0 <= resolution <= 15:
             raise InvalidRequest("need at least one shard and an H3 resolution of 0 to 15")
-        new = bool(self.redis.hsetnx(META, "shards", ",".join(shards)))
-        self.redis.hsetnx(META, "resolution", str(resolution))
-        if new and journals:
+        if journals and not self.redis.hexists(META, "shards"):
+            # The map before the list: a start cut short between the two leaves a map
+            # that the next start completes, never a list without its map.
             servers: list[str | None] = [None, *journals]
             for i, shard in enumerate(shards):
                 url = servers[i % len(servers)]
                 if url is not None:
                     self.redis.hsetnx(JOURNALS, shard, url)
+        self.redis.hsetnx(META, "shards", ",".join(shards))
+        self.redis.hsetnx(META, "resolution", str(resolution))
 
     def journal_of(self, shard: str) -> str | None:
         """The URL of the Redis ``shard`` journals to; ``None``: this one."""

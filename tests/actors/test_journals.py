@@ -106,6 +106,34 @@ def test_an_offers_end_cut_from_its_commit_by_a_crash_is_finished_at_recovery(
         asyncio.run(main())
 
 
+class _DiesAtTheMap(redis.Redis):
+    """A real client whose process "dies" (raises) at its first write of the journal map."""
+
+    died = False
+
+    def hsetnx(self, name: str, key: str, value: str) -> int:  # type: ignore[override]
+        if name == "hexbook:directory:journals" and not self.died:
+            type(self).died = True
+            raise redis.ConnectionError("the first start died here")
+        return int(super().hsetnx(name, key, value))
+
+
+def test_a_first_start_cut_short_while_configuring_leaves_no_shard_without_its_map(
+    tmp_path,
+) -> None:
+    """With the shard list written before the map, a start that died between the two
+    left a deployment whose next start (not new any more) never wrote the map: every
+    shard journaled to the deployment's Redis."""
+    with EmbeddedRedis(tmp_path / "c") as control:
+        dying = _DiesAtTheMap.from_url(control.url)
+        with pytest.raises(redis.ConnectionError):
+            Directory(dying).configure(["shard-0", "shard-1"], 8, ["redis://j:6379/0"])
+        again = Directory(redis.Redis.from_url(control.url))
+        again.configure(["shard-0", "shard-1"], 8, ["redis://j:6379/0"])
+        assert again.shards == ["shard-0", "shard-1"]
+        assert again.journals() == {"shard-1": "redis://j:6379/0"}
+
+
 def test_the_directory_spreads_shards_over_the_servers_and_the_audit_reads_them_all(
     tmp_path,
 ) -> None:
@@ -115,6 +143,8 @@ def test_the_directory_spreads_shards_over_the_servers_and_the_audit_reads_them_
         d.configure(["shard-0", "shard-1", "shard-2"], 8, [other.url])
         assert [d.journal_of(s) for s in d.shards] == [None, other.url, None]
         d.configure(["shard-0"], 8, [])  # an existing deployment keeps its map
+        assert d.journals() == {"shard-1": other.url}
+        d.configure(["shard-0", "shard-1"], 8, ["redis://elsewhere:6379/0"])
         assert d.journals() == {"shard-1": other.url}
         assert len(servers_of(c)) == 2
         # A dedicated shard goes to the server with fewer shards.
