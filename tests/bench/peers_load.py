@@ -11,7 +11,8 @@ day one). Rounds alternate the systems; bookings/s are counted from 201 answers.
   synchronous commits; skipped, saying why, when PostgreSQL is not installed;
 - ``hexbook``: ``hexbook up`` in a process of its own (its Ray, its redis-server with
   ``appendfsync always``, the default shard count: 1 on 2 cores), the city put through
-  ``PUT /v1/providers``.
+  ``PUT /v1/providers``; ``hexbook-2gw``: the same with ``--gateways 2``. The ratios take
+  each side's best: the strongest peer against hexbook's better gateway count.
 """
 
 from __future__ import annotations
@@ -41,6 +42,15 @@ SITES, DAYS, SLOTS, CAPACITY = 1500, 14, 36, 4
 TZ = ZoneInfo("America/Chicago")
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 SECONDS = float(os.environ.get("HEXBOOK_BENCH_SECONDS", "6"))  # each wrk run
+
+
+def _wait_gateways(log: Path, more: int, seconds: float = 120) -> None:
+    """Until ``more`` extra gateway processes say they serve (their lines in the log)."""
+    deadline = time.monotonic() + seconds
+    while log.read_text().count(") serving http") < more:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the extra gateways did not start; see {log}")
+        time.sleep(0.2)
 
 
 def _port() -> int:
@@ -227,6 +237,13 @@ def part_peers(rounds: int, seconds: float = SECONDS) -> dict[str, float]:
         key = _unlimited_key(hexbook.data_dir, "booking-client")
         _provision(hexbook.url, _unlimited_key(hexbook.data_dir, "operator"), first)
         systems["hexbook"] = hexbook.url
+        # And with two gateway processes (`hexbook up --gateways 2`), as the peers get
+        # their best worker count: the same key (its own data folder, the same city).
+        two = stack.enter_context(start_stack(Path(data) / "hexbook-2gw", args=["--gateways", "2"]))
+        _wait_gateways(two.log, 1)
+        keys = {"hexbook": key, "hexbook-2gw": _unlimited_key(two.data_dir, "booking-client")}
+        _provision(two.url, _unlimited_key(two.data_dir, "operator"), first)
+        systems["hexbook-2gw"] = two.url
         # Every run gets places nobody took yet (holds are booked at once).
         runs = rounds * len(plan) * len(systems) + len(systems)
         # (each pool is drawn once: a generator's element expression runs per element)
@@ -234,13 +251,13 @@ def part_peers(rounds: int, seconds: float = SECONDS) -> dict[str, float]:
         skewed_pool = bodies(first, per_run * runs, True, rng)
         uniform = iter([uniform_pool[i * per_run : (i + 1) * per_run] for i in range(runs)])
         skewed = iter([skewed_pool[i * per_run : (i + 1) * per_run] for i in range(runs)])
-        for url in systems.values():
-            wrk(url, script_flow(key, next(uniform)), 32, 2)  # warm up
+        for name, url in systems.items():
+            wrk(url, script_flow(keys.get(name, key), next(uniform)), 32, 2)  # warm up
         for _ in range(rounds):
             for shape, c in plan:
                 for name, url in systems.items():
                     pool = next(uniform if shape == "uniform" else skewed)
-                    r = wrk(url, script_flow(key, pool), c, seconds)
+                    r = wrk(url, script_flow(keys.get(name, key), pool), c, seconds)
                     results.setdefault((name, shape, c), []).append(r)
     return _report(results, rounds)
 
@@ -270,22 +287,26 @@ def _report(results: Results, rounds: int) -> dict[str, float]:
     print("targets (issue: at least 2x the strongest peer; p99 under skew no worse than its;"
           " no round's p99 over 4x the median round's):")  # fmt: skip
     for shape, c in sorted({(k[1], k[2]) for k in results}):
-        peers = {n: figures[f"peers_{n}_{shape}_{c}_bookings_per_min"]
-                 for n, sh, cc in results if (sh, cc) == (shape, c) and n != "hexbook"}  # fmt: skip
-        if not peers or ("hexbook", shape, c) not in results:
+        rates = {n: figures[f"peers_{n}_{shape}_{c}_bookings_per_min"]
+                 for n, sh, cc in results if (sh, cc) == (shape, c)}  # fmt: skip
+        peers = {n: v for n, v in rates.items() if not n.startswith("hexbook")}
+        ours = {n: v for n, v in rates.items() if n.startswith("hexbook")}
+        if not peers or not ours:
             continue
         best = max(peers, key=lambda n: peers[n])
-        mine = figures[f"peers_hexbook_{shape}_{c}_bookings_per_min"]
-        p99_mine = figures[f"peers_hexbook_{shape}_{c}_p99_ms"]
+        me = max(ours, key=lambda n: ours[n])  # hexbook's best gateway count, as the peers'
+        mine = ours[me]
+        p99_mine = figures[f"peers_{me}_{shape}_{c}_p99_ms"]
         p99_peer = figures[f"peers_{best}_{shape}_{c}_p99_ms"]
-        rounds_p99 = [r["p99_ms"] for r in results[("hexbook", shape, c)]]
+        rounds_p99 = [r["p99_ms"] for r in results[(me, shape, c)]]
         spread = max(rounds_p99) / statistics.median(rounds_p99)
         one = {n: v for n, v in peers.items() if n.endswith("-1w")}
         best1 = max(one, key=lambda n: one[n]) if one else best
-        print(f"  {shape:8} {c:>4} conn.: hexbook / {best} = {mine / peers[best]:.2f}x "
-              f"(target 2x; / {best1}, one worker as hexbook's one gateway: "
-              f"{mine / peers[best1]:.2f}x); p99 {p99_mine:.0f} vs {p99_peer:.0f} ms; worst "
+        single = ours.get("hexbook", mine)
+        print(f"  {shape:8} {c:>4} conn.: {me} / {best} = {mine / peers[best]:.2f}x "
+              f"(target 2x; hexbook / {best1}, one gateway against one worker: "
+              f"{single / peers[best1]:.2f}x); p99 {p99_mine:.0f} vs {p99_peer:.0f} ms; worst "
               f"round p99 / median {spread:.2f} (target <= 4)")  # fmt: skip
         figures[f"peers_ratio_{shape}_{c}"] = mine / peers[best]
-        figures[f"peers_ratio_1w_{shape}_{c}"] = mine / peers[best1]
+        figures[f"peers_ratio_1w_{shape}_{c}"] = single / peers[best1]
     return figures

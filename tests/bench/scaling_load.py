@@ -18,12 +18,19 @@ import random
 import shutil
 import statistics
 import tempfile
-import time
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from tests.bench.peers_load import SECONDS, SITES, TZ, _provision, _unlimited_key, bodies
+from tests.bench.peers_load import (
+    SECONDS,
+    SITES,
+    TZ,
+    _provision,
+    _unlimited_key,
+    _wait_gateways,
+    bodies,
+)
 
 __all__ = ["part_scaling"]
 
@@ -32,15 +39,6 @@ CLUSTER = [(1, 2), (2, 2)]  # through the 3-node cluster
 JOURNALS = [(1, 2), (2, 2)]  # on one node, shard-1 journaling to a second Redis
 ONE, THREE, SPLIT = "1 node", "3 nodes", "1 node, 2 Redis"
 CONNECTIONS = (32, 256)
-
-
-def _wait_gateways(log: Path, more: int, seconds: float = 120) -> None:
-    """Until ``more`` extra gateway processes say they serve (their lines in the log)."""
-    deadline = time.monotonic() + seconds
-    while log.read_text().count(") serving http") < more:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the extra gateways did not start; see {log}")
-        time.sleep(0.2)
 
 
 def part_scaling(rounds: int, seconds: float = SECONDS) -> dict[str, float]:
