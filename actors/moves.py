@@ -34,6 +34,7 @@ from engine.errors import InvalidRequest, ScheduleConflict
 
 if TYPE_CHECKING:
     from actors.api import Hexbook
+    from actors.journal import HandedOff
 
 __all__ = ["MOVES", "Step", "move_cell", "move_provider", "pending", "promote", "resume"]
 
@@ -97,31 +98,35 @@ def move_provider(hb: Hexbook, provider_id: str, to_shard: str, *, on_step: OnSt
         handed = None
     if handed is not None:
         on_step("handed", provider_id)
-        _carry_archive(hb, provider_id, from_shard, to_shard)
+        _carry_archive(hb, handed, from_shard, to_shard)
         check(hb._call(to_shard, "take_over", handed))
         on_step("taken", provider_id)
         hb.directory.set_provider_shard(provider_id, to_shard)
         hb._placement[provider_id] = to_shard
         on_step("routed", provider_id)
     check(hb._call(from_shard, "end_hand_off", provider_id))
-    _drop_archive(hb, provider_id, from_shard, to_shard)
+    _drop_archive(hb, provider_id, handed, from_shard, to_shard)
     on_step("ended", provider_id)
     hb.redis.hdel(MOVES, field)
     return True
 
 
-def _archive_keys(client: Any, provider_id: str) -> list[Any]:
+def _archive_keys(client: Any, provider_id: str, handed: HandedOff | None) -> list[Any]:
+    """The provider's archive keys: one per service it handed off, or (a move resumed
+    past its hand-off) those a scan finds."""
+    if handed is not None:
+        return [archive.archive_key(provider_id, c.service) for c in handed.calendars]
     return list(client.scan_iter(match=f"{archive.PREFIX}{provider_id}/*", count=500))
 
 
-def _carry_archive(hb: Hexbook, provider_id: str, from_shard: str, to_shard: str) -> None:
+def _carry_archive(hb: Hexbook, handed: HandedOff, from_shard: str, to_shard: str) -> None:
     """Copy a provider's archived days to the Redis its new shard journals to, when that
     is another server (ADR 0025): before the take-over, while neither shard rolls its
     calendars, and again if a move resumes (the same values)."""
     src, dst = hb.journal_redis(from_shard), hb.journal_redis(to_shard)
     if src is dst:
         return
-    for key in _archive_keys(src, provider_id):
+    for key in _archive_keys(src, handed.provider.provider_id, handed):
         rows: dict[Any, Any] = {}
         for field, value in src.hscan_iter(key, count=500):
             rows[field] = value
@@ -132,11 +137,13 @@ def _carry_archive(hb: Hexbook, provider_id: str, from_shard: str, to_shard: str
             dst.hset(key, mapping=rows)
 
 
-def _drop_archive(hb: Hexbook, provider_id: str, from_shard: str, to_shard: str) -> None:
+def _drop_archive(
+    hb: Hexbook, provider_id: str, handed: HandedOff | None, from_shard: str, to_shard: str
+) -> None:
     """Delete the old server's copy of a moved provider's archive (after the switch:
     no patient data left behind where nothing erases it)."""
     src, dst = hb.journal_redis(from_shard), hb.journal_redis(to_shard)
-    if src is not dst and (keys := _archive_keys(src, provider_id)):
+    if src is not dst and (keys := _archive_keys(src, provider_id, handed)):
         src.delete(*keys)
 
 

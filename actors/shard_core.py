@@ -71,6 +71,7 @@ from engine.records import (
     Result,
 )
 from engine.waitlist import (
+    OFFER_ENDS,
     Offers,
     WaitEntry,
     Waitlist,
@@ -85,9 +86,6 @@ __all__ = ["Outcome", "RecoveryStats", "ShardCore"]
 
 Outcome = Result | HexbookError | None
 CalendarKey = tuple[str, str]
-
-
-_OFFER_ENDS = frozenset(("booked", "declined", "lapsed"))
 
 
 def _after(entry_id: str) -> str:
@@ -254,7 +252,7 @@ class ShardCore:
             elif isinstance(entry, WaitlistEvents):
                 for event in entry.events:
                     self.waitlist.apply(event)
-                    if isinstance(event, WaitlistLeft) and event.reason in _OFFER_ENDS:
+                    if isinstance(event, WaitlistLeft) and event.reason in OFFER_ENDS:
                         self._ended[event.entry_id] = event.reason
             elif isinstance(entry, HandOffEnded):
                 self.handed.pop(entry.provider_id, None)

@@ -76,6 +76,8 @@ __all__ = [
 ]
 
 LeftReason = Literal["cancelled", "expired", "booked", "declined", "lapsed", "taken"]
+# How an offer ends (Offers.observe): the reasons an entry leaves by its own offer.
+OFFER_ENDS: frozenset[LeftReason] = frozenset(("booked", "declined", "lapsed"))
 MAX_CELLS = 500
 
 

@@ -237,7 +237,10 @@ async def _watch_outbox(hb: Hexbook, metrics: Metrics, every: float = 2.0) -> No
     """Keep the outbox gauges of /metrics current."""
     while True:
         try:
-            metrics.show_outbox(await asyncio.to_thread(outbox.stats_of, hb.stream_clients()))
+            # off the loop, the directory read too (stream_clients asks Redis)
+            metrics.show_outbox(
+                await asyncio.to_thread(lambda: outbox.stats_of(hb.stream_clients()))
+            )
         except Exception as exc:  # Redis away: the gauges keep their last values
             log.debug("outbox stats: %s", exc)
         await asyncio.sleep(every)

@@ -185,18 +185,19 @@ class AvailabilityIndex:
                     continue
                 for url, why in follower.failing.items():
                     log.warning("availability stream of %s unreachable: %s", redacted(url), why)
-            read = len(pending)
+            read, done = len(pending), 0
             try:
-                while pending:
-                    entry, _cursor = pending[0]
+                for entry, _cursor in pending:
                     await self._apply(entry.changes)
-                    pending.pop(0)
+                    done += 1
                     self.last_entry_ms = max(self.last_entry_ms, int(entry.entry_id.split("-")[0]))
                     self.applied += 1
             except Exception as exc:  # a shard restarting: apply this entry again shortly
                 log.warning("index: a change could not be applied yet: %s", exc)
+                pending = pending[done:]
                 await asyncio.sleep(0.5)
                 continue
+            pending = []
             if 0 < read < 500 and self.gather_seconds:
                 # Under load every shard call adds an entry; reading them one XREAD each
                 # cost the gateway's loop 9% of a hold (py-spy). A short wait gathers them.

@@ -76,15 +76,15 @@ async def _events(
     rt.feed_clients += 1
     rt.metrics.feed_clients.inc()
     keepalive_ms = int(rt.settings.feed_keepalive_seconds * 1000)
-    follower = rt.stream.follow(resume or newest)
+    # Entries after ``resume`` were trimmed, or never were: the client must reload.
+    reset = resume is not None and any(
+        (old is not None and entry_id_key(mine) < entry_id_key(old))
+        or entry_id_key(mine) > entry_id_key(new)
+        for mine, old, new in zip(resume, oldest, newest, strict=True)
+    )
+    follower = rt.stream.follow(newest if reset or resume is None else resume)
     try:
-        if resume is not None and any(
-            (old is not None and entry_id_key(mine) < entry_id_key(old))
-            or entry_id_key(mine) > entry_id_key(new)
-            for mine, old, new in zip(resume, oldest, newest, strict=True)
-        ):
-            # Entries after ``resume`` were trimmed, or never were: the client must reload.
-            follower = rt.stream.follow(newest)
+        if reset:
             yield f"id: {follower.cursor}\nevent: reset\ndata: {{}}\n\n"
         yield "retry: 2000\n\n"
         while True:
