@@ -1,9 +1,11 @@
 """The gateway app: ``create_app(settings)`` builds it (tests give their own settings).
 
-Layers, outermost first: :class:`~gateway.observe.Observe` (body limits, metrics, access
-log, the last word on errors), :class:`~gateway.fast.FastPath` (well-formed holds,
-bookings and searches), then FastAPI with one router per resource
-(:mod:`gateway.routes`). Both ways in call one :class:`~gateway.service.BookingService`.
+Layers, outermost first: :class:`~gateway.fast.FastPath` (well-formed holds, bookings,
+searches and room visits, watched and answered itself), then FastAPI's stack:
+:class:`~gateway.headers.SecureHeaders`, :class:`~gateway.audit_trail.AuditMiddleware`,
+:class:`~gateway.observe.Observe` (body limits, metrics, access log, the last word on
+errors) and one router per resource (:mod:`gateway.routes`). Both ways in call one
+:class:`~gateway.service.BookingService`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 
 from actors import moves, outbox
 from actors.api import Hexbook
@@ -44,7 +47,7 @@ from gateway.interop.publish import SmartPublisher
 from gateway.interop.reconcile import source_records
 from gateway.interop.schedules import ImportScheduler
 from gateway.keys import KeyStore
-from gateway.observe import Metrics, Observe
+from gateway.observe import Metrics, Observe, Watch
 from gateway.pages import STATIC as PAGE_ASSETS
 from gateway.pages import router as pages
 from gateway.pages.live import pulse_of
@@ -63,7 +66,7 @@ BOOKING_ROUTES = frozenset(
     {"/v1/holds", "/v1/bookings", "/v1/series/holds", "/v1/series/bookings", "/v1/search"}
 )
 
-__all__ = ["TELEMETRY_OFF", "create_app"]
+__all__ = ["TELEMETRY_OFF", "Gateway", "create_app"]
 
 # hexbook exports its own Prometheus metrics; FastAPI's OpenTelemetry hooks otherwise
 # look up the tracer providers on every request (5% of a hold's CPU, measured).
@@ -274,6 +277,25 @@ async def _sweep_series(series: SeriesBook, policies: PolicyCache, every: float)
                 log.info("series sweeper finished %d series left half way", ended)
 
 
+class Gateway(FastAPI):
+    """FastAPI with the fast path in front of its stack (ADR 0010): a hot request it
+    serves never enters FastAPI's middlewares, whose wrapped sends cost a hold a third
+    of its time; every other request goes through :meth:`stack`."""
+
+    fast: FastPath | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.fast is None or scope["type"] != "http":
+            await self.stack(scope, receive, send)
+            return
+        scope["app"] = self  # as Starlette sets it: handlers find the runtime there
+        await self.fast(scope, receive, send)
+
+    async def stack(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """FastAPI's whole stack: middlewares, routes, error handlers."""
+        await super().__call__(scope, receive, send)
+
+
 def create_app(
     settings: Settings | None = None,
     hexbook: Hexbook | None = None,
@@ -314,7 +336,7 @@ def create_app(
             gc.set_threshold(20_000, 10, 10)
             yield
 
-    app = FastAPI(
+    app = Gateway(
         title="hexbook",
         version="1",
         summary="Real-time availability and booking for appointment launches",
@@ -327,15 +349,15 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
-    if settings.fast_path:
-        app.add_middleware(FastPath)  # inside Observe: limits, metrics and logs apply
-    app.add_middleware(
-        Observe,
-        metrics=metrics,
+    watch = Watch(
+        metrics,
         max_body=settings.max_body_bytes,
         access_log=settings.access_log,
         large={"/v1/imports": settings.import_max_bytes},
     )
+    if settings.fast_path:
+        app.fast = FastPath(app.stack, watch)  # in front: the same limits, metrics, logs
+    app.add_middleware(Observe, watch=watch)
     app.add_middleware(AuditMiddleware)  # after Observe has the route and the caller
     app.add_middleware(SecureHeaders)  # outermost: every answer, the fast path's too
     problems.install(app)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["API_CSP", "PAGE_CSP", "SecureHeaders"]
+__all__ = ["API_CSP", "PAGE_CSP", "SecureHeaders", "secure_headers"]
 
 PAGE_CSP = (
     "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
@@ -39,6 +39,17 @@ _API = {False: _set(API_CSP, False), True: _set(API_CSP, True)}
 _OWN = frozenset(k for k, _ in _PAGE[True])
 
 
+def secure_headers(headers: list[tuple[bytes, bytes]], tls: bool) -> list[tuple[bytes, bytes]]:
+    """``headers`` (an answer's own) with the secure headers added: the page set for an
+    HTML answer, the API set otherwise; a header the answer set itself is kept."""
+    names = {k.lower() for k, _ in headers}
+    page = any(k.lower() == b"content-type" and v.startswith(b"text/html") for k, v in headers)
+    wanted = (_PAGE if page else _API)[tls]
+    if names & _OWN:  # the answer set some itself: keep them
+        wanted = [kv for kv in wanted if kv[0] not in names]
+    return [*headers, *wanted]
+
+
 class SecureHeaders:
     """ASGI middleware: the headers above on every HTTP answer, unless it set its own."""
 
@@ -53,15 +64,7 @@ class SecureHeaders:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = list(message.get("headers", ()))
-                names = {k.lower() for k, _ in headers}
-                page = any(
-                    k.lower() == b"content-type" and v.startswith(b"text/html") for k, v in headers
-                )
-                wanted = (_PAGE if page else _API)[tls]
-                if names & _OWN:  # the answer set some itself: keep them
-                    wanted = [kv for kv in wanted if kv[0] not in names]
-                headers += wanted
+                headers = secure_headers(list(message.get("headers", ())), tls)
                 message = {**message, "headers": headers}
             await send(message)
 

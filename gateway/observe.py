@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import problems
 
-__all__ = ["JsonFormatter", "Metrics", "Observe", "configure_logging"]
+__all__ = ["JsonFormatter", "Metrics", "Observe", "Watch", "configure_logging"]
 
 access = logging.getLogger("hexbook.access")
 
@@ -158,52 +158,26 @@ class Metrics:
         self.redis_restarts.set_function(restarts)
 
 
-class Observe:
-    """ASGI middleware: body limit, metrics, access log."""
+class Watch:
+    """What every answer is watched for, whichever way it was served: the body limit
+    before a request is read, and its count, latency and access-log line after."""
 
     def __init__(
         self,
-        app: ASGIApp,
         metrics: Metrics,
         max_body: int,
         access_log: bool = False,
         large: dict[str, int] | None = None,
     ) -> None:
-        self.app = app
         self.metrics = metrics
         self.max_body = max_body
         self.large = large or {}  # path -> its own body limit (imports carry files)
         self.access_log = access_log
         self._children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-        refusal = self._refuse(scope)
-        if refusal is not None:
-            await refusal(scope, receive, send)
-            status = refusal.status_code
-        else:
-            started_response = False
-
-            async def send_status(message: Message) -> None:
-                nonlocal status, started_response
-                if message["type"] == "http.response.start":
-                    status, started_response = message["status"], True
-                await send(message)
-
-            try:
-                await self.app(scope, receive, send_status)
-            except Exception as exc:
-                if started_response:  # too late to answer: the client sees a cut response
-                    access.error("response cut short", exc_info=exc)
-                else:
-                    answer = problems.problem_of(exc)
-                    status = answer.status_code
-                    await answer(scope, receive, send)
+    def record(self, scope: Scope, status: int, started: float) -> None:
+        """Count and time the answer ``status`` to ``scope`` (begun at ``started``,
+        :func:`time.perf_counter`), labelled by its route template; log it if due."""
         elapsed = time.perf_counter() - started
         route = scope.get("route")
         template = getattr(route, "path", None) or "unmatched"
@@ -240,7 +214,8 @@ class Observe:
                 },
             )
 
-    def _refuse(self, scope: Scope) -> Any:
+    def refuse(self, scope: Scope) -> Any:
+        """The 413 or 411 answer to a request whose body is not to be read, else None."""
         length = chunked = None
         for name, value in scope["headers"]:
             if name == b"content-length":
@@ -258,6 +233,44 @@ class Observe:
                 411, "length_required", "send a Content-Length; chunked bodies are not accepted"
             )
         return None
+
+
+class Observe:
+    """ASGI middleware: body limit, metrics, access log (a :class:`Watch`)."""
+
+    def __init__(self, app: ASGIApp, watch: Watch) -> None:
+        self.app = app
+        self.watch = watch
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        refusal = self.watch.refuse(scope)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            status = refusal.status_code
+        else:
+            started_response = False
+
+            async def send_status(message: Message) -> None:
+                nonlocal status, started_response
+                if message["type"] == "http.response.start":
+                    status, started_response = message["status"], True
+                await send(message)
+
+            try:
+                await self.app(scope, receive, send_status)
+            except Exception as exc:
+                if started_response:  # too late to answer: the client sees a cut response
+                    access.error("response cut short", exc_info=exc)
+                else:
+                    answer = problems.problem_of(exc)
+                    status = answer.status_code
+                    await answer(scope, receive, send)
+        self.watch.record(scope, status, started)
 
 
 class JsonFormatter(logging.Formatter):
