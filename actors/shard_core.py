@@ -41,6 +41,7 @@ from actors.journal import (
 )
 from actors.sealing import Keyring
 from engine.calendar import Calendar
+from engine.codec import Outcome
 from engine.errors import (
     CalendarNotFound,
     HexbookError,
@@ -68,7 +69,6 @@ from engine.records import (
     HoldReleased,
     PatientDataErased,
     ReleaseHold,
-    Result,
 )
 from engine.waitlist import (
     OFFER_ENDS,
@@ -84,7 +84,6 @@ from engine.waitlist import (
 
 __all__ = ["Outcome", "RecoveryStats", "ShardCore"]
 
-Outcome = Result | HexbookError | None
 CalendarKey = tuple[str, str]
 
 

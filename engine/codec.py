@@ -17,19 +17,32 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from engine.errors import CodecError, UnsupportedVersion
-from engine.records import CalendarSnapshot, Command, Event, Record
+from engine.errors import (
+    CodecError,
+    HexbookError,
+    UnsupportedVersion,
+    error_from_parts,
+    error_parts,
+)
+from engine.records import Booking, CalendarSnapshot, Command, Event, Hold, Record, Result
 
 __all__ = [
+    "Outcome",
     "decode",
+    "decode_answer",
     "decode_command",
     "decode_commands",
     "decode_event",
     "decode_events",
     "decode_snapshot",
     "encode",
+    "encode_answer",
     "encode_commands",
 ]
+
+Outcome = Result | HexbookError | None
+"""What one command came to: its result, the domain error it was refused with, or
+nothing (a command with no result)."""
 
 _encoder = msgspec.msgpack.Encoder()
 _record_decoder = msgspec.msgpack.Decoder(Record)
@@ -67,6 +80,49 @@ def encode_commands(commands: list[Command]) -> bytes:
 def decode_commands(data: bytes) -> list[Command]:
     """A batch from :func:`encode_commands`; anything else is a :class:`CodecError`."""
     return _decode(_commands_decoder, data)  # type: ignore[no-any-return]
+
+
+class _Failure(msgspec.Struct, frozen=True, array_like=True, tag_field="t", tag="failure"):
+    """A domain error as data (:func:`engine.errors.error_parts`)."""
+
+    name: str
+    args: list[Any] | None
+    message: str
+
+
+class _Answer(msgspec.Struct, frozen=True, array_like=True):
+    outcomes: list[Hold | Booking | _Failure | None] | None = None
+    failure: _Failure | None = None
+
+
+_answer_decoder = msgspec.msgpack.Decoder(_Answer)
+
+
+def encode_answer(answer: list[Outcome] | HexbookError) -> bytes:
+    """A shard's answer to a batch: one outcome per command, or the error the whole
+    batch was refused with (the shard is recovering, its journal is unreachable). No
+    pickles: errors travel as their class name, arguments and message."""
+    if isinstance(answer, HexbookError):
+        return _encoder.encode(_Answer(failure=_Failure(*error_parts(answer))))
+    return _encoder.encode(
+        _Answer(
+            outcomes=[
+                _Failure(*error_parts(o)) if isinstance(o, HexbookError) else o for o in answer
+            ]
+        )
+    )
+
+
+def decode_answer(data: bytes) -> list[Outcome] | HexbookError:
+    """What :func:`encode_answer` wrote; errors are rebuilt as the classes they were."""
+    answer: _Answer = _decode(_answer_decoder, data)
+    if answer.outcomes is None:
+        failure = answer.failure or _Failure("CodecError", None, "an empty answer")
+        return error_from_parts(failure.name, failure.args, failure.message)
+    return [
+        error_from_parts(o.name, o.args, o.message) if isinstance(o, _Failure) else o
+        for o in answer.outcomes
+    ]
 
 
 def decode_event(data: bytes) -> Event:

@@ -33,6 +33,8 @@ HTTP status and a problem+json body) and a message that tells the caller what to
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "AdmissionRequired",
     "AdmissionSpent",
@@ -61,6 +63,8 @@ __all__ = [
     "SlotUnavailable",
     "Unavailable",
     "UnsupportedVersion",
+    "error_from_parts",
+    "error_parts",
 ]
 
 
@@ -335,3 +339,41 @@ class Moving(Unavailable):
     """The provider is being moved to another shard (an operator's move, or one that
     resumes): retry shortly; the caller may look in the directory again, where the
     provider is found on its new shard once the move has routed it there."""
+
+
+# --- errors as plain data (a wire that carries no pickles) --------------------------
+
+
+def error_parts(exc: HexbookError) -> tuple[str, list[Any] | None, str]:
+    """An error of this module as (class name, constructor arguments, message): what a
+    pickle of it would carry (its ``__reduce__``), as plain values. The arguments are
+    ``None`` for an error rebuilt from its message alone."""
+    rebuild, args = exc.__reduce__()[:2]
+    if rebuild is type(exc):
+        return type(exc).__name__, list(args), exc.message
+    return type(exc).__name__, None, exc.message
+
+
+def error_from_parts(name: str, args: list[Any] | None, message: str) -> HexbookError:
+    """The error :func:`error_parts` described, equal to what unpickling it would give.
+    A name this module does not define (another version's error, or none of hexbook's)
+    is an :class:`Unavailable` with the message: the caller retries, nothing is lost."""
+    cls = _ERRORS.get(name)
+    if cls is None:
+        return Unavailable(message)
+    if args is None:
+        return _rebuild_error(cls, message)
+    try:
+        make: Any = cls  # each class takes its own arguments (its __reduce__'s)
+        return make(*(tuple(a) if isinstance(a, list) else a for a in args))  # type: ignore[no-any-return]
+    except TypeError:
+        return _rebuild_error(cls, message)
+
+
+def _subclasses(cls: type[HexbookError]) -> list[type[HexbookError]]:
+    return [cls] + [s for sub in cls.__subclasses__() for s in _subclasses(sub)]
+
+
+_ERRORS: dict[str, type[HexbookError]] = {
+    cls.__name__: cls for cls in _subclasses(HexbookError) if cls.__module__ == __name__
+}

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import pickle
+
 import msgspec
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine import codec
+from engine import codec, errors
 from engine.calendar import Calendar
 from engine.errors import CodecError, UnsupportedVersion
 from engine.records import HoldPlaced, PlaceHold
@@ -92,3 +94,92 @@ def test_a_command_is_not_an_event() -> None:
     data = codec.encode(PlaceHold("p", "s", None, 0, "h", 0, 1, 60))
     with pytest.raises(CodecError):
         codec.decode_event(data)
+
+
+# --- a shard's answer (the command channel): outcomes, errors as data, no pickles ------
+
+_ERROR_SAMPLES: list[errors.HexbookError] = [
+    errors.HexbookError("base"),
+    errors.InvalidRequest("party_size must be at least 1"),
+    errors.IdempotencyConflict("key-1"),
+    errors.NotFound("nothing"),
+    errors.ProviderNotFound("p1"),
+    errors.CalendarNotFound("p1", "covid"),
+    errors.HoldNotFound("h-secret-1234"),
+    errors.BookingNotFound("b1"),
+    errors.SlotUnavailable("p1", "covid", 1_700_000_000, 2, 1),
+    errors.HoldExpired("h1", 1_700_000_000),
+    errors.ScheduleConflict("would drop 3 bookings"),
+    errors.BookingNotActive("b1"),
+    errors.NotEligible("adults", 3, ("born after 2008-01-01", "outside the city")),
+    errors.AdmissionRequired("room-1", "expired"),
+    errors.AdmissionSpent("spent"),
+    errors.AlreadyQueued("queued"),
+    errors.RoomClosed("closed"),
+    errors.RoomExists("exists"),
+    errors.RoomNotFound("no room"),
+    errors.EntryNotFound(),
+    errors.NoOffer("expired"),
+    errors.AlreadyWaiting("w1"),
+    errors.CodecError("bad bytes"),
+    errors.UnsupportedVersion("v9"),
+    errors.KeyringError("no key"),
+    errors.Unavailable("recovering"),
+    errors.Moving("moving"),
+]
+
+
+def _as_pickle_gives(exc: errors.HexbookError) -> tuple[type, str, dict[str, object]]:
+    again = pickle.loads(pickle.dumps(exc))  # what a Ray call carried before the channel
+    return type(again), again.message, vars(again)
+
+
+def test_every_error_class_has_a_sample() -> None:
+    assert {type(e).__name__ for e in _ERROR_SAMPLES} == set(errors._ERRORS)
+
+
+@pytest.mark.parametrize("exc", _ERROR_SAMPLES, ids=lambda e: type(e).__name__)
+def test_errors_in_an_answer_are_what_a_pickle_gives(exc: errors.HexbookError) -> None:
+    (back,) = codec.decode_answer(codec.encode_answer([exc]))  # type: ignore[misc]
+    assert isinstance(back, errors.HexbookError)
+    assert (type(back), back.message, vars(back)) == _as_pickle_gives(exc)
+    assert back.code == exc.code
+
+
+@pytest.mark.parametrize("exc", _ERROR_SAMPLES, ids=lambda e: type(e).__name__)
+def test_a_refused_batch_is_its_error(exc: errors.HexbookError) -> None:
+    back = codec.decode_answer(codec.encode_answer(exc))
+    assert isinstance(back, errors.HexbookError)
+    assert (type(back), back.message, vars(back)) == _as_pickle_gives(exc)
+
+
+@given(st.lists(st.one_of(holds, bookings, st.none(), st.sampled_from(_ERROR_SAMPLES))))
+def test_outcomes_round_trip(outcomes: list[codec.Outcome]) -> None:
+    back = codec.decode_answer(codec.encode_answer(outcomes))
+    assert isinstance(back, list) and len(back) == len(outcomes)
+    for got, sent in zip(back, outcomes, strict=True):
+        if isinstance(sent, errors.HexbookError):
+            assert (type(got), got.message, vars(got)) == _as_pickle_gives(sent)
+        else:
+            assert got == sent
+
+
+def test_an_answer_carries_no_pickle() -> None:
+    exc = errors.NotEligible("adults", 1, ("too young",))
+    data = codec.encode_answer([exc])
+    assert msgspec.msgpack.decode(data) == [
+        [["failure", "NotEligible", ["adults", 1, ["too young"]], exc.message]],
+        None,
+    ]
+
+
+def test_an_unknown_error_name_is_unavailable() -> None:
+    data = msgspec.msgpack.encode([[["failure", "FromTheFuture", None, "try later"]], None])
+    (back,) = codec.decode_answer(data)  # type: ignore[misc]
+    assert type(back) is errors.Unavailable and back.message == "try later"
+
+
+@pytest.mark.parametrize("data", [b"", b"\xc1", msgspec.msgpack.encode([[["pickle", "x"]], None])])
+def test_a_garbage_answer_is_a_codec_error(data: bytes) -> None:
+    with pytest.raises(CodecError):
+        codec.decode_answer(data)
