@@ -30,6 +30,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from actors import archive, journal
+from actors.channel import Address, ChannelServer
 from actors.clock import CLOCK_KEY, Clock, clock_from_redis
 from actors.journal import HandedOff, ShardSnapshot
 from actors.sealing import Keyring
@@ -107,6 +108,7 @@ class ShardActor:
         self._snapshot_waiters: list[asyncio.Future[str]] = []
         self.last_recovery: RecoveryStats | None = None
         self.batches = 0
+        self._channel: ChannelServer | None = None
 
     # --- public methods (Ray calls) -----------------------------------------------------
 
@@ -115,6 +117,16 @@ class ShardActor:
         outcome (result or domain error) each."""
         batch = decode_commands(commands)
         return await self._enqueue(lambda: self._core.apply(batch))  # type: ignore[no-any-return]
+
+    async def channel(self) -> Address:
+        """Where this shard's command channel listens (:mod:`actors.channel`): ``submit``
+        without a Ray call per batch. Opened at the first ask, on this node's address."""
+        if self._channel is None:
+            import ray
+
+            host: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+            self._channel = ChannelServer(self.submit, host)
+        return await self._channel.address()
 
     async def provision(self, provider: Provider, snapshots: list[CalendarSnapshot]) -> Outcome:
         """Add or replace a provider's calendars (journaled)."""

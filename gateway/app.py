@@ -108,6 +108,7 @@ async def _runtime(
         settings.calls_per_shard,
         settings.shard_deadline_seconds,
     )
+    stack.push_async_callback(router.aclose)
     first = settings.index_first_day
     index = AvailabilityIndex(
         hb,

@@ -1,15 +1,18 @@
-"""Routing commands to shards, coalescing concurrent requests into one actor call.
+"""Routing commands to shards, coalescing concurrent requests into one batch.
 
 Requests for one shard that arrive in the same turn of the event loop leave together
-in one ``submit`` call (or sooner, when ``batch_max`` is reached); the shard then
-commits them together, so the gateway's throughput is not bounded by one actor call
-(or one fsync) per request. At most ``calls_per_shard`` calls are out to one shard at a
-time; what arrives meanwhile leaves together when one returns, so batches grow with the
-load (an actor call costs the gateway about 200 µs of CPU, whatever its size). Refs are
-awaited, never ``ray.get`` in a coroutine, and never longer than ``deadline`` seconds: a
-shard that stalls (stopped, swapping, a stuck node) gets its callers a 503 with
-``Retry-After`` instead of a hang. A command whose answer came too late may still have
-been applied; a retry under the same Idempotency-Key returns its first result.
+as one batch (or sooner, when ``batch_max`` is reached); the shard then commits them
+together, so the gateway's throughput is not bounded by one call (or one fsync) per
+request. At most ``calls_per_shard`` batches are out to one shard at a time; what
+arrives meanwhile leaves together when one returns, so batches grow with the load.
+Batches go over the shard's command channel (:mod:`actors.channel`, ADR 0026), not as
+Ray calls: a Ray call cost the shard a millisecond of CPU whatever it carried. The
+channel's address is asked of the actor (a Ray call, which waits while Ray restarts
+it); a channel that breaks or stalls is dropped and asked for again. No batch waits
+longer than ``deadline`` seconds: a shard that stalls (stopped, swapping, a stuck node)
+gets its callers a 503 with ``Retry-After`` instead of a hang. A command whose answer
+came too late may still have been applied; a retry under the same Idempotency-Key
+returns its first result.
 """
 
 from __future__ import annotations
@@ -23,9 +26,16 @@ from typing import Any
 from ray.exceptions import RayActorError, RayError
 
 from actors.api import Hexbook
+from actors.channel import ChannelClient, ChannelClosed
 from actors.shard_core import Outcome
 from engine.codec import encode_commands
-from engine.errors import CalendarNotFound, Moving, ProviderNotFound, Unavailable
+from engine.errors import (
+    CalendarNotFound,
+    HexbookError,
+    Moving,
+    ProviderNotFound,
+    Unavailable,
+)
 from engine.records import Command
 
 __all__ = ["ShardRouter"]
@@ -56,6 +66,7 @@ class ShardRouter:
         self.max_inflight = max_inflight
         self.calls_per_shard = calls_per_shard
         self._calls: dict[str, int] = {}
+        self._channels: dict[str, ChannelClient] = {}
         self.inflight = 0
         self._queues: dict[str, list[tuple[Command, asyncio.Future[Outcome]]]] = {}
         self._scheduled: set[str] = set()
@@ -124,15 +135,20 @@ class ShardRouter:
             self.on_batch(len(batch))
         outcomes: list[Outcome]
         try:
-            ref = self.hexbook.shard(shard).submit.remote(encode_commands([c for c, _ in batch]))
-            outcomes = await asyncio.wait_for(ref, self.deadline)
+            async with asyncio.timeout(self.deadline):
+                channel = await self._channel(shard)
+                outcomes = await channel.call(encode_commands([c for c, _ in batch]))
         except TimeoutError:
             log.warning("shard %s did not answer within %g s", shard, self.deadline)
+            self._drop(shard)  # a stalled shard's connection is not trusted again
             outcomes = [self._late(shard)] * len(batch)
         except Unavailable as exc:
             outcomes = [Unavailable(exc.message)] * len(batch)
-        except (RayActorError, RayError) as exc:
+        except HexbookError as exc:  # the whole batch refused (not a batch it could read)
+            outcomes = [exc] * len(batch)
+        except (RayActorError, RayError, ChannelClosed) as exc:
             log.warning("shard %s call failed: %s", shard, type(exc).__name__)
+            self._drop(shard)
             outcomes = [Unavailable(f"shard {shard} is restarting; retry shortly")] * len(batch)
         finally:
             self._calls[shard] -= 1
@@ -141,6 +157,28 @@ class ShardRouter:
         for (_, fut), out in zip(batch, outcomes, strict=True):
             if not fut.done():
                 fut.set_result(out)
+
+    async def _channel(self, shard: str) -> ChannelClient:
+        """The shard's command channel, connected the first time (its address asked of
+        the actor, a Ray call that waits while Ray restarts it)."""
+        channel = self._channels.get(shard)
+        if channel is None or channel.closed:
+            address = await self.hexbook.shard(shard).channel.remote()
+            channel = self._channels.get(shard)
+            if channel is None or channel.closed:
+                channel = self._channels[shard] = ChannelClient(address)
+        return channel
+
+    async def aclose(self) -> None:
+        """Close the shards' channels (the gateway is stopping)."""
+        channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            await channel.aclose()
+
+    def _drop(self, shard: str) -> None:
+        channel = self._channels.pop(shard, None)
+        if channel is not None:
+            channel.close()
 
     def _late(self, shard: str) -> Unavailable:
         return Unavailable(
