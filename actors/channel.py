@@ -191,7 +191,9 @@ class ChannelClient:
     def _fail(self, exc: ChannelClosed) -> None:
         self.closed = True
         if self._writer is not None:
-            self._writer.close()
+            # Aborted, not closed: a close waits to flush what the shard has not read,
+            # and a stalled shard reads nothing (what was unsent has no outcome anyway).
+            self._writer.transport.abort()
         for fut in self._waiting.values():
             if not fut.done():
                 fut.set_exception(exc)
@@ -210,5 +212,5 @@ class ChannelClient:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reading
         if self._writer is not None:
-            with contextlib.suppress(OSError):
-                await self._writer.wait_closed()
+            with contextlib.suppress(OSError, TimeoutError):
+                await asyncio.wait_for(self._writer.wait_closed(), 5)
