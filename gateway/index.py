@@ -18,7 +18,6 @@ same window, and a search merges their answers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Iterable
@@ -143,10 +142,7 @@ class AvailabilityIndex:
                 log.info("index: shard %s read", shard)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks(self._tasks)
         await self.follower.close()
         await self.streams.close()
 
@@ -347,3 +343,21 @@ class AvailabilityIndex:
             else:
                 found.sort(key=lambda m: (m.slots[0][0], m.distance_km))
         return found[:limit]
+
+
+async def stop_tasks(
+    tasks: Iterable[asyncio.Task[Any]], tries: int = 20, every: float = 0.5
+) -> None:
+    """Cancel ``tasks`` and wait until they end, cancelling again those that go on: a
+    redis-py read can swallow a cancel (its socket-timeout context turns it into a
+    timeout the caller retries; seen when a gateway stopped after its Redis restarted,
+    and hung its shutdown for good). Gives up after ``tries`` rounds, saying which."""
+    pending = {t for t in tasks if not t.done()}
+    for _ in range(tries):
+        if not pending:
+            return
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=every)
+    for task in pending:
+        log.error("a background task would not stop: %r", task)
