@@ -486,7 +486,7 @@ class BookingService:
         cmd = PlaceHold(
             req.provider_id,
             req.service,
-            scoped.key,
+            scoped.command,
             self._now(),
             routable_id(req.provider_id, req.service),
             at,
@@ -512,7 +512,7 @@ class BookingService:
         cmd = ConfirmHold(
             provider_id,
             service,
-            scoped.key,
+            scoped.command,
             self._now(),
             req.hold_id,
             routable_id(provider_id, service),

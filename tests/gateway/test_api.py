@@ -11,6 +11,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from actors import journal
 from actors.api import Hexbook
 from tests.dates import dst_saturday
 
@@ -186,6 +187,31 @@ def test_same_idempotency_key_books_once(base: str, api: httpx.Client) -> None:
     assert_problem(
         api.post(f"{base}/v1/holds", json=other, headers=key), 422, "idempotency_conflict"
     )
+
+
+def remembered(hb: Hexbook, pid: str) -> list[str]:
+    """The idempotency keys the calendar of ``pid`` remembers (its shard's state)."""
+    state = journal.decode_shard_snapshot(hb._call(hb.shard_of(pid), "committed_state"))
+    (cal,) = [c for c in state.calendars if (c.provider_id, c.service) == (pid, "vaccine")]
+    return sorted(e.key for e in cal.idempotency)
+
+
+def test_only_a_key_the_client_can_repeat_is_remembered(
+    base: str, stack: tuple[str, Hexbook, FastAPI], api: httpx.Client
+) -> None:
+    _, hb, _ = stack
+    before = remembered(hb, "clinic-2")
+    start = slots(api, "clinic-2")[8]["start"]
+    body = {"provider_id": "clinic-2", "service": "vaccine", "start": start}
+    hold = api.post(f"{base}/v1/holds", json=body)
+    assert hold.status_code == 201, hold.text
+    booked = {"hold_id": hold.json()["hold_id"], "patient": {"reference": "no-key"}}
+    assert api.post(f"{base}/v1/bookings", json=booked).status_code == 201
+    assert remembered(hb, "clinic-2") == before  # nobody can send those again
+    keyed = api.post(f"{base}/v1/holds", json=body, headers={"Idempotency-Key": "kept-1"})
+    assert keyed.status_code == 201, keyed.text
+    now = remembered(hb, "clinic-2")
+    assert len(now) == len(before) + 1 and any(k.endswith(":kept-1") for k in now)
 
 
 def test_the_race_for_ten_slots(
