@@ -3,7 +3,9 @@
 The city: 1,500 sites x 14 days x 36 slots (08:00-17:00, 15 minutes) of capacity 4.
 Each system gets the same wrk script (hold, then book with the hold's id) and the same
 bodies: uniform over every slot, or launch-skewed (80% of holds to 5% of the sites, on
-day one). Rounds alternate the systems; bookings/s are counted from 201 answers.
+day one; each round and concurrency a launch of its own: hot sites nobody has booked,
+the same for every system). Rounds alternate the systems; bookings/s are counted from
+201 answers.
 
 - ``redis``: tests/bench/peers.py's Lua peer, uvicorn ``--workers N``, a redis-server of
   its own with ``appendfsync always``;
@@ -73,10 +75,13 @@ def city(first: date) -> list[tuple[str, int, int]]:
     return out
 
 
-def bodies(first: date, n: int, skewed: bool, rng: random.Random) -> list[str]:
+def bodies(
+    first: date, n: int, skewed: bool, rng: random.Random, hot: list[str] | None = None
+) -> list[str]:
     """``n`` hold bodies: uniform, each place at most once (no 409 from a full slot), or
-    launch-skewed, 80% to 5% of the sites on the first day (those run out: 409s)."""
-    hot = [f"site-{i:04d}" for i in rng.sample(range(SITES), SITES // 20)]
+    launch-skewed, 80% to ``hot`` (5% of the sites, drawn when not given) on the first
+    day (those run out: 409s)."""
+    hot = hot or [f"site-{i:04d}" for i in rng.sample(range(SITES), SITES // 20)]
     seen: set[tuple[str, int]] = set()
     out: list[str] = []
     tries = 0
@@ -248,15 +253,25 @@ def part_peers(rounds: int, seconds: float = SECONDS) -> dict[str, float]:
         runs = rounds * len(plan) * len(systems) + len(systems)
         # (each pool is drawn once: a generator's element expression runs per element)
         uniform_pool = bodies(first, per_run * runs, False, rng)
-        skewed_pool = bodies(first, per_run * runs, True, rng)
         uniform = iter([uniform_pool[i * per_run : (i + 1) * per_run] for i in range(runs)])
-        skewed = iter([skewed_pool[i * per_run : (i + 1) * per_run] for i in range(runs)])
+        # A launch each time: every skewed run of a round and concurrency has hot sites
+        # of its own, the same for every system (each has its own city), so that no
+        # system meets hot sites an earlier run of its emptied (the faster one would).
+        hot = SITES // 20
+        sites = [f"site-{i:04d}" for i in rng.sample(range(SITES), hot * rounds * 2)]
+        launches = iter(
+            [
+                bodies(first, per_run, True, rng, sites[k * hot : (k + 1) * hot])
+                for k in range(rounds * 2)
+            ]
+        )
         for name, url in systems.items():
             wrk(url, script_flow(keys.get(name, key), next(uniform)), 32, 2)  # warm up
         for _ in range(rounds):
             for shape, c in plan:
+                launch = next(launches) if shape == "skewed" else None
                 for name, url in systems.items():
-                    pool = next(uniform if shape == "uniform" else skewed)
+                    pool = next(uniform) if launch is None else launch
                     r = wrk(url, script_flow(keys.get(name, key), pool), c, seconds)
                     results.setdefault((name, shape, c), []).append(r)
     return _report(results, rounds)
