@@ -4,8 +4,8 @@ The city: 1,500 sites x 14 days x 36 slots (08:00-17:00, 15 minutes) of capacity
 Each system gets the same wrk script (hold, then book with the hold's id) and the same
 bodies: uniform over every slot, or launch-skewed (80% of holds to 5% of the sites, on
 day one; each round and concurrency a launch of its own: hot sites nobody has booked,
-the same for every system). Rounds alternate the systems; bookings/s are counted from
-201 answers.
+the same for every system). Rounds alternate the systems, each round's rotation one
+system later than the last; bookings/s are counted from 201 answers.
 
 - ``redis``: tests/bench/peers.py's Lua peer, uvicorn ``--workers N``, a redis-server of
   its own with ``appendfsync always``;
@@ -267,10 +267,16 @@ def part_peers(rounds: int, seconds: float = SECONDS) -> dict[str, float]:
         )
         for name, url in systems.items():
             wrk(url, script_flow(keys.get(name, key), next(uniform)), 32, 2)  # warm up
-        for _ in range(rounds):
+        names = list(systems)
+        for n in range(rounds):
+            # Each round starts the rotation one system later: no system always runs
+            # right after the same one (whose after-effects, a PostgreSQL checkpoint or
+            # an AOF rewrite, land on the next run's disk).
+            order = names[n % len(names) :] + names[: n % len(names)]
             for shape, c in plan:
                 launch = next(launches) if shape == "skewed" else None
-                for name, url in systems.items():
+                for name in order:
+                    url = systems[name]
                     pool = next(uniform) if launch is None else launch
                     r = wrk(url, script_flow(keys.get(name, key), pool), c, seconds)
                     results.setdefault((name, shape, c), []).append(r)
