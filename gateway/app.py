@@ -360,7 +360,7 @@ def create_app(
         app.fast = FastPath(app.stack, watch)  # in front: the same limits, metrics, logs
     app.add_middleware(Observe, watch=watch)
     app.add_middleware(AuditMiddleware)  # after Observe has the route and the caller
-    app.add_middleware(SecureHeaders)  # outermost: every answer, the fast path's too
+    app.add_middleware(SecureHeaders)  # outermost of the stack (the fast path adds them itself)
     problems.install(app)
     for router in ROUTERS:
         app.include_router(router)
