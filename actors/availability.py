@@ -26,7 +26,7 @@ stream's entry id, as before.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import re
 from collections.abc import Iterable
 from typing import Any, NamedTuple
@@ -48,7 +48,10 @@ __all__ = [
     "entry_id_key",
     "parse_entry_id",
     "read_availability",
+    "stop_tasks",
 ]
+
+log = logging.getLogger("hexbook.availability")
 
 AVAILABILITY_STREAM = "hexbook:availability"
 _WHOLE = -1  # start and remaining of a CalendarChanged on the wire
@@ -268,8 +271,26 @@ class StreamsFollower:
         return out
 
     async def close(self) -> None:
-        for task in self._reads.values():
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+        await stop_tasks(self._reads.values())
         self._reads = {}
+
+
+async def stop_tasks(
+    tasks: Iterable[asyncio.Task[Any]], tries: int = 20, every: float = 0.5
+) -> None:
+    """Cancel ``tasks`` and wait until they end, cancelling again those that go on: a
+    redis-py read can swallow a cancel (its socket-timeout context turns it into a
+    timeout the caller retries; seen when a gateway stopped after its Redis restarted,
+    and hung its shutdown for good). Gives up after ``tries`` rounds, saying which."""
+    pending = {t for t in tasks if not t.done()}
+    for _ in range(tries):
+        if not pending:
+            return
+        for task in pending:
+            task.cancel()
+        done, pending = await asyncio.wait(pending, timeout=every)
+        for task in done:
+            if not task.cancelled():
+                task.exception()  # retrieved: an error of a task being stopped is no news
+    for task in pending:
+        log.error("a background task would not stop: %r", task)

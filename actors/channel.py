@@ -71,7 +71,6 @@ class ChannelServer:
         self.host = host
         self.token = secrets.token_bytes(16)
         self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.StreamWriter] = set()
 
     async def address(self) -> Address:
         """Start listening (once) on a free port of ``host``; where that is."""
@@ -80,14 +79,6 @@ class ChannelServer:
         port = self._server.sockets[0].getsockname()[1]
         return Address(self.host, int(port), self.token)
 
-    def close(self) -> None:
-        """Stop listening and cut every connection (their calls' outcomes are unknown)."""
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        for writer in list(self._connections):
-            writer.close()
-
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         tasks: set[asyncio.Task[None]] = set()
         try:
@@ -95,7 +86,6 @@ class ChannelServer:
             if not hmac.compare_digest(token, self.token):
                 log.warning("channel: a connection without the token was closed")
                 return
-            self._connections.add(writer)
             while True:
                 call_id, payload = await _read_frame(reader)
                 task = asyncio.get_running_loop().create_task(
@@ -106,7 +96,6 @@ class ChannelServer:
         except (asyncio.IncompleteReadError, ConnectionError, ChannelClosed):
             pass  # the client went away (or sent garbage): its connection ends here
         finally:
-            self._connections.discard(writer)
             writer.close()
 
     async def _answer(self, call_id: int, payload: bytes, writer: asyncio.StreamWriter) -> None:
@@ -129,7 +118,6 @@ class ChannelClient:
 
     def __init__(self, address: Address) -> None:
         self.address = address
-        self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._connecting: asyncio.Lock = asyncio.Lock()
         self._waiting: dict[int, asyncio.Future[bytes]] = {}
@@ -173,7 +161,7 @@ class ChannelClient:
                     self.closed = True
                     raise ChannelClosed(f"cannot reach the shard's channel: {exc}") from exc
                 writer.write(_frame(0, self.address.token))
-                self._reader, self._writer = reader, writer
+                self._writer = writer
                 self._reading = asyncio.get_running_loop().create_task(self._read(reader))
         assert self._writer is not None
         return self._writer

@@ -34,8 +34,8 @@ from actors.channel import Address, ChannelServer
 from actors.clock import CLOCK_KEY, Clock, clock_from_redis
 from actors.journal import HandedOff, ShardSnapshot
 from actors.sealing import Keyring
-from actors.shard_core import Outcome, RecoveryStats, ShardCore
-from engine.codec import decode_commands
+from actors.shard_core import RecoveryStats, ShardCore
+from engine.codec import Outcome, decode_commands
 from engine.eligibility import Rule, refusals
 from engine.errors import (
     BookingNotFound,

@@ -82,7 +82,7 @@ from engine.waitlist import (
     plan_offers,
 )
 
-__all__ = ["Outcome", "RecoveryStats", "ShardCore"]
+__all__ = ["RecoveryStats", "ShardCore"]
 
 CalendarKey = tuple[str, str]
 _ENCODE_STRETCH = 64 * 1024  # bytes of a snapshot encoded between two turns of the loop

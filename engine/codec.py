@@ -117,7 +117,9 @@ def decode_answer(data: bytes) -> list[Outcome] | HexbookError:
     """What :func:`encode_answer` wrote; errors are rebuilt as the classes they were."""
     answer: _Answer = _decode(_answer_decoder, data)
     if answer.outcomes is None:
-        failure = answer.failure or _Failure("CodecError", None, "an empty answer")
+        if answer.failure is None:
+            raise CodecError("not a valid hexbook answer: neither outcomes nor a failure")
+        failure = answer.failure
         return error_from_parts(failure.name, failure.args, failure.message)
     return [
         error_from_parts(o.name, o.args, o.message) if isinstance(o, _Failure) else o

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 
 from actors.api import Hexbook
-from actors.availability import AvailabilityStreams, CalendarChanged, Change
+from actors.availability import AvailabilityStreams, CalendarChanged, Change, stop_tasks
 from actors.embedded_redis import redacted
 from engine.geo import haversine_km
 from engine.search import AvailabilityGrid, Match
@@ -343,21 +343,3 @@ class AvailabilityIndex:
             else:
                 found.sort(key=lambda m: (m.slots[0][0], m.distance_km))
         return found[:limit]
-
-
-async def stop_tasks(
-    tasks: Iterable[asyncio.Task[Any]], tries: int = 20, every: float = 0.5
-) -> None:
-    """Cancel ``tasks`` and wait until they end, cancelling again those that go on: a
-    redis-py read can swallow a cancel (its socket-timeout context turns it into a
-    timeout the caller retries; seen when a gateway stopped after its Redis restarted,
-    and hung its shutdown for good). Gives up after ``tries`` rounds, saying which."""
-    pending = {t for t in tasks if not t.done()}
-    for _ in range(tries):
-        if not pending:
-            return
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=every)
-    for task in pending:
-        log.error("a background task would not stop: %r", task)

@@ -27,8 +27,7 @@ from ray.exceptions import RayActorError, RayError
 
 from actors.api import Hexbook
 from actors.channel import ChannelClient, ChannelClosed
-from actors.shard_core import Outcome
-from engine.codec import encode_commands
+from engine.codec import Outcome, encode_commands
 from engine.errors import (
     CalendarNotFound,
     HexbookError,
@@ -142,9 +141,7 @@ class ShardRouter:
             log.warning("shard %s did not answer within %g s", shard, self.deadline)
             self._drop(shard)  # a stalled shard's connection is not trusted again
             outcomes = [self._late(shard)] * len(batch)
-        except Unavailable as exc:
-            outcomes = [Unavailable(exc.message)] * len(batch)
-        except HexbookError as exc:  # the whole batch refused (not a batch it could read)
+        except HexbookError as exc:  # the whole batch refused (recovering, journal away)
             outcomes = [exc] * len(batch)
         except (RayActorError, RayError, ChannelClosed) as exc:
             log.warning("shard %s call failed: %s", shard, type(exc).__name__)

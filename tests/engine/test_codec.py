@@ -179,7 +179,15 @@ def test_an_unknown_error_name_is_unavailable() -> None:
     assert type(back) is errors.Unavailable and back.message == "try later"
 
 
-@pytest.mark.parametrize("data", [b"", b"\xc1", msgspec.msgpack.encode([[["pickle", "x"]], None])])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\xc1",
+        msgspec.msgpack.encode([[["pickle", "x"]], None]),
+        msgspec.msgpack.encode([None, None]),  # neither outcomes nor a failure
+    ],
+)
 def test_a_garbage_answer_is_a_codec_error(data: bytes) -> None:
     with pytest.raises(CodecError):
         codec.decode_answer(data)

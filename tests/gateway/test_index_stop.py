@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.index import stop_tasks
+from actors.availability import stop_tasks
 
 
 async def _swallows(times: list[int], heard: list[int]) -> None:
