@@ -3,10 +3,12 @@
 One writer task owns the state. Calls (``submit``, ``provision``, ...) queue their work
 and wait; the writer takes everything queued, applies it in one uninterrupted step,
 commits it to Redis in one MULTI/EXEC (group commit: the more callers wait, the bigger
-the batch), and only then answers them. So nothing is acknowledged before it is
-durable, and a batch never sees the effects of an earlier batch that did not become
-durable: if a commit fails the shard forgets its memory and rebuilds from Redis before
-it serves again (fail stop), and every caller of the failed batch gets
+the batch), and only then answers them. While one batch's commit is on its way, the
+next is applied (its commit is sent once the first is durable, so the journal keeps the
+order of application; ADR 0027). So nothing is acknowledged before it is durable, and
+no answer rests on an earlier batch that did not become durable: if a commit fails the
+shard forgets its memory and rebuilds from Redis before it serves again (fail stop),
+and every caller of the failed batch, and of the batch applied behind it, gets
 :class:`~engine.errors.Unavailable` to retry with the same idempotency key.
 
 Every ``roll_seconds`` (30) the writer rolls the calendars whose local day changed
@@ -34,7 +36,7 @@ from actors.channel import Address, ChannelServer
 from actors.clock import CLOCK_KEY, Clock, clock_from_redis
 from actors.journal import HandedOff, ShardSnapshot
 from actors.sealing import Keyring
-from actors.shard_core import RecoveryStats, ShardCore
+from actors.shard_core import RecoveryStats, ShardCore, Staged
 from engine.codec import Outcome, decode_commands
 from engine.eligibility import Rule, refusals
 from engine.errors import (
@@ -105,6 +107,7 @@ class ShardActor:
         # The snapshot being sealed and stored beside the writer (one at a time), and
         # the callers of write_snapshot waiting for the next one.
         self._storing: asyncio.Task[None] | None = None
+        self._committing: asyncio.Task[None] | None = None  # a batch on its way to Redis
         self._snapshot_waiters: list[asyncio.Future[str]] = []
         self.last_recovery: RecoveryStats | None = None
         self.batches = 0
@@ -425,15 +428,22 @@ class ShardActor:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            core = self._core
+            if self._committing is None or self._snapshot_waiters or core.snapshot_due():
+                await self._committed()  # a snapshot is of durable memory, nothing pending
+                self._snapshot_if_due()
             batch, self._queue = self._queue, []
             if batch:
                 await self._step(batch)
-            self._snapshot_if_due()
 
     async def _step(self, batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]]) -> None:
-        """Apply a batch and commit it, then answer its callers (or fail stop)."""
+        """Apply a batch, then send its commit once the batch before it is durable; the
+        commit answers the batch's callers (or fails stop). So a batch is applied while
+        the one before it is on its way to Redis, and is never answered before it and
+        everything applied before it is durable."""
         core = self._core
         if not core.recovered:
+            await self._committed()  # (a failed commit has already failed stop)
             if self._storing is not None:  # recovery reads the snapshot the store writes
                 await asyncio.wait([self._storing])
             try:
@@ -454,19 +464,53 @@ class ShardActor:
                 outcomes.append(work())
             except HexbookError as exc:
                 outcomes.append(exc)
+        await self._committed()
+        if not core.recovered:  # the batch before failed to commit: this one is forgotten
+            _answer_all(batch, Unavailable(f"shard {self.name} journal unavailable; retry"))
+            return
         try:
             await core.make_offers(self.clock.seconds())  # the batch's freed places
-            await core.commit()
+            staged = core.stage()
         except (RedisError, OSError) as exc:
-            # Memory may now be ahead of Redis: forget it, rebuild before serving.
-            core.fail_stop()
-            log.error("shard %s: journal append failed, failing stop: %s", self.name, exc)
-            _answer_all(batch, Unavailable(f"shard {self.name} journal unavailable: {exc}"))
+            self._fail_stop(batch, exc)
             return
+        self._committing = asyncio.get_running_loop().create_task(
+            self._commit(batch, outcomes, staged)
+        )
+
+    async def _committed(self) -> None:
+        """Until the commit on its way (if any) has ended."""
+        if self._committing is not None:
+            await asyncio.wait([self._committing])
+
+    async def _commit(
+        self,
+        batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]],
+        outcomes: list[Any],
+        staged: Staged | None,
+    ) -> None:
+        try:
+            if staged is not None:
+                await self._core.finish(staged)
+        except (RedisError, OSError) as exc:
+            self._fail_stop(batch, exc)
+            return
+        finally:
+            self._committing = None
+            assert self._wake is not None
+            self._wake.set()  # the writer looks again: a snapshot may be due
         self.batches += 1
         for (_, fut), out in zip(batch, outcomes, strict=True):
             if not fut.done():
                 fut.set_result(out)
+
+    def _fail_stop(
+        self, batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]], exc: Exception
+    ) -> None:
+        # Memory may now be ahead of Redis: forget it, rebuild before serving.
+        self._core.fail_stop()
+        log.error("shard %s: journal append failed, failing stop: %s", self.name, exc)
+        _answer_all(batch, Unavailable(f"shard {self.name} journal unavailable: {exc}"))
 
     def _snapshot_if_due(self) -> None:
         """Between two batches, with nothing pending: copy the state for a snapshot when

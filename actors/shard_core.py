@@ -82,7 +82,7 @@ from engine.waitlist import (
     plan_offers,
 )
 
-__all__ = ["RecoveryStats", "ShardCore"]
+__all__ = ["RecoveryStats", "ShardCore", "Staged"]
 
 CalendarKey = tuple[str, str]
 _ENCODE_STRETCH = 64 * 1024  # bytes of a snapshot encoded between two turns of the loop
@@ -118,6 +118,15 @@ class _Pending:
     freed: dict[tuple[str, str], set[int]] = field(default_factory=dict)
     ended: list[tuple[str, str, str]] = field(default_factory=list)
     notices: list[Notice] = field(default_factory=list)  # to the outbox, with the batch
+
+
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """A batch taken from memory with its MULTI/EXEC written, not yet sent
+    (:meth:`ShardCore.stage`, then :meth:`ShardCore.finish`)."""
+
+    pending: _Pending
+    pipe: Any  # redis.asyncio's Pipeline
 
 
 class ShardCore:
@@ -744,6 +753,14 @@ class ShardCore:
         """Make the pending batch durable (one MULTI/EXEC); return its journal id.
 
         Raises Redis errors; then the caller must :meth:`fail_stop`."""
+        staged = self.stage()
+        return None if staged is None else await self.finish(staged)
+
+    def stage(self) -> Staged | None:
+        """Take the pending batch and write its MULTI/EXEC, without sending it (``None``:
+        nothing pending). What is applied from here on is the next batch's; send this
+        one with :meth:`finish`, and stage the next only once it has finished (the
+        journal's order is the order batches were applied in)."""
         self._journal_waitlist()  # the waitlist's events go with the batch that made them
         pending = self._pending
         if not pending.entries:
@@ -776,6 +793,13 @@ class ShardCore:
             maxlen=self.availability_maxlen,
             approximate=True,
         )
+        return Staged(pending, pipe)
+
+    async def finish(self, staged: Staged) -> str:
+        """Send a :meth:`stage`'d batch; its journal id once it is durable.
+
+        Raises Redis errors; then the caller must :meth:`fail_stop`."""
+        pending, pipe = staged.pending, staged.pipe
         results = await pipe.execute()
         entry_id = results[0]
         self.last_id = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)

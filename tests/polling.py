@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -15,4 +16,15 @@ def until(check: Callable[[], T], seconds: float = 60, every: float = 0.1) -> T:
     while not (out := check()):
         assert time.monotonic() < deadline, "gave up waiting"
         time.sleep(every)
+    return out
+
+
+async def until_async(
+    check: Callable[[], Awaitable[T]], seconds: float = 60, every: float = 0.01
+) -> T:
+    """:func:`until` on an event loop: ``await check()`` once it is truthy."""
+    deadline = time.monotonic() + seconds
+    while not (out := await check()):
+        assert time.monotonic() < deadline, "gave up waiting"
+        await asyncio.sleep(every)
     return out
