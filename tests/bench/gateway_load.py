@@ -118,25 +118,45 @@ def seal_cost() -> str:
     return "seal of one journal entry (AES-256-GCM): " + ", ".join(parts)
 
 
-def script_flow(key: str, bodies: list[str], patient: str = PATIENT) -> str:
+def script_flow(key: str, bodies: list[str], patient: str = PATIENT, once: bool = False) -> str:
     """Hold, then book with the hold id the answer gave (any connection may book it);
-    ``patient``: the confirm's patient object (JSON)."""
+    ``patient``: the confirm's patient object (JSON). ``once``: a crowd served to the
+    end: each body is held once (not round again), and the run stops when every hold and
+    every booking of a held place has its answer (a connection with nothing left to send
+    waits, ``delay()``; then wrk is interrupted), so its duration is the time the whole
+    crowd took."""
+    # wrk's run ends at -d or at SIGINT (its duration then ends there too). The shell
+    # os.execute starts is wrk's child; system() ignores SIGINT in wrk until that shell
+    # ends, so the kill comes from a job it leaves behind, 10 ms later.
+    ending = """
+local answered, held, over = 0, 0, false
+function delay()
+  if #holds > 0 or i < #bodies then return 0 end
+  return 3600000  -- nothing left to send: wait for the others' answers
+end
+"""
+    stop = """
+  answered = answered + 1
+  if answered >= #bodies + held and not over then
+    over = true; os.execute("(sleep 0.01; kill -INT $PPID) &")
+  end"""
     return (
         COMMON
         + _bodies_lua("bodies", bodies)
         + f"""
 local i = 0
 local holds = {{}}
-local sent = {{}}
-local auth = "Bearer {key}"
-function init(args) counts = {{}}; math.randomseed(os.time()); i = math.random(#bodies) end
+local auth = "Bearer {key}"{ending if once else ""}
+function init(args)
+  counts = {{}}; math.randomseed(os.time()); i = {"0" if once else "math.random(#bodies)"}
+end
 function request()
   local h = table.remove(holds)
   if h then
     return wrk.format("POST", "/v1/bookings", {{["Content-Type"] = "application/json",
       ["Authorization"] = auth}}, '{{"hold_id": "' .. h .. '", "patient": {patient}}}')
   end
-  i = i % #bodies + 1
+  {"i = math.min(i + 1, #bodies)" if once else "i = i % #bodies + 1"}
   return wrk.format("POST", "/v1/holds", {{["Content-Type"] = "application/json",
     ["Authorization"] = auth}}, bodies[i])
 end
@@ -146,10 +166,10 @@ function response(status, headers, body)
     count(status, "booking")
   elseif h and status == 201 then
     count(status, "hold")
-    table.insert(holds, h)
+    table.insert(holds, h){"; held = held + 1" if once else ""}
   else
     count(status, "other")
-  end
+  end{stop if once else ""}
 end
 """
     )
