@@ -122,14 +122,18 @@ def script_flow(key: str, bodies: list[str], patient: str = PATIENT, once: bool 
     """Hold, then book with the hold id the answer gave (any connection may book it);
     ``patient``: the confirm's patient object (JSON). ``once``: a crowd served to the
     end: each body is held once (not round again), and the run stops when every hold and
-    every booking of a held place has its answer (a connection with nothing left to send
-    waits, ``delay()``; then wrk is interrupted), so its duration is the time the whole
-    crowd took."""
+    every booking of a held place has its answer, all but 1 in 1,000 (a connection with
+    nothing left to send waits, ``delay()``; then wrk is interrupted), so its duration
+    is the time the whole crowd took."""
     # wrk's run ends at -d or at SIGINT (its duration then ends there too). The shell
     # os.execute starts is wrk's child; system() ignores SIGINT in wrk until that shell
     # ends, so the kill comes from a job it leaves behind, 10 ms later.
     ending = """
 local answered, held, over = 0, 0, false
+-- A request wrk writes again on a connection the server closed (an idle parked one) may
+-- skip a body: its answer never comes. Up to 1 in 1,000 missing ends the crowd all the
+-- same (its last answers, a few ms of it, go uncounted).
+local slack = math.max(2, math.floor(#bodies / 1000))
 function delay()
   if #holds > 0 or i < #bodies then return 0 end
   return 3600000  -- nothing left to send: wait for the others' answers
@@ -137,7 +141,7 @@ end
 """
     stop = """
   answered = answered + 1
-  if answered >= #bodies + held and not over then
+  if answered >= #bodies + held - slack and not over then
     over = true; os.execute("(sleep 0.01; kill -INT $PPID) &")
   end"""
     return (

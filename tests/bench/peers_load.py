@@ -52,7 +52,7 @@ SITES, DAYS, SLOTS, CAPACITY = 1500, 14, 36, 4
 TZ = ZoneInfo("America/Chicago")
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 SECONDS = float(os.environ.get("HEXBOOK_BENCH_SECONDS", "6"))  # each uniform wrk run
-LAUNCH_BOUND = 300  # seconds a skewed launch may take at most
+LAUNCH_BOUND = 90  # seconds a skewed launch may take at most
 
 
 def _wait_gateways(log: Path, more: int, seconds: float = 120) -> None:
