@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.hexbook-installed
 LOCK   := requirements/lock.txt
 EXTRAS := dev,sim,load
 
-.PHONY: help install browser redis-tls wrk test lint types deps advisories unit bench soak demo docs-images lock clean
+.PHONY: help install browser redis-tls wrk postgresql test lint types deps advisories unit bench soak demo docs-images lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -48,6 +48,10 @@ wrk: ## Debian's wrk, the benchmarks' load generator (apt-get, when missing and 
 	@command -v wrk >/dev/null 2>&1 || { \
 	  $(call apt_get,wrk,the HTTP benchmarks,sudo apt-get install wrk); }
 
+postgresql: ## Debian's PostgreSQL, the bench's FastAPI + PostgreSQL peer (apt-get, when missing and run as root)
+	@test -x /usr/lib/postgresql/15/bin/initdb || { \
+	  $(call apt_get,postgresql,the bench's PostgreSQL peer,sudo apt-get install postgresql); }
+
 lint: $(STAMP) ## ruff lint and format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -67,7 +71,7 @@ unit: $(STAMP) ## the tests only
 
 test: lint types deps unit ## lint, types, the dependency audit and the whole test suite (what CI runs)
 
-bench: $(STAMP) wrk ## benchmarks: print figures and ratios measured in one run
+bench: $(STAMP) wrk postgresql ## benchmarks: print figures and ratios measured in one run
 	$(BIN)/python tests/bench/run.py
 
 soak: $(STAMP) ## 90 days on an accelerated clock, the OpenAPI fuzz for every role, 200,000 stateful steps (~30 min)
