@@ -17,17 +17,32 @@ _JSON = (b"content-type", b"application/json")
 
 
 class JsonAnswer(Response):
-    """An ``application/json`` response whose headers are set directly (the ones
-    Starlette's ``init_headers`` would make: ``content-length``, ``content-type``),
-    which is a visible share of a hold's time when built the general way."""
+    """A JSON response whose headers are set directly (the ones Starlette's
+    ``init_headers`` would make: ``content-length``, ``content-type``, then ``headers``
+    lower-cased), which is a visible share of a hold's time when built the general way.
+    ``media_type``: ``application/json`` unless told (problems are
+    ``application/problem+json``)."""
 
     media_type = "application/json"
 
-    def __init__(self, body: Any, status_code: int = 200) -> None:
+    def __init__(
+        self,
+        body: Any,
+        status_code: int = 200,
+        media_type: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.status_code = status_code
         self.body = _encode(body)
         self.background: BackgroundTask | None = None
-        self.raw_headers = [(b"content-length", str(len(self.body)).encode()), _JSON]
+        kind = _JSON if media_type is None else (b"content-type", media_type.encode("latin-1"))
+        if media_type is not None:
+            self.media_type = media_type
+        self.raw_headers = [(b"content-length", str(len(self.body)).encode()), kind]
+        if headers:
+            self.raw_headers += [
+                (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()
+            ]
 
 
 def json_answer(body: Any, status: int = 200) -> Response:

@@ -128,6 +128,9 @@ def server(
         lifespan="on",
         proxy_headers=False,
         server_header=False,
+        # hexbook's own access log is Watch's (gateway.observe); uvicorn's, filtered out
+        # by its level anyway, still formatted each request's path and client first.
+        access_log=False,
         http=CoalescingProtocol,
         timeout_keep_alive=keep_alive_seconds,
         ssl_certfile=str(tls[0]) if tls else None,
