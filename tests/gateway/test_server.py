@@ -99,3 +99,75 @@ def test_the_gateway_serves_over_the_coalescing_protocol() -> None:
         for path in ("/a", "/b", "/c"):  # one connection, kept alive
             r = client.get(path)
             assert (r.status_code, r.text) == (201, f"part one, {path}")
+
+
+class _Sink:
+    """What a cycle writes (a transport that keeps it)."""
+
+    def __init__(self) -> None:
+        self.out = b""
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.out += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+def _answer(cls: type, method: str, keep_alive: bool, start: dict[str, Any], body: bytes) -> Any:
+    """Drive one uvicorn cycle of class ``cls`` through an answer; what it wrote, its
+    framing state, or the error it raised."""
+    from uvicorn.protocols.http.flow_control import FlowControl
+
+    async def go() -> Any:
+        sink = _Sink()
+        cycle = cls(scope={"type": "http", "method": method, "path": "/"}, transport=sink,
+                    flow=FlowControl(sink), logger=None, access_logger=None, access_log=False,
+                    default_headers=[(b"date", b"Sun, 06 Dec 2026 04:00:00 GMT")],
+                    message_event=asyncio.Event(), expect_100_continue=False,
+                    keep_alive=keep_alive, on_response=lambda: None)  # fmt: skip
+        try:
+            await cycle.send({"type": "http.response.start", **start})
+            await cycle.send({"type": "http.response.body", "body": body})
+        except RuntimeError as exc:
+            return ("refused", str(exc))
+        return sink.out, sink.closed, cycle.keep_alive, cycle.chunked_encoding
+
+    return asyncio.run(go())
+
+
+def test_the_fast_response_head_writes_what_uvicorn_writes() -> None:
+    """Every head, common or not, goes out as uvicorn's own send writes it (the fast head
+    for the common ones, uvicorn for the rest); a bad header is refused the same way."""
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+    from gateway.headers import secure_headers
+    from gateway.server import _LINES, _Cycle
+
+    length = (b"content-length", b"2")
+    json_head = secure_headers([length, (b"content-type", b"application/json")], False)
+    cases = [  # (method, keep-alive, status, headers, body)
+        ("POST", True, 201, json_head, b"{}"),
+        ("POST", True, 409, json_head, b"{}"),  # again: from the kept lines
+        ("GET", True, 200, [(b"Content-Length", b"2"), (b"X-A", b"b")], b"ok"),
+        ("GET", True, 200, [(b"content-type", b"text/plain")], b"chunked"),
+        ("GET", True, 200, [length, (b"content-length", b"9")], b"ok"),
+        ("GET", True, 200, [(b"content-length", b"5"), (b"connection", b"close")], b"close"),
+        ("GET", True, 200, [(b"transfer-encoding", b"chunked")], b"te"),
+        ("GET", False, 200, [length], b"ok"),
+        ("HEAD", True, 200, [length], b""),
+        ("GET", True, 204, [], b""),
+        ("GET", True, 200, [length, (b"x-bad", b"a\r\nb")], b"ok"),
+        ("GET", True, 200, [(b"bad name", b"x"), length], b"ok"),
+    ]
+    for method, keep_alive, status, headers, body in cases:
+        start = {"status": status, "headers": headers}
+        theirs = _answer(RequestResponseCycle, method, keep_alive, start, body)
+        ours = _answer(_Cycle, method, keep_alive, start, body)
+        assert ours == theirs, (start, ours, theirs)
+    assert (b"content-type", b"application/json") in _LINES  # the common lines are kept
+    assert not any(b"bad" in name or b"\r" in value for name, value in _LINES)
