@@ -247,7 +247,9 @@ class Authenticator:
             key = key.strip()
             if scheme.lower() != "bearer" or not key or " " in key:
                 raise Unauthorized("the Authorization header must read 'Bearer <api key>'")
-            record = await self.key(key)
+            hit = self._cache.get(key)  # a cached key without a coroutine: the common case
+            fresh = hit is not None and hit[1] > time.monotonic()
+            record = hit[0] if hit is not None and fresh else await self.key(key)
             if record is None:
                 raise Unauthorized("unknown or revoked API key")
             principal = Principal(record, address)

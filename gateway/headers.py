@@ -42,10 +42,16 @@ _OWN = frozenset(k for k, _ in _PAGE[True])
 def secure_headers(headers: list[tuple[bytes, bytes]], tls: bool) -> list[tuple[bytes, bytes]]:
     """``headers`` (an answer's own) with the secure headers added: the page set for an
     HTML answer, the API set otherwise; a header the answer set itself is kept."""
-    names = {k.lower() for k, _ in headers}
-    page = any(k.lower() == b"content-type" and v.startswith(b"text/html") for k, v in headers)
+    page = own = False
+    for k, v in headers:  # one pass: this heads every answer
+        name = k.lower()
+        if name in _OWN:
+            own = True
+        elif name == b"content-type" and v.startswith(b"text/html"):
+            page = True
     wanted = (_PAGE if page else _API)[tls]
-    if names & _OWN:  # the answer set some itself: keep them
+    if own:  # the answer set some itself: keep them
+        names = {k.lower() for k, _ in headers}
         wanted = [kv for kv in wanted if kv[0] not in names]
     return [*headers, *wanted]
 

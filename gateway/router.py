@@ -92,7 +92,8 @@ class ShardRouter:
             )
         self.inflight += 1
         try:
-            shard = await self.shard_of(command.provider_id)
+            pid = command.provider_id  # (a cached shard without a coroutine: the common case)
+            shard = self.hexbook.cached_shard(pid) or await self.shard_of(pid)
             out = await self._enqueue(shard, command)
             if isinstance(out, _ELSEWHERE) and (
                 moved := await self._relocated(command.provider_id, shard)

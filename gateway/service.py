@@ -479,7 +479,7 @@ class BookingService:
     async def hold(self, caller: Principal, req: HoldRequest, key: str | None) -> dict[str, Any]:
         """Place a hold: the HoldOut of the contract."""
         at = self._not_past(req.start)
-        provider = await self.provider(req.provider_id)
+        provider = self.providers.get(req.provider_id) or await self.provider(req.provider_id)
         scoped = await self.idempotency.scope(
             caller, key, "hold", req.provider_id, req.service, at, req.party_size
         )
@@ -509,7 +509,7 @@ class BookingService:
         """Confirm a hold: the BookingOut of the contract, with its token. A repeat under
         the same Idempotency-Key answers the same, token included."""
         provider_id, service = calendar_of(req.hold_id)
-        provider = await self.provider(provider_id)
+        provider = self.providers.get(provider_id) or await self.provider(provider_id)
         scoped = await self.idempotency.scope(
             caller, key, "book", req.hold_id, req.patient.reference
         )
