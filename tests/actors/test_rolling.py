@@ -81,12 +81,25 @@ def test_days_pass_and_the_calendar_rolls_on_by_itself(west: Hexbook) -> None:
     assert booking.booking_id in archived
     assert west.booking("seattle-1", SERVICE, booking.booking_id) == booking
 
-    # A shard killed now comes back with the same window and the archive intact.
-    ray.kill(west.shard(west.shard_of("seattle-1")), no_restart=False)
+    # A shard killed now comes back with the same window and the archive intact. (The
+    # kill lands a moment later: until then the old process still answers, so the wait
+    # is for a shard in another process.)
+    actor = west.shard(west.shard_of("seattle-1"))
+    before = ray.get(actor.info.remote())["pid"]
+    ray.kill(actor, no_restart=False)
+
+    def restarted() -> dict[str, Any] | None:
+        try:
+            info: dict[str, Any] = ray.get(actor.info.remote(), timeout=30)
+        except Exception:  # the kill landed, the restart has not
+            return None
+        return info if info["pid"] != before else None
+
+    info = until(restarted)
+    assert info is not None
     until(lambda: _ok(lambda: window(west)) == want)
     assert west.booking("seattle-1", SERVICE, booking.booking_id) == booking
     # ... and on the stack's clock still (it kept it in Redis): ten days on, to the day.
-    info = ray.get(west.shard(west.shard_of("seattle-1")).info.remote())
     assert abs(info["clock"] - (time.time() + 10 * DAY)) < 60, info
     client.close()
 
