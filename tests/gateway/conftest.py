@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -119,8 +120,17 @@ def base(stack: tuple[str, Hexbook, FastAPI], ops: httpx.Client) -> str:
     """The stack with three providers put through the API."""
     from tests.gateway.test_api import SCHEDULE
 
-    url, _, _ = stack
-    for pid, lat in (("clinic-1", 41.88), ("clinic-2", 41.95), ("race", 41.80)):
+    url, _, app = stack
+    pids = ("clinic-1", "clinic-2", "race")
+    for pid, lat in zip(pids, (41.88, 41.95, 41.80), strict=True):
         r = ops.put(f"/v1/providers/{pid}", json={**SCHEDULE, "lat": lat})
         assert r.status_code in (200, 201), r.text
+    # The search index (and the feed rendered from it) learns of a new calendar from the
+    # stream, read every 50 ms: tests start once it has all three.
+    index = app.state.runtime.index
+    wanted = {(pid, "vaccine") for pid in pids}
+    deadline = time.monotonic() + 30
+    while not wanted <= index.calendars():
+        assert time.monotonic() < deadline, f"index has {index.calendars()}"
+        time.sleep(0.02)
     return url
