@@ -216,13 +216,18 @@ class Authenticator:
         self._cache: dict[str, tuple[ApiKey | None, float]] = {}
         self._lookups: dict[str, asyncio.Future[ApiKey | None]] = {}
 
+    def cached(self, presented: str) -> tuple[ApiKey | None, float] | None:
+        """The cache's (record, until) of a presented key while it is fresh, else ``None``
+        (a record of ``None``: a key known to be unknown or revoked)."""
+        hit = self._cache.get(presented)
+        return hit if hit is not None and hit[1] > time.monotonic() else None
+
     async def key(self, presented: str) -> ApiKey | None:
         """The active record of a presented key (cached), or ``None``. When the cache
         runs out under load, the requests of that moment share one Redis lookup."""
-        now = time.monotonic()
-        hit = self._cache.get(presented)
-        if hit is not None and hit[1] > now:
+        if (hit := self.cached(presented)) is not None:
             return hit[0]
+        now = time.monotonic()
         lookup = self._lookups.get(presented)
         if lookup is None:
             lookup = asyncio.ensure_future(asyncio.to_thread(self.store.lookup, presented))
@@ -247,9 +252,8 @@ class Authenticator:
             key = key.strip()
             if scheme.lower() != "bearer" or not key or " " in key:
                 raise Unauthorized("the Authorization header must read 'Bearer <api key>'")
-            hit = self._cache.get(key)  # a cached key without a coroutine: the common case
-            fresh = hit is not None and hit[1] > time.monotonic()
-            record = hit[0] if hit is not None and fresh else await self.key(key)
+            hit = self.cached(key)  # a cached key without a coroutine: the common case
+            record = hit[0] if hit is not None else await self.key(key)
             if record is None:
                 raise Unauthorized("unknown or revoked API key")
             principal = Principal(record, address)

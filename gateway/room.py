@@ -273,6 +273,7 @@ def _policy(spec: dict[str, Any]) -> RoomPolicy:
     )
 
 
+_NO_ROOM: contextlib.AbstractAsyncContextManager[None] = contextlib.nullcontext()
 POLL_SECONDS = 2  # what the visitor view's Cache-Control lets a client (or proxy) reuse
 
 
@@ -577,16 +578,28 @@ class WaitingRooms:
                 return room
         return None
 
-    @contextlib.asynccontextmanager
-    async def admission(
+    def admission(
         self, caller: Principal, provider: Provider, service: str, token: str | None, key: str
-    ) -> AsyncIterator[None]:
+    ) -> contextlib.AbstractAsyncContextManager[None]:
         """Around a hold: while a room covers ``provider``'s ``service``, the hold needs a
-        valid admission of it, which it spends (a hold refused leaves it unspent)."""
+        valid admission of it, which it spends (a hold refused leaves it unspent). Where
+        no room covers it, nothing: a shared no-op, not a generator per hold (most holds
+        of a launch are at sites without a room)."""
         room = self.room_for(provider, service)
         if room is None:
-            yield
-            return
+            return _NO_ROOM
+        return self._admitted(room, caller, provider, service, token, key)
+
+    @contextlib.asynccontextmanager
+    async def _admitted(
+        self,
+        room: RoomState,
+        caller: Principal,
+        provider: Provider,
+        service: str,
+        token: str | None,
+        key: str,
+    ) -> AsyncIterator[None]:
         if token is None:
             raise AdmissionRequired(room.room_id, "holds here need an admission")
         checked = self._verify(token, caller.name)

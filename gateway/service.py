@@ -495,13 +495,8 @@ class BookingService:
             attestation_of(req.attestation),
             await self.policies.rule(req.service, req.provider_id),
         )
-        if self.rooms.room_for(provider, req.service) is None:  # no admission to spend
+        async with self.rooms.admission(caller, provider, req.service, req.admission, scoped.key):
             hold = check(await self.router.submit(cmd))
-        else:
-            async with self.rooms.admission(
-                caller, provider, req.service, req.admission, scoped.key
-            ):
-                hold = check(await self.router.submit(cmd))
         self.metrics.holds.inc()
         return hold_out(hold, provider, req.service)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -24,6 +23,7 @@ from gateway.keys import KeyStore
 from gateway.server import in_thread
 from gateway.settings import Settings
 from tests.dates import dst_saturday
+from tests.polling import until
 from tests.raycluster import start_local_ray
 
 
@@ -121,16 +121,12 @@ def base(stack: tuple[str, Hexbook, FastAPI], ops: httpx.Client) -> str:
     from tests.gateway.test_api import SCHEDULE
 
     url, _, app = stack
-    pids = ("clinic-1", "clinic-2", "race")
-    for pid, lat in zip(pids, (41.88, 41.95, 41.80), strict=True):
+    for pid, lat in (("clinic-1", 41.88), ("clinic-2", 41.95), ("race", 41.80)):
         r = ops.put(f"/v1/providers/{pid}", json={**SCHEDULE, "lat": lat})
         assert r.status_code in (200, 201), r.text
     # The search index (and the feed rendered from it) learns of a new calendar from the
     # stream, read every 50 ms: tests start once it has all three.
     index = app.state.runtime.index
-    wanted = {(pid, "vaccine") for pid in pids}
-    deadline = time.monotonic() + 30
-    while not wanted <= index.calendars():
-        assert time.monotonic() < deadline, f"index has {index.calendars()}"
-        time.sleep(0.02)
+    wanted = {(pid, "vaccine") for pid in ("clinic-1", "clinic-2", "race")}
+    until(lambda: wanted <= index.calendars(), 30, every=0.02)
     return url
